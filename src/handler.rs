@@ -1,0 +1,274 @@
+//! What a user implements ([`Handler`]), what a callback may do ([`Context`]), and why a
+//! connection ended ([`UnbindReason`]).
+//!
+//! The vocabulary is EventMachine's `EM::Connection`: `post_init`, `connection_completed`,
+//! `receive_data`, `unbind`. Every callback runs on the reactor thread, never re-entrantly
+//! for the same connection, and `unbind` runs exactly once, at a safe point of the tick.
+
+use std::any::Any;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use crate::id::ConnId;
+use crate::reactor::Reactor;
+
+/// The callbacks of one connection. Every method has a default except `receive_data`.
+///
+/// ```
+/// use ember::{Context, Handler};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+///         cx.send_data(data);
+///     }
+/// }
+/// ```
+pub trait Handler: Any {
+    /// The connection exists (accepted, or an outbound connect has started). The peer may
+    /// not be connected yet; data sent now is queued until it is.
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
+
+    /// An outbound connection finished connecting.
+    fn connection_completed(&mut self, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
+
+    /// Bytes arrived. `data` is only valid for the call.
+    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]);
+
+    /// The peer sent FIN: it will send nothing more, but may still read. The default
+    /// closes the connection once everything queued has been written (EventMachine's
+    /// behaviour); return [`PeerClosed::KeepWriting`] to keep sending (half-close), then
+    /// call [`Context::close_write`] or [`Context::close_after_writing`] when done.
+    fn peer_closed(&mut self, cx: &mut Context<'_>) -> PeerClosed {
+        let _ = cx;
+        PeerClosed::Close
+    }
+
+    /// The outbound queue went above the high-water mark and has now drained to the
+    /// low-water mark: a producer that stopped sending may resume.
+    fn outbound_drained(&mut self, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
+
+    /// The connection is gone, for `reason`. Runs exactly once per connection. The
+    /// connection can no longer send; the rest of the reactor is still available.
+    fn unbind(&mut self, cx: &mut Context<'_>, reason: UnbindReason) {
+        let _ = (cx, reason);
+    }
+}
+
+/// What to do after the peer half-closed; returned by [`Handler::peer_closed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerClosed {
+    /// Close once the outbound queue is written; unbind says [`UnbindReason::PeerClosed`].
+    Close,
+    /// Keep the connection open for writing.
+    KeepWriting,
+}
+
+/// Why a connection ended, passed to [`Handler::unbind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnbindReason {
+    /// The peer closed its side (FIN) and the connection then ended.
+    PeerClosed,
+    /// The peer reset the connection, or a write hit a broken pipe.
+    Reset,
+    /// An outbound connect was refused.
+    Refused,
+    /// An outbound connect did not complete within the pending-connect timeout.
+    ConnectTimeout,
+    /// No bytes moved in either direction for the comm-inactivity timeout.
+    InactivityTimeout,
+    /// A host name could not be resolved.
+    Unresolvable,
+    /// This side closed it (`close`, `close_after_writing`, or both halves shut).
+    ClosedByUs,
+    /// The reactor stopped while the connection was still open.
+    ReactorStopped,
+    /// Any other I/O error.
+    Error(io::ErrorKind),
+}
+
+impl UnbindReason {
+    /// Classifies an I/O error from a read, write or connect.
+    pub fn from_io_error(e: &io::Error) -> UnbindReason {
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => UnbindReason::Refused,
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => UnbindReason::Reset,
+            io::ErrorKind::TimedOut => UnbindReason::ConnectTimeout,
+            kind => UnbindReason::Error(kind),
+        }
+    }
+
+    /// Whether the connection ended without an error (either side closed it in order).
+    pub fn is_orderly(&self) -> bool {
+        matches!(
+            self,
+            UnbindReason::PeerClosed | UnbindReason::ClosedByUs | UnbindReason::ReactorStopped
+        )
+    }
+}
+
+impl fmt::Display for UnbindReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnbindReason::PeerClosed => f.write_str("peer closed"),
+            UnbindReason::Reset => f.write_str("connection reset"),
+            UnbindReason::Refused => f.write_str("connection refused"),
+            UnbindReason::ConnectTimeout => f.write_str("connect timed out"),
+            UnbindReason::InactivityTimeout => f.write_str("inactivity timeout"),
+            UnbindReason::Unresolvable => f.write_str("host name not resolved"),
+            UnbindReason::ClosedByUs => f.write_str("closed by us"),
+            UnbindReason::ReactorStopped => f.write_str("reactor stopped"),
+            UnbindReason::Error(kind) => write!(f, "I/O error: {kind}"),
+        }
+    }
+}
+
+/// What a callback can do: act on its own connection, and (through `Deref`) on the whole
+/// [`Reactor`] — timers, connects, defer, other connections by id, stop.
+pub struct Context<'r> {
+    reactor: &'r mut Reactor,
+    id: ConnId,
+}
+
+impl<'r> Context<'r> {
+    pub(crate) fn new(reactor: &'r mut Reactor, id: ConnId) -> Self {
+        Context { reactor, id }
+    }
+
+    /// This connection's id, to hand to other connections or timers.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The reactor, for operations on other connections.
+    pub fn reactor(&mut self) -> &mut Reactor {
+        self.reactor
+    }
+
+    /// Queues bytes for the peer (written at once when the socket has room). Returns
+    /// `false` if the connection is closing or gone and the bytes were dropped.
+    pub fn send_data(&mut self, data: &[u8]) -> bool {
+        self.reactor.send_to(self.id, data)
+    }
+
+    /// Closes now, dropping anything still queued; unbind follows at the end of the tick.
+    pub fn close(&mut self) {
+        self.reactor.close_connection(self.id);
+    }
+
+    /// Stops reading and closes once everything queued has been written.
+    pub fn close_after_writing(&mut self) {
+        self.reactor.close_connection_after_writing(self.id);
+    }
+
+    /// Half-close: sends FIN once everything queued has been written, and keeps reading.
+    pub fn close_write(&mut self) {
+        self.reactor.close_write(self.id);
+    }
+
+    /// Stops reading from the peer until [`resume`](Self::resume).
+    pub fn pause(&mut self) {
+        self.reactor.pause_connection(self.id);
+    }
+
+    /// Starts reading again after [`pause`](Self::pause).
+    pub fn resume(&mut self) {
+        self.reactor.resume_connection(self.id);
+    }
+
+    /// Whether reading is paused.
+    pub fn is_paused(&self) -> bool {
+        self.reactor.is_paused(self.id)
+    }
+
+    /// The peer's address (TCP only).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.reactor.peer_addr(self.id)
+    }
+
+    /// The local address (TCP only).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.reactor.local_addr(self.id)
+    }
+
+    /// Bytes queued and not yet written to the socket.
+    pub fn outbound_size(&self) -> usize {
+        self.reactor.outbound_size(self.id)
+    }
+
+    /// Whether the outbound queue is above its high-water mark (stop producing until
+    /// [`Handler::outbound_drained`]).
+    pub fn is_above_high_water(&self) -> bool {
+        self.reactor.is_above_high_water(self.id)
+    }
+
+    /// Sets this connection's outbound high- and low-water marks, in bytes.
+    pub fn set_water_marks(&mut self, high: usize, low: usize) {
+        self.reactor.set_water_marks(self.id, high, low);
+    }
+
+    /// Whether a connection whose own outbound queue is above the high-water mark stops
+    /// being read until it drains (default on, so an echo-style handler talking to a peer
+    /// that never reads cannot grow without bound).
+    pub fn set_read_backpressure(&mut self, on: bool) {
+        self.reactor.set_read_backpressure(self.id, on);
+    }
+
+    /// `TCP_NODELAY`.
+    pub fn set_nodelay(&mut self, on: bool) -> io::Result<()> {
+        self.reactor.set_nodelay(self.id, on)
+    }
+
+    /// TCP keepalive with the given idle time before probes, or `None` to turn it off.
+    pub fn set_keepalive(&mut self, idle: Option<Duration>) -> io::Result<()> {
+        self.reactor.set_keepalive(self.id, idle)
+    }
+
+    /// A raw integer `setsockopt(level, name, value)`.
+    pub fn set_sock_opt(&mut self, level: i32, name: i32, value: i32) -> io::Result<()> {
+        self.reactor.set_sock_opt(self.id, level, name, value)
+    }
+
+    /// Closes the connection with [`UnbindReason::InactivityTimeout`] after `timeout`
+    /// without traffic in either direction; `None` turns it off.
+    pub fn set_comm_inactivity_timeout(&mut self, timeout: Option<Duration>) {
+        self.reactor.set_comm_inactivity_timeout(self.id, timeout);
+    }
+
+    /// Replaces the pending-connect timeout (default 20 s) of a connection still connecting.
+    pub fn set_pending_connect_timeout(&mut self, timeout: Duration) {
+        self.reactor.set_pending_connect_timeout(self.id, timeout);
+    }
+}
+
+impl Deref for Context<'_> {
+    type Target = Reactor;
+
+    fn deref(&self) -> &Reactor {
+        self.reactor
+    }
+}
+
+impl DerefMut for Context<'_> {
+    fn deref_mut(&mut self) -> &mut Reactor {
+        self.reactor
+    }
+}
+
+impl fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context").field("id", &self.id).finish()
+    }
+}

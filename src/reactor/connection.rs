@@ -1,0 +1,410 @@
+//! One stream connection's state, and the machinery that moves its bytes: bounded reads,
+//! writes that drain the outbound queue, half-close, backpressure and closing.
+//!
+//! The edge-triggered rules live here. A connection is registered once for both
+//! directions and never re-registered. Reading stops at `WouldBlock`, at a short read
+//! (unless the event reported a hangup), or when the read budget is spent, in which
+//! case the connection is carried over to the next tick with `unread` set. Whenever
+//! reading is suppressed (paused, throttled) the readiness is remembered in `unread`
+//! and replayed through the carry-over list when reading is allowed again, because no
+//! new edge will come for bytes already waiting.
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use super::{ConnDefaults, Descriptor, Reactor, Readiness, READS_PER_EVENT};
+use crate::buffer::OutBuffer;
+use crate::handler::{Handler, PeerClosed, UnbindReason};
+use crate::id::{ConnId, TimerId};
+use crate::stream::Stream;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for the defer pool to resolve a host name; no socket yet.
+    Resolving,
+    /// A non-blocking connect is in flight.
+    Connecting,
+    Connected,
+}
+
+/// Our sending half.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteSide {
+    Open,
+    /// FIN goes out once the outbound queue is empty.
+    ShutdownAfterFlush,
+    Shut,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Closing {
+    pub(crate) reason: UnbindReason,
+    /// Still flushing the outbound queue; not yet in the pending-close queue.
+    pub(crate) after_writing: bool,
+}
+
+pub(crate) struct Connection {
+    pub(crate) serial: u64,
+    pub(crate) stream: Option<Stream>,
+    /// `None` only while one of its own callbacks runs.
+    pub(crate) handler: Option<Box<dyn Handler>>,
+    pub(crate) phase: Phase,
+    pub(crate) outbound: OutBuffer,
+    pub(crate) high_water: usize,
+    pub(crate) low_water: usize,
+    pub(crate) above_high_water: bool,
+    pub(crate) read_backpressure: bool,
+    pub(crate) paused: bool,
+    /// Readable data (or EOF) may be waiting that no future edge will announce.
+    pub(crate) unread: bool,
+    /// The last event reported read-closed or an error.
+    pub(crate) hangup: bool,
+    pub(crate) peer_eof: bool,
+    pub(crate) write_side: WriteSide,
+    pub(crate) closing: Option<Closing>,
+    pub(crate) last_activity: Instant,
+    pub(crate) inactivity: Option<(Duration, TimerId)>,
+    pub(crate) connect_timer: Option<TimerId>,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        serial: u64,
+        stream: Option<Stream>,
+        handler: Box<dyn Handler>,
+        phase: Phase,
+        defaults: &ConnDefaults,
+        now: Instant,
+    ) -> Connection {
+        Connection {
+            serial,
+            stream,
+            handler: Some(handler),
+            phase,
+            outbound: OutBuffer::default(),
+            high_water: defaults.high_water,
+            low_water: defaults.low_water,
+            above_high_water: false,
+            read_backpressure: true,
+            paused: false,
+            unread: false,
+            hangup: false,
+            peer_eof: false,
+            write_side: WriteSide::Open,
+            closing: None,
+            last_activity: now,
+            inactivity: None,
+            connect_timer: None,
+        }
+    }
+
+    fn may_read(&self) -> bool {
+        self.phase == Phase::Connected
+            && self.closing.is_none()
+            && !self.peer_eof
+            && !self.paused
+            && !(self.read_backpressure && self.above_high_water)
+    }
+}
+
+impl Reactor {
+    pub(crate) fn conn(&self, id: ConnId) -> Option<&Connection> {
+        match self.descriptors.get(id.slot) {
+            Some(Descriptor::Conn(c)) if c.serial == id.serial => Some(c),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
+        match self.descriptors.get_mut(id.slot) {
+            Some(Descriptor::Conn(c)) if c.serial == id.serial => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Puts a stream (or, while resolving, none) into the slab, registers it and runs
+    /// `post_init`.
+    pub(crate) fn adopt(
+        &mut self,
+        mut stream: Option<Stream>,
+        handler: Box<dyn Handler>,
+        phase: Phase,
+    ) -> io::Result<ConnId> {
+        let serial = self.next_serial();
+        let entry = self.descriptors.vacant_entry();
+        let slot = entry.key();
+        if let Some(stream) = stream.as_mut() {
+            stream.register(self.poll.registry(), mio::Token(slot))?;
+        }
+        let conn = Connection::new(serial, stream, handler, phase, &self.defaults, self.now);
+        entry.insert(Descriptor::Conn(conn));
+        self.connections += 1;
+        let id = ConnId { slot, serial };
+        if phase != Phase::Connected {
+            let at = Instant::now() + self.defaults.connect_timeout;
+            let timer = self
+                .timers
+                .insert(at, None, super::TimerTask::ConnectTimeout(id));
+            if let Some(c) = self.conn_mut(id) {
+                c.connect_timer = Some(timer);
+            }
+        }
+        self.with_handler_dyn(id, |h, cx| h.post_init(cx));
+        Ok(id)
+    }
+
+    pub(crate) fn on_connection_event(&mut self, id: ConnId, ready: Readiness) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        if ready.hangup {
+            conn.hangup = true;
+        }
+        if conn.phase == Phase::Connecting {
+            self.finish_connect(id);
+        }
+        if ready.writable || ready.hangup {
+            self.flush(id);
+        }
+        if ready.readable || ready.hangup {
+            if let Some(conn) = self.conn_mut(id) {
+                conn.unread = true;
+            }
+            self.read_some(id);
+        }
+    }
+
+    /// Completes (or fails) an in-flight connect after any event on it.
+    pub(crate) fn finish_connect(&mut self, id: ConnId) {
+        let now = self.now;
+        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(stream) = conn.stream.as_ref() else { return };
+        let outcome = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => stream.is_connected(),
+        };
+        match outcome {
+            Ok(false) => {}
+            Ok(true) => {
+                conn.phase = Phase::Connected;
+                conn.last_activity = now;
+                if let Some(timer) = conn.connect_timer.take() {
+                    self.timers.cancel(timer);
+                }
+                self.with_handler_dyn(id, |h, cx| h.connection_completed(cx));
+                self.flush(id);
+            }
+            Err(e) => self.close_with(id, UnbindReason::from_io_error(&e), false),
+        }
+    }
+
+    /// Reads up to the per-event budget and hands each chunk to `receive_data`.
+    pub(crate) fn read_some(&mut self, id: ConnId) {
+        let now = self.now;
+        for _ in 0..READS_PER_EVENT {
+            let Reactor {
+                descriptors,
+                read_buf,
+                ..
+            } = self;
+            let Some(Descriptor::Conn(conn)) = descriptors.get_mut(id.slot) else { return };
+            if conn.serial != id.serial || !conn.unread || !conn.may_read() {
+                return;
+            }
+            let hangup = conn.hangup;
+            let Some(stream) = conn.stream.as_mut() else { return };
+            match stream.read(read_buf) {
+                Ok(0) => {
+                    conn.unread = false;
+                    self.on_peer_eof(id);
+                    return;
+                }
+                Ok(n) => {
+                    conn.last_activity = now;
+                    if n < read_buf.len() && !hangup {
+                        // The socket is drained; epoll and kqueue both report new
+                        // arrivals as a new edge, so a short read ends the drain.
+                        conn.unread = false;
+                    }
+                    let buf = std::mem::take(&mut self.read_buf);
+                    self.with_handler_dyn(id, |h, cx| h.receive_data(cx, &buf[..n]));
+                    self.read_buf = buf;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.unread = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close_with(id, UnbindReason::from_io_error(&e), false);
+                    return;
+                }
+            }
+        }
+        if self.conn(id).is_some_and(|c| c.unread) {
+            self.carry_over.push((id.slot, id.serial));
+        }
+    }
+
+    /// Writes as much of the outbound queue as the socket takes.
+    pub(crate) fn flush(&mut self, id: ConnId) {
+        let now = self.now;
+        let Some(conn) = self.conn_mut(id) else { return };
+        if conn.phase != Phase::Connected || conn.closing.is_some_and(|c| !c.after_writing) {
+            return;
+        }
+        let Some(stream) = conn.stream.as_mut() else { return };
+        while !conn.outbound.is_empty() {
+            match stream.write(conn.outbound.as_slice()) {
+                Ok(0) => break,
+                Ok(n) => {
+                    conn.outbound.consume(n);
+                    conn.last_activity = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close_with(id, UnbindReason::from_io_error(&e), false);
+                    return;
+                }
+            }
+        }
+        self.after_write_progress(id);
+    }
+
+    /// Queues `data`, writing straight to the socket when nothing is queued ahead of it.
+    pub(crate) fn enqueue(&mut self, id: ConnId, data: &[u8]) -> bool {
+        let now = self.now;
+        let Some(conn) = self.conn_mut(id) else { return false };
+        if conn.closing.is_some() || conn.write_side != WriteSide::Open {
+            return false;
+        }
+        let mut rest = data;
+        if conn.outbound.is_empty() && conn.phase == Phase::Connected {
+            let Some(stream) = conn.stream.as_mut() else { return false };
+            while !rest.is_empty() {
+                match stream.write(rest) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        rest = &rest[n..];
+                        conn.last_activity = now;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.close_with(id, UnbindReason::from_io_error(&e), false);
+                        return false;
+                    }
+                }
+            }
+        }
+        if !rest.is_empty() {
+            conn.outbound.push(rest);
+            if conn.outbound.len() > conn.high_water {
+                conn.above_high_water = true;
+            }
+        }
+        true
+    }
+
+    /// After bytes left the queue: low-water notification, pending FIN, pending close.
+    pub(crate) fn after_write_progress(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        if conn.above_high_water && conn.outbound.len() <= conn.low_water {
+            conn.above_high_water = false;
+            if conn.unread {
+                self.carry_over.push((id.slot, id.serial));
+            }
+            self.with_handler_dyn(id, |h, cx| h.outbound_drained(cx));
+        }
+        let Some(conn) = self.conn_mut(id) else { return };
+        if !conn.outbound.is_empty() {
+            return;
+        }
+        if let Some(closing) = conn.closing {
+            if closing.after_writing {
+                self.close_with(id, closing.reason, false);
+            }
+            return;
+        }
+        if conn.write_side == WriteSide::ShutdownAfterFlush {
+            conn.write_side = WriteSide::Shut;
+            let result = conn.stream.as_ref().map(Stream::shutdown_write);
+            let peer_eof = conn.peer_eof;
+            match result {
+                Some(Err(e)) if e.kind() != io::ErrorKind::NotConnected => {
+                    self.close_with(id, UnbindReason::from_io_error(&e), false);
+                }
+                _ if peer_eof => self.close_with(id, UnbindReason::PeerClosed, false),
+                _ => {}
+            }
+        }
+    }
+
+    fn on_peer_eof(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        conn.peer_eof = true;
+        if conn.write_side != WriteSide::Open {
+            // Both halves are done once our FIN is out.
+            if conn.write_side == WriteSide::Shut {
+                self.close_with(id, UnbindReason::PeerClosed, false);
+            }
+            return;
+        }
+        let mut action = PeerClosed::Close;
+        self.with_handler_dyn(id, |h, cx| action = h.peer_closed(cx));
+        if action == PeerClosed::Close {
+            self.close_with(id, UnbindReason::PeerClosed, true);
+        }
+    }
+
+    /// Starts closing: now (dropping the queue) or once the queue is written. The first
+    /// close wins, except that a close-now overrides a pending close-after-writing.
+    pub(crate) fn close_with(&mut self, id: ConnId, reason: UnbindReason, after_writing: bool) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        match conn.closing {
+            Some(c) if !c.after_writing => return,
+            Some(_) if after_writing => return,
+            _ => {}
+        }
+        if after_writing && !conn.outbound.is_empty() {
+            conn.closing = Some(Closing {
+                reason,
+                after_writing: true,
+            });
+            return;
+        }
+        conn.closing = Some(Closing {
+            reason,
+            after_writing: false,
+        });
+        self.pending_close.push_back(id);
+    }
+
+    /// Removes every connection whose close is due and runs its `unbind`. Only called
+    /// between the steps of a tick, never from inside a callback.
+    pub(crate) fn reap(&mut self) {
+        while let Some(id) = self.pending_close.pop_front() {
+            if self.conn(id).is_none() {
+                continue;
+            }
+            let Descriptor::Conn(mut conn) = self.descriptors.remove(id.slot) else {
+                unreachable!("conn() checked the descriptor kind");
+            };
+            self.connections -= 1;
+            if let Some(mut stream) = conn.stream.take() {
+                stream.deregister(self.poll.registry());
+            }
+            for timer in [conn.connect_timer, conn.inactivity.map(|(_, t)| t)]
+                .into_iter()
+                .flatten()
+            {
+                self.timers.cancel(timer);
+            }
+            let reason = conn
+                .closing
+                .map_or(UnbindReason::ClosedByUs, |c| c.reason);
+            if let Some(mut handler) = conn.handler.take() {
+                handler.unbind(&mut crate::Context::new(self, id), reason);
+            }
+        }
+    }
+}

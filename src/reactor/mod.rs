@@ -1,0 +1,407 @@
+//! The loop: one `mio::Poll`, one slab of descriptors, and the order of a tick.
+//!
+//! [`Reactor`] owns every descriptor (connections and servers share one slab, and a
+//! descriptor's slab slot is its mio token), the timer queue, the next-tick queue, the
+//! defer pool's callbacks, the signal pipe and the queue of pending closes. One tick
+//! ([`Reactor::run_loop`] repeats it) goes, in order:
+//!
+//! 1. poll, for as long as the earliest timer allows (not at all if work is already due);
+//! 2. dispatch I/O events: each connection reads a bounded amount, each server accepts a
+//!    bounded number, the waker runs remote tasks and deferred callbacks, the signal pipe
+//!    runs signal handlers;
+//! 3. continue descriptors whose read or accept budget ran out last tick (fairness);
+//! 4. fire due timers; 5. run the next-tick queue as it stood when this step began;
+//! 6. between steps, close what callbacks asked to close and run their `unbind`s.
+//!
+//! The module never calls a handler while another callback of the same connection runs,
+//! and never runs `unbind` anywhere but in step 6 (`reap`).
+
+mod connection;
+mod scheduling;
+mod server;
+mod streams;
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::defer::DeferPool;
+use crate::handler::{Context, Handler};
+use crate::id::ConnId;
+use crate::remote::{ReactorHandle, Shared};
+use crate::signals::SignalPipe;
+use crate::timers::TimerQueue;
+
+pub(crate) use connection::Connection;
+use scheduling::{SignalHandlers, TimerTask};
+pub(crate) use server::Server;
+
+/// Bytes read per `read(2)`, as in EventMachine.
+pub const READ_CHUNK: usize = 16 * 1024;
+/// Reads per connection per readable event before yielding to the others.
+pub const READS_PER_EVENT: usize = 10;
+/// Accepts per server per readable event before yielding to the others.
+pub const ACCEPTS_PER_EVENT: usize = 64;
+/// Default outbound high-water mark, bytes.
+pub const DEFAULT_HIGH_WATER: usize = 256 * 1024;
+/// Default outbound low-water mark, bytes.
+pub const DEFAULT_LOW_WATER: usize = 64 * 1024;
+/// Default pending-connect timeout, as in EventMachine.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+const WAKER_TOKEN: Token = Token(usize::MAX);
+const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+
+/// Everything the reactor can hold a descriptor for.
+pub(crate) enum Descriptor {
+    Conn(Connection),
+    Server(Server),
+}
+
+/// Per-connection settings new connections start with.
+#[derive(Clone, Copy)]
+pub(crate) struct ConnDefaults {
+    pub(crate) high_water: usize,
+    pub(crate) low_water: usize,
+    pub(crate) connect_timeout: Duration,
+}
+
+type Task = Box<dyn FnOnce(&mut Reactor)>;
+
+/// The single-threaded event loop. See the [crate docs](crate) for an overview.
+///
+/// ```
+/// use ember::{Context, Handler, Reactor};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+///         cx.send_data(data);
+///     }
+/// }
+///
+/// Reactor::run(|r| {
+///     let server = r.start_server("127.0.0.1:0", || Echo)?;
+///     println!("echo on {}", r.server_addr(server).unwrap());
+///     r.stop(); // a real server would keep running
+///     Ok(())
+/// })
+/// .unwrap();
+/// ```
+pub struct Reactor {
+    poll: Poll,
+    events: Option<Events>,
+    pub(crate) descriptors: Slab<Descriptor>,
+    next_serial: u64,
+    timers: TimerQueue<TimerTask>,
+    next_ticks: Vec<Task>,
+    /// Descriptors whose read or accept budget ran out; continued next tick.
+    carry_over: Vec<(usize, u64)>,
+    pending_close: VecDeque<ConnId>,
+    stopping: bool,
+    shared: Arc<Shared>,
+    defer: DeferPool,
+    read_buf: Vec<u8>,
+    now: Instant,
+    connections: usize,
+    signals: Option<SignalPipe>,
+    signal_handlers: SignalHandlers,
+    defaults: ConnDefaults,
+}
+
+impl Reactor {
+    /// Creates a reactor; nothing runs until [`run_loop`](Self::run_loop).
+    pub fn new() -> io::Result<Reactor> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER_TOKEN)?;
+        Ok(Reactor {
+            poll,
+            events: Some(Events::with_capacity(1024)),
+            descriptors: Slab::new(),
+            next_serial: 1,
+            timers: TimerQueue::default(),
+            next_ticks: Vec::new(),
+            carry_over: Vec::new(),
+            pending_close: VecDeque::new(),
+            stopping: false,
+            shared: Arc::new(Shared::new(waker)),
+            defer: DeferPool::new(),
+            read_buf: vec![0; READ_CHUNK],
+            now: Instant::now(),
+            connections: 0,
+            signals: None,
+            signal_handlers: SignalHandlers::default(),
+            defaults: ConnDefaults {
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_LOW_WATER,
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            },
+        })
+    }
+
+    /// Creates a reactor, runs `setup` on it, then runs the loop until stopped
+    /// (EventMachine's `EM.run { ... }`).
+    pub fn run(setup: impl FnOnce(&mut Reactor) -> io::Result<()>) -> io::Result<()> {
+        let mut reactor = Reactor::new()?;
+        setup(&mut reactor)?;
+        reactor.run_loop()
+    }
+
+    /// Runs ticks until [`stop`](Self::stop) (or a handle's stop), then unbinds every
+    /// live connection with [`UnbindReason::ReactorStopped`](crate::UnbindReason) and
+    /// closes every server.
+    pub fn run_loop(&mut self) -> io::Result<()> {
+        let result = loop {
+            if self.is_stopping() {
+                break Ok(());
+            }
+            if let Err(e) = self.run_once() {
+                break Err(e);
+            }
+        };
+        self.shutdown();
+        result
+    }
+
+    /// Asks the loop to stop at the end of the current tick.
+    pub fn stop(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Whether a stop has been requested, here or through a handle.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping || self.shared.stop_requested()
+    }
+
+    /// A `Send` handle for stopping the loop or scheduling work onto it from other threads.
+    pub fn handle(&self) -> ReactorHandle {
+        ReactorHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Runs `task` at the start of the next tick's tail, after I/O and timers.
+    pub fn next_tick(&mut self, task: impl FnOnce(&mut Reactor) + 'static) {
+        self.next_ticks.push(Box::new(task));
+    }
+
+    /// The number of live connections (servers not counted).
+    pub fn connection_count(&self) -> usize {
+        self.connections
+    }
+
+    /// The ids of every live connection, for broadcasts.
+    pub fn connection_ids(&self) -> Vec<ConnId> {
+        self.descriptors
+            .iter()
+            .filter_map(|(slot, d)| match d {
+                Descriptor::Conn(c) if c.closing.is_none() => Some(ConnId {
+                    slot,
+                    serial: c.serial,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The time the current tick started (cheaper than `Instant::now()` in hot paths).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Calls `f` with connection `id`'s handler, if it is alive, of type `H`, and not
+    /// already in one of its own callbacks. Lets timers and other connections reach a
+    /// handler's state without shared pointers.
+    pub fn with_handler<H: Handler, R>(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&mut H, &mut Context<'_>) -> R,
+    ) -> Option<R> {
+        let mut out = None;
+        self.with_handler_dyn(id, |handler, cx| {
+            let handler: &mut dyn Any = handler;
+            if let Some(h) = handler.downcast_mut::<H>() {
+                out = Some(f(h, cx));
+            }
+        });
+        out
+    }
+
+    /// One tick. See the module docs for the order.
+    fn run_once(&mut self) -> io::Result<()> {
+        let timeout = self.poll_timeout();
+        let mut events = self.events.take().expect("events buffer is always returned");
+        if let Err(e) = self.poll.poll(&mut events, timeout)
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            self.events = Some(events);
+            return Err(e);
+        }
+        self.now = Instant::now();
+        let carried = std::mem::take(&mut self.carry_over);
+        for event in events.iter() {
+            match event.token() {
+                WAKER_TOKEN => self.run_remote_work(),
+                SIGNAL_TOKEN => self.run_signal_handlers(),
+                Token(slot) => self.dispatch(slot, Readiness::of(event)),
+            }
+        }
+        self.events = Some(events);
+        for (slot, serial) in carried {
+            self.continue_descriptor(slot, serial);
+        }
+        self.reap();
+        self.run_timers();
+        self.reap();
+        let ticks = std::mem::take(&mut self.next_ticks);
+        for task in ticks {
+            task(self);
+        }
+        self.reap();
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        if !self.carry_over.is_empty()
+            || !self.next_ticks.is_empty()
+            || !self.pending_close.is_empty()
+            || self.is_stopping()
+        {
+            return Some(Duration::ZERO);
+        }
+        self.timers
+            .next_deadline()
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    fn dispatch(&mut self, slot: usize, ready: Readiness) {
+        match self.descriptors.get(slot) {
+            Some(Descriptor::Conn(c)) => {
+                let id = ConnId {
+                    slot,
+                    serial: c.serial,
+                };
+                self.on_connection_event(id, ready);
+            }
+            Some(Descriptor::Server(s)) => {
+                let serial = s.serial;
+                self.accept_some(slot, serial);
+            }
+            None => {}
+        }
+    }
+
+    fn continue_descriptor(&mut self, slot: usize, serial: u64) {
+        match self.descriptors.get(slot) {
+            Some(Descriptor::Conn(c)) if c.serial == serial => {
+                self.read_some(ConnId { slot, serial });
+            }
+            Some(Descriptor::Server(s)) if s.serial == serial => self.accept_some(slot, serial),
+            _ => {}
+        }
+    }
+
+    /// Remote tasks from handles, then completed deferred jobs.
+    fn run_remote_work(&mut self) {
+        for task in self.shared.take_tasks() {
+            task(self);
+        }
+        for (job, result) in self.shared.take_deferred() {
+            if let Some(completion) = self.defer.take_completion(job) {
+                completion(self, result);
+            }
+        }
+    }
+
+    pub(crate) fn next_serial(&mut self) -> u64 {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        serial
+    }
+
+    /// Runs `f` with the connection's handler taken out of the slab, so the callback can
+    /// borrow the whole reactor. Returns false if the connection is gone or already inside
+    /// one of its own callbacks (no re-entrancy).
+    pub(crate) fn with_handler_dyn(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&mut dyn Handler, &mut Context<'_>),
+    ) -> bool {
+        let Some(mut handler) = self.conn_mut(id).and_then(|c| c.handler.take()) else {
+            return false;
+        };
+        f(&mut *handler, &mut Context::new(self, id));
+        // Connections are only removed by `reap`, which never runs inside a callback.
+        if let Some(conn) = self.conn_mut(id) {
+            conn.handler = Some(handler);
+        }
+        true
+    }
+
+    /// Closes every connection and server when the loop ends.
+    fn shutdown(&mut self) {
+        // Unbind callbacks may open new connections; close those too, but don't loop forever.
+        for _ in 0..8 {
+            let ids = self.connection_ids();
+            if ids.is_empty() && self.pending_close.is_empty() {
+                break;
+            }
+            for id in ids {
+                self.close_with(id, crate::UnbindReason::ReactorStopped, false);
+            }
+            self.reap();
+        }
+        let servers: Vec<_> = self
+            .descriptors
+            .iter()
+            .filter_map(|(slot, d)| match d {
+                Descriptor::Server(s) => Some(crate::ServerId {
+                    slot,
+                    serial: s.serial,
+                }),
+                Descriptor::Conn(_) => None,
+            })
+            .collect();
+        for id in servers {
+            self.stop_server(id);
+        }
+        self.next_ticks.clear();
+    }
+}
+
+impl fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reactor")
+            .field("connections", &self.connections)
+            .field("descriptors", &self.descriptors.len())
+            .field("timers", &self.timers.len())
+            .field("deferred_pending", &self.defer.pending())
+            .field("stopping", &self.is_stopping())
+            .finish()
+    }
+}
+
+/// What an event said, copied out of mio's event so the events buffer can be released.
+#[derive(Clone, Copy)]
+pub(crate) struct Readiness {
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
+    /// Read-closed or error: a short read must not end the drain (see `read_some`).
+    pub(crate) hangup: bool,
+}
+
+impl Readiness {
+    fn of(event: &mio::event::Event) -> Readiness {
+        Readiness {
+            readable: event.is_readable(),
+            writable: event.is_writable(),
+            hangup: event.is_read_closed() || event.is_error() || event.is_write_closed(),
+        }
+    }
+}

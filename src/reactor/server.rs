@@ -1,0 +1,184 @@
+//! Listening servers: binding, bounded accepts, and backing off when descriptors run out.
+//!
+//! On `EMFILE`/`ENFILE` (or `ENOBUFS`/`ENOMEM`) the server stops accepting and a timer
+//! resumes it after a back-off that doubles from 10 ms up to 1 s, so a process out of
+//! descriptors sleeps instead of spinning on an accept that keeps failing. Connections
+//! waiting in the kernel's backlog are accepted once descriptors free up.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{ACCEPTS_PER_EVENT, Descriptor, Reactor, TimerTask};
+use crate::addr::IntoSocketAddr;
+use crate::handler::Handler;
+use crate::id::{ServerId, TimerId};
+use crate::stream::{self, Listener};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+type Factory = Box<dyn FnMut() -> Box<dyn Handler>>;
+
+pub(crate) struct Server {
+    pub(crate) serial: u64,
+    listener: Listener,
+    factory: Factory,
+    backoff: Duration,
+    /// Accepting is suspended until this timer fires.
+    resume_timer: Option<TimerId>,
+    unix_path: Option<PathBuf>,
+    accepted: u64,
+    backoffs: u64,
+}
+
+impl Reactor {
+    /// Listens on a numeric TCP address (IPv4 or IPv6; port 0 picks a free port, see
+    /// [`server_addr`](Self::server_addr)) and makes a handler per accepted connection.
+    pub fn start_server<H: Handler>(
+        &mut self,
+        addr: impl IntoSocketAddr,
+        mut factory: impl FnMut() -> H + 'static,
+    ) -> io::Result<ServerId> {
+        let addr = addr.into_socket_addr()?;
+        let listener = Listener::bind_tcp(addr).map_err(|e| with_context(e, &addr.to_string()))?;
+        self.add_server(listener, None, Box::new(move || Box::new(factory())))
+    }
+
+    /// Listens on a Unix-domain socket at `path` (removed again by `stop_server`).
+    pub fn start_unix_server<H: Handler>(
+        &mut self,
+        path: impl AsRef<Path>,
+        mut factory: impl FnMut() -> H + 'static,
+    ) -> io::Result<ServerId> {
+        let path = path.as_ref();
+        let listener = Listener::bind_unix(path)
+            .map_err(|e| with_context(e, &path.display().to_string()))?;
+        self.add_server(
+            listener,
+            Some(path.to_path_buf()),
+            Box::new(move || Box::new(factory())),
+        )
+    }
+
+    fn add_server(
+        &mut self,
+        mut listener: Listener,
+        unix_path: Option<PathBuf>,
+        factory: Factory,
+    ) -> io::Result<ServerId> {
+        let serial = self.next_serial();
+        let entry = self.descriptors.vacant_entry();
+        let slot = entry.key();
+        listener.register(self.poll.registry(), mio::Token(slot))?;
+        entry.insert(Descriptor::Server(Server {
+            serial,
+            listener,
+            factory,
+            backoff: Duration::ZERO,
+            resume_timer: None,
+            unix_path,
+            accepted: 0,
+            backoffs: 0,
+        }));
+        Ok(ServerId { slot, serial })
+    }
+
+    /// The address a TCP server is bound to (with the real port if it asked for 0).
+    pub fn server_addr(&self, id: ServerId) -> Option<SocketAddr> {
+        self.server(id)?.listener.local_addr()
+    }
+
+    /// How many connections a server has accepted, and how many times it backed off
+    /// because descriptors or memory ran out.
+    pub fn server_stats(&self, id: ServerId) -> Option<(u64, u64)> {
+        self.server(id).map(|s| (s.accepted, s.backoffs))
+    }
+
+    /// Stops listening; connections already accepted carry on. Returns whether the
+    /// server was running.
+    pub fn stop_server(&mut self, id: ServerId) -> bool {
+        if self.server(id).is_none() {
+            return false;
+        }
+        let Descriptor::Server(mut server) = self.descriptors.remove(id.slot) else {
+            unreachable!("server() checked the descriptor kind");
+        };
+        server.listener.deregister(self.poll.registry());
+        if let Some(timer) = server.resume_timer {
+            self.timers.cancel(timer);
+        }
+        if let Some(path) = server.unix_path {
+            let _ = std::fs::remove_file(path);
+        }
+        true
+    }
+
+    fn server(&self, id: ServerId) -> Option<&Server> {
+        match self.descriptors.get(id.slot) {
+            Some(Descriptor::Server(s)) if s.serial == id.serial => Some(s),
+            _ => None,
+        }
+    }
+
+    fn server_mut(&mut self, id: ServerId) -> Option<&mut Server> {
+        match self.descriptors.get_mut(id.slot) {
+            Some(Descriptor::Server(s)) if s.serial == id.serial => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Accepts up to the per-event budget; carries the server over if the budget ran out.
+    pub(crate) fn accept_some(&mut self, slot: usize, serial: u64) {
+        let id = ServerId { slot, serial };
+        for _ in 0..ACCEPTS_PER_EVENT {
+            let Some(server) = self.server_mut(id) else { return };
+            if server.resume_timer.is_some() {
+                return;
+            }
+            match server.listener.accept() {
+                Ok(stream) => {
+                    server.backoff = Duration::ZERO;
+                    server.accepted += 1;
+                    let handler = (server.factory)();
+                    // A failed registration drops the stream: the peer sees a close.
+                    let _ = self.adopt(Some(stream), handler, super::connection::Phase::Connected);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    // EMFILE and friends, or anything unexpected: sleep, don't spin.
+                    server.backoffs += 1;
+                    server.backoff = (server.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+                    if !stream::is_resource_exhaustion(&e) {
+                        server.backoff = MAX_BACKOFF;
+                    }
+                    let at = Instant::now() + server.backoff;
+                    let timer = self.timers.insert(at, None, TimerTask::ResumeAccept(id));
+                    if let Some(server) = self.server_mut(id) {
+                        server.resume_timer = Some(timer);
+                    }
+                    return;
+                }
+            }
+        }
+        self.carry_over.push((slot, serial));
+    }
+
+    /// A back-off timer fired: try accepting again.
+    pub(crate) fn resume_accepting(&mut self, id: ServerId) {
+        if let Some(server) = self.server_mut(id) {
+            server.resume_timer = None;
+            self.accept_some(id.slot, id.serial);
+        }
+    }
+}
+
+fn with_context(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot listen on {what}: {e}"))
+}

@@ -1,0 +1,341 @@
+//! The public per-connection API on [`Reactor`]: opening outbound connections, sending,
+//! closing, pausing, socket options and timeouts. Each takes a [`ConnId`]; the same
+//! operations on a callback's own connection are on [`Context`](crate::Context).
+//! Operations on an id whose connection is gone do nothing and report so.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::connection::{Phase, WriteSide};
+use super::{Reactor, TimerTask};
+use crate::addr::IntoSocketAddr;
+use crate::handler::{Handler, UnbindReason};
+use crate::id::ConnId;
+use crate::stream::{self, Stream};
+
+impl Reactor {
+    /// Opens a TCP connection to `remote` (a numeric address; see
+    /// [`connect_host`](Self::connect_host) for names). The handler's `post_init` runs at
+    /// once, `connection_completed` when the connect finishes; a refused or timed-out
+    /// connect ends in `unbind` with [`UnbindReason::Refused`] or
+    /// [`UnbindReason::ConnectTimeout`]. `Err` only when no socket could be created.
+    pub fn connect<H: Handler>(
+        &mut self,
+        remote: impl IntoSocketAddr,
+        handler: H,
+    ) -> io::Result<ConnId> {
+        let remote = remote.into_socket_addr()?;
+        self.open_outbound(stream::tcp_connect(remote, None), Box::new(handler))
+    }
+
+    /// Like [`connect`](Self::connect), but binds the socket to `local` first (a chosen
+    /// source address and/or port; port 0 lets the kernel pick).
+    pub fn bind_connect<H: Handler>(
+        &mut self,
+        local: impl IntoSocketAddr,
+        remote: impl IntoSocketAddr,
+        handler: H,
+    ) -> io::Result<ConnId> {
+        let local = local.into_socket_addr()?;
+        let remote = remote.into_socket_addr()?;
+        self.open_outbound(stream::tcp_connect(remote, Some(local)), Box::new(handler))
+    }
+
+    /// Opens a Unix-domain stream connection to the socket at `path`.
+    pub fn connect_unix<H: Handler>(
+        &mut self,
+        path: impl AsRef<Path>,
+        handler: H,
+    ) -> io::Result<ConnId> {
+        self.open_outbound(stream::unix_connect(path.as_ref()), Box::new(handler))
+    }
+
+    /// Connects to `host:port`, resolving `host` on the defer pool so the reactor thread
+    /// never blocks on DNS. The connection exists at once (data sent now is queued); a
+    /// name that does not resolve ends in `unbind` with [`UnbindReason::Unresolvable`].
+    pub fn connect_host<H: Handler>(&mut self, host: &str, port: u16, handler: H) -> ConnId {
+        let id = self
+            .adopt(None, Box::new(handler), Phase::Resolving)
+            .expect("adopting a connection without a socket cannot fail");
+        let target = format!("{host}:{port}");
+        self.defer(
+            move || std::net::ToSocketAddrs::to_socket_addrs(&target).map(|a| a.collect::<Vec<_>>()),
+            move |r, resolved| {
+                let addr = match resolved {
+                    Ok(Ok(addrs)) => addrs.first().copied(),
+                    _ => None,
+                };
+                r.resolved(id, addr);
+            },
+        );
+        id
+    }
+
+    fn resolved(&mut self, id: ConnId, addr: Option<SocketAddr>) {
+        let Some(conn) = self.conn(id) else { return };
+        if conn.phase != Phase::Resolving || conn.closing.is_some() {
+            return;
+        }
+        let Some(addr) = addr else {
+            self.close_with(id, UnbindReason::Unresolvable, false);
+            return;
+        };
+        let result = stream::tcp_connect(addr, None).and_then(|mut s| {
+            s.register(self.poll.registry(), mio::Token(id.slot))?;
+            Ok(s)
+        });
+        match result {
+            Ok(stream) => {
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.stream = Some(stream);
+                    conn.phase = Phase::Connecting;
+                }
+            }
+            Err(e) => self.close_with(id, UnbindReason::from_io_error(&e), false),
+        }
+    }
+
+    fn open_outbound(
+        &mut self,
+        attempt: io::Result<Stream>,
+        handler: Box<dyn Handler>,
+    ) -> io::Result<ConnId> {
+        match attempt {
+            Ok(stream) => self.adopt(Some(stream), handler, Phase::Connecting),
+            Err(e) if is_connect_outcome(&e) => {
+                // Refused (or unreachable) before the call even returned: still a
+                // connection from the user's point of view, ending in unbind.
+                let id = self.adopt(None, handler, Phase::Connecting)?;
+                self.close_with(id, UnbindReason::from_io_error(&e), false);
+                Ok(id)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Queues bytes for connection `id`. Returns `false` if it is closing or gone.
+    pub fn send_to(&mut self, id: ConnId, data: &[u8]) -> bool {
+        if data.is_empty() {
+            return self.conn(id).is_some();
+        }
+        self.enqueue(id, data)
+    }
+
+    /// Closes `id` now, dropping its queue; `unbind` follows at the end of the tick with
+    /// [`UnbindReason::ClosedByUs`].
+    pub fn close_connection(&mut self, id: ConnId) {
+        self.close_with(id, UnbindReason::ClosedByUs, false);
+    }
+
+    /// Stops reading `id` and closes it once its queue is written.
+    pub fn close_connection_after_writing(&mut self, id: ConnId) {
+        let reason = match self.conn(id) {
+            Some(c) if c.peer_eof => UnbindReason::PeerClosed,
+            Some(_) => UnbindReason::ClosedByUs,
+            None => return,
+        };
+        self.close_with(id, reason, true);
+    }
+
+    /// Half-closes `id`: FIN once its queue is written; reading goes on until the peer's
+    /// FIN, after which the connection ends with [`UnbindReason::PeerClosed`].
+    pub fn close_write(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        if conn.write_side == WriteSide::Open && conn.closing.is_none() {
+            conn.write_side = WriteSide::ShutdownAfterFlush;
+            if conn.phase == Phase::Connected {
+                self.after_write_progress(id);
+            }
+        }
+    }
+
+    /// Stops reading `id` (the kernel buffers, then the peer's sends block: backpressure).
+    pub fn pause_connection(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.paused = true;
+        }
+    }
+
+    /// Resumes reading `id`; anything that arrived while paused is read next tick.
+    pub fn resume_connection(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id)
+            && conn.paused
+        {
+            conn.paused = false;
+            if conn.unread {
+                self.carry_over.push((id.slot, id.serial));
+            }
+        }
+    }
+
+    /// Whether `id` is paused.
+    pub fn is_paused(&self, id: ConnId) -> bool {
+        self.conn(id).is_some_and(|c| c.paused)
+    }
+
+    /// Whether `id` names a live connection (not yet unbound).
+    pub fn is_alive(&self, id: ConnId) -> bool {
+        self.conn(id).is_some()
+    }
+
+    /// Whether `id` has finished connecting (always true for accepted connections).
+    pub fn is_connected(&self, id: ConnId) -> bool {
+        self.conn(id).is_some_and(|c| c.phase == Phase::Connected)
+    }
+
+    /// The peer address of TCP connection `id`.
+    pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
+        self.conn(id)?.stream.as_ref()?.peer_addr()
+    }
+
+    /// The local address of TCP connection `id`.
+    pub fn local_addr(&self, id: ConnId) -> Option<SocketAddr> {
+        self.conn(id)?.stream.as_ref()?.local_addr()
+    }
+
+    /// Bytes queued for `id` and not yet written.
+    pub fn outbound_size(&self, id: ConnId) -> usize {
+        self.conn(id).map_or(0, |c| c.outbound.len())
+    }
+
+    /// Whether `id`'s queue is above its high-water mark.
+    pub fn is_above_high_water(&self, id: ConnId) -> bool {
+        self.conn(id).is_some_and(|c| c.above_high_water)
+    }
+
+    /// Sets `id`'s high- and low-water marks (`low` is capped at `high`).
+    pub fn set_water_marks(&mut self, id: ConnId, high: usize, low: usize) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.high_water = high;
+            conn.low_water = low.min(high);
+            conn.above_high_water = conn.outbound.len() > high;
+        }
+        self.after_write_progress(id);
+    }
+
+    /// The water marks connections made from now on start with.
+    pub fn set_default_water_marks(&mut self, high: usize, low: usize) {
+        self.defaults.high_water = high;
+        self.defaults.low_water = low.min(high);
+    }
+
+    /// Whether `id` stops being read while its own queue is above the high-water mark.
+    pub fn set_read_backpressure(&mut self, id: ConnId, on: bool) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.read_backpressure = on;
+            if !on && conn.unread {
+                self.carry_over.push((id.slot, id.serial));
+            }
+        }
+    }
+
+    /// `TCP_NODELAY` on `id`.
+    pub fn set_nodelay(&mut self, id: ConnId, on: bool) -> io::Result<()> {
+        self.with_stream(id, |s| s.set_nodelay(on))
+    }
+
+    /// TCP keepalive on `id`, with the idle time before probes; `None` turns it off.
+    pub fn set_keepalive(&mut self, id: ConnId, idle: Option<Duration>) -> io::Result<()> {
+        self.with_stream(id, |s| stream::set_keepalive(s.raw_fd(), idle))
+    }
+
+    /// A raw integer `setsockopt(level, name, value)` on `id`.
+    pub fn set_sock_opt(&mut self, id: ConnId, level: i32, name: i32, value: i32) -> io::Result<()> {
+        self.with_stream(id, |s| stream::set_int_option(s.raw_fd(), level, name, value))
+    }
+
+    fn with_stream(&self, id: ConnId, f: impl FnOnce(&Stream) -> io::Result<()>) -> io::Result<()> {
+        match self.conn(id).and_then(|c| c.stream.as_ref()) {
+            Some(s) => f(s),
+            None => Err(io::Error::new(io::ErrorKind::NotConnected, "no such connection")),
+        }
+    }
+
+    /// Closes `id` with [`UnbindReason::InactivityTimeout`] after `timeout` without
+    /// traffic either way; `None` turns it off.
+    pub fn set_comm_inactivity_timeout(&mut self, id: ConnId, timeout: Option<Duration>) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        let old = conn.inactivity.take();
+        let last = conn.last_activity;
+        if let Some((_, timer)) = old {
+            self.timers.cancel(timer);
+        }
+        if let Some(timeout) = timeout {
+            let timer = self
+                .timers
+                .insert(last + timeout, None, TimerTask::Inactivity(id));
+            if let Some(conn) = self.conn_mut(id) {
+                conn.inactivity = Some((timeout, timer));
+            }
+        }
+    }
+
+    /// Replaces the pending-connect timeout of `id` if it is still connecting, counting
+    /// from now.
+    pub fn set_pending_connect_timeout(&mut self, id: ConnId, timeout: Duration) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        if conn.phase == Phase::Connected {
+            return;
+        }
+        let old = conn.connect_timer.take();
+        if let Some(timer) = old {
+            self.timers.cancel(timer);
+        }
+        let timer = self
+            .timers
+            .insert(Instant::now() + timeout, None, TimerTask::ConnectTimeout(id));
+        if let Some(conn) = self.conn_mut(id) {
+            conn.connect_timer = Some(timer);
+        }
+    }
+
+    /// The pending-connect timeout connections made from now on start with.
+    pub fn set_default_pending_connect_timeout(&mut self, timeout: Duration) {
+        self.defaults.connect_timeout = timeout;
+    }
+
+    /// A connect timer fired.
+    pub(crate) fn connect_timed_out(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.connect_timer = None;
+            if conn.phase != Phase::Connected {
+                self.close_with(id, UnbindReason::ConnectTimeout, false);
+            }
+        }
+    }
+
+    /// An inactivity timer fired: close, or re-arm for the time still left.
+    pub(crate) fn inactivity_check(&mut self, id: ConnId) {
+        let now = self.now;
+        let Some(conn) = self.conn_mut(id) else { return };
+        let Some((timeout, _)) = conn.inactivity else { return };
+        let deadline = conn.last_activity + timeout;
+        if now >= deadline {
+            conn.inactivity = None;
+            self.close_with(id, UnbindReason::InactivityTimeout, false);
+        } else {
+            let timer = self
+                .timers
+                .insert(deadline, None, TimerTask::Inactivity(id));
+            if let Some(conn) = self.conn_mut(id) {
+                conn.inactivity = Some((timeout, timer));
+            }
+        }
+    }
+}
+
+/// Errors from `connect(2)` that are the connection's outcome rather than a failure to
+/// create a socket.
+fn is_connect_outcome(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::AddrNotAvailable
+    )
+}

@@ -1,0 +1,289 @@
+//! The byte streams and listeners a connection or server can sit on, and the socket-level
+//! calls std and mio don't offer (`bind` before `connect`, raw `setsockopt`, keepalive).
+//!
+//! This is the libc edge of the crate: every `unsafe` block here carries its `SAFETY`
+//! justification, and nothing above this module touches a raw descriptor.
+
+use std::io::{self, Read, Write};
+use std::mem;
+use std::net::{SocketAddr, Shutdown};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::path::Path;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+
+/// A connected (or connecting) stream socket.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    pub(crate) fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        // Edge-triggered, both directions, once: a connection is never re-registered, so
+        // pausing and resuming cost no system call. See docs/architecture.md.
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        match self {
+            Stream::Tcp(s) => registry.register(s, token, interest),
+            Stream::Unix(s) => registry.register(s, token, interest),
+        }
+    }
+
+    pub(crate) fn deregister(&mut self, registry: &Registry) {
+        let _ = match self {
+            Stream::Tcp(s) => registry.deregister(s),
+            Stream::Unix(s) => registry.deregister(s),
+        };
+    }
+
+    pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Stream::Tcp(s) => s.take_error(),
+            Stream::Unix(s) => s.take_error(),
+        }
+    }
+
+    /// Whether a non-blocking connect has finished (`Ok(false)` while still in progress).
+    pub(crate) fn is_connected(&self) -> io::Result<bool> {
+        let result = match self {
+            Stream::Tcp(s) => s.peer_addr().map(drop),
+            Stream::Unix(s) => s.peer_addr().map(drop),
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+
+    pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().ok(),
+            Stream::Unix(_) => None,
+        }
+    }
+
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.local_addr().ok(),
+            Stream::Unix(_) => None,
+        }
+    }
+
+    pub(crate) fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nodelay(on),
+            Stream::Unix(_) => Ok(()),
+        }
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A listening socket.
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<Listener> {
+        TcpListener::bind(addr).map(Listener::Tcp)
+    }
+
+    pub(crate) fn bind_unix(path: &Path) -> io::Result<Listener> {
+        UnixListener::bind(path).map(Listener::Unix)
+    }
+
+    pub(crate) fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => registry.register(l, token, Interest::READABLE),
+            Listener::Unix(l) => registry.register(l, token, Interest::READABLE),
+        }
+    }
+
+    pub(crate) fn deregister(&mut self, registry: &Registry) {
+        let _ = match self {
+            Listener::Tcp(l) => registry.deregister(l),
+            Listener::Unix(l) => registry.deregister(l),
+        };
+    }
+
+    pub(crate) fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+        }
+    }
+
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(_) => None,
+        }
+    }
+}
+
+/// Whether an accept error means "out of descriptors or memory": back off, don't spin.
+pub(crate) fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Starts a non-blocking TCP connect to `remote`, optionally bound first to `local`.
+pub(crate) fn tcp_connect(remote: SocketAddr, local: Option<SocketAddr>) -> io::Result<Stream> {
+    let Some(local) = local else {
+        return TcpStream::connect(remote).map(Stream::Tcp);
+    };
+    let family = match remote {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own; the std stream takes ownership and closes
+    // it on every early return below.
+    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    set_cloexec(fd)?;
+    std_stream.set_nonblocking(true)?;
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    let (local_raw, local_len) = sockaddr_from(local);
+    // SAFETY: `local_raw` is a properly initialised sockaddr of `local_len` bytes.
+    let rc = unsafe { libc::bind(fd, (&raw const local_raw).cast(), local_len) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (remote_raw, remote_len) = sockaddr_from(remote);
+    // SAFETY: as above, for the remote address.
+    let rc = unsafe { libc::connect(fd, (&raw const remote_raw).cast(), remote_len) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(err);
+        }
+    }
+    Ok(Stream::Tcp(TcpStream::from_std(std_stream)))
+}
+
+pub(crate) fn unix_connect(path: &Path) -> io::Result<Stream> {
+    UnixStream::connect(path).map(Stream::Unix)
+}
+
+fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `setsockopt(fd, level, name, &value, sizeof(int))`.
+pub(crate) fn set_int_option(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: the option value points at a live `c_int` whose exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Turns TCP keepalive on with the given idle time before the first probe, or off.
+pub(crate) fn set_keepalive(fd: RawFd, idle: Option<Duration>) -> io::Result<()> {
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, idle.is_some() as i32)?;
+    if let Some(idle) = idle {
+        let secs = idle.as_secs().clamp(1, i32::MAX as u64) as i32;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs)?;
+        #[cfg(any(target_os = "macos", target_os = "ios"))]
+        set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPALIVE, secs)?;
+        #[cfg(not(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "macos",
+            target_os = "ios"
+        )))]
+        let _ = secs;
+    }
+    Ok(())
+}
+
+fn sockaddr_from(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (unspecified) value.
+    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr type.
+            let sin = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr = libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            };
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: as above.
+            let sin6 = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_flowinfo = v6.flowinfo();
+            sin6.sin6_addr = libc::in6_addr {
+                s6_addr: v6.ip().octets(),
+            };
+            sin6.sin6_scope_id = v6.scope_id();
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
