@@ -1,0 +1,1 @@
+//! The em-proxy DSL on the reactor (work in progress).
