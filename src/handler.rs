@@ -57,6 +57,18 @@ pub trait Handler: Any {
         let _ = cx;
     }
 
+    /// This connection was relaying its input to a target (`proxy_incoming_to`) and the
+    /// target went away; input now reaches `receive_data` again.
+    fn proxy_target_unbound(&mut self, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
+
+    /// A length-limited relay (`proxy_incoming_to_length`) moved all its bytes; what
+    /// arrives after them reaches `receive_data`.
+    fn proxy_completed(&mut self, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
+
     /// The connection is gone, for `reason`. Runs exactly once per connection. The
     /// connection can no longer send; the rest of the reactor is still available.
     fn unbind(&mut self, cx: &mut Context<'_>, reason: UnbindReason) {
@@ -250,6 +262,38 @@ impl<'r> Context<'r> {
     /// Replaces the pending-connect timeout (default 20 s) of a connection still connecting.
     pub fn set_pending_connect_timeout(&mut self, timeout: Duration) {
         self.reactor.set_pending_connect_timeout(self.id, timeout);
+    }
+}
+
+impl Context<'_> {
+    /// Relays everything this connection receives to `target` without calling
+    /// `receive_data`, pausing while `target` has more than `bufsize` bytes queued
+    /// (EventMachine's `proxy_incoming_to`). Uses `splice(2)` on Linux. Returns `false` if
+    /// either connection is gone.
+    pub fn proxy_incoming_to(&mut self, target: ConnId, bufsize: usize) -> bool {
+        self.reactor.proxy_incoming_to(self.id, target, bufsize)
+    }
+
+    /// Like [`proxy_incoming_to`](Self::proxy_incoming_to) for exactly `length` bytes;
+    /// then [`Handler::proxy_completed`] runs and later bytes reach `receive_data`.
+    pub fn proxy_incoming_to_length(
+        &mut self,
+        target: ConnId,
+        bufsize: usize,
+        length: u64,
+    ) -> bool {
+        self.reactor
+            .proxy_incoming_to_length(self.id, target, bufsize, length)
+    }
+
+    /// Ends this connection's relay; input reaches `receive_data` again.
+    pub fn stop_proxying(&mut self) {
+        self.reactor.stop_proxying(self.id);
+    }
+
+    /// Bytes this connection has relayed so far.
+    pub fn proxied_bytes(&self) -> u64 {
+        self.reactor.proxied_bytes(self.id)
     }
 }
 

@@ -50,6 +50,7 @@ pub mod proxy;
 mod reactor;
 mod remote;
 mod signals;
+mod splice;
 mod stream;
 mod timers;
 

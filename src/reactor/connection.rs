@@ -16,6 +16,7 @@ use super::{ConnDefaults, Descriptor, Reactor, Readiness, READS_PER_EVENT};
 use crate::buffer::OutBuffer;
 use crate::handler::{Handler, PeerClosed, UnbindReason};
 use crate::id::{ConnId, TimerId};
+use crate::splice::SplicePipe;
 use crate::stream::Stream;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +66,14 @@ pub(crate) struct Connection {
     pub(crate) last_activity: Instant,
     pub(crate) inactivity: Option<(Duration, TimerId)>,
     pub(crate) connect_timer: Option<TimerId>,
+    /// Set while this connection's input is relayed to another (it is the source).
+    pub(crate) relay: Option<super::relay::RelayState>,
+    /// The source relaying into this connection, if any (this is its target).
+    pub(crate) relayed_from: Option<ConnId>,
+    /// Relayed bytes waiting in a kernel pipe to be spliced into this socket; they go out
+    /// before anything in `outbound`.
+    pub(crate) pipe: Option<SplicePipe>,
+    pub(crate) proxied_bytes: u64,
 }
 
 impl Connection {
@@ -95,10 +104,19 @@ impl Connection {
             last_activity: now,
             inactivity: None,
             connect_timer: None,
+            relay: None,
+            relayed_from: None,
+            pipe: None,
+            proxied_bytes: 0,
         }
     }
 
-    fn may_read(&self) -> bool {
+    /// Bytes accepted for this connection and not yet written: queue plus splice pipe.
+    pub(crate) fn pending_out(&self) -> usize {
+        self.outbound.len() + self.pipe.as_ref().map_or(0, |p| p.len)
+    }
+
+    pub(crate) fn may_read(&self) -> bool {
         self.phase == Phase::Connected
             && self.closing.is_none()
             && !self.peer_eof
@@ -198,6 +216,10 @@ impl Reactor {
 
     /// Reads up to the per-event budget and hands each chunk to `receive_data`.
     pub(crate) fn read_some(&mut self, id: ConnId) {
+        if self.conn(id).is_some_and(|c| c.relay.is_some()) {
+            self.relay_some(id);
+            return;
+        }
         let now = self.now;
         for _ in 0..READS_PER_EVENT {
             let Reactor {
@@ -252,6 +274,24 @@ impl Reactor {
             return;
         }
         let Some(stream) = conn.stream.as_mut() else { return };
+        if let Some(pipe) = conn.pipe.as_mut() {
+            while pipe.len > 0 {
+                match pipe.drain_to(stream.raw_fd()) {
+                    Ok(0) => break,
+                    Ok(_) => conn.last_activity = now,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.close_with(id, UnbindReason::from_io_error(&e), false);
+                        return;
+                    }
+                }
+            }
+            if pipe.len > 0 {
+                self.after_write_progress(id);
+                return;
+            }
+        }
         while !conn.outbound.is_empty() {
             match stream.write(conn.outbound.as_slice()) {
                 Ok(0) => break,
@@ -278,7 +318,7 @@ impl Reactor {
             return false;
         }
         let mut rest = data;
-        if conn.outbound.is_empty() && conn.phase == Phase::Connected {
+        if conn.pending_out() == 0 && conn.phase == Phase::Connected {
             let Some(stream) = conn.stream.as_mut() else { return false };
             while !rest.is_empty() {
                 match stream.write(rest) {
@@ -298,7 +338,7 @@ impl Reactor {
         }
         if !rest.is_empty() {
             conn.outbound.push(rest);
-            if conn.outbound.len() > conn.high_water {
+            if conn.pending_out() > conn.high_water {
                 conn.above_high_water = true;
             }
         }
@@ -308,7 +348,14 @@ impl Reactor {
     /// After bytes left the queue: low-water notification, pending FIN, pending close.
     pub(crate) fn after_write_progress(&mut self, id: ConnId) {
         let Some(conn) = self.conn_mut(id) else { return };
-        if conn.above_high_water && conn.outbound.len() <= conn.low_water {
+        let pending = conn.pending_out();
+        if let Some(source) = conn.relayed_from {
+            self.wake_relay_source(source, pending);
+        }
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.above_high_water && pending <= conn.low_water {
             conn.above_high_water = false;
             if conn.unread {
                 self.carry_over.push((id.slot, id.serial));
@@ -316,7 +363,7 @@ impl Reactor {
             self.with_handler_dyn(id, |h, cx| h.outbound_drained(cx));
         }
         let Some(conn) = self.conn_mut(id) else { return };
-        if !conn.outbound.is_empty() {
+        if conn.pending_out() > 0 {
             return;
         }
         if let Some(closing) = conn.closing {
@@ -339,9 +386,18 @@ impl Reactor {
         }
     }
 
-    fn on_peer_eof(&mut self, id: ConnId) {
+    pub(crate) fn on_peer_eof(&mut self, id: ConnId) {
         let Some(conn) = self.conn_mut(id) else { return };
         conn.peer_eof = true;
+        if let Some(relay) = conn.relay
+            && relay.remaining.is_none()
+        {
+            // Half-close passes through a relay: the target gets our peer's FIN.
+            self.close_write(relay.target);
+        }
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         if conn.write_side != WriteSide::Open {
             // Both halves are done once our FIN is out.
             if conn.write_side == WriteSide::Shut {
@@ -365,7 +421,7 @@ impl Reactor {
             Some(_) if after_writing => return,
             _ => {}
         }
-        if after_writing && !conn.outbound.is_empty() {
+        if after_writing && conn.pending_out() > 0 {
             conn.closing = Some(Closing {
                 reason,
                 after_writing: true,
@@ -405,6 +461,7 @@ impl Reactor {
             if let Some(mut handler) = conn.handler.take() {
                 handler.unbind(&mut crate::Context::new(self, id), reason);
             }
+            self.relay_endpoint_gone(id, conn.relay.map(|r| r.target), conn.relayed_from);
         }
     }
 }

@@ -17,6 +17,7 @@
 //! and never runs `unbind` anywhere but in step 6 (`reap`).
 
 mod connection;
+mod relay;
 mod scheduling;
 mod server;
 mod streams;
@@ -108,6 +109,9 @@ pub struct Reactor {
     shared: Arc<Shared>,
     defer: DeferPool,
     read_buf: Vec<u8>,
+    /// Scratch for the copying relay path; allocated on first use.
+    relay_buf: Vec<u8>,
+    splice_enabled: bool,
     now: Instant,
     connections: usize,
     signals: Option<SignalPipe>,
@@ -133,6 +137,8 @@ impl Reactor {
             shared: Arc::new(Shared::new(waker)),
             defer: DeferPool::new(),
             read_buf: vec![0; READ_CHUNK],
+            relay_buf: Vec::new(),
+            splice_enabled: crate::splice::SPLICE_SUPPORTED,
             now: Instant::now(),
             connections: 0,
             signals: None,

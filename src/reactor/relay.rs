@@ -1,0 +1,305 @@
+//! The descriptor-level relay (EventMachine's `proxy_incoming_to`): bytes read from a
+//! source connection go straight to a target connection, with no handler call per chunk.
+//!
+//! On Linux, when the target has nothing queued in user space, the source is spliced into
+//! a kernel pipe owned by the target and the pipe into the target's socket: zero copies.
+//! Otherwise (or with [`Reactor::set_splice`] off) bytes are read into a reactor buffer
+//! and queued like `send_data`. Either way the source is not read while the target holds
+//! `bufsize` bytes or more, and the target's writes wake the source when room returns.
+//! A source's FIN becomes the target's FIN (half-close passes through); a length-limited
+//! relay stops after exactly `length` bytes and calls `proxy_completed`.
+
+use std::io::{self, Read};
+
+use super::connection::{Phase, WriteSide};
+use super::{READS_PER_EVENT, Reactor};
+use crate::handler::UnbindReason;
+use crate::id::ConnId;
+use crate::splice::{SPLICE_SUPPORTED, SplicePipe};
+
+/// Bytes moved per relay step: larger than a handler read, since no handler sees them.
+const RELAY_CHUNK: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RelayState {
+    pub(crate) target: ConnId,
+    pub(crate) bufsize: usize,
+    /// `Some` for a length-limited relay: bytes still to move.
+    pub(crate) remaining: Option<u64>,
+}
+
+impl Reactor {
+    /// Relays everything `source` receives to `target` without calling its
+    /// `receive_data`; `source` is not read while `target` has `bufsize` or more bytes
+    /// pending. Returns `false` if either is gone or they are the same connection.
+    pub fn proxy_incoming_to(&mut self, source: ConnId, target: ConnId, bufsize: usize) -> bool {
+        self.start_relay(source, target, bufsize, None)
+    }
+
+    /// Relays exactly `length` bytes from `source` to `target`, then calls
+    /// `proxy_completed` on `source`; later bytes reach its `receive_data`.
+    pub fn proxy_incoming_to_length(
+        &mut self,
+        source: ConnId,
+        target: ConnId,
+        bufsize: usize,
+        length: u64,
+    ) -> bool {
+        self.start_relay(source, target, bufsize, Some(length))
+    }
+
+    /// Ends `source`'s relay; its input reaches `receive_data` again.
+    pub fn stop_proxying(&mut self, source: ConnId) {
+        let Some(relay) = self.conn_mut(source).and_then(|c| c.relay.take()) else {
+            return;
+        };
+        if let Some(target) = self.conn_mut(relay.target)
+            && target.relayed_from == Some(source)
+        {
+            target.relayed_from = None;
+        }
+        self.schedule_read(source);
+    }
+
+    /// Bytes `source` has relayed so far (across all its relays).
+    pub fn proxied_bytes(&self, source: ConnId) -> u64 {
+        self.conn(source).map_or(0, |c| c.proxied_bytes)
+    }
+
+    /// Whether relays may use `splice(2)` (default: on, where the platform has it).
+    pub fn set_splice(&mut self, on: bool) {
+        self.splice_enabled = on && SPLICE_SUPPORTED;
+    }
+
+    fn start_relay(
+        &mut self,
+        source: ConnId,
+        target: ConnId,
+        bufsize: usize,
+        length: Option<u64>,
+    ) -> bool {
+        if source == target || self.conn(target).is_none() || self.conn(source).is_none() {
+            return false;
+        }
+        if let Some(old) = self.conn(source).and_then(|c| c.relay) {
+            if let Some(t) = self.conn_mut(old.target) {
+                t.relayed_from = None;
+            }
+        }
+        if let Some(src) = self.conn_mut(source) {
+            src.relay = Some(RelayState {
+                target,
+                bufsize: bufsize.max(1),
+                remaining: length,
+            });
+        }
+        if let Some(tgt) = self.conn_mut(target) {
+            tgt.relayed_from = Some(source);
+        }
+        if length == Some(0) {
+            // Nothing to move: complete on the next tick, outside the caller's callback.
+            self.next_tick(move |r| r.finish_length_relay(source));
+        }
+        self.schedule_read(source);
+        true
+    }
+
+    /// Queues `id` for reading next tick if readiness is waiting.
+    fn schedule_read(&mut self, id: ConnId) {
+        if self.conn(id).is_some_and(|c| c.unread) {
+            self.carry_over.push((id.slot, id.serial));
+        }
+    }
+
+    /// The target's pending bytes fell to `pending`: let its source read again if room.
+    pub(crate) fn wake_relay_source(&mut self, source: ConnId, pending: usize) {
+        if let Some(src) = self.conn(source)
+            && let Some(relay) = src.relay
+            && src.unread
+            && pending < relay.bufsize
+        {
+            self.carry_over.push((source.slot, source.serial));
+        }
+    }
+
+    /// Moves bytes from relay source `id` to its target, up to the per-event budget.
+    pub(crate) fn relay_some(&mut self, id: ConnId) {
+        let now = self.now;
+        for _ in 0..READS_PER_EVENT {
+            let Some(src) = self.conn(id) else { return };
+            if !src.unread || !src.may_read() {
+                return;
+            }
+            let Some(relay) = src.relay else {
+                // A length relay just completed: the rest goes to receive_data.
+                self.read_some(id);
+                return;
+            };
+            let hangup = src.hangup;
+            let Some(src_fd) = src.stream.as_ref().map(|s| s.raw_fd()) else { return };
+            let Some(tgt) = self.conn(relay.target) else { return };
+            if tgt.closing.is_some() || tgt.write_side != WriteSide::Open {
+                // The target can take nothing more; its unbind will end the relay.
+                return;
+            }
+            let mut want = relay
+                .bufsize
+                .saturating_sub(tgt.pending_out())
+                .min(RELAY_CHUNK);
+            if let Some(remaining) = relay.remaining {
+                want = want.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            }
+            let splice = self.splice_enabled
+                && tgt.phase == Phase::Connected
+                && tgt.outbound.is_empty()
+                && self.ensure_pipe(relay.target);
+            if splice {
+                let room = self.conn(relay.target).and_then(|t| t.pipe.as_ref()).map_or(0, SplicePipe::room);
+                want = want.min(room);
+            }
+            if want == 0 {
+                return; // target full: its writes wake us (wake_relay_source)
+            }
+            let moved = if splice {
+                let pipe = self
+                    .conn_mut(relay.target)
+                    .and_then(|t| t.pipe.as_mut())
+                    .expect("ensure_pipe made the pipe");
+                pipe.fill_from(src_fd, want)
+            } else {
+                self.read_for_relay(id, want)
+            };
+            match moved {
+                Ok(0) => {
+                    if let Some(src) = self.conn_mut(id) {
+                        src.unread = false;
+                    }
+                    self.on_peer_eof(id);
+                    return;
+                }
+                Ok(n) => {
+                    let src = self.conn_mut(id).expect("source checked above");
+                    src.last_activity = now;
+                    src.proxied_bytes += n as u64;
+                    // A short splice proves nothing (the pipe may have run out of
+                    // buffer slots before bytes), so only a copy ends the drain early.
+                    if n < want && !hangup && !splice {
+                        src.unread = false;
+                    }
+                    let mut completed = false;
+                    if let Some(relay) = src.relay.as_mut()
+                        && let Some(remaining) = relay.remaining.as_mut()
+                    {
+                        *remaining -= n as u64;
+                        completed = *remaining == 0;
+                    }
+                    if splice {
+                        self.flush(relay.target);
+                    } else {
+                        let buf = std::mem::take(&mut self.relay_buf);
+                        self.enqueue(relay.target, &buf[..n]);
+                        self.relay_buf = buf;
+                    }
+                    if completed {
+                        self.finish_length_relay(id);
+                        self.schedule_read(id);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // With bytes still in the pipe, EAGAIN may mean "pipe full" rather
+                    // than "source empty": stay unread; draining the pipe wakes us.
+                    let pipe_busy = splice
+                        && self
+                            .conn(relay.target)
+                            .and_then(|t| t.pipe.as_ref())
+                            .is_some_and(|p| p.len > 0);
+                    if !pipe_busy && let Some(src) = self.conn_mut(id) {
+                        src.unread = false;
+                    }
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close_with(id, UnbindReason::from_io_error(&e), false);
+                    return;
+                }
+            }
+        }
+        self.schedule_read(id);
+    }
+
+    /// Reads up to `want` bytes of source `id` into the relay buffer.
+    fn read_for_relay(&mut self, id: ConnId, want: usize) -> io::Result<usize> {
+        if self.relay_buf.len() < RELAY_CHUNK {
+            self.relay_buf.resize(RELAY_CHUNK, 0);
+        }
+        let Reactor {
+            descriptors,
+            relay_buf,
+            ..
+        } = self;
+        match descriptors.get_mut(id.slot) {
+            Some(super::Descriptor::Conn(c)) => match c.stream.as_mut() {
+                Some(stream) => stream.read(&mut relay_buf[..want]),
+                None => Ok(0),
+            },
+            _ => Ok(0),
+        }
+    }
+
+    /// Gives `target` a splice pipe if it has none. `false` if one cannot be made (then
+    /// splicing is turned off for this reactor and relays copy).
+    fn ensure_pipe(&mut self, target: ConnId) -> bool {
+        let Some(tgt) = self.conn_mut(target) else { return false };
+        if tgt.pipe.is_some() {
+            return true;
+        }
+        match SplicePipe::new() {
+            Ok(pipe) => {
+                tgt.pipe = Some(pipe);
+                true
+            }
+            Err(_) => {
+                self.splice_enabled = false;
+                false
+            }
+        }
+    }
+
+    /// A length relay moved its last byte (or had none to move).
+    fn finish_length_relay(&mut self, source: ConnId) {
+        let Some(relay) = self.conn_mut(source).and_then(|c| c.relay.take()) else {
+            return;
+        };
+        if let Some(tgt) = self.conn_mut(relay.target)
+            && tgt.relayed_from == Some(source)
+        {
+            tgt.relayed_from = None;
+        }
+        self.with_handler_dyn(source, |h, cx| h.proxy_completed(cx));
+    }
+
+    /// A reaped connection was a relay source (`target`) and/or target (`source`).
+    pub(crate) fn relay_endpoint_gone(
+        &mut self,
+        gone: ConnId,
+        target: Option<ConnId>,
+        source: Option<ConnId>,
+    ) {
+        if let Some(target) = target
+            && let Some(tgt) = self.conn_mut(target)
+            && tgt.relayed_from == Some(gone)
+        {
+            tgt.relayed_from = None;
+        }
+        if let Some(source) = source
+            && let Some(src) = self.conn_mut(source)
+            && src.relay.is_some_and(|r| r.target == gone)
+        {
+            src.relay = None;
+            self.with_handler_dyn(source, |h, cx| h.proxy_target_unbound(cx));
+            self.schedule_read(source);
+        }
+    }
+}
