@@ -142,10 +142,7 @@ impl Reactor {
                 // The target can take nothing more; its unbind will end the relay.
                 return;
             }
-            let mut want = relay
-                .bufsize
-                .saturating_sub(tgt.pending_out())
-                .min(RELAY_CHUNK);
+            let mut want = relay.bufsize.saturating_sub(tgt.pending_out());
             if let Some(remaining) = relay.remaining {
                 want = want.min(usize::try_from(remaining).unwrap_or(usize::MAX));
             }
@@ -156,6 +153,8 @@ impl Reactor {
             if splice {
                 let room = self.conn(relay.target).and_then(|t| t.pipe.as_ref()).map_or(0, SplicePipe::room);
                 want = want.min(room);
+            } else {
+                want = want.min(RELAY_CHUNK);
             }
             if want == 0 {
                 return; // target full: its writes wake us (wake_relay_source)
