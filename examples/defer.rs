@@ -25,7 +25,9 @@ fn main() -> std::io::Result<()> {
                 },
                 move |r, result| {
                     match result {
-                        Ok((n, thread)) => println!("job {n} done on {}", thread.unwrap_or_default()),
+                        Ok((n, thread)) => {
+                            println!("job {n} done on {}", thread.unwrap_or_default())
+                        }
                         Err(panic) => println!("a job panicked, the loop carries on: {panic}"),
                     }
                     outstanding.set(outstanding.get() - 1);

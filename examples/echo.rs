@@ -65,7 +65,11 @@ fn main() {
         eprintln!("echo: unknown flag `{bad}` (usage: echo [ADDR] [--demo])");
         std::process::exit(2);
     }
-    let default = if demo { "127.0.0.1:0" } else { "127.0.0.1:8081" };
+    let default = if demo {
+        "127.0.0.1:0"
+    } else {
+        "127.0.0.1:8081"
+    };
     let addr = args.first().map_or(default, String::as_str).to_string();
     let result = Reactor::run(|r| {
         let server = r.start_server(addr.as_str(), || Echo)?;

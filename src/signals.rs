@@ -70,7 +70,8 @@ impl SignalPipe {
         let mut buf = [0u8; 64];
         loop {
             // SAFETY: reading into a live stack buffer of the length given.
-            let n = unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n =
+                unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n <= 0 {
                 break;
             }

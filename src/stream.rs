@@ -6,7 +6,7 @@
 
 use std::io::{self, Read, Write};
 use std::mem;
-use std::net::{SocketAddr, Shutdown};
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
@@ -240,7 +240,12 @@ pub(crate) fn set_int_option(fd: RawFd, level: i32, name: i32, value: i32) -> io
 
 /// Turns TCP keepalive on with the given idle time before the first probe, or off.
 pub(crate) fn set_keepalive(fd: RawFd, idle: Option<Duration>) -> io::Result<()> {
-    set_int_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, idle.is_some() as i32)?;
+    set_int_option(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_KEEPALIVE,
+        idle.is_some() as i32,
+    )?;
     if let Some(idle) = idle {
         let secs = idle.as_secs().clamp(1, i32::MAX as u64) as i32;
         #[cfg(any(target_os = "linux", target_os = "android"))]

@@ -204,7 +204,10 @@ mod tests {
         let reused = q.insert(t0 + Duration::from_millis(5), None, 2);
         assert_eq!(reused.slot, id.slot);
         assert_ne!(reused, id);
-        assert!(!q.cancel(id), "a stale id must not cancel the slot's new timer");
+        assert!(
+            !q.cancel(id),
+            "a stale id must not cancel the slot's new timer"
+        );
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_millis(5)));
     }
 

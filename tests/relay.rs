@@ -66,7 +66,9 @@ impl Handler for Front {
     }
 
     fn peer_closed(&mut self, _cx: &mut Context<'_>) -> PeerClosed {
-        let _ = self.report.send(Event::AfterRelay(std::mem::take(&mut self.after)));
+        let _ = self
+            .report
+            .send(Event::AfterRelay(std::mem::take(&mut self.after)));
         PeerClosed::Close
     }
 
@@ -104,7 +106,10 @@ fn spawn_sink(listener: TcpListener, seed: u64) -> thread::JoinHandle<Result<u64
             }
             expected.fill(&mut want[..got]);
             if buf[..got] != want[..got] {
-                let first = buf[..got].iter().zip(&want[..got]).position(|(a, b)| a != b);
+                let first = buf[..got]
+                    .iter()
+                    .zip(&want[..got])
+                    .position(|(a, b)| a != b);
                 return Err(total + first.unwrap_or(0) as u64);
             }
             total += got as u64;
@@ -117,7 +122,12 @@ fn run_relay_reactor(
     splice: bool,
     bufsize: usize,
     length: Option<u64>,
-) -> (SocketAddr, mpsc::Receiver<Event>, ember::ReactorHandle, thread::JoinHandle<()>) {
+) -> (
+    SocketAddr,
+    mpsc::Receiver<Event>,
+    ember::ReactorHandle,
+    thread::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel();
     let (addr_tx, addr_rx) = mpsc::channel();
     let reactor = thread::spawn(move || {
@@ -160,7 +170,11 @@ fn relay_one_gib(splice: bool) {
     }
     client.shutdown(Shutdown::Write).unwrap();
     let received = checker.join().unwrap();
-    assert_eq!(received, Ok(TOTAL), "sink saw a wrong byte or a short stream");
+    assert_eq!(
+        received,
+        Ok(TOTAL),
+        "sink saw a wrong byte or a short stream"
+    );
     // The sink closed after EOF: the backend's close ends the relay, and the client's FIN
     // (already passed on) closes the front.
     let mut tail = Vec::new();
@@ -215,7 +229,10 @@ fn length_relay_hands_the_rest_to_receive_data(splice: bool) {
     let (relayed, more) = checker.join().unwrap();
     assert_eq!(relayed, payload[..100_000]);
     assert!(
-        matches!(more, Err(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        matches!(
+            more,
+            Err(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        ),
         "bytes past the length limit reached the target: {more:?}"
     );
     let mut completed = None;
@@ -288,11 +305,21 @@ fn relay_to_a_stalled_target_keeps_memory_bounded(splice: bool) {
     while pushed < PUSHED {
         match writer.write(&chunk) {
             Ok(n) => pushed += n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
             Err(e) => panic!("client write failed: {e}"),
         }
     }
-    assert!(pushed < PUSHED, "the relay never pushed back ({pushed} bytes accepted)");
+    assert!(
+        pushed < PUSHED,
+        "the relay never pushed back ({pushed} bytes accepted)"
+    );
     let grown = vm_rss_kib().saturating_sub(before);
     assert!(
         grown < 24 * 1024,
@@ -300,7 +327,11 @@ fn relay_to_a_stalled_target_keeps_memory_bounded(splice: bool) {
     );
     writer.shutdown(Shutdown::Write).unwrap();
     release_tx.send(()).unwrap();
-    assert_eq!(stalled.join().unwrap(), pushed, "bytes lost after the stall");
+    assert_eq!(
+        stalled.join().unwrap(),
+        pushed,
+        "bytes lost after the stall"
+    );
     handle.stop();
     reactor.join().unwrap();
 }

@@ -12,7 +12,7 @@
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use super::{ConnDefaults, Descriptor, Reactor, Readiness, READS_PER_EVENT};
+use super::{ConnDefaults, Descriptor, READS_PER_EVENT, Reactor, Readiness};
 use crate::buffer::OutBuffer;
 use crate::handler::{Handler, PeerClosed, UnbindReason};
 use crate::id::{ConnId, TimerId};
@@ -172,7 +172,9 @@ impl Reactor {
     }
 
     pub(crate) fn on_connection_event(&mut self, id: ConnId, ready: Readiness) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         if ready.hangup {
             conn.hangup = true;
         }
@@ -193,8 +195,12 @@ impl Reactor {
     /// Completes (or fails) an in-flight connect after any event on it.
     pub(crate) fn finish_connect(&mut self, id: ConnId) {
         let now = self.now;
-        let Some(conn) = self.conn_mut(id) else { return };
-        let Some(stream) = conn.stream.as_ref() else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let Some(stream) = conn.stream.as_ref() else {
+            return;
+        };
         let outcome = match stream.take_error() {
             Ok(Some(e)) | Err(e) => Err(e),
             Ok(None) => stream.is_connected(),
@@ -227,12 +233,16 @@ impl Reactor {
                 read_buf,
                 ..
             } = self;
-            let Some(Descriptor::Conn(conn)) = descriptors.get_mut(id.slot) else { return };
+            let Some(Descriptor::Conn(conn)) = descriptors.get_mut(id.slot) else {
+                return;
+            };
             if conn.serial != id.serial || !conn.unread || !conn.may_read() {
                 return;
             }
             let hangup = conn.hangup;
-            let Some(stream) = conn.stream.as_mut() else { return };
+            let Some(stream) = conn.stream.as_mut() else {
+                return;
+            };
             match stream.read(read_buf) {
                 Ok(0) => {
                     conn.unread = false;
@@ -269,11 +279,15 @@ impl Reactor {
     /// Writes as much of the outbound queue as the socket takes.
     pub(crate) fn flush(&mut self, id: ConnId) {
         let now = self.now;
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         if conn.phase != Phase::Connected || conn.closing.is_some_and(|c| !c.after_writing) {
             return;
         }
-        let Some(stream) = conn.stream.as_mut() else { return };
+        let Some(stream) = conn.stream.as_mut() else {
+            return;
+        };
         if let Some(pipe) = conn.pipe.as_mut() {
             while pipe.len > 0 {
                 match pipe.drain_to(stream.raw_fd()) {
@@ -313,13 +327,17 @@ impl Reactor {
     /// Queues `data`, writing straight to the socket when nothing is queued ahead of it.
     pub(crate) fn enqueue(&mut self, id: ConnId, data: &[u8]) -> bool {
         let now = self.now;
-        let Some(conn) = self.conn_mut(id) else { return false };
+        let Some(conn) = self.conn_mut(id) else {
+            return false;
+        };
         if conn.closing.is_some() || conn.write_side != WriteSide::Open {
             return false;
         }
         let mut rest = data;
         if conn.pending_out() == 0 && conn.phase == Phase::Connected {
-            let Some(stream) = conn.stream.as_mut() else { return false };
+            let Some(stream) = conn.stream.as_mut() else {
+                return false;
+            };
             while !rest.is_empty() {
                 match stream.write(rest) {
                     Ok(0) => break,
@@ -347,7 +365,9 @@ impl Reactor {
 
     /// After bytes left the queue: low-water notification, pending FIN, pending close.
     pub(crate) fn after_write_progress(&mut self, id: ConnId) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         let pending = conn.pending_out();
         if let Some(source) = conn.relayed_from {
             self.wake_relay_source(source, pending);
@@ -362,7 +382,9 @@ impl Reactor {
             }
             self.with_handler_dyn(id, |h, cx| h.outbound_drained(cx));
         }
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         if conn.pending_out() > 0 {
             return;
         }
@@ -387,7 +409,9 @@ impl Reactor {
     }
 
     pub(crate) fn on_peer_eof(&mut self, id: ConnId) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         conn.peer_eof = true;
         if let Some(relay) = conn.relay
             && relay.remaining.is_none()
@@ -415,7 +439,9 @@ impl Reactor {
     /// Starts closing: now (dropping the queue) or once the queue is written. The first
     /// close wins, except that a close-now overrides a pending close-after-writing.
     pub(crate) fn close_with(&mut self, id: ConnId, reason: UnbindReason, after_writing: bool) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         match conn.closing {
             Some(c) if !c.after_writing => return,
             Some(_) if after_writing => return,
@@ -455,9 +481,7 @@ impl Reactor {
             {
                 self.timers.cancel(timer);
             }
-            let reason = conn
-                .closing
-                .map_or(UnbindReason::ClosedByUs, |c| c.reason);
+            let reason = conn.closing.map_or(UnbindReason::ClosedByUs, |c| c.reason);
             if let Some(mut handler) = conn.handler.take() {
                 handler.unbind(&mut crate::Context::new(self, id), reason);
             }

@@ -242,7 +242,10 @@ impl Reactor {
     /// One tick. See the module docs for the order.
     fn run_once(&mut self) -> io::Result<()> {
         let timeout = self.poll_timeout();
-        let mut events = self.events.take().expect("events buffer is always returned");
+        let mut events = self
+            .events
+            .take()
+            .expect("events buffer is always returned");
         if let Err(e) = self.poll.poll(&mut events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
         {

@@ -81,10 +81,10 @@ impl Reactor {
         if source == target || self.conn(target).is_none() || self.conn(source).is_none() {
             return false;
         }
-        if let Some(old) = self.conn(source).and_then(|c| c.relay) {
-            if let Some(t) = self.conn_mut(old.target) {
-                t.relayed_from = None;
-            }
+        if let Some(old) = self.conn(source).and_then(|c| c.relay)
+            && let Some(t) = self.conn_mut(old.target)
+        {
+            t.relayed_from = None;
         }
         if let Some(src) = self.conn_mut(source) {
             src.relay = Some(RelayState {
@@ -136,8 +136,12 @@ impl Reactor {
                 return;
             };
             let hangup = src.hangup;
-            let Some(src_fd) = src.stream.as_ref().map(|s| s.raw_fd()) else { return };
-            let Some(tgt) = self.conn(relay.target) else { return };
+            let Some(src_fd) = src.stream.as_ref().map(|s| s.raw_fd()) else {
+                return;
+            };
+            let Some(tgt) = self.conn(relay.target) else {
+                return;
+            };
             if tgt.closing.is_some() || tgt.write_side != WriteSide::Open {
                 // The target can take nothing more; its unbind will end the relay.
                 return;
@@ -151,7 +155,10 @@ impl Reactor {
                 && tgt.outbound.is_empty()
                 && self.ensure_pipe(relay.target);
             if splice {
-                let room = self.conn(relay.target).and_then(|t| t.pipe.as_ref()).map_or(0, SplicePipe::room);
+                let room = self
+                    .conn(relay.target)
+                    .and_then(|t| t.pipe.as_ref())
+                    .map_or(0, SplicePipe::room);
                 want = want.min(room);
             } else {
                 want = want.min(RELAY_CHUNK);
@@ -250,7 +257,9 @@ impl Reactor {
     /// Gives `target` a splice pipe if it has none. `false` if one cannot be made (then
     /// splicing is turned off for this reactor and relays copy).
     fn ensure_pipe(&mut self, target: ConnId) -> bool {
-        let Some(tgt) = self.conn_mut(target) else { return false };
+        let Some(tgt) = self.conn_mut(target) else {
+            return false;
+        };
         if tgt.pipe.is_some() {
             return true;
         }

@@ -34,8 +34,11 @@ impl Reactor {
         delay: Duration,
         callback: impl FnOnce(&mut Reactor) + 'static,
     ) -> TimerId {
-        self.timers
-            .insert(Instant::now() + delay, None, TimerTask::Once(Box::new(callback)))
+        self.timers.insert(
+            Instant::now() + delay,
+            None,
+            TimerTask::Once(Box::new(callback)),
+        )
     }
 
     /// Runs `callback` every `period`, first `period` from now. Deadlines are kept on a
@@ -71,7 +74,9 @@ impl Reactor {
         // Bound the work of one tick: timers added by callbacks wait for the next one.
         let mut budget = self.timers.len();
         while budget > 0 {
-            let Some(fired) = self.timers.pop_due(now) else { break };
+            let Some(fired) = self.timers.pop_due(now) else {
+                break;
+            };
             budget -= 1;
             let crate::timers::Fired {
                 id,
@@ -177,7 +182,9 @@ impl Reactor {
     }
 
     pub(crate) fn run_signal_handlers(&mut self) {
-        let Some(pipe) = self.signals.as_ref() else { return };
+        let Some(pipe) = self.signals.as_ref() else {
+            return;
+        };
         for signo in pipe.drain() {
             let Some(mut handlers) = self.signal_handlers.0.remove(&signo) else {
                 continue;

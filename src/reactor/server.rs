@@ -53,8 +53,8 @@ impl Reactor {
         mut factory: impl FnMut() -> H + 'static,
     ) -> io::Result<ServerId> {
         let path = path.as_ref();
-        let listener = Listener::bind_unix(path)
-            .map_err(|e| with_context(e, &path.display().to_string()))?;
+        let listener =
+            Listener::bind_unix(path).map_err(|e| with_context(e, &path.display().to_string()))?;
         self.add_server(
             listener,
             Some(path.to_path_buf()),
@@ -133,7 +133,9 @@ impl Reactor {
     pub(crate) fn accept_some(&mut self, slot: usize, serial: u64) {
         let id = ServerId { slot, serial };
         for _ in 0..ACCEPTS_PER_EVENT {
-            let Some(server) = self.server_mut(id) else { return };
+            let Some(server) = self.server_mut(id) else {
+                return;
+            };
             if server.resume_timer.is_some() {
                 return;
             }

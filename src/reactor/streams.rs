@@ -61,7 +61,9 @@ impl Reactor {
             .expect("adopting a connection without a socket cannot fail");
         let target = format!("{host}:{port}");
         self.defer(
-            move || std::net::ToSocketAddrs::to_socket_addrs(&target).map(|a| a.collect::<Vec<_>>()),
+            move || {
+                std::net::ToSocketAddrs::to_socket_addrs(&target).map(|a| a.collect::<Vec<_>>())
+            },
             move |r, resolved| {
                 let addr = match resolved {
                     Ok(Ok(addrs)) => addrs.first().copied(),
@@ -142,7 +144,9 @@ impl Reactor {
     /// Half-closes `id`: FIN once its queue is written; reading goes on until the peer's
     /// FIN, after which the connection ends with [`UnbindReason::PeerClosed`].
     pub fn close_write(&mut self, id: ConnId) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         if conn.write_side == WriteSide::Open && conn.closing.is_none() {
             conn.write_side = WriteSide::ShutdownAfterFlush;
             if conn.phase == Phase::Connected {
@@ -242,21 +246,34 @@ impl Reactor {
     }
 
     /// A raw integer `setsockopt(level, name, value)` on `id`.
-    pub fn set_sock_opt(&mut self, id: ConnId, level: i32, name: i32, value: i32) -> io::Result<()> {
-        self.with_stream(id, |s| stream::set_int_option(s.raw_fd(), level, name, value))
+    pub fn set_sock_opt(
+        &mut self,
+        id: ConnId,
+        level: i32,
+        name: i32,
+        value: i32,
+    ) -> io::Result<()> {
+        self.with_stream(id, |s| {
+            stream::set_int_option(s.raw_fd(), level, name, value)
+        })
     }
 
     fn with_stream(&self, id: ConnId, f: impl FnOnce(&Stream) -> io::Result<()>) -> io::Result<()> {
         match self.conn(id).and_then(|c| c.stream.as_ref()) {
             Some(s) => f(s),
-            None => Err(io::Error::new(io::ErrorKind::NotConnected, "no such connection")),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no such connection",
+            )),
         }
     }
 
     /// Closes `id` with [`UnbindReason::InactivityTimeout`] after `timeout` without
     /// traffic either way; `None` turns it off.
     pub fn set_comm_inactivity_timeout(&mut self, id: ConnId, timeout: Option<Duration>) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         let old = conn.inactivity.take();
         let last = conn.last_activity;
         if let Some((_, timer)) = old {
@@ -275,7 +292,9 @@ impl Reactor {
     /// Replaces the pending-connect timeout of `id` if it is still connecting, counting
     /// from now.
     pub fn set_pending_connect_timeout(&mut self, id: ConnId, timeout: Duration) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         if conn.phase == Phase::Connected {
             return;
         }
@@ -283,9 +302,11 @@ impl Reactor {
         if let Some(timer) = old {
             self.timers.cancel(timer);
         }
-        let timer = self
-            .timers
-            .insert(Instant::now() + timeout, None, TimerTask::ConnectTimeout(id));
+        let timer = self.timers.insert(
+            Instant::now() + timeout,
+            None,
+            TimerTask::ConnectTimeout(id),
+        );
         if let Some(conn) = self.conn_mut(id) {
             conn.connect_timer = Some(timer);
         }
@@ -309,8 +330,12 @@ impl Reactor {
     /// An inactivity timer fired: close, or re-arm for the time still left.
     pub(crate) fn inactivity_check(&mut self, id: ConnId) {
         let now = self.now;
-        let Some(conn) = self.conn_mut(id) else { return };
-        let Some((timeout, _)) = conn.inactivity else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let Some((timeout, _)) = conn.inactivity else {
+            return;
+        };
         let deadline = conn.last_activity + timeout;
         if now >= deadline {
             conn.inactivity = None;
