@@ -39,8 +39,50 @@ pub trait Handler: Any {
         let _ = cx;
     }
 
-    /// Bytes arrived. `data` is only valid for the call.
-    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]);
+    /// Bytes arrived. `data` is only valid for the call. The default discards them
+    /// (descriptors that never carry data, such as watches, need not implement it).
+    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+        let _ = (cx, data);
+    }
+
+    /// A datagram arrived on a UDP socket, whole, from `from`. The default passes it to
+    /// `receive_data`; `send_data` on a datagram socket replies to the last sender.
+    fn receive_datagram(&mut self, cx: &mut Context<'_>, data: &[u8], from: SocketAddr) {
+        let _ = from;
+        self.receive_data(cx, data);
+    }
+
+    /// A child process started with `popen` wrote to its stderr. The default discards it.
+    fn receive_stderr(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+        let _ = (cx, data);
+    }
+
+    /// A watched descriptor (`watch`) is readable; read it yourself. Called again on the
+    /// next tick while it stays readable and notification is on.
+    fn notify_readable(&mut self, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
+
+    /// A watched descriptor (`watch`) is writable. Called again on the next tick while it
+    /// stays writable and notification is on.
+    fn notify_writable(&mut self, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
+
+    /// A watched file (`watch_file`) was modified.
+    fn file_modified(&mut self, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
+
+    /// A watched file was moved or renamed (the watch follows it).
+    fn file_moved(&mut self, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
+
+    /// A watched file was deleted; `unbind` follows.
+    fn file_deleted(&mut self, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
 
     /// The peer sent FIN: it will send nothing more, but may still read. The default
     /// closes the connection once everything queued has been written (EventMachine's
@@ -105,6 +147,12 @@ pub enum UnbindReason {
     ClosedByUs,
     /// The reactor stopped while the connection was still open.
     ReactorStopped,
+    /// The descriptor was handed back to the user with `detach`.
+    Detached,
+    /// A child process (`popen`) exited with this status.
+    ProcessExited(std::process::ExitStatus),
+    /// A watched file was deleted or its file system unmounted.
+    FileGone,
     /// Any other I/O error.
     Error(io::ErrorKind),
 }
@@ -126,8 +174,12 @@ impl UnbindReason {
     pub fn is_orderly(&self) -> bool {
         matches!(
             self,
-            UnbindReason::PeerClosed | UnbindReason::ClosedByUs | UnbindReason::ReactorStopped
-        )
+            UnbindReason::PeerClosed
+                | UnbindReason::ClosedByUs
+                | UnbindReason::ReactorStopped
+                | UnbindReason::Detached
+                | UnbindReason::FileGone
+        ) || matches!(self, UnbindReason::ProcessExited(status) if status.success())
     }
 }
 
@@ -142,6 +194,9 @@ impl fmt::Display for UnbindReason {
             UnbindReason::Unresolvable => f.write_str("host name not resolved"),
             UnbindReason::ClosedByUs => f.write_str("closed by us"),
             UnbindReason::ReactorStopped => f.write_str("reactor stopped"),
+            UnbindReason::Detached => f.write_str("detached"),
+            UnbindReason::ProcessExited(status) => write!(f, "process exited ({status})"),
+            UnbindReason::FileGone => f.write_str("watched file gone"),
             UnbindReason::Error(kind) => write!(f, "I/O error: {kind}"),
         }
     }

@@ -46,6 +46,7 @@ mod buffer;
 mod defer;
 mod handler;
 mod id;
+mod pipes;
 pub mod proxy;
 mod reactor;
 mod remote;

@@ -14,10 +14,16 @@ use std::time::Duration;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 
-/// A connected (or connecting) stream socket.
+use crate::pipes::{AttachedFd, ChildPipes};
+
+/// A connected (or connecting) byte stream.
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A descriptor the user attached.
+    Fd(AttachedFd),
+    /// A child process's pipes.
+    Child(ChildPipes),
 }
 
 impl Stream {
@@ -28,6 +34,8 @@ impl Stream {
         match self {
             Stream::Tcp(s) => registry.register(s, token, interest),
             Stream::Unix(s) => registry.register(s, token, interest),
+            Stream::Fd(f) => f.register(registry, token, interest),
+            Stream::Child(c) => c.register(registry, token),
         }
     }
 
@@ -35,6 +43,14 @@ impl Stream {
         let _ = match self {
             Stream::Tcp(s) => registry.deregister(s),
             Stream::Unix(s) => registry.deregister(s),
+            Stream::Fd(f) => {
+                f.deregister(registry);
+                Ok(())
+            }
+            Stream::Child(c) => {
+                c.deregister(registry);
+                Ok(())
+            }
         };
     }
 
@@ -42,6 +58,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.take_error(),
             Stream::Unix(s) => s.take_error(),
+            Stream::Fd(_) | Stream::Child(_) => Ok(None),
         }
     }
 
@@ -50,6 +67,7 @@ impl Stream {
         let result = match self {
             Stream::Tcp(s) => s.peer_addr().map(drop),
             Stream::Unix(s) => s.peer_addr().map(drop),
+            Stream::Fd(_) | Stream::Child(_) => Ok(()),
         };
         match result {
             Ok(()) => Ok(true),
@@ -59,38 +77,54 @@ impl Stream {
         }
     }
 
-    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+    pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Write),
             Stream::Unix(s) => s.shutdown(Shutdown::Write),
+            Stream::Fd(f) => f.shutdown_write(),
+            Stream::Child(c) => {
+                c.close_stdin();
+                Ok(())
+            }
         }
     }
 
     pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
         match self {
             Stream::Tcp(s) => s.peer_addr().ok(),
-            Stream::Unix(_) => None,
+            _ => None,
         }
     }
 
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         match self {
             Stream::Tcp(s) => s.local_addr().ok(),
-            Stream::Unix(_) => None,
+            _ => None,
         }
     }
 
     pub(crate) fn set_nodelay(&self, on: bool) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_nodelay(on),
-            Stream::Unix(_) => Ok(()),
+            _ => Ok(()),
         }
     }
 
-    pub(crate) fn raw_fd(&self) -> RawFd {
+    /// The descriptor bytes are read from (and socket options set on).
+    pub(crate) fn read_fd(&self) -> RawFd {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Fd(f) => f.fd(),
+            Stream::Child(c) => c.stdout_fd(),
+        }
+    }
+
+    /// The descriptor bytes are written to (-1 if it is closed).
+    pub(crate) fn write_fd(&self) -> RawFd {
+        match self {
+            Stream::Child(c) => c.stdin_fd(),
+            other => other.read_fd(),
         }
     }
 }
@@ -100,6 +134,8 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            Stream::Fd(f) => f.read(buf),
+            Stream::Child(c) => c.read(buf),
         }
     }
 }
@@ -109,6 +145,8 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Fd(f) => f.write(buf),
+            Stream::Child(c) => c.write(buf),
         }
     }
 

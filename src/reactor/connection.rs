@@ -185,8 +185,11 @@ impl Reactor {
             self.flush(id);
         }
         if ready.readable || ready.hangup {
-            if let Some(conn) = self.conn_mut(id) {
-                conn.unread = true;
+            let Some(conn) = self.conn_mut(id) else { return };
+            conn.unread = true;
+            let is_child = matches!(conn.stream, Some(Stream::Child(_)));
+            if is_child {
+                self.read_child_stderr(id);
             }
             self.read_some(id);
         }
@@ -290,7 +293,7 @@ impl Reactor {
         };
         if let Some(pipe) = conn.pipe.as_mut() {
             while pipe.len > 0 {
-                match pipe.drain_to(stream.raw_fd()) {
+                match pipe.drain_to(stream.write_fd()) {
                     Ok(0) => break,
                     Ok(_) => conn.last_activity = now,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -396,7 +399,7 @@ impl Reactor {
         }
         if conn.write_side == WriteSide::ShutdownAfterFlush {
             conn.write_side = WriteSide::Shut;
-            let result = conn.stream.as_ref().map(Stream::shutdown_write);
+            let result = conn.stream.as_mut().map(Stream::shutdown_write);
             let peer_eof = conn.peer_eof;
             match result {
                 Some(Err(e)) if e.kind() != io::ErrorKind::NotConnected => {
@@ -461,31 +464,31 @@ impl Reactor {
         self.pending_close.push_back(id);
     }
 
-    /// Removes every connection whose close is due and runs its `unbind`. Only called
-    /// between the steps of a tick, never from inside a callback.
-    pub(crate) fn reap(&mut self) {
-        while let Some(id) = self.pending_close.pop_front() {
-            if self.conn(id).is_none() {
-                continue;
+    /// Tears down a connection `reap` took out of the slab, then runs its `unbind` (or,
+    /// for a child process still running, hands it to the exit watcher).
+    pub(crate) fn retire_connection(&mut self, id: ConnId, mut conn: Connection) {
+        self.connections -= 1;
+        let mut child = None;
+        if let Some(mut stream) = conn.stream.take() {
+            stream.deregister(self.poll.registry());
+            if let Stream::Child(pipes) = stream {
+                child = Some(pipes.into_child());
             }
-            let Descriptor::Conn(mut conn) = self.descriptors.remove(id.slot) else {
-                unreachable!("conn() checked the descriptor kind");
-            };
-            self.connections -= 1;
-            if let Some(mut stream) = conn.stream.take() {
-                stream.deregister(self.poll.registry());
-            }
-            for timer in [conn.connect_timer, conn.inactivity.map(|(_, t)| t)]
-                .into_iter()
-                .flatten()
-            {
-                self.timers.cancel(timer);
-            }
-            let reason = conn.closing.map_or(UnbindReason::ClosedByUs, |c| c.reason);
-            if let Some(mut handler) = conn.handler.take() {
-                handler.unbind(&mut crate::Context::new(self, id), reason);
-            }
-            self.relay_endpoint_gone(id, conn.relay.map(|r| r.target), conn.relayed_from);
         }
+        for timer in [conn.connect_timer, conn.inactivity.map(|(_, t)| t)]
+            .into_iter()
+            .flatten()
+        {
+            self.timers.cancel(timer);
+        }
+        let reason = conn.closing.map_or(UnbindReason::ClosedByUs, |c| c.reason);
+        let relay_target = conn.relay.map(|r| r.target);
+        if let Some(handler) = conn.handler.take() {
+            match child {
+                Some(child) => self.await_child_exit(id, child, handler),
+                None => self.run_unbind(id, handler, reason),
+            }
+        }
+        self.relay_endpoint_gone(id, relay_target, conn.relayed_from);
     }
 }

@@ -16,7 +16,11 @@
 //! The module never calls a handler while another callback of the same connection runs,
 //! and never runs `unbind` anywhere but in step 6 (`reap`).
 
+mod attach;
 mod connection;
+mod datagram;
+mod file_watch;
+mod process;
 mod relay;
 mod scheduling;
 mod server;
@@ -58,11 +62,49 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+const INOTIFY_TOKEN: Token = Token(usize::MAX - 2);
 
 /// Everything the reactor can hold a descriptor for.
 pub(crate) enum Descriptor {
     Conn(Connection),
     Server(Server),
+    Datagram(datagram::Datagram),
+    Watch(attach::Watch),
+    FileWatch(file_watch::FileWatch),
+}
+
+impl Descriptor {
+    fn serial(&self) -> u64 {
+        match self {
+            Descriptor::Conn(c) => c.serial,
+            Descriptor::Server(s) => s.serial,
+            Descriptor::Datagram(d) => d.serial,
+            Descriptor::Watch(w) => w.serial,
+            Descriptor::FileWatch(f) => f.serial,
+        }
+    }
+
+    /// The handler slot of a descriptor that has one (all but servers).
+    fn handler_mut(&mut self) -> Option<&mut Option<Box<dyn Handler>>> {
+        match self {
+            Descriptor::Conn(c) => Some(&mut c.handler),
+            Descriptor::Server(_) => None,
+            Descriptor::Datagram(d) => Some(&mut d.handler),
+            Descriptor::Watch(w) => Some(&mut w.handler),
+            Descriptor::FileWatch(f) => Some(&mut f.handler),
+        }
+    }
+
+    /// Whether a close has been asked for.
+    fn is_closing(&self) -> bool {
+        match self {
+            Descriptor::Conn(c) => c.closing.is_some(),
+            Descriptor::Server(_) => false,
+            Descriptor::Datagram(d) => d.closing.is_some(),
+            Descriptor::Watch(w) => w.closing.is_some(),
+            Descriptor::FileWatch(f) => f.closing.is_some(),
+        }
+    }
 }
 
 /// Per-connection settings new connections start with.
@@ -117,6 +159,11 @@ pub struct Reactor {
     signals: Option<SignalPipe>,
     signal_handlers: SignalHandlers,
     defaults: ConnDefaults,
+    /// Closed child processes whose exit status (and so `unbind`) is still awaited.
+    exiting: Vec<process::ExitingChild>,
+    exit_poll: Option<process::ExitPoll>,
+    child_grace: Duration,
+    file_watches: Option<file_watch::Inotify>,
 }
 
 impl Reactor {
@@ -148,6 +195,10 @@ impl Reactor {
                 low_water: DEFAULT_LOW_WATER,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             },
+            exiting: Vec::new(),
+            exit_poll: None,
+            child_grace: process::DEFAULT_CHILD_GRACE,
+            file_watches: None,
         })
     }
 
@@ -202,7 +253,7 @@ impl Reactor {
         self.connections
     }
 
-    /// The ids of every live connection, for broadcasts.
+    /// The ids of every live stream connection (not closing), for broadcasts.
     pub fn connection_ids(&self) -> Vec<ConnId> {
         self.descriptors
             .iter()
@@ -212,6 +263,18 @@ impl Reactor {
                     serial: c.serial,
                 }),
                 _ => None,
+            })
+            .collect()
+    }
+
+    /// Every descriptor with a handler that is not already closing.
+    fn handler_ids(&self) -> Vec<ConnId> {
+        self.descriptors
+            .iter()
+            .filter(|(_, d)| !matches!(d, Descriptor::Server(_)) && !d.is_closing())
+            .map(|(slot, d)| ConnId {
+                slot,
+                serial: d.serial(),
             })
             .collect()
     }
@@ -258,6 +321,7 @@ impl Reactor {
             match event.token() {
                 WAKER_TOKEN => self.run_remote_work(),
                 SIGNAL_TOKEN => self.run_signal_handlers(),
+                INOTIFY_TOKEN => self.read_file_events(),
                 Token(slot) => self.dispatch(slot, Readiness::of(event)),
             }
         }
@@ -302,7 +366,21 @@ impl Reactor {
                 let serial = s.serial;
                 self.accept_some(slot, serial);
             }
-            None => {}
+            Some(Descriptor::Datagram(d)) => {
+                let id = ConnId {
+                    slot,
+                    serial: d.serial,
+                };
+                self.on_datagram_event(id, ready);
+            }
+            Some(Descriptor::Watch(w)) => {
+                let id = ConnId {
+                    slot,
+                    serial: w.serial,
+                };
+                self.on_watch_event(id, ready);
+            }
+            Some(Descriptor::FileWatch(_)) | None => {}
         }
     }
 
@@ -312,6 +390,9 @@ impl Reactor {
                 self.read_some(ConnId { slot, serial });
             }
             Some(Descriptor::Server(s)) if s.serial == serial => self.accept_some(slot, serial),
+            Some(Descriptor::Datagram(d)) if d.serial == serial => {
+                self.receive_datagrams(ConnId { slot, serial });
+            }
             _ => {}
         }
     }
@@ -342,30 +423,87 @@ impl Reactor {
         id: ConnId,
         f: impl FnOnce(&mut dyn Handler, &mut Context<'_>),
     ) -> bool {
-        let Some(mut handler) = self.conn_mut(id).and_then(|c| c.handler.take()) else {
+        let Some(mut handler) = self.handler_slot(id).and_then(Option::take) else {
             return false;
         };
         f(&mut *handler, &mut Context::new(self, id));
-        // Connections are only removed by `reap`, which never runs inside a callback.
-        if let Some(conn) = self.conn_mut(id) {
-            conn.handler = Some(handler);
+        // Descriptors are only removed by `reap`, which never runs inside a callback.
+        if let Some(slot) = self.handler_slot(id) {
+            *slot = Some(handler);
         }
         true
+    }
+
+    fn handler_slot(&mut self, id: ConnId) -> Option<&mut Option<Box<dyn Handler>>> {
+        match self.descriptors.get_mut(id.slot) {
+            Some(d) if d.serial() == id.serial => d.handler_mut(),
+            _ => None,
+        }
+    }
+
+    /// Runs `unbind` for a descriptor already out of the slab.
+    pub(crate) fn run_unbind(
+        &mut self,
+        id: ConnId,
+        mut handler: Box<dyn Handler>,
+        reason: crate::UnbindReason,
+    ) {
+        handler.unbind(&mut Context::new(self, id), reason);
+    }
+
+    /// Removes every descriptor whose close is due and runs its `unbind`. Only called
+    /// between the steps of a tick, never from inside a callback.
+    pub(crate) fn reap(&mut self) {
+        while let Some(id) = self.pending_close.pop_front() {
+            match self.descriptors.get(id.slot) {
+                Some(d) if d.serial() == id.serial && !matches!(d, Descriptor::Server(_)) => {}
+                _ => continue,
+            }
+            match self.descriptors.remove(id.slot) {
+                Descriptor::Conn(conn) => self.retire_connection(id, conn),
+                Descriptor::Datagram(d) => self.retire_datagram(id, d),
+                Descriptor::Watch(w) => self.retire_watch(id, w),
+                Descriptor::FileWatch(f) => self.retire_file_watch(id, f),
+                Descriptor::Server(_) => unreachable!("servers are never queued for close"),
+            }
+        }
+    }
+
+    /// Asks any handler-bearing descriptor to close now with `reason`.
+    pub(crate) fn close_descriptor(&mut self, id: ConnId, reason: crate::UnbindReason) {
+        let closing = match self.descriptors.get_mut(id.slot) {
+            Some(d) if d.serial() == id.serial => match d {
+                Descriptor::Conn(_) => {
+                    self.close_with(id, reason, false);
+                    return;
+                }
+                Descriptor::Server(_) => return,
+                Descriptor::Datagram(d) => &mut d.closing,
+                Descriptor::Watch(w) => &mut w.closing,
+                Descriptor::FileWatch(f) => &mut f.closing,
+            },
+            _ => return,
+        };
+        if closing.is_none() {
+            *closing = Some(reason);
+            self.pending_close.push_back(id);
+        }
     }
 
     /// Closes every connection and server when the loop ends.
     fn shutdown(&mut self) {
         // Unbind callbacks may open new connections; close those too, but don't loop forever.
         for _ in 0..8 {
-            let ids = self.connection_ids();
+            let ids = self.handler_ids();
             if ids.is_empty() && self.pending_close.is_empty() {
                 break;
             }
             for id in ids {
-                self.close_with(id, crate::UnbindReason::ReactorStopped, false);
+                self.close_descriptor(id, crate::UnbindReason::ReactorStopped);
             }
             self.reap();
         }
+        self.abandon_exiting_children();
         let servers: Vec<_> = self
             .descriptors
             .iter()
@@ -374,7 +512,7 @@ impl Reactor {
                     slot,
                     serial: s.serial,
                 }),
-                Descriptor::Conn(_) => None,
+                _ => None,
             })
             .collect();
         for id in servers {

@@ -136,7 +136,7 @@ impl Reactor {
                 return;
             };
             let hangup = src.hangup;
-            let Some(src_fd) = src.stream.as_ref().map(|s| s.raw_fd()) else {
+            let Some(src_fd) = src.stream.as_ref().map(|s| s.read_fd()) else {
                 return;
             };
             let Some(tgt) = self.conn(relay.target) else {

@@ -17,6 +17,7 @@ pub(crate) enum TimerTask {
     ConnectTimeout(ConnId),
     Inactivity(ConnId),
     ResumeAccept(ServerId),
+    ChildExitPoll,
 }
 
 type SignalHandler = Box<dyn FnMut(&mut Reactor)>;
@@ -99,6 +100,7 @@ impl Reactor {
                 TimerTask::ConnectTimeout(conn) => self.connect_timed_out(conn),
                 TimerTask::Inactivity(conn) => self.inactivity_check(conn),
                 TimerTask::ResumeAccept(server) => self.resume_accepting(server),
+                TimerTask::ChildExitPoll => self.poll_exiting_children(),
             }
         }
     }

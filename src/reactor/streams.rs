@@ -117,18 +117,22 @@ impl Reactor {
         }
     }
 
-    /// Queues bytes for connection `id`. Returns `false` if it is closing or gone.
+    /// Queues bytes for connection `id`. Returns `false` if it is closing or gone. On a
+    /// datagram socket, sends one datagram to the sender of the last one received.
     pub fn send_to(&mut self, id: ConnId, data: &[u8]) -> bool {
+        if let Some(to) = self.datagram_reply_address(id) {
+            return self.send_datagram(id, data, to);
+        }
         if data.is_empty() {
             return self.conn(id).is_some();
         }
         self.enqueue(id, data)
     }
 
-    /// Closes `id` now, dropping its queue; `unbind` follows at the end of the tick with
-    /// [`UnbindReason::ClosedByUs`].
+    /// Closes `id` (any kind of descriptor) now, dropping its queue; `unbind` follows at
+    /// the end of the tick with [`UnbindReason::ClosedByUs`].
     pub fn close_connection(&mut self, id: ConnId) {
-        self.close_with(id, UnbindReason::ClosedByUs, false);
+        self.close_descriptor(id, UnbindReason::ClosedByUs);
     }
 
     /// Stops reading `id` and closes it once its queue is written.
@@ -179,9 +183,9 @@ impl Reactor {
         self.conn(id).is_some_and(|c| c.paused)
     }
 
-    /// Whether `id` names a live connection (not yet unbound).
+    /// Whether `id` names a live descriptor (not yet unbound).
     pub fn is_alive(&self, id: ConnId) -> bool {
-        self.conn(id).is_some()
+        matches!(self.descriptors.get(id.slot), Some(d) if d.serial() == id.serial)
     }
 
     /// Whether `id` has finished connecting (always true for accepted connections).
@@ -189,14 +193,21 @@ impl Reactor {
         self.conn(id).is_some_and(|c| c.phase == Phase::Connected)
     }
 
-    /// The peer address of TCP connection `id`.
+    /// The peer address of TCP connection `id` (for a datagram socket, the sender of
+    /// the last datagram).
     pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
-        self.conn(id)?.stream.as_ref()?.peer_addr()
+        match self.conn(id) {
+            Some(conn) => conn.stream.as_ref()?.peer_addr(),
+            None => self.datagram(id)?.last_sender,
+        }
     }
 
-    /// The local address of TCP connection `id`.
+    /// The local address of TCP connection or datagram socket `id`.
     pub fn local_addr(&self, id: ConnId) -> Option<SocketAddr> {
-        self.conn(id)?.stream.as_ref()?.local_addr()
+        match self.conn(id) {
+            Some(conn) => conn.stream.as_ref()?.local_addr(),
+            None => self.datagram(id)?.socket.local_addr().ok(),
+        }
     }
 
     /// Bytes queued for `id` and not yet written.
@@ -242,7 +253,7 @@ impl Reactor {
 
     /// TCP keepalive on `id`, with the idle time before probes; `None` turns it off.
     pub fn set_keepalive(&mut self, id: ConnId, idle: Option<Duration>) -> io::Result<()> {
-        self.with_stream(id, |s| stream::set_keepalive(s.raw_fd(), idle))
+        self.with_stream(id, |s| stream::set_keepalive(s.read_fd(), idle))
     }
 
     /// A raw integer `setsockopt(level, name, value)` on `id`.
@@ -254,7 +265,7 @@ impl Reactor {
         value: i32,
     ) -> io::Result<()> {
         self.with_stream(id, |s| {
-            stream::set_int_option(s.raw_fd(), level, name, value)
+            stream::set_int_option(s.read_fd(), level, name, value)
         })
     }
 

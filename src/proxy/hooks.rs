@@ -1,0 +1,82 @@
+//! What a proxy's hooks return ([`Relay`], [`Finish`]) and the set of hooks one client
+//! connection carries.
+//!
+//! em-proxy encodes its decisions in Ruby return values (`data`, `nil`, `:async`,
+//! `[data, [names]]`, `:close`, `:keep`); here each decision is an enum variant that
+//! names its meaning. This module owns no behaviour: the client connection
+//! (`client.rs`) acts on what the hooks return.
+
+use crate::UnbindReason;
+
+use super::session::Session;
+
+/// What `on_data` wants done with bytes from the client (em-proxy's return value of
+/// `on_data`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Relay {
+    /// Send these bytes to every live backend (em-proxy: return the data).
+    All(Vec<u8>),
+    /// Send these bytes to the named backends only; names that are not live are skipped
+    /// (em-proxy: return `[data, [names]]`).
+    To(Vec<u8>, Vec<String>),
+    /// Send nothing: the hook answered the client itself or discarded the bytes
+    /// (em-proxy: return `nil`).
+    Drop,
+    /// Send nothing now; the hook will relay later with
+    /// [`Session::relay_to_servers`], for example from a [`Session::defer`] callback
+    /// (em-proxy: return `:async`). Until it does, the client's FIN is held back from
+    /// the backends so that it cannot overtake the delayed bytes.
+    Later,
+}
+
+impl Relay {
+    /// [`Relay::To`] with the names given as string slices.
+    pub fn to(data: impl Into<Vec<u8>>, names: &[&str]) -> Relay {
+        Relay::To(data.into(), names.iter().map(|n| (*n).to_owned()).collect())
+    }
+}
+
+/// What `on_finish` wants done with the client when a backend is gone (em-proxy's return
+/// value of `on_finish`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Finish {
+    /// Close the client once everything queued for it is written (em-proxy: `:close`).
+    Close,
+    /// Keep the client open, even if no backend is left (em-proxy: `:keep`).
+    Keep,
+    /// Close the client once no primary backend is left (em-proxy: `nil`). Shadow
+    /// backends never hold a client open; a client that only ever had shadows closes
+    /// when the last one is gone.
+    #[default]
+    WhenAllDone,
+}
+
+/// `on_data`: bytes from the client.
+pub(crate) type OnData<S> = Box<dyn FnMut(&mut Session<'_, S>, &[u8]) -> Relay>;
+/// `on_response`: bytes from a backend, by name; `None` drops them.
+pub(crate) type OnResponse<S> = Box<dyn FnMut(&mut Session<'_, S>, &str, &[u8]) -> Option<Vec<u8>>>;
+/// `on_connect`: a backend, by name, finished connecting.
+pub(crate) type OnConnect<S> = Box<dyn FnMut(&mut Session<'_, S>, &str)>;
+/// `on_finish`: a backend, by name, is gone, for a reason.
+pub(crate) type OnFinish<S> = Box<dyn FnMut(&mut Session<'_, S>, &str, UnbindReason) -> Finish>;
+
+/// The hooks a client connection's setup installed. A missing hook has a default:
+/// pass-through for `on_data` and `on_response`, nothing for `on_connect`,
+/// [`Finish::WhenAllDone`] for `on_finish`.
+pub(crate) struct Hooks<S> {
+    pub(crate) on_data: Option<OnData<S>>,
+    pub(crate) on_response: Option<OnResponse<S>>,
+    pub(crate) on_connect: Option<OnConnect<S>>,
+    pub(crate) on_finish: Option<OnFinish<S>>,
+}
+
+impl<S> Default for Hooks<S> {
+    fn default() -> Self {
+        Hooks {
+            on_data: None,
+            on_response: None,
+            on_connect: None,
+            on_finish: None,
+        }
+    }
+}

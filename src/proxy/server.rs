@@ -1,0 +1,216 @@
+//! Starting a proxy: [`Options`], [`start`] / [`start_with_state`], and the
+//! [`ProxyServer`] they return (em-proxy's `Proxy.start`).
+//!
+//! A proxy server is an ordinary reactor server whose handler factory makes one client
+//! connection per accepted socket and runs the user's setup closure on it. This module
+//! also owns the per-server settings every client and backend share (`Config`).
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::{IntoSocketAddr, Reactor, ServerId};
+
+use super::client::Client;
+use super::session::Setup;
+use super::stats::Stats;
+
+/// The default [`Options::shadow_buffer`]: 4 MiB.
+pub const DEFAULT_SHADOW_BUFFER: usize = 4 * 1024 * 1024;
+/// The default [`Options::drain_timeout`]: 30 s.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default buffer size for the descriptor-level relay (em-proxy passes 10240).
+pub const DEFAULT_RELAY_BUFSIZE: usize = 64 * 1024;
+
+/// How a proxy server treats its clients and backends. `Options::default()` is what
+/// [`start`] uses.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub(crate) verbose: bool,
+    pub(crate) label: String,
+    pub(crate) shadow_buffer: usize,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) relay_bufsize: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            verbose: false,
+            label: "ember-proxy".into(),
+            shadow_buffer: DEFAULT_SHADOW_BUFFER,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            connect_timeout: None,
+            relay_bufsize: DEFAULT_RELAY_BUFSIZE,
+        }
+    }
+}
+
+impl Options {
+    /// The defaults.
+    pub fn new() -> Options {
+        Options::default()
+    }
+
+    /// Logs connections, backend outcomes and shadow cut-offs on stderr (em-proxy's
+    /// `:debug`, the binary's `-v`).
+    pub fn verbose(mut self, on: bool) -> Options {
+        self.verbose = on;
+        self
+    }
+
+    /// The prefix of every log line (default `ember-proxy`).
+    pub fn label(mut self, label: impl Into<String>) -> Options {
+        self.label = label.into();
+        self
+    }
+
+    /// How many bytes may wait for one shadow backend before it is cut off (closed,
+    /// counted in [`Stats::shadow_cutoffs`], logged when verbose). A shadow never slows
+    /// the client; this bound is what it costs in memory instead.
+    pub fn shadow_buffer(mut self, bytes: usize) -> Options {
+        self.shadow_buffer = bytes;
+        self
+    }
+
+    /// How long backends may take, once their client is gone, to take the rest of what
+    /// was sent to them and close; after that they are closed regardless.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Options {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// The pending-connect timeout for backends (the reactor's default otherwise, 20 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Options {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// The buffer size used by the descriptor-level relay for `relay_client` and
+    /// `relay_server` backends.
+    pub fn relay_bufsize(mut self, bytes: usize) -> Options {
+        self.relay_bufsize = bytes.max(1);
+        self
+    }
+
+    /// Starts a proxy on `addr`; `setup` runs for every accepted client, the way
+    /// em-proxy's `Proxy.start` block does.
+    pub fn start(
+        self,
+        r: &mut Reactor,
+        addr: impl IntoSocketAddr,
+        setup: impl FnMut(&mut Setup<'_, ()>) + 'static,
+    ) -> io::Result<ProxyServer> {
+        self.start_with_state(r, addr, || (), setup)
+    }
+
+    /// Starts a proxy whose clients each carry a state `S`, made by `init` when the client
+    /// is accepted and reachable from every hook through [`Session::state`](super::Session::state).
+    pub fn start_with_state<S: 'static>(
+        self,
+        r: &mut Reactor,
+        addr: impl IntoSocketAddr,
+        mut init: impl FnMut() -> S + 'static,
+        setup: impl FnMut(&mut Setup<'_, S>) + 'static,
+    ) -> io::Result<ProxyServer> {
+        let stats = Stats::default();
+        let config = Rc::new(Config {
+            options: self,
+            stats: stats.clone(),
+        });
+        let setup: SharedSetup<S> = Rc::new(RefCell::new(setup));
+        let id = r.start_server(addr, move || {
+            Client::new(Rc::clone(&config), Rc::clone(&setup), init())
+        })?;
+        Ok(ProxyServer {
+            id,
+            local_addr: r.server_addr(id),
+            stats,
+        })
+    }
+}
+
+/// Starts a proxy on `addr` with default [`Options`]; `setup` runs for every accepted
+/// client (em-proxy's `Proxy.start(host:, port:) { |conn| ... }`).
+///
+/// ```no_run
+/// use ember::Reactor;
+/// use ember::proxy::{self, Relay};
+///
+/// Reactor::run(|r| {
+///     proxy::start(r, "0.0.0.0:8080", |conn| {
+///         conn.server("srv", "127.0.0.1:8081");
+///         conn.on_data(|_, data| Relay::All(data.to_vec()));
+///         conn.on_response(|_, _backend, resp| Some(resp.to_vec()));
+///     })?;
+///     r.stop_on_signals()
+/// })
+/// .unwrap();
+/// ```
+pub fn start(
+    r: &mut Reactor,
+    addr: impl IntoSocketAddr,
+    setup: impl FnMut(&mut Setup<'_, ()>) + 'static,
+) -> io::Result<ProxyServer> {
+    Options::default().start(r, addr, setup)
+}
+
+/// [`start`] with a per-client state `S` (see [`Options::start_with_state`]).
+pub fn start_with_state<S: 'static>(
+    r: &mut Reactor,
+    addr: impl IntoSocketAddr,
+    init: impl FnMut() -> S + 'static,
+    setup: impl FnMut(&mut Setup<'_, S>) + 'static,
+) -> io::Result<ProxyServer> {
+    Options::default().start_with_state(r, addr, init, setup)
+}
+
+/// A running proxy server.
+#[derive(Clone, Debug)]
+pub struct ProxyServer {
+    id: ServerId,
+    local_addr: Option<SocketAddr>,
+    stats: Stats,
+}
+
+impl ProxyServer {
+    /// The reactor server behind it (for [`Reactor::stop_server`]).
+    pub fn id(&self) -> ServerId {
+        self.id
+    }
+
+    /// The address it listens on, with the real port if it asked for port 0.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Its counters; clones can be sent to other threads.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+pub(crate) type SharedSetup<S> = Rc<RefCell<dyn FnMut(&mut Setup<'_, S>)>>;
+
+/// What every client and backend of one proxy server shares.
+pub(crate) struct Config {
+    pub(crate) options: Options,
+    pub(crate) stats: Stats,
+}
+
+impl Config {
+    pub(crate) fn verbose(&self) -> bool {
+        self.options.verbose
+    }
+
+    /// One line on stderr, in verbose mode only.
+    pub(crate) fn log(&self, line: fmt::Arguments<'_>) {
+        if self.options.verbose {
+            eprintln!("{}: {line}", self.options.label);
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Where a backend lives ([`Target`]) and how to open it ([`Backend`]): what
+//! `server(name, backend)` takes, em-proxy's `:host`/`:port`/`:socket`/`:bind_host`/
+//! `:bind_port`/`:relay_client`/`:relay_server` options plus ember's `shadow`.
+//!
+//! Parsing never resolves a name: `"db.internal:5432"` becomes [`Target::Host`], which the
+//! reactor resolves on its defer pool when the backend opens.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// A backend's address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A numeric TCP address (`127.0.0.1:8081`, `[::1]:8081`).
+    Tcp(SocketAddr),
+    /// A host name and port, resolved off the reactor thread when the backend opens.
+    Host(String, u16),
+    /// A Unix-domain stream socket (em-proxy's `:socket`).
+    Unix(PathBuf),
+}
+
+/// A string that names no [`Target`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetError(String);
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TargetError {}
+
+impl Target {
+    /// Parses `IP:PORT`, `[IPv6]:PORT`, `HOST:PORT`, `unix:PATH`, or a path that starts
+    /// with `/` or `.` (a Unix socket). Never resolves a name.
+    pub fn parse(s: &str) -> Result<Target, TargetError> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(TargetError("`unix:` needs a socket path".into()));
+            }
+            return Ok(Target::Unix(path.into()));
+        }
+        if s.starts_with('/') || s.starts_with('.') {
+            return Ok(Target::Unix(s.into()));
+        }
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Target::Tcp(addr));
+        }
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(TargetError(format!("`{s}` is not HOST:PORT")));
+        };
+        let port = parse_port(port).map_err(|why| TargetError(format!("`{s}`: {why}")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+            return Err(TargetError(format!("`{s}` has no valid host name")));
+        }
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(Target::Tcp(SocketAddr::new(ip, port))),
+            Err(_) => Ok(Target::Host(host.to_owned(), port)),
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = TargetError;
+
+    fn from_str(s: &str) -> Result<Target, TargetError> {
+        Target::parse(s)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tcp(addr) => write!(f, "{addr}"),
+            Target::Host(host, port) => write!(f, "{host}:{port}"),
+            Target::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Parses a TCP port, 1 to 65535, with a reason when it is not one.
+pub fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("port 0 is not a port to connect to".into()),
+        Ok(p) if p <= u32::from(u16::MAX) => Ok(p as u16),
+        Ok(p) => Err(format!("port {p} is out of range (1-65535)")),
+        Err(_) => Err(format!("`{s}` is not a port number")),
+    }
+}
+
+/// One backend as `server(name, backend)` opens it: a target and its options.
+///
+/// ```
+/// use ember::proxy::Backend;
+///
+/// let prod = Backend::from("127.0.0.1:8100").relay_server();
+/// let shadow = Backend::from("127.0.0.1:8200").shadow();
+/// let local = Backend::unix("/tmp/app.sock");
+/// # let _ = (prod, shadow, local);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Backend {
+    pub(crate) target: Result<Target, TargetError>,
+    pub(crate) bind: Option<SocketAddr>,
+    pub(crate) relay_client: bool,
+    pub(crate) relay_server: bool,
+    pub(crate) shadow: bool,
+}
+
+impl Backend {
+    /// A backend at `target`, with no options.
+    pub fn new(target: Target) -> Backend {
+        Backend {
+            target: Ok(target),
+            bind: None,
+            relay_client: false,
+            relay_server: false,
+            shadow: false,
+        }
+    }
+
+    /// A TCP backend at a numeric address.
+    pub fn tcp(addr: SocketAddr) -> Backend {
+        Backend::new(Target::Tcp(addr))
+    }
+
+    /// A TCP backend by host name, resolved off the reactor thread when it opens.
+    pub fn host(host: &str, port: u16) -> Backend {
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Backend::tcp(SocketAddr::new(ip, port)),
+            Err(_) => Backend::new(Target::Host(host.to_owned(), port)),
+        }
+    }
+
+    /// A Unix-domain socket backend (em-proxy's `:socket`).
+    pub fn unix(path: impl Into<PathBuf>) -> Backend {
+        Backend::new(Target::Unix(path.into()))
+    }
+
+    /// Binds the outgoing socket to `local` before connecting: a chosen source address,
+    /// port, or both (em-proxy's `:bind_host`/`:bind_port`; port 0 lets the kernel
+    /// choose). Applies to numeric TCP targets.
+    pub fn bind(mut self, local: SocketAddr) -> Backend {
+        self.bind = Some(local);
+        self
+    }
+
+    /// The client's bytes go to this backend unchanged and to no other, without calling
+    /// `on_data` (em-proxy's `:relay_client`). One backend per client can take this role;
+    /// it uses the reactor's descriptor-level relay when available.
+    pub fn relay_client(mut self) -> Backend {
+        self.relay_client = true;
+        self
+    }
+
+    /// This backend's bytes go to the client unchanged, without calling `on_response`
+    /// (em-proxy's `:relay_server`).
+    pub fn relay_server(mut self) -> Backend {
+        self.relay_server = true;
+        self
+    }
+
+    /// A shadow (duplex) backend: it receives what the client sends, but its responses
+    /// never reach the client (`on_response` still sees them, to record or compare), it
+    /// never slows the client or the primary backends, and it is cut off if it falls more
+    /// than the shadow buffer behind (see [`Options::shadow_buffer`](super::Options::shadow_buffer)).
+    pub fn shadow(mut self) -> Backend {
+        self.shadow = true;
+        self
+    }
+
+    /// The target, or why the string it was made from names none.
+    pub fn target(&self) -> Result<&Target, &TargetError> {
+        self.target.as_ref()
+    }
+
+    /// Whether this is a shadow backend.
+    pub fn is_shadow(&self) -> bool {
+        self.shadow
+    }
+}
+
+impl From<Target> for Backend {
+    fn from(target: Target) -> Backend {
+        Backend::new(target)
+    }
+}
+
+impl From<SocketAddr> for Backend {
+    fn from(addr: SocketAddr) -> Backend {
+        Backend::tcp(addr)
+    }
+}
+
+/// Parses with [`Target::parse`]; a string that names no target makes a backend that
+/// fails when opened, reported through `on_finish` with
+/// [`UnbindReason::Unresolvable`](crate::UnbindReason::Unresolvable).
+impl From<&str> for Backend {
+    fn from(s: &str) -> Backend {
+        let mut backend = Backend::new(Target::Unix(PathBuf::new()));
+        backend.target = Target::parse(s);
+        backend
+    }
+}
+
+impl From<String> for Backend {
+    fn from(s: String) -> Backend {
+        Backend::from(s.as_str())
+    }
+}
+
+impl From<&String> for Backend {
+    fn from(s: &String) -> Backend {
+        Backend::from(s.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind_of_target_without_resolving() {
+        assert_eq!(
+            Target::parse("127.0.0.1:80").unwrap(),
+            Target::Tcp("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            Target::parse("[::1]:80").unwrap(),
+            Target::Tcp("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            Target::parse("example.com:443").unwrap(),
+            Target::Host("example.com".into(), 443)
+        );
+        assert_eq!(
+            Target::parse("/tmp/s.sock").unwrap(),
+            Target::Unix("/tmp/s.sock".into())
+        );
+        assert_eq!(
+            Target::parse("unix:rel.sock").unwrap(),
+            Target::Unix("rel.sock".into())
+        );
+    }
+
+    #[test]
+    fn refuses_bad_targets_with_a_reason() {
+        for bad in ["nohost", "host:", "host:0", "host:70000", ":80", "a b:80", "unix:"] {
+            let err = Target::parse(bad).unwrap_err();
+            assert!(!err.to_string().is_empty(), "{bad}");
+        }
+        assert!(Backend::from("x:y").target().is_err());
+    }
+}
