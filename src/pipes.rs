@@ -69,11 +69,21 @@ impl AttachedFd {
         self.fd
     }
 
-    pub(crate) fn register(&self, registry: &Registry, token: Token, interest: Interest) -> io::Result<()> {
+    pub(crate) fn register(
+        &self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
         registry.register(&mut SourceFd(&self.fd), token, interest)
     }
 
-    pub(crate) fn reregister(&self, registry: &Registry, token: Token, interest: Interest) -> io::Result<()> {
+    pub(crate) fn reregister(
+        &self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
         registry.reregister(&mut SourceFd(&self.fd), token, interest)
     }
 
@@ -152,7 +162,11 @@ impl ChildPipes {
     /// Registers every pipe under the connection's one token: stdout and stderr for
     /// reading, stdin for writing.
     pub(crate) fn register(&self, registry: &Registry, token: Token) -> io::Result<()> {
-        registry.register(&mut SourceFd(&self.stdout.as_raw_fd()), token, Interest::READABLE)?;
+        registry.register(
+            &mut SourceFd(&self.stdout.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        )?;
         if let Some(s) = &self.stderr {
             registry.register(&mut SourceFd(&s.as_raw_fd()), token, Interest::READABLE)?;
         }

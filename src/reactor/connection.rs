@@ -185,7 +185,9 @@ impl Reactor {
             self.flush(id);
         }
         if ready.readable || ready.hangup {
-            let Some(conn) = self.conn_mut(id) else { return };
+            let Some(conn) = self.conn_mut(id) else {
+                return;
+            };
             conn.unread = true;
             let is_child = matches!(conn.stream, Some(Stream::Child(_)));
             if is_child {

@@ -76,7 +76,9 @@ impl Reactor {
         let Ok(to) = to.into_socket_addr() else {
             return false;
         };
-        let Some(d) = self.datagram_mut(id) else { return false };
+        let Some(d) = self.datagram_mut(id) else {
+            return false;
+        };
         if d.closing.is_some() {
             return false;
         }
@@ -130,7 +132,9 @@ impl Reactor {
     }
 
     fn flush_datagrams(&mut self, id: ConnId) {
-        let Some(d) = self.datagram_mut(id) else { return };
+        let Some(d) = self.datagram_mut(id) else {
+            return;
+        };
         while let Some((data, to)) = d.queue.front() {
             match d.socket.send_to(data, *to) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

@@ -30,17 +30,23 @@ impl Reactor {
     /// Watches the file at `path`: the handler's `file_modified`, `file_moved` and
     /// `file_deleted` run as those happen; after a deletion `unbind` follows with
     /// [`UnbindReason::FileGone`]. Closing the id stops watching.
-    pub fn watch_file<H: Handler>(&mut self, path: impl AsRef<Path>, handler: H) -> io::Result<ConnId> {
+    pub fn watch_file<H: Handler>(
+        &mut self,
+        path: impl AsRef<Path>,
+        handler: H,
+    ) -> io::Result<ConnId> {
         let path = path.as_ref().to_path_buf();
         let wd = self.add_inotify_watch(&path)?;
         let serial = self.next_serial();
-        let slot = self.descriptors.insert(super::Descriptor::FileWatch(FileWatch {
-            serial,
-            wd,
-            path,
-            handler: Some(Box::new(handler)),
-            closing: None,
-        }));
+        let slot = self
+            .descriptors
+            .insert(super::Descriptor::FileWatch(FileWatch {
+                serial,
+                wd,
+                path,
+                handler: Some(Box::new(handler)),
+                closing: None,
+            }));
         let id = ConnId { slot, serial };
         self.track_watch(wd, id);
         self.with_handler_dyn(id, |h, cx| h.post_init(cx));
@@ -59,7 +65,10 @@ impl Reactor {
 #[cfg(not(target_os = "linux"))]
 impl Reactor {
     fn add_inotify_watch(&mut self, _path: &Path) -> io::Result<i32> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "file watches need inotify (Linux)"))
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "file watches need inotify (Linux)",
+        ))
     }
 
     fn track_watch(&mut self, _wd: i32, _id: ConnId) {}
@@ -115,10 +124,14 @@ mod linux {
             let cpath = CString::new(path.as_os_str().as_bytes())
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
             // SAFETY: a valid inotify descriptor and a NUL-terminated path.
-            let wd = unsafe { libc::inotify_add_watch(inotify.fd.as_raw_fd(), cpath.as_ptr(), WATCHED) };
+            let wd =
+                unsafe { libc::inotify_add_watch(inotify.fd.as_raw_fd(), cpath.as_ptr(), WATCHED) };
             if wd < 0 {
                 let e = io::Error::last_os_error();
-                return Err(io::Error::new(e.kind(), format!("cannot watch {}: {e}", path.display())));
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot watch {}: {e}", path.display()),
+                ));
             }
             Ok(wd)
         }
@@ -130,8 +143,12 @@ mod linux {
         }
 
         pub(super) fn untrack_watch(&mut self, wd: i32, id: ConnId) {
-            let Some(inotify) = self.file_watches.as_mut() else { return };
-            let Some(ids) = inotify.by_wd.get_mut(&wd) else { return };
+            let Some(inotify) = self.file_watches.as_mut() else {
+                return;
+            };
+            let Some(ids) = inotify.by_wd.get_mut(&wd) else {
+                return;
+            };
             ids.retain(|&other| other != id);
             if ids.is_empty() {
                 inotify.by_wd.remove(&wd);
@@ -145,9 +162,13 @@ mod linux {
         pub(crate) fn read_file_events(&mut self) {
             let mut buf = vec![0u8; 16 * (EVENT_HEADER + 256)];
             loop {
-                let Some(inotify) = self.file_watches.as_ref() else { return };
+                let Some(inotify) = self.file_watches.as_ref() else {
+                    return;
+                };
                 // SAFETY: reading into a live buffer of the length given.
-                let n = unsafe { libc::read(inotify.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                let n = unsafe {
+                    libc::read(inotify.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+                };
                 if n <= 0 {
                     return;
                 }

@@ -67,7 +67,11 @@ impl Reactor {
             .stderr(Stdio::piped())
             .spawn()?;
         let pipes = ChildPipes::new(child)?;
-        self.adopt(Some(Stream::Child(pipes)), Box::new(handler), Phase::Connected)
+        self.adopt(
+            Some(Stream::Child(pipes)),
+            Box::new(handler),
+            Phase::Connected,
+        )
     }
 
     /// The process id of child connection `id`.
@@ -96,7 +100,9 @@ impl Reactor {
     pub(crate) fn read_child_stderr(&mut self, id: ConnId) {
         let mut buf = [0u8; 4096];
         for _ in 0..super::READS_PER_EVENT {
-            let Some(conn) = self.conn_mut(id) else { return };
+            let Some(conn) = self.conn_mut(id) else {
+                return;
+            };
             let Some(Stream::Child(pipes)) = conn.stream.as_mut() else {
                 return;
             };
