@@ -9,9 +9,11 @@
 use std::io;
 use std::os::fd::RawFd;
 
-/// Pipe size asked for with `F_SETPIPE_SZ` (the kernel may give less).
+/// The largest pipe asked for with `F_SETPIPE_SZ` (the kernel may give less). Bigger
+/// pipes mean fewer splice calls per GiB; the relay's bufsize caps it, so memory stays
+/// within what the relay was allowed to hold anyway.
 #[cfg(target_os = "linux")]
-const PIPE_SIZE: libc::c_int = 256 * 1024;
+const MAX_PIPE_SIZE: usize = 1024 * 1024;
 
 #[cfg(target_os = "linux")]
 pub(crate) struct SplicePipe {
@@ -24,7 +26,7 @@ pub(crate) struct SplicePipe {
 
 #[cfg(target_os = "linux")]
 impl SplicePipe {
-    pub(crate) fn new() -> io::Result<SplicePipe> {
+    pub(crate) fn new(wanted: usize) -> io::Result<SplicePipe> {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: pipe2 writes two descriptors into the two-element array.
@@ -36,7 +38,10 @@ impl SplicePipe {
         // SAFETY: fcntl with integer arguments on a descriptor we own. Failure to grow the
         // pipe is harmless: F_GETPIPE_SZ below reports what we really have.
         let capacity = unsafe {
-            libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
+            let size = wanted.clamp(4096, MAX_PIPE_SIZE) as libc::c_int;
+            if size > 64 * 1024 {
+                libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size);
+            }
             libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
         };
         let capacity = usize::try_from(capacity).unwrap_or(64 * 1024).max(4096);
@@ -98,7 +103,7 @@ pub(crate) struct SplicePipe {
 
 #[cfg(not(target_os = "linux"))]
 impl SplicePipe {
-    pub(crate) fn new() -> io::Result<SplicePipe> {
+    pub(crate) fn new(_wanted: usize) -> io::Result<SplicePipe> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "splice is Linux-only",

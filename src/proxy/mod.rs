@@ -1,1 +1,65 @@
-//! The em-proxy DSL on the reactor (work in progress).
+//! The em-proxy DSL on the reactor: a transparent, cut-through proxy whose per-client
+//! setup names backends and installs hooks.
+//!
+//! ```no_run
+//! use ember::Reactor;
+//! use ember::proxy::{self, Backend, Finish};
+//!
+//! // Fork production traffic to a test environment; answer from production only.
+//! Reactor::run(|r| {
+//!     proxy::start(r, "0.0.0.0:8000", |conn| {
+//!         conn.server("prod", "127.0.0.1:8100");
+//!         conn.server("test", Backend::from("127.0.0.1:8200").shadow());
+//!         conn.on_finish(|_, name, _reason| {
+//!             if name == "prod" { Finish::Close } else { Finish::Keep }
+//!         });
+//!     })?;
+//!     r.stop_on_signals()
+//! })
+//! .unwrap();
+//! ```
+//!
+//! ## Vocabulary (em-proxy → ember)
+//! - `Proxy.start(...) { |conn| ... }` → [`start`] / [`start_with_state`] / [`Options`];
+//!   the closure gets a [`Setup`] per accepted client.
+//! - `conn.server(name, opts)` → [`Session::server`] with a [`Backend`] (or a string).
+//! - `on_data`, `on_response`, `on_connect`, `on_finish` → the [`Setup`] methods; each
+//!   hook gets a [`Session`]. Return values are [`Relay`] and [`Finish`].
+//! - `relay_to_servers`, `send_data`, `peer`, `sock`, `unbind` → [`Session`] methods
+//!   (`close` for `unbind`).
+//!
+//! ## The rules every proxy keeps, whatever its hooks do
+//! - No `on_data` means pass-through to every backend.
+//! - The client's FIN reaches the backends as FIN (after what was relayed to them) and
+//!   their answers still flow back (half-close).
+//! - Bytes for a backend still connecting are queued and sent on connect; a backend that
+//!   can't be reached reports through `on_finish` with the [`UnbindReason`](crate::UnbindReason).
+//! - Backpressure both ways: the client is not read while a primary backend's queue is
+//!   above its high-water mark, and primary backends are not read while the client's is.
+//! - A shadow backend ([`Backend::shadow`]) never slows or breaks the client or the
+//!   primaries: its queue is bounded ([`Options::shadow_buffer`]), it is cut off (counted
+//!   in [`Stats`], logged when verbose) when it falls behind or dies.
+//! - When the client is gone its backends get FIN after their pending bytes, never a
+//!   reset, and are closed when they finish or after [`Options::drain_timeout`].
+//!
+//! `docs/proxy.md` is the guide, with the full mapping table.
+
+mod backend;
+mod balance;
+mod client;
+mod core;
+mod hooks;
+mod server;
+mod session;
+mod stats;
+mod target;
+
+pub use balance::{Balancer, Lease, Strategy};
+pub use hooks::{Finish, Relay};
+pub use server::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_RELAY_BUFSIZE, DEFAULT_SHADOW_BUFFER, Options, ProxyServer, start,
+    start_with_state,
+};
+pub use session::{Session, Setup};
+pub use stats::Stats;
+pub use target::{Backend, Target, TargetError, parse_port};

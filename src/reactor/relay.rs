@@ -153,7 +153,7 @@ impl Reactor {
             let splice = self.splice_enabled
                 && tgt.phase == Phase::Connected
                 && tgt.outbound.is_empty()
-                && self.ensure_pipe(relay.target);
+                && self.ensure_pipe(relay.target, relay.bufsize);
             if splice {
                 let room = self
                     .conn(relay.target)
@@ -256,14 +256,14 @@ impl Reactor {
 
     /// Gives `target` a splice pipe if it has none. `false` if one cannot be made (then
     /// splicing is turned off for this reactor and relays copy).
-    fn ensure_pipe(&mut self, target: ConnId) -> bool {
+    fn ensure_pipe(&mut self, target: ConnId, size: usize) -> bool {
         let Some(tgt) = self.conn_mut(target) else {
             return false;
         };
         if tgt.pipe.is_some() {
             return true;
         }
-        match SplicePipe::new() {
+        match SplicePipe::new(size) {
             Ok(pipe) => {
                 tgt.pipe = Some(pipe);
                 true

@@ -1,0 +1,195 @@
+//! One backend connection (em-proxy's `Backend`): opening it for a client, and its
+//! handler, which hands every event to the client it serves through
+//! [`Reactor::with_handler`] — no shared pointers between the two, only connection ids.
+//!
+//! Once the client is gone a backend is *detached*: it gets FIN after what was relayed to
+//! it, its answers are read and dropped (so it is never reset for unread data), and it is
+//! closed when it closes its side or when the drain timeout runs out.
+
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use crate::{ConnId, Context, Handler, PeerClosed, Reactor, TimerId, UnbindReason};
+
+use super::client::Client;
+use super::core::{BackendEntry, Core};
+use super::server::Config;
+use super::target::{Backend, Target};
+
+/// Opens backend `name` for the client `core` belongs to. See `Session::server`.
+pub(crate) fn open<S: 'static>(
+    r: &mut Reactor,
+    core: &mut Core,
+    name: &str,
+    spec: Backend,
+) -> Option<ConnId> {
+    if core.closing {
+        return None;
+    }
+    if core.position(name).is_some() {
+        core.config.log(format_args!(
+            "server `{name}` not opened: a live backend already has that name"
+        ));
+        return None;
+    }
+    core.config.stats.backend_opened();
+    let handler = BackendConn::<S> {
+        client: core.client,
+        shadow: spec.shadow,
+        config: Rc::clone(&core.config),
+        detached: false,
+        deadline: None,
+        _state: PhantomData,
+    };
+    let opened = match &spec.target {
+        Ok(Target::Tcp(addr)) => match spec.bind {
+            Some(local) => r.bind_connect(local, *addr, handler),
+            None => r.connect(*addr, handler),
+        },
+        Ok(Target::Host(host, port)) => Ok(r.connect_host(host, *port, handler)),
+        Ok(Target::Unix(path)) => r.connect_unix(path, handler),
+        Err(e) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            e.to_string(),
+        )),
+    };
+    let id = match opened {
+        Ok(id) => id,
+        Err(e) => {
+            let reason = match spec.target {
+                Err(_) => UnbindReason::Unresolvable,
+                Ok(_) => UnbindReason::from_io_error(&e),
+            };
+            core.config
+                .log(format_args!("server `{name}` could not be opened: {e}"));
+            report_unreachable::<S>(r, core, name.into(), spec.shadow, reason);
+            return None;
+        }
+    };
+    if let Ok(target) = &spec.target {
+        core.config
+            .log(format_args!("server `{name}` opening to {target}"));
+    }
+    if core.backends_paused && !spec.shadow {
+        r.pause_connection(id);
+    }
+    if spec.relay_client && core.relay_client.is_none() {
+        core.relay_client = Some(id);
+    }
+    core.backends.push(BackendEntry {
+        name: name.into(),
+        id,
+        shadow: spec.shadow,
+        relay_server: spec.relay_server,
+    });
+    Some(id)
+}
+
+/// A backend that never got a connection reports through `on_finish` on the next tick,
+/// never from inside the hook that asked for it.
+fn report_unreachable<S: 'static>(
+    r: &mut Reactor,
+    core: &mut Core,
+    name: Rc<str>,
+    shadow: bool,
+    reason: UnbindReason,
+) {
+    core.config.stats.backend_failed();
+    core.outstanding += 1;
+    let client = core.client;
+    r.next_tick(move |r| {
+        r.with_handler::<Client<S>, _>(client, |c, cx| {
+            c.core.outstanding -= 1;
+            c.finish(cx, &name, shadow, reason);
+        });
+    });
+}
+
+/// The handler of one backend connection.
+pub(crate) struct BackendConn<S> {
+    client: ConnId,
+    shadow: bool,
+    config: Rc<Config>,
+    detached: bool,
+    deadline: Option<TimerId>,
+    _state: PhantomData<fn() -> S>,
+}
+
+impl<S: 'static> BackendConn<S> {
+    /// The client is gone: FIN after what is queued, keep reading (and dropping) until the
+    /// backend closes, but no longer than the drain timeout.
+    pub(crate) fn detach(&mut self, cx: &mut Context<'_>) {
+        if self.detached {
+            return;
+        }
+        self.detached = true;
+        cx.close_write();
+        cx.resume();
+        let id = cx.id();
+        let timeout = self.config.options.drain_timeout;
+        self.deadline = Some(cx.add_timer(timeout, move |r| r.close_connection(id)));
+    }
+}
+
+impl<S: 'static> Handler for BackendConn<S> {
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        // The client is paused when this backend's queue is full, and this backend when
+        // the client's is: each direction is throttled by its own sink, never by the
+        // reverse one (which could deadlock a backend that echoes as it reads).
+        cx.set_read_backpressure(false);
+        if let Some(timeout) = self.config.options.connect_timeout {
+            cx.set_pending_connect_timeout(timeout);
+        }
+    }
+
+    fn connection_completed(&mut self, cx: &mut Context<'_>) {
+        let id = cx.id();
+        cx.with_handler::<Client<S>, _>(self.client, |c, ccx| c.backend_connected(ccx, id));
+    }
+
+    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+        if self.detached {
+            return;
+        }
+        let id = cx.id();
+        let delivered =
+            cx.with_handler::<Client<S>, _>(self.client, |c, ccx| c.backend_data(ccx, id, data));
+        if delivered.is_none() {
+            // The client is gone but has not detached us yet (its unbind is pending).
+            self.detached = true;
+        }
+    }
+
+    fn peer_closed(&mut self, _cx: &mut Context<'_>) -> PeerClosed {
+        PeerClosed::Close
+    }
+
+    fn outbound_drained(&mut self, cx: &mut Context<'_>) {
+        if self.shadow || self.detached {
+            return;
+        }
+        let client = self.client;
+        let reached = cx.with_handler::<Client<S>, _>(client, |c, ccx| {
+            c.core.maybe_resume_client(ccx);
+        });
+        if reached.is_none() {
+            // Drained from inside one of the client's own callbacks: try once it returns.
+            cx.next_tick(move |r| {
+                r.with_handler::<Client<S>, _>(client, |c, ccx| c.core.maybe_resume_client(ccx));
+            });
+        }
+    }
+
+    fn unbind(&mut self, cx: &mut Context<'_>, reason: UnbindReason) {
+        if let Some(timer) = self.deadline.take() {
+            cx.cancel_timer(timer);
+        }
+        if !reason.is_orderly() {
+            self.config.stats.backend_failed();
+        }
+        let id = cx.id();
+        cx.with_handler::<Client<S>, _>(self.client, |c, ccx| {
+            c.backend_finished(ccx, id, reason);
+        });
+    }
+}

@@ -1,0 +1,188 @@
+//! The client connection (em-proxy's `ProxyServer::Connection`, the "plexer"): it runs
+//! the user's setup when a client is accepted, calls the hooks as bytes and backend
+//! events arrive, and wraps every hook call with the rules in `core` (relay, backpressure,
+//! FIN, closing). Backends reach it by id through [`Reactor::with_handler`](crate::Reactor::with_handler).
+//!
+//! Hooks never run after the client's connection has ended.
+
+use std::rc::Rc;
+
+use crate::{ConnId, Context, Handler, PeerClosed, Reactor, UnbindReason};
+
+use super::backend::BackendConn;
+use super::core::Core;
+use super::hooks::{Finish, Hooks};
+use super::server::{Config, SharedSetup};
+use super::session::{Session, Setup};
+
+pub(crate) struct Client<S> {
+    pub(crate) core: Core,
+    hooks: Hooks<S>,
+    state: S,
+    setup: SharedSetup<S>,
+}
+
+impl<S: 'static> Client<S> {
+    pub(crate) fn new(config: Rc<Config>, setup: SharedSetup<S>, state: S) -> Client<S> {
+        // The real id is only known in post_init; until then nothing uses it.
+        let unborn = ConnId {
+            slot: usize::MAX,
+            serial: 0,
+        };
+        Client {
+            core: Core::new(unborn, config),
+            hooks: Hooks::default(),
+            state,
+            setup,
+        }
+    }
+
+    /// Splits the client into a session for a hook and the hooks themselves.
+    fn session<'a>(&'a mut self, r: &'a mut Reactor) -> (Session<'a, S>, &'a mut Hooks<S>) {
+        let Client {
+            core, hooks, state, ..
+        } = self;
+        (
+            Session {
+                reactor: r,
+                core,
+                state,
+            },
+            hooks,
+        )
+    }
+
+    /// Runs the callback of a deferred job or timer a hook started.
+    pub(crate) fn run_job(&mut self, cx: &mut Context<'_>, job: impl FnOnce(&mut Session<'_, S>)) {
+        self.core.outstanding -= 1;
+        let (mut session, _) = self.session(cx);
+        job(&mut session);
+        self.core.after_hook(cx);
+    }
+
+    pub(crate) fn backend_connected(&mut self, cx: &mut Context<'_>, id: ConnId) {
+        let Some(i) = self.core.index_of(id) else { return };
+        let name = Rc::clone(&self.core.backends[i].name);
+        self.core
+            .config
+            .log(format_args!("server `{name}` connected"));
+        let (mut session, hooks) = self.session(cx);
+        if let Some(hook) = hooks.on_connect.as_mut() {
+            hook(&mut session, &name);
+        }
+        self.core.after_hook(cx);
+    }
+
+    pub(crate) fn backend_data(&mut self, cx: &mut Context<'_>, id: ConnId, data: &[u8]) {
+        let Some(i) = self.core.index_of(id) else { return };
+        let backend = &self.core.backends[i];
+        let (name, shadow) = (Rc::clone(&backend.name), backend.shadow);
+        if backend.relay_server {
+            if !shadow {
+                self.core.send_to_client(cx, data);
+            }
+            return;
+        }
+        let (mut session, hooks) = self.session(cx);
+        match hooks.on_response.as_mut() {
+            None if shadow => {}
+            None => {
+                session.core.send_to_client(session.reactor, data);
+            }
+            Some(hook) => {
+                let answer = hook(&mut session, &name, data);
+                if let (Some(answer), false) = (answer, shadow) {
+                    session.core.send_to_client(session.reactor, &answer);
+                }
+            }
+        }
+        self.core.after_hook(cx);
+    }
+
+    pub(crate) fn backend_finished(&mut self, cx: &mut Context<'_>, id: ConnId, reason: UnbindReason) {
+        let Some(i) = self.core.index_of(id) else { return };
+        let backend = self.core.backends.remove(i);
+        if self.core.relay_client == Some(id) {
+            self.core.relay_client = None;
+        }
+        self.finish(cx, &backend.name, backend.shadow, reason);
+    }
+
+    /// A backend is gone (or never came): `on_finish`, then what it decided.
+    pub(crate) fn finish(&mut self, cx: &mut Context<'_>, name: &str, shadow: bool, reason: UnbindReason) {
+        self.core
+            .config
+            .log(format_args!("server `{name}` finished: {reason}"));
+        let (mut session, hooks) = self.session(cx);
+        let finish = match hooks.on_finish.as_mut() {
+            Some(hook) => hook(&mut session, name, reason),
+            None => Finish::WhenAllDone,
+        };
+        self.core.after_finish(cx, shadow, finish);
+    }
+}
+
+impl<S: 'static> Handler for Client<S> {
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        self.core.client = cx.id();
+        // Reading the client is governed by the primary backends' queues (core.rs), not
+        // by the client's own queue.
+        cx.set_read_backpressure(false);
+        let config = Rc::clone(&self.core.config);
+        config.stats.client_accepted();
+        if config.verbose() {
+            match cx.peer_addr() {
+                Some(peer) => config.log(format_args!("client {peer} connected")),
+                None => config.log(format_args!("client {} connected", cx.id())),
+            }
+        }
+        let setup = Rc::clone(&self.setup);
+        let Ok(mut setup) = setup.try_borrow_mut() else {
+            // Only possible if a setup closure somehow accepted a client re-entrantly.
+            config.log(format_args!("setup is already running; client closed"));
+            cx.close();
+            return;
+        };
+        let (session, hooks) = self.session(cx);
+        (*setup)(&mut Setup { session, hooks });
+    }
+
+    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+        self.core.config.stats.from_client(data.len());
+        if let Some(i) = self.core.relay_client.and_then(|id| self.core.index_of(id)) {
+            self.core.send_to_backend(cx, i, data);
+            return;
+        }
+        let (mut session, hooks) = self.session(cx);
+        match hooks.on_data.as_mut() {
+            None => session.core.send_all(session.reactor, data),
+            Some(hook) => {
+                let relay = hook(&mut session, data);
+                session.core.apply(session.reactor, relay);
+            }
+        }
+        self.core.after_hook(cx);
+    }
+
+    fn peer_closed(&mut self, cx: &mut Context<'_>) -> PeerClosed {
+        self.core.client_eof = true;
+        self.core
+            .config
+            .log(format_args!("client {} sent FIN", cx.id()));
+        self.core.after_hook(cx);
+        PeerClosed::KeepWriting
+    }
+
+    fn outbound_drained(&mut self, cx: &mut Context<'_>) {
+        self.core.resume_backends(cx);
+    }
+
+    fn unbind(&mut self, cx: &mut Context<'_>, reason: UnbindReason) {
+        let config = Rc::clone(&self.core.config);
+        config.stats.client_gone();
+        config.log(format_args!("client {} gone: {reason}", cx.id()));
+        for backend in std::mem::take(&mut self.core.backends) {
+            cx.with_handler::<BackendConn<S>, _>(backend.id, |b, bcx| b.detach(bcx));
+        }
+    }
+}
