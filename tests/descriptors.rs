@@ -247,10 +247,13 @@ fn watch_is_level_triggered_and_never_reads_for_you() {
 
 // ---- child processes ----
 
+/// What a child wrote to stdout and stderr, and how it ended.
+type ChildOutcome = Rc<RefCell<Option<(Vec<u8>, Vec<u8>, UnbindReason)>>>;
+
 struct ChildCollector {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
-    result: Rc<RefCell<Option<(Vec<u8>, Vec<u8>, UnbindReason)>>>,
+    result: ChildOutcome,
 }
 
 impl Handler for ChildCollector {

@@ -148,7 +148,7 @@ impl<S: 'static> Handler for Client<S> {
     }
 
     fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
-        self.core.config.stats.from_client(data.len());
+        self.core.config.stats.read_from_client(data.len());
         if let Some(i) = self.core.relay_client.and_then(|id| self.core.index_of(id)) {
             self.core.send_to_backend(cx, i, data);
             return;

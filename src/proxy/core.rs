@@ -120,7 +120,7 @@ impl Core {
         if !r.send_to(self.client, data) {
             return false;
         }
-        self.config.stats.to_client(data.len());
+        self.config.stats.queued_for_client(data.len());
         if r.is_above_high_water(self.client) {
             self.pause_backends(r);
         }

@@ -87,11 +87,11 @@ impl Stats {
         self.0.shadow_cutoffs.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn from_client(&self, n: usize) {
+    pub(crate) fn read_from_client(&self, n: usize) {
         self.0.bytes_from_clients.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    pub(crate) fn to_client(&self, n: usize) {
+    pub(crate) fn queued_for_client(&self, n: usize) {
         self.0.bytes_to_clients.fetch_add(n as u64, Ordering::Relaxed);
     }
 

@@ -95,10 +95,11 @@ impl Descriptor {
         }
     }
 
-    /// Whether a close has been asked for.
+    /// Whether it is already queued for `reap` (a connection still flushing before its
+    /// close is not: stopping the reactor must still close it).
     fn is_closing(&self) -> bool {
         match self {
-            Descriptor::Conn(c) => c.closing.is_some(),
+            Descriptor::Conn(c) => c.closing.is_some_and(|c| !c.after_writing),
             Descriptor::Server(_) => false,
             Descriptor::Datagram(d) => d.closing.is_some(),
             Descriptor::Watch(w) => w.closing.is_some(),
@@ -267,7 +268,7 @@ impl Reactor {
             .collect()
     }
 
-    /// Every descriptor with a handler that is not already closing.
+    /// Every descriptor with a handler that is not already queued for `reap`.
     fn handler_ids(&self) -> Vec<ConnId> {
         self.descriptors
             .iter()

@@ -1,0 +1,430 @@
+//! The command line: em-proxy's flags (`-l`, `-r`, `-s`, `-d`, `-v`, `-h`) plus ember's
+//! (`--balance`, `--strategy`, `--shadow-buffer`, `--grace`, `demo`). Parsing only;
+//! names are resolved later, in `resolve`, before the reactor starts.
+//!
+//! Every mistake becomes one `Err(String)` that `main` prints as a single line.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ember::proxy::{DEFAULT_SHADOW_BUFFER, Strategy, parse_port};
+
+pub const USAGE: &str = "\
+Usage: ember-proxy -l [HOST:]PORT (-r HOST:PORT | -s PATH | -b HOST:PORT,...) [options]
+       ember-proxy demo [-n REQUESTS]
+
+A transparent proxy: clients are answered from the relay; duplex backends get a copy of
+every byte the clients send, and their answers are discarded.
+
+  -l, --listen [HOST:]PORT          Address to listen on (HOST defaults to 0.0.0.0)
+  -r, --relay HOST:PORT             Relay endpoint: answers the clients
+  -s, --socket PATH                 Relay endpoint: a Unix socket
+  -d, --duplex HOST:PORT[,...]      Backends to duplex the traffic to (answers discarded)
+  -b, --balance HOST:PORT,...       Relay each client to one of these instead of one relay
+      --strategy NAME               How --balance picks: round-robin (default),
+                                    least-conn or random
+      --shadow-buffer BYTES         How far a duplex backend may fall behind before it is
+                                    cut off (default 4M; K, M and G suffixes)
+      --grace SECONDS               On SIGINT/SIGTERM, how long live connections may take
+                                    to finish (default 10)
+  -v, --verbose                     Log connections and backend events on stderr
+  -h, --help                        Show this help
+
+  demo                              Start a prod and a shadow HTTP app and a duplex proxy in
+                                    front of them in this process, send requests through it
+                                    and direct, and report what each side saw
+  -n, --requests N                  Requests per path in the demo (default 200)
+
+Example: ember-proxy -l 8080 -r localhost:8081 -d localhost:8082,localhost:8083 -v";
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    /// `-h`: usage on stdout, exit 0.
+    Help,
+    /// No arguments: usage on stderr, exit 2 (em-proxy prints its help).
+    Usage,
+    Run(RunArgs),
+    Demo(DemoArgs),
+}
+
+/// Where clients are relayed to, still unresolved.
+#[derive(Debug)]
+pub enum Upstream {
+    Relay(String),
+    Socket(PathBuf),
+    Balance(Vec<String>, Strategy),
+}
+
+#[derive(Debug)]
+pub struct RunArgs {
+    pub listen: String,
+    pub upstream: Upstream,
+    pub duplex: Vec<String>,
+    pub verbose: bool,
+    pub shadow_buffer: usize,
+    pub grace: Duration,
+}
+
+#[derive(Debug)]
+pub struct DemoArgs {
+    pub requests: usize,
+    pub verbose: bool,
+}
+
+/// The flags that take a value, by every name they answer to.
+const VALUE_FLAGS: &[(&str, &str)] = &[
+    ("-l", "--listen"),
+    ("-r", "--relay"),
+    ("-s", "--socket"),
+    ("-d", "--duplex"),
+    ("-b", "--balance"),
+    ("", "--strategy"),
+    ("", "--shadow-buffer"),
+    ("", "--grace"),
+    ("-n", "--requests"),
+];
+
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    if args.is_empty() {
+        return Ok(Command::Usage);
+    }
+    let demo = args[0] == "demo";
+    let rest = if demo { &args[1..] } else { args };
+    let mut seen = Seen::default();
+    let mut iter = rest.iter();
+    while let Some(arg) = iter.next() {
+        let (flag, inline) = split_flag(arg);
+        match flag {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-v" | "--verbose" => {
+                if inline.is_some() {
+                    return Err(format!("{flag} takes no value"));
+                }
+                seen.verbose = true;
+            }
+            _ if is_value_flag(flag) => {
+                let value = match inline {
+                    Some(v) => v.to_owned(),
+                    None => iter
+                        .next()
+                        .filter(|v| !v.starts_with('-') || v.len() == 1)
+                        .cloned()
+                        .ok_or_else(|| format!("{flag} needs a value ({})", placeholder(flag)))?,
+                };
+                if value.is_empty() {
+                    return Err(format!("{flag} needs a value ({})", placeholder(flag)));
+                }
+                seen.set(long_name(flag), value)?;
+            }
+            _ if arg.starts_with('-') && arg.len() > 1 => {
+                return Err(format!("unknown flag `{arg}`"));
+            }
+            _ if arg == "demo" => return Err("`demo` must come first".into()),
+            _ => return Err(format!("unexpected argument `{arg}`")),
+        }
+    }
+    if demo { seen.demo() } else { seen.run() }
+}
+
+/// `--flag=value` and `-lVALUE` carry their value inline.
+fn split_flag(arg: &str) -> (&str, Option<&str>) {
+    if let Some((flag, value)) = arg.split_once('=')
+        && flag.starts_with("--")
+    {
+        return (flag, Some(value));
+    }
+    if arg.len() > 2 && arg.starts_with('-') && !arg.starts_with("--") {
+        let (flag, value) = arg.split_at(2);
+        if is_value_flag(flag) {
+            return (flag, Some(value));
+        }
+    }
+    (arg, None)
+}
+
+fn is_value_flag(flag: &str) -> bool {
+    VALUE_FLAGS
+        .iter()
+        .any(|(short, long)| (!short.is_empty() && flag == *short) || flag == *long)
+}
+
+fn long_name(flag: &str) -> &'static str {
+    VALUE_FLAGS
+        .iter()
+        .find(|(short, long)| flag == *short || flag == *long)
+        .map_or("", |(_, long)| long)
+}
+
+fn placeholder(flag: &str) -> &'static str {
+    match long_name(flag) {
+        "--listen" => "[HOST:]PORT",
+        "--relay" => "HOST:PORT",
+        "--socket" => "PATH",
+        "--duplex" | "--balance" => "HOST:PORT[,HOST:PORT...]",
+        "--strategy" => "round-robin, least-conn or random",
+        "--shadow-buffer" => "BYTES",
+        "--grace" => "SECONDS",
+        "--requests" => "N",
+        _ => "a value",
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    listen: Option<String>,
+    relay: Option<String>,
+    socket: Option<String>,
+    balance: Option<String>,
+    strategy: Option<String>,
+    duplex: Vec<String>,
+    shadow_buffer: Option<String>,
+    grace: Option<String>,
+    requests: Option<String>,
+    verbose: bool,
+}
+
+impl Seen {
+    fn set(&mut self, long: &str, value: String) -> Result<(), String> {
+        let slot = match long {
+            "--listen" => &mut self.listen,
+            "--relay" => &mut self.relay,
+            "--socket" => &mut self.socket,
+            "--balance" => &mut self.balance,
+            "--strategy" => &mut self.strategy,
+            "--shadow-buffer" => &mut self.shadow_buffer,
+            "--grace" => &mut self.grace,
+            "--requests" => &mut self.requests,
+            "--duplex" => {
+                self.duplex.extend(split_list(&value, long)?);
+                return Ok(());
+            }
+            _ => return Err(format!("unknown flag `{long}`")),
+        };
+        if slot.is_some() {
+            return Err(format!("{long} given twice"));
+        }
+        *slot = Some(value);
+        Ok(())
+    }
+
+    fn run(self) -> Result<Command, String> {
+        if self.requests.is_some() {
+            return Err("--requests belongs to `ember-proxy demo`".into());
+        }
+        let listen = self.listen.ok_or("missing -l/--listen [HOST:]PORT")?;
+        check_listen(&listen)?;
+        let upstream = match (self.relay, self.socket, self.balance) {
+            (Some(relay), None, None) => {
+                check_host_port(&relay, "--relay")?;
+                Upstream::Relay(relay)
+            }
+            (None, Some(path), None) => Upstream::Socket(path.into()),
+            (None, None, Some(list)) => {
+                let strategy = match &self.strategy {
+                    Some(s) => s.parse::<Strategy>()?,
+                    None => Strategy::RoundRobin,
+                };
+                Upstream::Balance(split_list(&list, "--balance")?, strategy)
+            }
+            (None, None, None) => {
+                return Err("missing a relay: -r/--relay HOST:PORT, -s/--socket PATH or -b/--balance HOST:PORT,...".into());
+            }
+            _ => return Err("choose one of -r/--relay, -s/--socket and -b/--balance".into()),
+        };
+        if self.strategy.is_some() && !matches!(upstream, Upstream::Balance(..)) {
+            return Err("--strategy only applies to -b/--balance".into());
+        }
+        let shadow_buffer = match &self.shadow_buffer {
+            Some(s) => parse_size(s)?,
+            None => DEFAULT_SHADOW_BUFFER,
+        };
+        let grace = match &self.grace {
+            Some(s) => parse_seconds(s)?,
+            None => Duration::from_secs(10),
+        };
+        Ok(Command::Run(RunArgs {
+            listen,
+            upstream,
+            duplex: self.duplex,
+            verbose: self.verbose,
+            shadow_buffer,
+            grace,
+        }))
+    }
+
+    fn demo(self) -> Result<Command, String> {
+        if let Some(flag) = [
+            (self.listen.is_some(), "-l"),
+            (self.relay.is_some(), "-r"),
+            (self.socket.is_some(), "-s"),
+            (self.balance.is_some(), "-b"),
+            (!self.duplex.is_empty(), "-d"),
+            (self.strategy.is_some(), "--strategy"),
+            (self.shadow_buffer.is_some(), "--shadow-buffer"),
+            (self.grace.is_some(), "--grace"),
+        ]
+        .iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+        {
+            return Err(format!("{flag} does not apply to `ember-proxy demo`"));
+        }
+        let requests = match &self.requests {
+            Some(n) => match n.parse::<usize>() {
+                Ok(n) if (1..=1_000_000).contains(&n) => n,
+                _ => return Err(format!("--requests `{n}` is not a number from 1 to 1000000")),
+            },
+            None => 200,
+        };
+        Ok(Command::Demo(DemoArgs {
+            requests,
+            verbose: self.verbose,
+        }))
+    }
+}
+
+fn split_list(list: &str, flag: &str) -> Result<Vec<String>, String> {
+    let items: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
+    if items.iter().any(String::is_empty) {
+        return Err(format!("{flag} `{list}` has an empty entry"));
+    }
+    for item in &items {
+        check_host_port(item, flag)?;
+    }
+    Ok(items)
+}
+
+/// HOST:PORT with a valid port (the host is checked when it is resolved).
+fn check_host_port(s: &str, flag: &str) -> Result<(), String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{flag} `{s}` is not HOST:PORT"));
+    };
+    if host.is_empty() {
+        return Err(format!("{flag} `{s}` has no host"));
+    }
+    parse_port(port).map_err(|why| format!("{flag} `{s}`: {why}"))?;
+    Ok(())
+}
+
+/// PORT or HOST:PORT; port 0 asks the kernel for a free port.
+fn check_listen(s: &str) -> Result<(), String> {
+    let port = s.rsplit_once(':').map_or(s, |(_, p)| p);
+    if port == "0" {
+        return Ok(());
+    }
+    parse_port(port).map_err(|why| format!("--listen `{s}`: {why}"))?;
+    Ok(())
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let multiplier: usize = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return Err(format!("--shadow-buffer `{s}` is not a size (like 4M)")),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("--shadow-buffer `{s}` is not a size (like 4M)"))
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite() && (0.0..=86_400.0).contains(x))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("--grace `{s}` is not a number of seconds"))
+}
+
+/// Resolves `[HOST:]PORT` for listening (blocking; before the reactor starts).
+pub fn resolve_listen(s: &str) -> Result<SocketAddr, String> {
+    if !s.contains(':') {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], s.parse::<u16>().unwrap_or(0))));
+    }
+    resolve(s, "--listen")
+}
+
+/// Resolves HOST:PORT once (blocking; before the reactor starts).
+pub fn resolve(s: &str, flag: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let host = s.rsplit_once(':').map_or(s, |(h, _)| h);
+    let mut addrs = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{flag}: cannot resolve host `{host}`: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{flag}: host `{host}` has no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    fn run(line: &str) -> RunArgs {
+        match parse(&args(line)) {
+            Ok(Command::Run(run)) => run,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    fn error(line: &str) -> String {
+        match parse(&args(line)) {
+            Err(e) => e,
+            other => panic!("{line} should fail: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn em_proxy_command_lines_parse() {
+        let r = run("-l 8080 -r localhost:8081 -d localhost:8082,localhost:8083 -v");
+        assert_eq!(r.listen, "8080");
+        assert!(matches!(r.upstream, Upstream::Relay(ref h) if h == "localhost:8081"));
+        assert_eq!(r.duplex, ["localhost:8082", "localhost:8083"]);
+        assert!(r.verbose);
+        let r = run("--listen=127.0.0.1:0 --socket /tmp/x.sock -d a:1 -d b:2");
+        assert!(matches!(r.upstream, Upstream::Socket(_)));
+        assert_eq!(r.duplex, ["a:1", "b:2"]);
+        let r = run("-l8080 -b a:1,b:2 --strategy least-conn --grace 0.5 --shadow-buffer 64K");
+        assert!(matches!(r.upstream, Upstream::Balance(ref l, Strategy::LeastConn) if l.len() == 2));
+        assert_eq!(r.grace, Duration::from_millis(500));
+        assert_eq!(r.shadow_buffer, 64 * 1024);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(error("-l 8080 -r h:1 --bogus").contains("unknown flag `--bogus`"));
+        assert!(error("-l abc -r h:1").contains("not a port number"));
+        assert!(error("-l 70000 -r h:1").contains("out of range"));
+        assert!(error("-l 8080 -r").contains("-r needs a value"));
+        assert!(error("-l -r h:1").contains("-l needs a value"));
+        assert!(error("-r h:1").contains("missing -l"));
+        assert!(error("-l 1").contains("missing a relay"));
+        assert!(error("-l 1 -r h:1 -s /x").contains("choose one"));
+        assert!(error("-l 1 -r nohostport").contains("not HOST:PORT"));
+        assert!(error("-l 1 -r h:1 -d a:1,,b:2").contains("empty entry"));
+        assert!(error("-l 1 -r h:1 --strategy random").contains("only applies"));
+        assert!(error("-l 1 -b a:1 --strategy fastest").contains("unknown strategy"));
+        assert!(error("-l 1 -l 2 -r h:1").contains("given twice"));
+        assert!(error("-l 1 -r h:1 extra").contains("unexpected argument"));
+        assert!(error("-l 1 -r h:1 --shadow-buffer 4X").contains("not a size"));
+        assert!(error("demo -l 1").contains("does not apply"));
+        assert!(error("demo -n 0").contains("--requests"));
+        assert!(matches!(parse(&[]), Ok(Command::Usage)));
+        assert!(matches!(parse(&args("-l 1 -h")), Ok(Command::Help)));
+    }
+}
