@@ -73,8 +73,22 @@ pub(crate) fn open<S: 'static>(
     if core.backends_paused && !spec.shadow {
         r.pause_connection(id);
     }
+    let bufsize = core.config.options.relay_bufsize;
     if spec.relay_client && core.relay_client.is_none() {
+        // The client's bytes go straight to this backend; `Client::receive_data` copies
+        // them itself if the reactor refuses the relay.
+        r.proxy_incoming_to(core.client, id, bufsize);
         core.relay_client = Some(id);
+    }
+    // The reactor relays one source into a given target, so one backend per client takes
+    // the descriptor relay to the client; any other `relay_server` backend is copied
+    // (still without `on_response`).
+    if spec.relay_server
+        && !spec.shadow
+        && core.relay_server.is_none()
+        && r.proxy_incoming_to(id, core.client, bufsize)
+    {
+        core.relay_server = Some(id);
     }
     core.backends.push(BackendEntry {
         name: name.into(),

@@ -105,6 +105,9 @@ impl<S: 'static> Client<S> {
         if self.core.relay_client == Some(id) {
             self.core.relay_client = None;
         }
+        if self.core.relay_server == Some(id) {
+            self.core.relay_server = None;
+        }
         self.finish(cx, &backend.name, backend.shadow, reason);
     }
 

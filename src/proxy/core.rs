@@ -28,6 +28,8 @@ pub(crate) struct Core {
     pub(crate) backends: Vec<BackendEntry>,
     /// The backend that takes the client's bytes unchanged (`relay_client`).
     pub(crate) relay_client: Option<ConnId>,
+    /// The backend whose bytes the reactor relays to the client (`relay_server`).
+    pub(crate) relay_server: Option<ConnId>,
     /// The client sent FIN.
     pub(crate) client_eof: bool,
     /// We asked the client to close once its queue is written.
@@ -47,6 +49,7 @@ impl Core {
             config,
             backends: Vec::new(),
             relay_client: None,
+            relay_server: None,
             client_eof: false,
             closing: false,
             held: false,

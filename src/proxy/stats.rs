@@ -50,12 +50,14 @@ impl Stats {
         self.0.shadow_cutoffs.load(Ordering::Relaxed)
     }
 
-    /// Bytes read from clients.
+    /// Bytes read from clients through the handler path (the descriptor relay's bytes,
+    /// `relay_client`, are not counted).
     pub fn bytes_from_clients(&self) -> u64 {
         self.0.bytes_from_clients.load(Ordering::Relaxed)
     }
 
-    /// Bytes queued for clients.
+    /// Bytes queued for clients through the handler path (the descriptor relay's bytes,
+    /// `relay_server`, are not counted).
     pub fn bytes_to_clients(&self) -> u64 {
         self.0.bytes_to_clients.load(Ordering::Relaxed)
     }

@@ -385,7 +385,13 @@ impl Reactor {
             if conn.unread {
                 self.carry_over.push((id.slot, id.serial));
             }
-            self.with_handler_dyn(id, |h, cx| h.outbound_drained(cx));
+            if !self.with_handler_dyn(id, |h, cx| h.outbound_drained(cx)) {
+                // Reached from inside one of this connection's own callbacks (say
+                // `set_water_marks`): tell it once that callback has returned.
+                self.next_tick(move |r| {
+                    r.with_handler_dyn(id, |h, cx| h.outbound_drained(cx));
+                });
+            }
         }
         let Some(conn) = self.conn_mut(id) else {
             return;

@@ -1,0 +1,93 @@
+//! `ember-proxy`: em-proxy's command line on ember — relay, duplex, balance — and
+//! `ember-proxy demo`, a self-contained tour that exits by itself.
+//!
+//! Exit codes: 0 done (including after SIGINT/SIGTERM), 1 a runtime failure (a name that
+//! does not resolve, a port in use), 2 a usage mistake. Every failure is one line on
+//! stderr.
+
+mod args;
+mod demo;
+mod plan;
+
+use std::cell::Cell;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ember::{Reactor, ServerId};
+
+use args::{Command, RunArgs, USAGE};
+use plan::Plan;
+
+fn main() -> ExitCode {
+    let argv: Result<Vec<String>, _> = std::env::args_os().skip(1).map(|a| a.into_string()).collect();
+    let Ok(argv) = argv else {
+        eprintln!("ember-proxy: an argument is not valid UTF-8");
+        return ExitCode::from(2);
+    };
+    match args::parse(&argv) {
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Usage) => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+        Ok(Command::Demo(demo)) => demo::run(&demo),
+        Ok(Command::Run(run)) => match serve(&run) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ember-proxy: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Err(e) => {
+            eprintln!("ember-proxy: {e} (see ember-proxy --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(run: &RunArgs) -> Result<(), String> {
+    let plan = Plan::resolve(run)?;
+    Reactor::run(|r| {
+        let server = plan.start(r)?;
+        let bound = server.local_addr().unwrap_or(plan.listen);
+        println!("{}", plan.describe(bound));
+        stop_gracefully_on_signals(r, server.id(), plan.grace)
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// SIGINT/SIGTERM: stop accepting, let live connections finish for up to `grace`, then
+/// stop. A second signal stops at once.
+fn stop_gracefully_on_signals(r: &mut Reactor, server: ServerId, grace: Duration) -> std::io::Result<()> {
+    let draining = Rc::new(Cell::new(false));
+    for signo in [libc::SIGINT, libc::SIGTERM] {
+        let draining = Rc::clone(&draining);
+        r.on_signal(signo, move |r| {
+            if draining.replace(true) {
+                r.stop();
+                return;
+            }
+            r.stop_server(server);
+            let live = r.connection_count();
+            if live == 0 {
+                r.stop();
+                return;
+            }
+            eprintln!(
+                "ember-proxy: stopping: not accepting; waiting up to {:.1}s for {live} connection(s)",
+                grace.as_secs_f64()
+            );
+            let deadline = Instant::now() + grace;
+            r.add_periodic_timer(Duration::from_millis(20), move |r| {
+                if r.connection_count() == 0 || Instant::now() >= deadline {
+                    r.stop();
+                }
+            });
+        })?;
+    }
+    Ok(())
+}
