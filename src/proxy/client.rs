@@ -61,7 +61,9 @@ impl<S: 'static> Client<S> {
     }
 
     pub(crate) fn backend_connected(&mut self, cx: &mut Context<'_>, id: ConnId) {
-        let Some(i) = self.core.index_of(id) else { return };
+        let Some(i) = self.core.index_of(id) else {
+            return;
+        };
         let name = Rc::clone(&self.core.backends[i].name);
         self.core
             .config
@@ -74,7 +76,9 @@ impl<S: 'static> Client<S> {
     }
 
     pub(crate) fn backend_data(&mut self, cx: &mut Context<'_>, id: ConnId, data: &[u8]) {
-        let Some(i) = self.core.index_of(id) else { return };
+        let Some(i) = self.core.index_of(id) else {
+            return;
+        };
         let backend = &self.core.backends[i];
         let (name, shadow) = (Rc::clone(&backend.name), backend.shadow);
         if backend.relay_server {
@@ -99,8 +103,15 @@ impl<S: 'static> Client<S> {
         self.core.after_hook(cx);
     }
 
-    pub(crate) fn backend_finished(&mut self, cx: &mut Context<'_>, id: ConnId, reason: UnbindReason) {
-        let Some(i) = self.core.index_of(id) else { return };
+    pub(crate) fn backend_finished(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: ConnId,
+        reason: UnbindReason,
+    ) {
+        let Some(i) = self.core.index_of(id) else {
+            return;
+        };
         let backend = self.core.backends.remove(i);
         if self.core.relay_client == Some(id) {
             self.core.relay_client = None;
@@ -112,7 +123,13 @@ impl<S: 'static> Client<S> {
     }
 
     /// A backend is gone (or never came): `on_finish`, then what it decided.
-    pub(crate) fn finish(&mut self, cx: &mut Context<'_>, name: &str, shadow: bool, reason: UnbindReason) {
+    pub(crate) fn finish(
+        &mut self,
+        cx: &mut Context<'_>,
+        name: &str,
+        shadow: bool,
+        reason: UnbindReason,
+    ) {
         self.core
             .config
             .log(format_args!("server `{name}` finished: {reason}"));

@@ -34,7 +34,8 @@ pub(crate) struct Core {
     pub(crate) client_eof: bool,
     /// We asked the client to close once its queue is written.
     pub(crate) closing: bool,
-    /// A hook returned `Relay::Later` and has not relayed since.
+    /// The last relay decision was `Relay::Later`: bytes are held back, so the client's
+    /// FIN must wait.
     pub(crate) held: bool,
     /// Deferred jobs, timers and failure reports whose callbacks have not run yet.
     pub(crate) outstanding: usize,
@@ -81,7 +82,7 @@ impl Core {
                     }
                 }
             }
-            Relay::Drop => {}
+            Relay::Drop => self.held = false,
             Relay::Later => self.held = true,
         }
     }

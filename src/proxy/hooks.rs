@@ -20,12 +20,13 @@ pub enum Relay {
     /// (em-proxy: return `[data, [names]]`).
     To(Vec<u8>, Vec<String>),
     /// Send nothing: the hook answered the client itself or discarded the bytes
-    /// (em-proxy: return `nil`).
+    /// (em-proxy: return `nil`). Ends a hold started by [`Relay::Later`].
     Drop,
     /// Send nothing now; the hook will relay later with
     /// [`Session::relay_to_servers`], for example from a [`Session::defer`] callback
-    /// (em-proxy: return `:async`). Until it does, the client's FIN is held back from
-    /// the backends so that it cannot overtake the delayed bytes.
+    /// (em-proxy: return `:async`). Until the next decision that is not `Later` (from
+    /// `on_data` or `relay_to_servers`), the client's FIN is held back from the backends
+    /// so that it cannot overtake the held bytes.
     Later,
 }
 

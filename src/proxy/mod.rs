@@ -57,8 +57,8 @@ mod target;
 pub use balance::{Balancer, Lease, Strategy};
 pub use hooks::{Finish, Relay};
 pub use server::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_RELAY_BUFSIZE, DEFAULT_SHADOW_BUFFER, Options, ProxyServer, start,
-    start_with_state,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_RELAY_BUFSIZE, DEFAULT_SHADOW_BUFFER, Options, ProxyServer,
+    start, start_with_state,
 };
 pub use session::{Session, Setup};
 pub use stats::Stats;

@@ -54,7 +54,7 @@ impl<S: 'static> Session<'_, S> {
     }
 
     /// Relays bytes to backends as [`Relay`] says, now (em-proxy's `relay_to_servers`).
-    /// [`Relay::Later`] holds the client's FIN back until the next `All` or `To`.
+    /// [`Relay::Later`] holds the client's FIN back until the next `All`, `To` or `Drop`.
     pub fn relay_to_servers(&mut self, relay: Relay) {
         self.core.apply(self.reactor, relay);
     }
@@ -118,7 +118,8 @@ impl<S: 'static> Session<'_, S> {
 
     /// Runs `then` with this client's session after `delay`. Until it has run, the
     /// client's FIN is held back from the backends. If the client is gone by then, `then`
-    /// does not run.
+    /// does not run. To call one off, let `then` check the client's state: cancelling the
+    /// returned id through the reactor would leave the FIN held.
     pub fn add_timer(
         &mut self,
         delay: Duration,
@@ -180,7 +181,10 @@ impl<S: 'static> Setup<'_, S> {
     }
 
     /// Called when a backend, by name, has connected.
-    pub fn on_connect(&mut self, hook: impl FnMut(&mut Session<'_, S>, &str) + 'static) -> &mut Self {
+    pub fn on_connect(
+        &mut self,
+        hook: impl FnMut(&mut Session<'_, S>, &str) + 'static,
+    ) -> &mut Self {
         self.hooks.on_connect = Some(Box::new(hook));
         self
     }
@@ -212,6 +216,8 @@ impl<'a, S> DerefMut for Setup<'a, S> {
 
 impl<S> fmt::Debug for Setup<'_, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Setup").field("session", &self.session).finish()
+        f.debug_struct("Setup")
+            .field("session", &self.session)
+            .finish()
     }
 }

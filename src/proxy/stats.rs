@@ -90,15 +90,21 @@ impl Stats {
     }
 
     pub(crate) fn read_from_client(&self, n: usize) {
-        self.0.bytes_from_clients.fetch_add(n as u64, Ordering::Relaxed);
+        self.0
+            .bytes_from_clients
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn queued_for_client(&self, n: usize) {
-        self.0.bytes_to_clients.fetch_add(n as u64, Ordering::Relaxed);
+        self.0
+            .bytes_to_clients
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn shadow_queue(&self, queued: usize) {
-        self.0.peak_shadow_queue.fetch_max(queued as u64, Ordering::Relaxed);
+        self.0
+            .peak_shadow_queue
+            .fetch_max(queued as u64, Ordering::Relaxed);
     }
 }
 

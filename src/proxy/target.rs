@@ -249,7 +249,15 @@ mod tests {
 
     #[test]
     fn refuses_bad_targets_with_a_reason() {
-        for bad in ["nohost", "host:", "host:0", "host:70000", ":80", "a b:80", "unix:"] {
+        for bad in [
+            "nohost",
+            "host:",
+            "host:0",
+            "host:70000",
+            ":80",
+            "a b:80",
+            "unix:",
+        ] {
             let err = Target::parse(bad).unwrap_err();
             assert!(!err.to_string().is_empty(), "{bad}");
         }

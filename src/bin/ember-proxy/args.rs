@@ -273,7 +273,11 @@ impl Seen {
         let requests = match &self.requests {
             Some(n) => match n.parse::<usize>() {
                 Ok(n) if (1..=1_000_000).contains(&n) => n,
-                _ => return Err(format!("--requests `{n}` is not a number from 1 to 1000000")),
+                _ => {
+                    return Err(format!(
+                        "--requests `{n}` is not a number from 1 to 1000000"
+                    ));
+                }
             },
             None => 200,
         };
@@ -348,7 +352,10 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 /// Resolves `[HOST:]PORT` for listening (blocking; before the reactor starts).
 pub fn resolve_listen(s: &str) -> Result<SocketAddr, String> {
     if !s.contains(':') {
-        return Ok(SocketAddr::from(([0, 0, 0, 0], s.parse::<u16>().unwrap_or(0))));
+        return Ok(SocketAddr::from((
+            [0, 0, 0, 0],
+            s.parse::<u16>().unwrap_or(0),
+        )));
     }
     resolve(s, "--listen")
 }
@@ -400,7 +407,9 @@ mod tests {
         assert!(matches!(r.upstream, Upstream::Socket(_)));
         assert_eq!(r.duplex, ["a:1", "b:2"]);
         let r = run("-l8080 -b a:1,b:2 --strategy least-conn --grace 0.5 --shadow-buffer 64K");
-        assert!(matches!(r.upstream, Upstream::Balance(ref l, Strategy::LeastConn) if l.len() == 2));
+        assert!(
+            matches!(r.upstream, Upstream::Balance(ref l, Strategy::LeastConn) if l.len() == 2)
+        );
         assert_eq!(r.grace, Duration::from_millis(500));
         assert_eq!(r.shadow_buffer, 64 * 1024);
     }

@@ -35,7 +35,9 @@ struct App {
 impl Handler for App {
     fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
         self.request.extend_from_slice(data);
-        let Some(end) = find(&self.request, b"\r\n\r\n") else { return };
+        let Some(end) = find(&self.request, b"\r\n\r\n") else {
+            return;
+        };
         let head = &self.request[..end + 4];
         lock(&self.log).extend_from_slice(head);
         let path = String::from_utf8_lossy(head)
@@ -73,12 +75,16 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     let (tx, rx) = mpsc::channel::<Addresses>();
     let requests = args.requests;
     let (client_prod_log, client_shadow_log) = (Arc::clone(&prod_log), Arc::clone(&shadow_log));
-    let client = thread::spawn(move || -> Result<(Outcome, (SocketAddr, SocketAddr, SocketAddr)), String> {
-        let addrs = rx.recv().map_err(|_| "the reactor did not start".to_owned())?;
-        let result = drive(&addrs, requests, &client_prod_log, &client_shadow_log);
-        addrs.reactor.stop();
-        result.map(|o| (o, (addrs.prod, addrs.shadow, addrs.proxy)))
-    });
+    let client = thread::spawn(
+        move || -> Result<(Outcome, (SocketAddr, SocketAddr, SocketAddr)), String> {
+            let addrs = rx
+                .recv()
+                .map_err(|_| "the reactor did not start".to_owned())?;
+            let result = drive(&addrs, requests, &client_prod_log, &client_shadow_log);
+            addrs.reactor.stop();
+            result.map(|o| (o, (addrs.prod, addrs.shadow, addrs.proxy)))
+        },
+    );
 
     let verbose = args.verbose;
     let (reactor_prod_log, reactor_shadow_log) = (Arc::clone(&prod_log), Arc::clone(&shadow_log));
@@ -128,7 +134,13 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    report(&outcome, requests, (prod, shadow, proxy), &lock(&prod_log), &lock(&shadow_log))
+    report(
+        &outcome,
+        requests,
+        (prod, shadow, proxy),
+        &lock(&prod_log),
+        &lock(&shadow_log),
+    )
 }
 
 /// The client thread: warm up, then alternate proxied and direct requests.
@@ -224,7 +236,9 @@ fn report(
     println!("  shadow app   {shadow}   (gets a copy of the traffic; its answers are discarded)");
     println!("  proxy        {proxy}   (ember-proxy -r {prod} -d {shadow})");
     println!();
-    println!("  {requests} requests through the proxy and {requests} straight to prod, alternating, one connection each");
+    println!(
+        "  {requests} requests through the proxy and {requests} straight to prod, alternating, one connection each"
+    );
     println!(
         "  [{}] prod and shadow saw identical request bytes ({} requests, {} bytes each side)",
         mark(identical),
@@ -240,8 +254,14 @@ fn report(
     println!();
     println!("  latency per request (connect, send, read until closed), microseconds:");
     println!("                   p50      p90      p99");
-    println!("    direct    {:>8} {:>8} {:>8}", direct[0], direct[1], direct[2]);
-    println!("    proxied   {:>8} {:>8} {:>8}", proxied[0], proxied[1], proxied[2]);
+    println!(
+        "    direct    {:>8} {:>8} {:>8}",
+        direct[0], direct[1], direct[2]
+    );
+    println!(
+        "    proxied   {:>8} {:>8} {:>8}",
+        proxied[0], proxied[1], proxied[2]
+    );
     println!(
         "  the proxy added {} µs at p50 (it opens two backend connections per client)",
         proxied[0] as i64 - direct[0] as i64
@@ -283,7 +303,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 fn lock(log: &RequestLog) -> std::sync::MutexGuard<'_, Vec<u8>> {

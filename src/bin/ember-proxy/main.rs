@@ -20,7 +20,10 @@ use args::{Command, RunArgs, USAGE};
 use plan::Plan;
 
 fn main() -> ExitCode {
-    let argv: Result<Vec<String>, _> = std::env::args_os().skip(1).map(|a| a.into_string()).collect();
+    let argv: Result<Vec<String>, _> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect();
     let Ok(argv) = argv else {
         eprintln!("ember-proxy: an argument is not valid UTF-8");
         return ExitCode::from(2);
@@ -62,7 +65,11 @@ fn serve(run: &RunArgs) -> Result<(), String> {
 
 /// SIGINT/SIGTERM: stop accepting, let live connections finish for up to `grace`, then
 /// stop. A second signal stops at once.
-fn stop_gracefully_on_signals(r: &mut Reactor, server: ServerId, grace: Duration) -> std::io::Result<()> {
+fn stop_gracefully_on_signals(
+    r: &mut Reactor,
+    server: ServerId,
+    grace: Duration,
+) -> std::io::Result<()> {
     let draining = Rc::new(Cell::new(false));
     for signo in [libc::SIGINT, libc::SIGTERM] {
         let draining = Rc::clone(&draining);

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ember::proxy::{Backend, Balancer, Finish, Lease, Options, ProxyServer, Session, Strategy, Target};
+use ember::proxy::{
+    Backend, Balancer, Finish, Lease, Options, ProxyServer, Session, Strategy, Target,
+};
 use ember::{Reactor, UnbindReason};
 
 use crate::args::{self, RunArgs, Upstream};
@@ -69,7 +71,11 @@ impl Plan {
             Relay::Unix(path) => format!("relay unix:{}", path.display()),
             Relay::Balance(addrs, strategy) => format!(
                 "balance {} ({strategy})",
-                addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                addrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
         };
         let mut line = format!("ember-proxy: listening on {bound}, {relay}");
@@ -110,7 +116,8 @@ impl Plan {
                     || None::<Lease>,
                     move |conn| {
                         let lease = balancer.pick();
-                        let relay = with_relay_paths(Backend::new(lease.target().clone()), cut_through);
+                        let relay =
+                            with_relay_paths(Backend::new(lease.target().clone()), cut_through);
                         conn.server("relay", relay);
                         *conn.state() = Some(lease);
                         open_shadows(conn, &duplex);

@@ -1,0 +1,129 @@
+//! em-proxy's `duplex.rb`: fork production traffic to a test environment, answer from
+//! production only.
+//!
+//! `cargo run --example duplex -- [LISTEN] [PROD] [TEST]` (default 0.0.0.0:8000 →
+//! 127.0.0.1:8100, 127.0.0.1:8200). To try it as em-proxy suggests:
+//!
+//! ```text
+//! cargo run --example appserver -- 127.0.0.1:8100 1
+//! cargo run --example appserver -- 127.0.0.1:8200 3
+//! cargo run --example duplex
+//! curl localhost:8000
+//! ```
+//!
+//! `test` is a shadow: it gets every request byte, its answers go to `on_response` (here
+//! recorded) but never to the client, and it can't slow or break production.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use ember::Reactor;
+use ember::proxy::{self, Backend, Finish, ProxyServer, Relay};
+
+/// What one client's hooks share: when it started and what each backend answered.
+pub struct Duplex {
+    started: Instant,
+    answers: BTreeMap<String, Vec<u8>>,
+}
+
+/// The proxy: requests (with `User-Agent` rewritten) to `prod` and `test`, answers from
+/// `prod` only; the client closes when `prod` is done.
+pub fn start(
+    r: &mut Reactor,
+    listen: SocketAddr,
+    prod: SocketAddr,
+    test: SocketAddr,
+) -> io::Result<ProxyServer> {
+    let new_client = || Duplex {
+        started: Instant::now(),
+        answers: BTreeMap::new(),
+    };
+    proxy::start_with_state(r, listen, new_client, move |conn| {
+        conn.server("prod", prod); // production, renders the response
+        conn.server("test", Backend::tcp(test).shadow()); // testing, internal only
+
+        conn.on_data(|_, data| Relay::All(rewrite_user_agent(data)));
+
+        conn.on_response(|s, server, resp| {
+            s.state()
+                .answers
+                .entry(server.to_owned())
+                .or_default()
+                .extend_from_slice(resp);
+            // only render the response from production
+            (server == "prod").then(|| resp.to_vec())
+        });
+
+        conn.on_finish(|s, name, reason| {
+            let state = s.state();
+            println!(
+                "[on_finish, {name}, {reason}, {:.3?}]",
+                state.started.elapsed()
+            );
+            for (server, answer) in &state.answers {
+                println!("  {server}: {:?}", String::from_utf8_lossy(answer));
+            }
+            if name == "prod" {
+                Finish::Close
+            } else {
+                Finish::Keep
+            }
+        });
+    })
+}
+
+/// Replaces the value of every `User-Agent` header with `ember-proxy/0.1`.
+pub fn rewrite_user_agent(data: &[u8]) -> Vec<u8> {
+    const HEADER: &[u8] = b"\r\nuser-agent:";
+    let mut out = Vec::with_capacity(data.len());
+    let mut rest = data;
+    while let Some(at) = rest
+        .windows(HEADER.len())
+        .position(|w| w.eq_ignore_ascii_case(HEADER))
+    {
+        out.extend_from_slice(&rest[..at + 2]);
+        let line = &rest[at + 2..];
+        match line.windows(2).position(|w| w == b"\r\n") {
+            Some(end) => {
+                out.extend_from_slice(b"User-Agent: ember-proxy/0.1");
+                rest = &line[end..];
+            }
+            None => {
+                // The header continues in the next chunk: leave it as it is.
+                out.extend_from_slice(line);
+                rest = &[];
+            }
+        }
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let listen = addr_arg(&args, 0, "0.0.0.0:8000");
+    let prod = addr_arg(&args, 1, "127.0.0.1:8100");
+    let test = addr_arg(&args, 2, "127.0.0.1:8200");
+    let result = Reactor::run(|r| {
+        let proxy = start(r, listen, prod, test)?;
+        println!(
+            "duplex on {:?}: prod {prod}, test {test}",
+            proxy.local_addr()
+        );
+        r.stop_on_signals()
+    });
+    if let Err(e) = result {
+        eprintln!("duplex: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn addr_arg(args: &[String], i: usize, default: &str) -> SocketAddr {
+    let text = args.get(i).map_or(default, String::as_str);
+    text.parse().unwrap_or_else(|_| {
+        eprintln!("duplex: `{text}` is not IP:PORT (usage: duplex [LISTEN] [PROD] [TEST])");
+        std::process::exit(2);
+    })
+}

@@ -1,0 +1,55 @@
+//! em-proxy's `port_forward.rb`: a logging port forwarder.
+//!
+//! `cargo run --example port_forward -- [LISTEN] [BACKEND]` (default 0.0.0.0:8080 →
+//! 127.0.0.1:8081).
+
+use std::io;
+use std::net::SocketAddr;
+
+use ember::Reactor;
+use ember::proxy::{Options, ProxyServer, Relay};
+
+/// Forwards every byte both ways, printing each chunk.
+pub fn start(r: &mut Reactor, listen: SocketAddr, backend: SocketAddr) -> io::Result<ProxyServer> {
+    Options::new().verbose(true).start(r, listen, move |conn| {
+        conn.server("srv", backend);
+
+        // modify / process the request stream
+        conn.on_data(|_, data| {
+            println!("[on_data, {:?}]", String::from_utf8_lossy(data));
+            Relay::All(data.to_vec())
+        });
+
+        // modify / process the response stream
+        conn.on_response(|_, backend, resp| {
+            println!(
+                "[on_response, {backend}, {:?}]",
+                String::from_utf8_lossy(resp)
+            );
+            Some(resp.to_vec())
+        });
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let listen = addr_arg(&args, 0, "0.0.0.0:8080");
+    let backend = addr_arg(&args, 1, "127.0.0.1:8081");
+    let result = Reactor::run(|r| {
+        let proxy = start(r, listen, backend)?;
+        println!("port_forward on {:?} → {backend}", proxy.local_addr());
+        r.stop_on_signals()
+    });
+    if let Err(e) = result {
+        eprintln!("port_forward: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn addr_arg(args: &[String], i: usize, default: &str) -> SocketAddr {
+    let text = args.get(i).map_or(default, String::as_str);
+    text.parse().unwrap_or_else(|_| {
+        eprintln!("port_forward: `{text}` is not IP:PORT (usage: port_forward [LISTEN] [BACKEND])");
+        std::process::exit(2);
+    })
+}

@@ -1,0 +1,117 @@
+//! em-proxy's `selective_forward.rb`: two backends connected, requests sent to one.
+//!
+//! `cargo run --example selective_forward -- [LISTEN] [PROD] [TEST]` (default 0.0.0.0:8080
+//! → 127.0.0.1:8081, 127.0.0.1:8082).
+//!
+//! `Relay::To` names the backends that get a chunk; `test` is connected but gets nothing.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use ember::Reactor;
+use ember::proxy::{self, Finish, ProxyServer, Relay};
+
+/// What one client's hooks share.
+pub struct Selective {
+    started: Instant,
+    answers: BTreeMap<String, Vec<u8>>,
+}
+
+/// Requests (with `User-Agent` rewritten) go to `prod` only; the client sees `prod`'s
+/// answers and closes when `prod` is done.
+pub fn start(
+    r: &mut Reactor,
+    listen: SocketAddr,
+    prod: SocketAddr,
+    test: SocketAddr,
+) -> io::Result<ProxyServer> {
+    let new_client = || Selective {
+        started: Instant::now(),
+        answers: BTreeMap::new(),
+    };
+    proxy::start_with_state(r, listen, new_client, move |conn| {
+        conn.server("prod", prod); // production, renders the response
+        conn.server("test", test); // testing, internal only
+
+        conn.on_data(|_, data| Relay::to(rewrite_user_agent(data), &["prod"]));
+
+        conn.on_response(|s, server, resp| {
+            s.state()
+                .answers
+                .entry(server.to_owned())
+                .or_default()
+                .extend_from_slice(resp);
+            (server == "prod").then(|| resp.to_vec())
+        });
+
+        conn.on_finish(|s, name, _| {
+            let state = s.state();
+            println!(
+                "[on_finish, {name}, {:.3?}, {:?}]",
+                state.started.elapsed(),
+                state.answers.keys()
+            );
+            // close the client once prod is done
+            if name == "prod" {
+                Finish::Close
+            } else {
+                Finish::Keep
+            }
+        });
+    })
+}
+
+/// Replaces the value of every `User-Agent` header with `ember-proxy/0.1`.
+pub fn rewrite_user_agent(data: &[u8]) -> Vec<u8> {
+    const HEADER: &[u8] = b"\r\nuser-agent:";
+    let mut out = Vec::with_capacity(data.len());
+    let mut rest = data;
+    while let Some(at) = rest
+        .windows(HEADER.len())
+        .position(|w| w.eq_ignore_ascii_case(HEADER))
+    {
+        out.extend_from_slice(&rest[..at + 2]);
+        let line = &rest[at + 2..];
+        match line.windows(2).position(|w| w == b"\r\n") {
+            Some(end) => {
+                out.extend_from_slice(b"User-Agent: ember-proxy/0.1");
+                rest = &line[end..];
+            }
+            None => {
+                out.extend_from_slice(line);
+                rest = &[];
+            }
+        }
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let listen = addr_arg(&args, 0, "0.0.0.0:8080");
+    let prod = addr_arg(&args, 1, "127.0.0.1:8081");
+    let test = addr_arg(&args, 2, "127.0.0.1:8082");
+    let result = Reactor::run(|r| {
+        let proxy = start(r, listen, prod, test)?;
+        println!(
+            "selective_forward on {:?}: prod {prod}, test {test}",
+            proxy.local_addr()
+        );
+        r.stop_on_signals()
+    });
+    if let Err(e) = result {
+        eprintln!("selective_forward: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn addr_arg(args: &[String], i: usize, default: &str) -> SocketAddr {
+    let text = args.get(i).map_or(default, String::as_str);
+    text.parse().unwrap_or_else(|_| {
+        eprintln!("selective_forward: `{text}` is not IP:PORT (usage: selective_forward [LISTEN] [PROD] [TEST])");
+        std::process::exit(2);
+    })
+}

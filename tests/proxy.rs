@@ -1,0 +1,582 @@
+//! The proxy DSL's rules over real loopback sockets: pass-through, half-close, buffering
+//! for a backend still connecting, failures reported through `on_finish`, backpressure
+//! both ways, graceful backend close when the client disappears, the cut-through relay,
+//! and what each hook return value does.
+
+mod proxy_support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ember::proxy::{self, Backend, Finish, Options, Relay};
+use ember::{DEFAULT_HIGH_WATER, READ_CHUNK, UnbindReason};
+
+use proxy_support::*;
+
+#[test]
+fn without_hooks_bytes_pass_through_both_ways() {
+    let running = spawn_reactor(|r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("echo", echo);
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    assert_eq!(
+        exchange(running.value, b"hello through the proxy"),
+        b"hello through the proxy"
+    );
+}
+
+#[test]
+fn client_fin_reaches_the_backend_and_the_whole_response_still_flows_back() {
+    const RESPONSE: usize = 8 << 20;
+    let received = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&received);
+    let running = spawn_reactor(move |r| {
+        let backend = serve(r, move || AnswerAfterFin {
+            size: RESPONSE,
+            received: Arc::clone(&seen),
+        })?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("slow", backend);
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let request = Pattern::new(1).bytes(100_000);
+    let response = exchange(running.value, &request);
+    assert_eq!(received.load(Ordering::SeqCst), request.len());
+    assert_eq!(response.len(), RESPONSE);
+    assert!(Pattern::new(7).matches(&response), "response bytes differ");
+}
+
+#[test]
+fn bytes_for_a_backend_still_connecting_are_queued_and_sent_on_connect() {
+    let running = spawn_reactor(|r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            // Open the backend only when the first bytes arrive, and relay them at once:
+            // the connect has only just started.
+            conn.on_data(move |s, data| {
+                if s.servers().is_empty() {
+                    let id = s.server("late", echo).expect("opened");
+                    assert!(!s.reactor().is_connected(id), "still connecting");
+                }
+                Relay::All(data.to_vec())
+            });
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let request = Pattern::new(2).bytes(1 << 20);
+    assert_eq!(exchange(running.value, &request), request);
+}
+
+#[test]
+fn unreachable_backends_report_their_reason_through_on_finish() {
+    let dead = closed_port();
+    let running = spawn_reactor(move |r| {
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            assert!(conn.server("refused", dead).is_some());
+            assert!(conn.server("typo", "not a target").is_none());
+            conn.on_finish(|s, name, reason| {
+                s.send_data(format!("{name}: {reason:?}\n").as_bytes());
+                Finish::WhenAllDone
+            });
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let mut client = connect(running.value);
+    let text = String::from_utf8(read_all(&mut client)).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["refused: Refused", "typo: Unresolvable"]);
+}
+
+/// A backend on a std thread: signals when accepted, waits for `go`, then runs `then`.
+fn gated_backend<T: Send + 'static>(
+    then: impl FnOnce(std::net::TcpStream) -> T + Send + 'static,
+) -> (SocketAddr, mpsc::Sender<()>, thread::JoinHandle<T>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (go, wait) = mpsc::channel();
+    let thread = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        wait.recv_timeout(IO_TIMEOUT).expect("released");
+        then(stream)
+    });
+    (addr, go, thread)
+}
+
+/// Waits until `cond` holds, polling; panics after `IO_TIMEOUT`.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_full_backend_pauses_the_client_and_memory_stays_bounded() {
+    const SIZE: usize = 32 << 20;
+    let (backend, go, reader) = gated_backend(|mut stream| {
+        let mut pattern = Pattern::new(3);
+        let mut buf = vec![0; 256 * 1024];
+        let mut total = 0;
+        loop {
+            let n = stream.read(&mut buf).unwrap();
+            if n == 0 {
+                return total;
+            }
+            assert!(
+                pattern.matches(&buf[..n]),
+                "backend got wrong bytes at {total}"
+            );
+            total += n;
+        }
+    });
+    let running = spawn_reactor(move |r| {
+        let peak = watch_peak_queue(r);
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("slow", backend);
+        })?;
+        Ok((p.local_addr().unwrap(), peak))
+    });
+    let (addr, peak) = (running.value.0, Arc::clone(&running.value.1));
+    let writer = thread::spawn(move || {
+        let mut client = connect(addr);
+        let mut pattern = Pattern::new(3);
+        let mut chunk = vec![0; 64 * 1024];
+        for _ in 0..SIZE / chunk.len() {
+            pattern.fill(&mut chunk);
+            client.write_all(&chunk).unwrap();
+        }
+        client.shutdown(Shutdown::Write).unwrap();
+        read_all(&mut client)
+    });
+    // The backend reads nothing until the proxy's queue for it is full.
+    wait_for("the backend's queue to fill", || {
+        peak.load(Ordering::Relaxed) >= DEFAULT_HIGH_WATER
+    });
+    go.send(()).unwrap();
+    assert_eq!(reader.join().unwrap(), SIZE);
+    assert_eq!(writer.join().unwrap(), b"");
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak <= DEFAULT_HIGH_WATER + READ_CHUNK,
+        "queued {peak} bytes"
+    );
+}
+
+#[test]
+fn a_slow_client_pauses_the_backend_and_memory_stays_bounded() {
+    const SIZE: usize = 32 << 20;
+    let (backend, go, writer) = gated_backend(|mut stream| {
+        let mut pattern = Pattern::new(4);
+        let mut chunk = vec![0; 64 * 1024];
+        for _ in 0..SIZE / chunk.len() {
+            pattern.fill(&mut chunk);
+            stream.write_all(&chunk).unwrap();
+        }
+    });
+    let running = spawn_reactor(move |r| {
+        let peak = watch_peak_queue(r);
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("fast", backend);
+        })?;
+        Ok((p.local_addr().unwrap(), peak))
+    });
+    let peak = Arc::clone(&running.value.1);
+    let mut client = connect(running.value.0);
+    go.send(()).unwrap();
+    // The client reads nothing until the proxy's queue for it is full.
+    wait_for("the client's queue to fill", || {
+        peak.load(Ordering::Relaxed) >= DEFAULT_HIGH_WATER
+    });
+    let mut pattern = Pattern::new(4);
+    let mut buf = vec![0; 256 * 1024];
+    let mut total = 0;
+    while total < SIZE {
+        let n = client.read(&mut buf).unwrap();
+        assert!(n > 0, "proxy closed after {total} bytes");
+        assert!(
+            pattern.matches(&buf[..n]),
+            "client got wrong bytes at {total}"
+        );
+        total += n;
+    }
+    writer.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak <= DEFAULT_HIGH_WATER + READ_CHUNK,
+        "queued {peak} bytes"
+    );
+}
+
+#[test]
+fn a_client_that_disappears_leaves_its_backend_a_fin_after_the_pending_bytes() {
+    let (backend, go, reader) = gated_backend(|mut stream| {
+        let mut data = Vec::new();
+        let outcome = stream.read_to_end(&mut data);
+        (outcome.map(|_| ()), data)
+    });
+    let running = spawn_reactor(move |r| {
+        let peak = watch_peak_queue(r);
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("backend", backend);
+        })?;
+        Ok((p.local_addr().unwrap(), peak))
+    });
+    let peak = Arc::clone(&running.value.1);
+    let mut client = connect(running.value.0);
+    client
+        .set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut pattern = Pattern::new(5);
+    let mut chunk = vec![0; 64 * 1024];
+    // Write until the whole path is full: backend not reading, proxy paused.
+    loop {
+        pattern.fill(&mut chunk);
+        match client.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("client write: {e}"),
+        }
+    }
+    wait_for("the backend's queue to fill", || {
+        peak.load(Ordering::Relaxed) >= DEFAULT_HIGH_WATER
+    });
+    reset_on_close(&client);
+    drop(client);
+    go.send(()).unwrap();
+    let (outcome, data) = reader.join().unwrap();
+    outcome.expect("the backend sees FIN, not a reset");
+    assert!(
+        data.len() >= DEFAULT_HIGH_WATER,
+        "only {} bytes arrived",
+        data.len()
+    );
+    assert!(Pattern::new(5).matches(&data), "backend got wrong bytes");
+}
+
+#[test]
+fn a_backend_dying_mid_response_closes_that_client_and_others_are_served() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    // Answers `die` with half a response and a reset, anything else in full.
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            thread::spawn(move || {
+                let mut request = [0u8; 3];
+                if stream.read_exact(&mut request).is_err() {
+                    return;
+                }
+                let body = Pattern::new(6).bytes(1 << 20);
+                if &request == b"die" {
+                    let _ = stream.write_all(&body[..body.len() / 2]);
+                    reset_on_close(&stream);
+                } else {
+                    let _ = stream.write_all(&body);
+                }
+            });
+        }
+    });
+    let running = spawn_reactor(move |r| {
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("app", backend);
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let addr = running.value;
+    let healthy = thread::spawn(move || {
+        let mut client = connect(addr);
+        client.write_all(b"get").unwrap();
+        read_all(&mut client)
+    });
+    let mut dying = connect(addr);
+    dying.write_all(b"die").unwrap();
+    let partial = read_all(&mut dying);
+    assert!(
+        partial.len() < 1 << 20,
+        "got the whole response from a dying backend"
+    );
+    assert!(
+        Pattern::new(6).matches(&partial),
+        "partial response has wrong bytes"
+    );
+    let full = healthy.join().unwrap();
+    assert_eq!(full.len(), 1 << 20);
+    assert!(Pattern::new(6).matches(&full));
+    // And the proxy keeps serving new clients.
+    let mut again = connect(addr);
+    again.write_all(b"get").unwrap();
+    assert_eq!(read_all(&mut again).len(), 1 << 20);
+}
+
+#[test]
+fn cut_through_backends_skip_the_hooks() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let running = spawn_reactor(move |r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("echo", Backend::tcp(echo).relay_client().relay_server());
+            let on_data = Arc::clone(&counted);
+            conn.on_data(move |_, data| {
+                on_data.fetch_add(1, Ordering::SeqCst);
+                Relay::All(data.to_vec())
+            });
+            let on_response = Arc::clone(&counted);
+            conn.on_response(move |_, _, data| {
+                on_response.fetch_add(1, Ordering::SeqCst);
+                Some(data.to_vec())
+            });
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let request = Pattern::new(8).bytes(4 << 20);
+    let reply = exchange(running.value, &request);
+    assert!(reply == request, "echo through the relay differs");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_later_relay_from_a_deferred_job_arrives_before_the_clients_fin() {
+    let running = spawn_reactor(|r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("echo", echo);
+            conn.on_data(|s, data| {
+                let data = data.to_vec();
+                s.defer(
+                    move || {
+                        thread::sleep(Duration::from_millis(30)); // a blocking lookup
+                        data.to_ascii_uppercase()
+                    },
+                    |s, checked| s.relay_to_servers(Relay::All(checked.unwrap())),
+                );
+                Relay::Later
+            });
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    assert_eq!(exchange(running.value, b"hello, later"), b"HELLO, LATER");
+}
+
+#[test]
+fn relay_to_names_only_the_chosen_backends() {
+    let (a, b) = (Record::default(), Record::default());
+    let (ra, rb) = (Arc::clone(&a), Arc::clone(&b));
+    let running = spawn_reactor(move |r| {
+        let ra2 = Arc::clone(&ra);
+        let rb2 = Arc::clone(&rb);
+        let a = serve(r, move || Recorder {
+            prefix: "a",
+            record: Arc::clone(&ra2),
+        })?;
+        let b = serve(r, move || Recorder {
+            prefix: "b",
+            record: Arc::clone(&rb2),
+        })?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("a", a);
+            conn.server("b", b);
+            conn.on_data(|_, data| Relay::to(data, &["a", "nobody"]));
+            conn.on_response(|_, name, data| (name == "a").then(|| data.to_vec()));
+            conn.on_finish(|_, name, _| {
+                if name == "a" {
+                    Finish::Close
+                } else {
+                    Finish::Keep
+                }
+            });
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let reply = exchange(running.value, b"only for a");
+    assert_eq!(reply, b"a:10\na:end\n");
+    assert_eq!(record_of(&a), b"only for a");
+    assert_eq!(record_of(&b), b"");
+}
+
+#[test]
+fn finish_keep_holds_the_client_open_for_a_timer_to_answer() {
+    let running = spawn_reactor(|r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("echo", echo);
+            conn.on_finish(|s, _, reason| {
+                assert_eq!(reason, UnbindReason::PeerClosed);
+                s.add_timer(Duration::from_millis(20), |s| {
+                    s.send_data(b" and goodbye from the proxy");
+                    s.close();
+                });
+                Finish::Keep
+            });
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    assert_eq!(
+        exchange(running.value, b"hello"),
+        b"hello and goodbye from the proxy"
+    );
+}
+
+#[test]
+fn hooks_see_names_addresses_and_can_answer_the_client_themselves() {
+    let running = spawn_reactor(|r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            assert!(conn.server("echo", echo).is_some());
+            assert!(conn.server("echo", echo).is_none(), "names are unique");
+            let peer = conn.peer().unwrap();
+            let sock = conn.sock().unwrap();
+            conn.on_connect(move |s, name| {
+                s.send_data(format!("{name} connected for {peer} via {sock}\n").as_bytes());
+            });
+            conn.on_data(|s, data| {
+                if data.starts_with(b"secret") {
+                    s.send_data(b"denied\n");
+                    return Relay::Drop;
+                }
+                Relay::All(data.to_vec())
+            });
+            conn.on_response(|_, _, data| Some(data.to_ascii_uppercase()));
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let mut client = connect(running.value);
+    let (me, proxy) = (client.local_addr().unwrap(), running.value);
+    let greeting = read_until(&mut client, b"\n");
+    assert_eq!(
+        greeting,
+        format!("echo connected for {me} via {proxy}\n").as_bytes()
+    );
+    client.write_all(b"secret").unwrap();
+    assert_eq!(read_until(&mut client, b"\n"), b"denied\n");
+    client.write_all(b"public\n").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut client), b"PUBLIC\n");
+}
+
+#[test]
+fn per_client_state_is_shared_by_the_hooks_of_one_client() {
+    let running = spawn_reactor(|r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start_with_state(
+            r,
+            "127.0.0.1:0",
+            || 0usize,
+            move |conn| {
+                conn.server("echo", echo);
+                conn.on_data(|s, data| {
+                    *s.state() += data.len();
+                    Relay::All(data.to_vec())
+                });
+                conn.on_finish(|s, _, _| {
+                    let total = *s.state();
+                    s.send_data(format!("|{total} bytes").as_bytes());
+                    Finish::Close
+                });
+            },
+        )?;
+        Ok(p.local_addr().unwrap())
+    });
+    assert_eq!(exchange(running.value, b"12345"), b"12345|5 bytes");
+    assert_eq!(exchange(running.value, b"123"), b"123|3 bytes");
+}
+
+#[test]
+fn a_unix_socket_backend_works_like_a_tcp_one() {
+    let dir = std::env::temp_dir().join(format!("ember-proxy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("echo.sock");
+    let _ = std::fs::remove_file(&path);
+    let socket = path.clone();
+    let running = spawn_reactor(move |r| {
+        r.start_unix_server(&socket, || Echo)?;
+        let p = Options::new().start(r, "127.0.0.1:0", move |conn| {
+            conn.server("unix", Backend::unix(&socket));
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    assert_eq!(
+        exchange(running.value, b"over a unix socket"),
+        b"over a unix socket"
+    );
+    drop(running);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn stats_count_clients_and_failures() {
+    let dead = closed_port();
+    let stats = Arc::new(Mutex::new(None));
+    let out = Arc::clone(&stats);
+    let running = spawn_reactor(move |r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("echo", echo);
+            conn.server("dead", Backend::tcp(dead).shadow());
+        })?;
+        *out.lock().unwrap() = Some(p.stats().clone());
+        Ok(p.local_addr().unwrap())
+    });
+    for _ in 0..3 {
+        assert_eq!(exchange(running.value, b"ping"), b"ping");
+    }
+    let stats = stats.lock().unwrap().clone().unwrap();
+    wait_for("clients to close", || stats.clients_active() == 0);
+    assert_eq!(stats.clients_accepted(), 3);
+    assert_eq!(stats.backends_opened(), 6);
+    assert_eq!(stats.backends_failed(), 3);
+    assert_eq!(stats.bytes_from_clients(), 12);
+}
+
+#[test]
+fn a_later_relay_holds_the_clients_fin_until_the_held_bytes_are_relayed() {
+    // The held bytes are relayed when another backend says "go", which the test only lets
+    // happen after the client has sent FIN.
+    let (gate, go, gate_thread) = gated_backend(|mut stream| {
+        stream.write_all(b"go").unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).map(|_| rest)
+    });
+    let running = spawn_reactor(move |r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start_with_state(r, "127.0.0.1:0", Vec::<u8>::new, move |conn| {
+            conn.server("echo", echo);
+            conn.server("gate", gate);
+            conn.on_data(|s, data| {
+                s.state().extend_from_slice(data);
+                Relay::Later
+            });
+            conn.on_response(|s, name, data| {
+                if name == "gate" {
+                    let held = std::mem::take(s.state());
+                    s.relay_to_servers(Relay::to(held, &["echo"]));
+                    return None;
+                }
+                Some(data.to_vec())
+            });
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let mut client = connect(running.value);
+    client.write_all(b"held until the gate opens").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    go.send(()).unwrap();
+    assert_eq!(read_all(&mut client), b"held until the gate opens");
+    assert_eq!(
+        gate_thread.join().unwrap().unwrap(),
+        b"",
+        "the gate got FIN, nothing else"
+    );
+}

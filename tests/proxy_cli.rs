@@ -1,0 +1,431 @@
+//! The `ember-proxy` binary as a child process: usage, every command-line mistake (one
+//! line, non-zero exit, no panic), relay + duplex, Unix socket relay, balancing, graceful
+//! SIGTERM, and the self-checking demo.
+
+mod proxy_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ember::{ConnId, Context, Handler};
+
+use proxy_support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ember-proxy");
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ember-proxy did not exit within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs the binary to completion; returns (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = wait_with_timeout(&mut child, EXIT_TIMEOUT);
+    (
+        status.code().unwrap_or(-1),
+        out.join().unwrap(),
+        err.join().unwrap(),
+    )
+}
+
+/// A running `ember-proxy`; killed (if still running) when dropped.
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    fn start(args: &[&str]) -> Proxy {
+        let mut child = Command::new(BIN)
+            .args(["-l", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let collected = Arc::clone(&stderr);
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .strip_prefix("ember-proxy: listening on ")
+            .and_then(|rest| rest.split(',').next())
+            .unwrap_or_else(|| panic!("no listening line: {line:?} {}", stderr.lock().unwrap()))
+            .parse()
+            .unwrap();
+        Proxy {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    fn signal(&self, signo: i32) {
+        // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signo) };
+        assert_eq!(rc, 0, "kill");
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn no_arguments_print_the_usage_and_exit_2() {
+    let (code, stdout, stderr) = run(&[]);
+    assert_eq!(code, 2);
+    assert!(stdout.is_empty());
+    assert!(stderr.starts_with("Usage: ember-proxy"), "{stderr}");
+    for flag in [
+        "--listen",
+        "--relay",
+        "--socket",
+        "--duplex",
+        "--verbose",
+        "--help",
+    ] {
+        assert!(stderr.contains(flag), "usage lacks {flag}");
+    }
+}
+
+#[test]
+fn help_prints_the_usage_and_exits_0() {
+    for flag in ["-h", "--help"] {
+        let (code, stdout, _) = run(&[flag]);
+        assert_eq!(code, 0);
+        assert!(stdout.starts_with("Usage: ember-proxy"), "{stdout}");
+    }
+}
+
+#[test]
+fn every_mistake_is_one_clear_line_and_a_nonzero_exit() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["--bogus"], 2, "unknown flag `--bogus`"),
+        (vec!["-x"], 2, "unknown flag `-x`"),
+        (
+            vec!["-l", "abc", "-r", "127.0.0.1:1"],
+            2,
+            "`abc` is not a port number",
+        ),
+        (vec!["-l", "99999", "-r", "127.0.0.1:1"], 2, "out of range"),
+        (vec!["-l", "8080", "-r"], 2, "-r needs a value"),
+        (vec!["-l", "-r", "127.0.0.1:1"], 2, "-l needs a value"),
+        (vec!["-r", "127.0.0.1:1"], 2, "missing -l/--listen"),
+        (vec!["-l", "8080"], 2, "missing a relay"),
+        (
+            vec!["-l", "8080", "-d", "127.0.0.1:1"],
+            2,
+            "missing a relay",
+        ),
+        (vec!["-l", "8080", "-r", "localhost"], 2, "is not HOST:PORT"),
+        (vec!["-l", "8080", "-r", "127.0.0.1:0"], 2, "port 0"),
+        (
+            vec!["-l", "8080", "-r", "127.0.0.1:x"],
+            2,
+            "not a port number",
+        ),
+        (
+            vec!["-l", "8080", "-r", "a:1", "-s", "/tmp/x"],
+            2,
+            "choose one",
+        ),
+        (
+            vec!["-l", "8080", "-r", "a:1", "-d", "b:1,"],
+            2,
+            "empty entry",
+        ),
+        (
+            vec!["-l", "8080", "-b", "a:1", "--strategy", "fastest"],
+            2,
+            "unknown strategy",
+        ),
+        (
+            vec!["-l", "8080", "-r", "a:1", "--grace", "soon"],
+            2,
+            "not a number of seconds",
+        ),
+        (
+            vec!["-l", "8080", "-r", "a:1", "stray"],
+            2,
+            "unexpected argument `stray`",
+        ),
+        (
+            vec!["-l", "127.0.0.1:0", "-r", "no-such-host.invalid:80"],
+            1,
+            "--relay: cannot resolve host `no-such-host.invalid`",
+        ),
+        (
+            vec![
+                "-l",
+                "127.0.0.1:0",
+                "-r",
+                "127.0.0.1:1",
+                "-d",
+                "no-such-host.invalid:80",
+            ],
+            1,
+            "--duplex: cannot resolve host `no-such-host.invalid`",
+        ),
+        (
+            vec!["-l", &taken, "-r", "127.0.0.1:1"],
+            1,
+            "cannot listen on",
+        ),
+    ];
+    for (args, want_code, want_text) in cases {
+        let (code, stdout, stderr) = run(&args);
+        let line = stderr.trim_end();
+        assert_eq!(code, want_code, "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?} printed {stdout:?}");
+        assert!(
+            !line.contains('\n'),
+            "{args:?}: more than one line: {stderr:?}"
+        );
+        assert!(line.starts_with("ember-proxy: "), "{args:?}: {line}");
+        assert!(
+            line.contains(want_text),
+            "{args:?}: {line:?} lacks {want_text:?}"
+        );
+        assert!(!line.contains("panicked"), "{args:?}: {line}");
+    }
+}
+
+#[test]
+fn a_non_utf8_argument_is_a_mistake_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let output = Command::new(BIN)
+        .arg(std::ffi::OsStr::from_bytes(b"-l\xff"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn relays_and_duplexes_answering_from_the_relay_only() {
+    let backends = spawn_reactor(|r| {
+        let (prod_record, shadow_record) = (Record::default(), Record::default());
+        let (pr, sr) = (Arc::clone(&prod_record), Arc::clone(&shadow_record));
+        let prod = serve(r, move || Recorder {
+            prefix: "prod",
+            record: Arc::clone(&pr),
+        })?;
+        let shadow = serve(r, move || Recorder {
+            prefix: "shadow",
+            record: Arc::clone(&sr),
+        })?;
+        Ok((prod, shadow, prod_record, shadow_record))
+    });
+    let (prod, shadow, prod_record, shadow_record) = backends.value.clone();
+    let dead = closed_port();
+    let proxy = Proxy::start(&[
+        "-r",
+        &prod.to_string(),
+        "-d",
+        &format!("{shadow},{dead}"),
+        "-v",
+    ]);
+    let request = Pattern::new(41).bytes(300_000);
+    let reply = String::from_utf8(exchange(proxy.addr, &request)).unwrap();
+    assert!(reply.lines().all(|l| l.starts_with("prod:")), "{reply}");
+    assert!(
+        reply.ends_with(&format!("prod:{}\nprod:end\n", request.len())),
+        "{reply}"
+    );
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while record_of(&shadow_record).len() < request.len() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert!(record_of(&prod_record) == request);
+    assert!(record_of(&shadow_record) == request);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !proxy
+        .stderr()
+        .contains("`duplex_1` finished: connection refused")
+    {
+        assert!(Instant::now() < deadline, "verbose log: {}", proxy.stderr());
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn relays_to_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("ember-proxy-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("echo.sock");
+    let _ = std::fs::remove_file(&path);
+    let socket = path.clone();
+    let _backend = spawn_reactor(move |r| r.start_unix_server(&socket, || Echo).map(drop));
+    let proxy = Proxy::start(&["-s", path.to_str().unwrap()]);
+    assert_eq!(
+        exchange(proxy.addr, b"to the socket and back"),
+        b"to the socket and back"
+    );
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Answers every request with its name and closes.
+struct Named(&'static str);
+
+impl Handler for Named {
+    fn receive_data(&mut self, cx: &mut Context<'_>, _data: &[u8]) {
+        cx.send_data(self.0.as_bytes());
+        cx.close_after_writing();
+    }
+}
+
+#[test]
+fn balances_clients_round_robin() {
+    let backends = spawn_reactor(|r| Ok((serve(r, || Named("A"))?, serve(r, || Named("B"))?)));
+    let (a, b) = backends.value;
+    let proxy = Proxy::start(&["-b", &format!("{a},{b}"), "--strategy", "round-robin"]);
+    let answers: Vec<Vec<u8>> = (0..4).map(|_| exchange(proxy.addr, b"who?")).collect();
+    assert_eq!(answers, [b"A", b"B", b"A", b"B"]);
+}
+
+/// Reports its connection id when a request arrives; answers only when told to.
+struct Held(mpsc::Sender<ConnId>);
+
+impl Handler for Held {
+    fn receive_data(&mut self, cx: &mut Context<'_>, _data: &[u8]) {
+        let _ = self.0.send(cx.id());
+    }
+}
+
+#[test]
+fn sigterm_stops_accepting_and_lets_live_connections_finish() {
+    let (tx, requests) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let backend = spawn_reactor(move |r| {
+        let tx = tx.into_inner().unwrap();
+        serve(r, move || Held(tx.clone()))
+    });
+    let proxy = Proxy::start(&["-r", &backend.value.to_string()]);
+    let mut live = connect(proxy.addr);
+    live.write_all(b"request").unwrap();
+    let held = requests
+        .recv_timeout(IO_TIMEOUT)
+        .expect("the request reached the backend");
+    proxy.signal(libc::SIGTERM);
+    // New connections are refused once the signal is handled.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while TcpStream::connect(proxy.addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        thread::sleep(Duration::from_millis(5));
+    }
+    on_reactor(&backend.handle(), move |r| {
+        r.send_to(held, b"answered after the signal");
+        r.close_connection_after_writing(held);
+    });
+    assert_eq!(read_all(&mut live), b"answered after the signal");
+    let mut proxy = proxy;
+    let status = wait_with_timeout(&mut proxy.child, EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
+    assert!(proxy.stderr().contains("stopping"), "{}", proxy.stderr());
+}
+
+#[test]
+fn the_grace_period_bounds_how_long_a_stuck_connection_delays_exit() {
+    let backend = spawn_reactor(|r| serve(r, || NeverReads));
+    let mut proxy = Proxy::start(&["-r", &backend.value.to_string(), "--grace", "0.2"]);
+    let mut stuck = connect(proxy.addr);
+    stuck.write_all(b"never answered").unwrap();
+    // Wait until the proxy has this client for sure: its relay connection is up.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while on_reactor(&backend.handle(), |r| r.connection_count()) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never connected to the backend"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    let started = Instant::now();
+    proxy.signal(libc::SIGINT);
+    let status = wait_with_timeout(&mut proxy.child, EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn the_demo_checks_itself_and_exits_0() {
+    let (code, stdout, stderr) = run(&["demo", "-n", "40"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("[ok  ] prod and shadow saw identical request bytes (40 requests"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "[ok  ] the client got prod's answers only (40 of 40 from prod, 0 from shadow)"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("the proxy added"), "{stdout}");
+}
