@@ -162,8 +162,28 @@ pub(crate) enum Listener {
 }
 
 impl Listener {
-    pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<Listener> {
-        TcpListener::bind(addr).map(Listener::Tcp)
+    /// Binds and listens with our own backlog (mio's is 128, too short for a proxy
+    /// taking bursts of connections) and, if asked, `SO_REUSEPORT` so several worker
+    /// processes can share one port.
+    pub(crate) fn bind_tcp(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<Listener> {
+        let fd = new_socket(addr)?;
+        // SAFETY: `fd` is a fresh descriptor we own; the std listener closes it on every
+        // early return below.
+        let std_listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        if reuse_port {
+            set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
+        let (raw, len) = sockaddr_from(addr);
+        // SAFETY: `raw` is a properly initialised sockaddr of `len` bytes.
+        if unsafe { libc::bind(fd, (&raw const raw).cast(), len) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: listen(2) on a bound socket we own.
+        if unsafe { libc::listen(fd, backlog) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Listener::Tcp(TcpListener::from_std(std_listener)))
     }
 
     pub(crate) fn bind_unix(path: &Path) -> io::Result<Listener> {
@@ -212,20 +232,10 @@ pub(crate) fn tcp_connect(remote: SocketAddr, local: Option<SocketAddr>) -> io::
     let Some(local) = local else {
         return TcpStream::connect(remote).map(Stream::Tcp);
     };
-    let family = match remote {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = new_socket(remote)?;
     // SAFETY: `fd` is a fresh descriptor we own; the std stream takes ownership and closes
     // it on every early return below.
     let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    set_cloexec(fd)?;
-    std_stream.set_nonblocking(true)?;
     set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     let (local_raw, local_len) = sockaddr_from(local);
     // SAFETY: `local_raw` is a properly initialised sockaddr of `local_len` bytes.
@@ -249,13 +259,31 @@ pub(crate) fn unix_connect(path: &Path) -> io::Result<Stream> {
     UnixStream::connect(path).map(Stream::Unix)
 }
 
-fn set_cloexec(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
-    let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    if rc < 0 {
+/// A non-blocking, close-on-exec TCP socket of `addr`'s family.
+fn new_socket(addr: SocketAddr) -> io::Result<RawFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    // SAFETY: fcntl with integer arguments on the descriptor just created; on failure we
+    // close it ourselves since no owner holds it yet.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0
+            || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
+            || libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) < 0
+        {
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            return Err(err);
+        }
+    }
+    Ok(fd)
 }
 
 /// `setsockopt(fd, level, name, &value, sizeof(int))`.

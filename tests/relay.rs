@@ -38,7 +38,7 @@ struct Front {
 enum Event {
     ProxyCompleted(u64),
     AfterRelay(Vec<u8>),
-    FrontUnbound(UnbindReason),
+    FrontUnbound(UnbindReason, u64),
 }
 
 /// The backend side of the relay: a plain connection; its peer is the sink.
@@ -76,8 +76,10 @@ impl Handler for Front {
         let _ = self.report.send(Event::ProxyCompleted(cx.proxied_bytes()));
     }
 
-    fn unbind(&mut self, _cx: &mut Context<'_>, reason: UnbindReason) {
-        let _ = self.report.send(Event::FrontUnbound(reason));
+    fn unbind(&mut self, cx: &mut Context<'_>, reason: UnbindReason) {
+        let _ = self
+            .report
+            .send(Event::FrontUnbound(reason, cx.proxied_bytes()));
     }
 }
 
@@ -182,7 +184,8 @@ fn relay_one_gib(splice: bool) {
     assert!(tail.is_empty());
     loop {
         match events.recv_timeout(Duration::from_secs(30)).unwrap() {
-            Event::FrontUnbound(reason) => {
+            Event::FrontUnbound(reason, proxied) => {
+                assert_eq!(proxied, TOTAL, "proxied_bytes inside unbind");
                 assert!(reason.is_orderly(), "front unbound with {reason}");
                 break;
             }

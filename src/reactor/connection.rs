@@ -180,6 +180,14 @@ impl Reactor {
         }
         if conn.phase == Phase::Connecting {
             self.finish_connect(id);
+        } else if ready.error {
+            // A reset is news even to a paused connection: nothing it queued can be
+            // delivered and nothing more will arrive.
+            let pending = conn.stream.as_ref().map(Stream::take_error);
+            if let Some(Ok(Some(e)) | Err(e)) = pending {
+                self.close_with(id, UnbindReason::from_io_error(&e), false);
+                return;
+            }
         }
         if ready.writable || ready.hangup {
             self.flush(id);
@@ -492,10 +500,13 @@ impl Reactor {
         let reason = conn.closing.map_or(UnbindReason::ClosedByUs, |c| c.reason);
         let relay_target = conn.relay.map(|r| r.target);
         if let Some(handler) = conn.handler.take() {
+            // Let `proxied_bytes` answer for this id while its unbind runs.
+            self.unbinding = Some((id, conn.proxied_bytes));
             match child {
                 Some(child) => self.await_child_exit(id, child, handler),
                 None => self.run_unbind(id, handler, reason),
             }
+            self.unbinding = None;
         }
         self.relay_endpoint_gone(id, relay_target, conn.relayed_from);
     }

@@ -57,6 +57,8 @@ pub const ACCEPTS_PER_EVENT: usize = 64;
 pub const DEFAULT_HIGH_WATER: usize = 256 * 1024;
 /// Default outbound low-water mark, bytes.
 pub const DEFAULT_LOW_WATER: usize = 64 * 1024;
+/// Default `listen(2)` backlog for servers.
+pub const DEFAULT_LISTEN_BACKLOG: i32 = 1024;
 /// Default pending-connect timeout, as in EventMachine.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -162,6 +164,10 @@ pub struct Reactor {
     defaults: ConnDefaults,
     /// Closed child processes whose exit status (and so `unbind`) is still awaited.
     exiting: Vec<process::ExitingChild>,
+    /// The connection whose `unbind` is running, with its relayed byte count.
+    unbinding: Option<(ConnId, u64)>,
+    listen_backlog: i32,
+    reuse_port: bool,
     exit_poll: Option<process::ExitPoll>,
     child_grace: Duration,
     file_watches: Option<file_watch::Inotify>,
@@ -197,6 +203,9 @@ impl Reactor {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             },
             exiting: Vec::new(),
+            unbinding: None,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            reuse_port: false,
             exit_poll: None,
             child_grace: process::DEFAULT_CHILD_GRACE,
             file_watches: None,
@@ -542,6 +551,8 @@ pub(crate) struct Readiness {
     pub(crate) writable: bool,
     /// Read-closed or error: a short read must not end the drain (see `read_some`).
     pub(crate) hangup: bool,
+    /// The socket has a pending error (a reset): act on it even if reading is paused.
+    pub(crate) error: bool,
 }
 
 impl Readiness {
@@ -550,6 +561,7 @@ impl Readiness {
             readable: event.is_readable(),
             writable: event.is_writable(),
             hangup: event.is_read_closed() || event.is_error() || event.is_write_closed(),
+            error: event.is_error(),
         }
     }
 }

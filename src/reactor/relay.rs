@@ -31,7 +31,8 @@ pub(crate) struct RelayState {
 impl Reactor {
     /// Relays everything `source` receives to `target` without calling its
     /// `receive_data`; `source` is not read while `target` has `bufsize` or more bytes
-    /// pending. Returns `false` if either is gone or they are the same connection.
+    /// pending. Returns `false` if either is gone, they are the same connection, or
+    /// another source already relays into `target` (one source per target).
     pub fn proxy_incoming_to(&mut self, source: ConnId, target: ConnId, bufsize: usize) -> bool {
         self.start_relay(source, target, bufsize, None)
     }
@@ -61,9 +62,16 @@ impl Reactor {
         self.schedule_read(source);
     }
 
-    /// Bytes `source` has relayed so far (across all its relays).
+    /// Bytes `source` has relayed so far (across all its relays); also answers inside
+    /// `source`'s own `unbind`.
     pub fn proxied_bytes(&self, source: ConnId) -> u64 {
-        self.conn(source).map_or(0, |c| c.proxied_bytes)
+        match self.conn(source) {
+            Some(c) => c.proxied_bytes,
+            None => match self.unbinding {
+                Some((id, bytes)) if id == source => bytes,
+                _ => 0,
+            },
+        }
     }
 
     /// Whether relays may use `splice(2)` (default: on, where the platform has it).
@@ -79,6 +87,16 @@ impl Reactor {
         length: Option<u64>,
     ) -> bool {
         if source == target || self.conn(target).is_none() || self.conn(source).is_none() {
+            return false;
+        }
+        // One source per target: a second would steal the first one's wake-ups.
+        if let Some(existing) = self.conn(target).and_then(|t| t.relayed_from)
+            && existing != source
+            && self
+                .conn(existing)
+                .and_then(|c| c.relay)
+                .is_some_and(|r| r.target == target)
+        {
             return false;
         }
         if let Some(old) = self.conn(source).and_then(|c| c.relay)

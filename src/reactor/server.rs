@@ -42,7 +42,8 @@ impl Reactor {
         mut factory: impl FnMut() -> H + 'static,
     ) -> io::Result<ServerId> {
         let addr = addr.into_socket_addr()?;
-        let listener = Listener::bind_tcp(addr).map_err(|e| with_context(e, &addr.to_string()))?;
+        let listener = Listener::bind_tcp(addr, self.listen_backlog, self.reuse_port)
+            .map_err(|e| with_context(e, &addr.to_string()))?;
         self.add_server(listener, None, Box::new(move || Box::new(factory())))
     }
 
@@ -83,6 +84,18 @@ impl Reactor {
             backoffs: 0,
         }));
         Ok(ServerId { slot, serial })
+    }
+
+    /// The `listen(2)` backlog for servers started from now on (default 1024; the kernel
+    /// caps it at `net.core.somaxconn`).
+    pub fn set_listen_backlog(&mut self, backlog: u32) {
+        self.listen_backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    }
+
+    /// Whether TCP servers started from now on set `SO_REUSEPORT`, so that several
+    /// processes (one reactor each) can accept on the same port.
+    pub fn set_reuse_port(&mut self, on: bool) {
+        self.reuse_port = on;
     }
 
     /// The address a TCP server is bound to (with the real port if it asked for 0).
