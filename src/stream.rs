@@ -219,6 +219,14 @@ impl Listener {
     }
 }
 
+/// Bytes received and not yet read on a socket (`FIONREAD`); 0 if unknown.
+pub(crate) fn bytes_waiting(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into the live variable we pass.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if rc < 0 { 0 } else { usize::try_from(n).unwrap_or(0) }
+}
+
 /// Whether an accept error means "out of descriptors or memory": back off, don't spin.
 pub(crate) fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(

@@ -40,9 +40,16 @@ pub(crate) enum WriteSide {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Closing {
     pub(crate) reason: UnbindReason,
-    /// Still flushing the outbound queue; not yet in the pending-close queue.
+    /// Still flushing the outbound queue (or lingering); not yet in the pending-close queue.
     pub(crate) after_writing: bool,
+    /// Everything is written and our FIN sent; input is read and discarded until the
+    /// peer's FIN or this timer, so that closing with unread input does not send a reset
+    /// that could destroy the tail of what we wrote (a lingering close, as in nginx).
+    pub(crate) lingering: Option<TimerId>,
 }
+
+/// How long a lingering close waits for the peer's FIN.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) struct Connection {
     pub(crate) serial: u64,
@@ -116,9 +123,13 @@ impl Connection {
         self.outbound.len() + self.pipe.as_ref().map_or(0, |p| p.len)
     }
 
+    pub(crate) fn is_lingering(&self) -> bool {
+        self.closing.is_some_and(|c| c.lingering.is_some())
+    }
+
     pub(crate) fn may_read(&self) -> bool {
         self.phase == Phase::Connected
-            && self.closing.is_none()
+            && (self.closing.is_none() || self.is_lingering())
             && !self.peer_eof
             && !self.paused
             && !(self.read_backpressure && self.above_high_water)
@@ -235,7 +246,7 @@ impl Reactor {
 
     /// Reads up to the per-event budget and hands each chunk to `receive_data`.
     pub(crate) fn read_some(&mut self, id: ConnId) {
-        if self.conn(id).is_some_and(|c| c.relay.is_some()) {
+        if self.conn(id).is_some_and(|c| c.relay.is_some() && !c.is_lingering()) {
             self.relay_some(id);
             return;
         }
@@ -268,6 +279,9 @@ impl Reactor {
                         // The socket is drained; epoll and kqueue both report new
                         // arrivals as a new edge, so a short read ends the drain.
                         conn.unread = false;
+                    }
+                    if conn.is_lingering() {
+                        continue; // input after our close is discarded
                     }
                     let buf = std::mem::take(&mut self.read_buf);
                     self.with_handler_dyn(id, |h, cx| h.receive_data(cx, &buf[..n]));
@@ -408,8 +422,8 @@ impl Reactor {
             return;
         }
         if let Some(closing) = conn.closing {
-            if closing.after_writing {
-                self.close_with(id, closing.reason, false);
+            if closing.after_writing && closing.lingering.is_none() {
+                self.linger_or_close(id, closing.reason);
             }
             return;
         }
@@ -427,11 +441,62 @@ impl Reactor {
         }
     }
 
+    /// The queue of a connection closing after writing is empty: close now, or, if the
+    /// peer has sent input we never read (closing would answer it with a reset), send
+    /// FIN and linger until its FIN.
+    fn linger_or_close(&mut self, id: ConnId, reason: UnbindReason) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        let unread_input = match conn.stream.as_ref() {
+            Some(s @ (Stream::Tcp(_) | Stream::Unix(_))) => crate::stream::bytes_waiting(s.read_fd()) > 0,
+            _ => false,
+        };
+        if !unread_input || conn.peer_eof || conn.phase != Phase::Connected {
+            self.close_with(id, reason, false);
+            return;
+        }
+        if conn.write_side != WriteSide::Shut {
+            conn.write_side = WriteSide::Shut;
+            let shut = conn.stream.as_mut().map(Stream::shutdown_write);
+            if let Some(Err(_)) = shut {
+                self.close_with(id, reason, false);
+                return;
+            }
+        }
+        let timer = self.timers.insert(
+            std::time::Instant::now() + LINGER_TIMEOUT,
+            None,
+            super::TimerTask::Linger(id),
+        );
+        let Some(conn) = self.conn_mut(id) else { return };
+        conn.closing = Some(Closing {
+            reason,
+            after_writing: true,
+            lingering: Some(timer),
+        });
+        conn.unread = true;
+        self.carry_over.push((id.slot, id.serial));
+    }
+
+    /// A lingering close's timer fired.
+    pub(crate) fn linger_expired(&mut self, id: ConnId) {
+        if let Some(closing) = self.conn(id).and_then(|c| c.closing)
+            && closing.lingering.is_some()
+        {
+            self.close_with(id, closing.reason, false);
+        }
+    }
+
     pub(crate) fn on_peer_eof(&mut self, id: ConnId) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         conn.peer_eof = true;
+        if let Some(closing) = conn.closing
+            && closing.lingering.is_some()
+        {
+            self.close_with(id, closing.reason, false);
+            return;
+        }
         if let Some(relay) = conn.relay
             && relay.remaining.is_none()
         {
@@ -466,17 +531,26 @@ impl Reactor {
             Some(_) if after_writing => return,
             _ => {}
         }
-        if after_writing && conn.pending_out() > 0 {
+        if after_writing {
             conn.closing = Some(Closing {
                 reason,
                 after_writing: true,
+                lingering: None,
             });
+            if conn.pending_out() == 0 {
+                self.linger_or_close(id, reason);
+            }
             return;
         }
+        let linger_timer = conn.closing.and_then(|c| c.lingering);
         conn.closing = Some(Closing {
             reason,
             after_writing: false,
+            lingering: None,
         });
+        if let Some(timer) = linger_timer {
+            self.timers.cancel(timer);
+        }
         self.pending_close.push_back(id);
     }
 
@@ -491,7 +565,8 @@ impl Reactor {
                 child = Some(pipes.into_child());
             }
         }
-        for timer in [conn.connect_timer, conn.inactivity.map(|(_, t)| t)]
+        let linger_timer = conn.closing.and_then(|c| c.lingering);
+        for timer in [conn.connect_timer, conn.inactivity.map(|(_, t)| t), linger_timer]
             .into_iter()
             .flatten()
         {

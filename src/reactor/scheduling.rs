@@ -18,6 +18,7 @@ pub(crate) enum TimerTask {
     Inactivity(ConnId),
     ResumeAccept(ServerId),
     ChildExitPoll,
+    Linger(ConnId),
 }
 
 type SignalHandler = Box<dyn FnMut(&mut Reactor)>;
@@ -101,6 +102,7 @@ impl Reactor {
                 TimerTask::Inactivity(conn) => self.inactivity_check(conn),
                 TimerTask::ResumeAccept(server) => self.resume_accepting(server),
                 TimerTask::ChildExitPoll => self.poll_exiting_children(),
+                TimerTask::Linger(conn) => self.linger_expired(conn),
             }
         }
     }
