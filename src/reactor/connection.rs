@@ -128,8 +128,11 @@ impl Connection {
     }
 
     pub(crate) fn may_read(&self) -> bool {
+        if self.is_lingering() {
+            return !self.peer_eof; // discarding input until the peer's FIN, paused or not
+        }
         self.phase == Phase::Connected
-            && (self.closing.is_none() || self.is_lingering())
+            && self.closing.is_none()
             && !self.peer_eof
             && !self.paused
             && !(self.read_backpressure && self.above_high_water)
