@@ -19,6 +19,9 @@ use crate::splice::{SPLICE_SUPPORTED, SplicePipe};
 
 /// Bytes moved per relay step: larger than a handler read, since no handler sees them.
 const RELAY_CHUNK: usize = 64 * 1024;
+/// A splice that moves less than this turns the relay back to copying: for small
+/// messages two splices cost more than one read and one write.
+const SPLICE_WORTHWHILE: usize = 16 * 1024;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RelayState {
@@ -26,6 +29,9 @@ pub(crate) struct RelayState {
     pub(crate) bufsize: usize,
     /// `Some` for a length-limited relay: bytes still to move.
     pub(crate) remaining: Option<u64>,
+    /// Adaptive path choice: a relay starts by copying and switches to splicing when a
+    /// copy fills a whole chunk (a bulk transfer), and back when splices come up small.
+    pub(crate) splicing: bool,
 }
 
 impl Reactor {
@@ -109,6 +115,7 @@ impl Reactor {
                 target,
                 bufsize: bufsize.max(1),
                 remaining: length,
+                splicing: false,
             });
         }
         if let Some(tgt) = self.conn_mut(target) {
@@ -169,6 +176,7 @@ impl Reactor {
                 want = want.min(usize::try_from(remaining).unwrap_or(usize::MAX));
             }
             let splice = self.splice_enabled
+                && relay.splicing
                 && tgt.phase == Phase::Connected
                 && tgt.outbound.is_empty()
                 && self.ensure_pipe(relay.target, relay.bufsize);
@@ -211,11 +219,16 @@ impl Reactor {
                         src.unread = false;
                     }
                     let mut completed = false;
-                    if let Some(relay) = src.relay.as_mut()
-                        && let Some(remaining) = relay.remaining.as_mut()
-                    {
-                        *remaining -= n as u64;
-                        completed = *remaining == 0;
+                    if let Some(relay) = src.relay.as_mut() {
+                        relay.splicing = if splice {
+                            n >= SPLICE_WORTHWHILE
+                        } else {
+                            n == RELAY_CHUNK
+                        };
+                        if let Some(remaining) = relay.remaining.as_mut() {
+                            *remaining -= n as u64;
+                            completed = *remaining == 0;
+                        }
                     }
                     if splice {
                         self.flush(relay.target);

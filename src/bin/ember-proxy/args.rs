@@ -28,6 +28,8 @@ every byte the clients send, and their answers are discarded.
                                     cut off (default 4M; K, M and G suffixes)
       --grace SECONDS               On SIGINT/SIGTERM, how long live connections may take
                                     to finish (default 10)
+      --no-splice                   Relay by copying through user space instead of
+                                    splice(2) (for comparison; splice is the default)
   -v, --verbose                     Log connections and backend events on stderr
   -h, --help                        Show this help
 
@@ -65,6 +67,7 @@ pub struct RunArgs {
     pub verbose: bool,
     pub shadow_buffer: usize,
     pub grace: Duration,
+    pub splice: bool,
 }
 
 #[derive(Debug)]
@@ -103,6 +106,12 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     return Err(format!("{flag} takes no value"));
                 }
                 seen.verbose = true;
+            }
+            "--no-splice" => {
+                if inline.is_some() {
+                    return Err(format!("{flag} takes no value"));
+                }
+                seen.no_splice = true;
             }
             _ if is_value_flag(flag) => {
                 let value = match inline {
@@ -183,6 +192,7 @@ struct Seen {
     grace: Option<String>,
     requests: Option<String>,
     verbose: bool,
+    no_splice: bool,
 }
 
 impl Seen {
@@ -251,6 +261,7 @@ impl Seen {
             verbose: self.verbose,
             shadow_buffer,
             grace,
+            splice: !self.no_splice,
         }))
     }
 

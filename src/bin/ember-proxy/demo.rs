@@ -107,6 +107,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             duplex: vec![shadow],
             options: Options::new().verbose(verbose),
             grace: Duration::ZERO,
+            splice: true,
         };
         let proxy = plan.start(r)?;
         let proxy = proxy.local_addr().expect("TCP servers have an address");

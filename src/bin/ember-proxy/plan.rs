@@ -31,6 +31,7 @@ pub struct Plan {
     pub duplex: Vec<SocketAddr>,
     pub options: Options,
     pub grace: Duration,
+    pub splice: bool,
 }
 
 impl Plan {
@@ -61,6 +62,7 @@ impl Plan {
             duplex,
             options,
             grace: run.grace,
+            splice: run.splice,
         })
     }
 
@@ -88,6 +90,7 @@ impl Plan {
 
     /// Starts the proxy on `r`.
     pub fn start(&self, r: &mut Reactor) -> io::Result<ProxyServer> {
+        r.set_splice(self.splice);
         let duplex = self.duplex.clone();
         // Alone, the relay takes both directions on the cut-through path; with shadows,
         // the client's bytes are copied to every backend, so only the answers are.
