@@ -92,7 +92,9 @@ fn one_transfer(splice: bool, bytes: u64) -> Measurement {
                 done: done.clone(),
                 cpu_at_start: Duration::ZERO,
             })?;
-            addr_tx.send((r.server_addr(server).unwrap(), r.handle())).unwrap();
+            addr_tx
+                .send((r.server_addr(server).unwrap(), r.handle()))
+                .unwrap();
             Ok(())
         })
         .unwrap();

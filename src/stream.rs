@@ -165,7 +165,11 @@ impl Listener {
     /// Binds and listens with our own backlog (mio's is 128, too short for a proxy
     /// taking bursts of connections) and, if asked, `SO_REUSEPORT` so several worker
     /// processes can share one port.
-    pub(crate) fn bind_tcp(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<Listener> {
+    pub(crate) fn bind_tcp(
+        addr: SocketAddr,
+        backlog: i32,
+        reuse_port: bool,
+    ) -> io::Result<Listener> {
         let fd = new_socket(addr)?;
         // SAFETY: `fd` is a fresh descriptor we own; the std listener closes it on every
         // early return below.
@@ -224,7 +228,11 @@ pub(crate) fn bytes_waiting(fd: RawFd) -> usize {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int into the live variable we pass.
     let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
-    if rc < 0 { 0 } else { usize::try_from(n).unwrap_or(0) }
+    if rc < 0 {
+        0
+    } else {
+        usize::try_from(n).unwrap_or(0)
+    }
 }
 
 /// Whether an accept error means "out of descriptors or memory": back off, don't spin.

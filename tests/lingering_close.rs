@@ -44,7 +44,9 @@ fn close_after_writing_with_unread_input_delivers_everything_then_fin_not_reset(
                 accepted: accepted_tx.clone(),
                 unbound: unbound_tx.clone(),
             })?;
-            addr_tx.send((r.server_addr(server).unwrap(), r.handle())).unwrap();
+            addr_tx
+                .send((r.server_addr(server).unwrap(), r.handle()))
+                .unwrap();
             Ok(())
         })
         .unwrap();
@@ -56,7 +58,10 @@ fn close_after_writing_with_unread_input_delivers_everything_then_fin_not_reset(
     client.write_all(&[b'x'; 4096]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while unacked(&client) > 0 {
-        assert!(Instant::now() < deadline, "the server's kernel never took our bytes");
+        assert!(
+            Instant::now() < deadline,
+            "the server's kernel never took our bytes"
+        );
         std::thread::yield_now();
     }
     let response: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
@@ -70,7 +75,10 @@ fn close_after_writing_with_unread_input_delivers_everything_then_fin_not_reset(
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let outcome = client.read_to_end(&mut got);
-    assert!(outcome.is_ok(), "expected FIN after the response, got {outcome:?}");
+    assert!(
+        outcome.is_ok(),
+        "expected FIN after the response, got {outcome:?}"
+    );
     assert_eq!(got.len(), response.len());
     assert!(got == response);
     drop(client); // our FIN ends the server's lingering close

@@ -249,7 +249,10 @@ impl Reactor {
 
     /// Reads up to the per-event budget and hands each chunk to `receive_data`.
     pub(crate) fn read_some(&mut self, id: ConnId) {
-        if self.conn(id).is_some_and(|c| c.relay.is_some() && !c.is_lingering()) {
+        if self
+            .conn(id)
+            .is_some_and(|c| c.relay.is_some() && !c.is_lingering())
+        {
             self.relay_some(id);
             return;
         }
@@ -448,9 +451,13 @@ impl Reactor {
     /// peer has sent input we never read (closing would answer it with a reset), send
     /// FIN and linger until its FIN.
     fn linger_or_close(&mut self, id: ConnId, reason: UnbindReason) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         let unread_input = match conn.stream.as_ref() {
-            Some(s @ (Stream::Tcp(_) | Stream::Unix(_))) => crate::stream::bytes_waiting(s.read_fd()) > 0,
+            Some(s @ (Stream::Tcp(_) | Stream::Unix(_))) => {
+                crate::stream::bytes_waiting(s.read_fd()) > 0
+            }
             _ => false,
         };
         if !unread_input || conn.peer_eof || conn.phase != Phase::Connected {
@@ -470,7 +477,9 @@ impl Reactor {
             None,
             super::TimerTask::Linger(id),
         );
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         conn.closing = Some(Closing {
             reason,
             after_writing: true,
@@ -569,9 +578,13 @@ impl Reactor {
             }
         }
         let linger_timer = conn.closing.and_then(|c| c.lingering);
-        for timer in [conn.connect_timer, conn.inactivity.map(|(_, t)| t), linger_timer]
-            .into_iter()
-            .flatten()
+        for timer in [
+            conn.connect_timer,
+            conn.inactivity.map(|(_, t)| t),
+            linger_timer,
+        ]
+        .into_iter()
+        .flatten()
         {
             self.timers.cancel(timer);
         }
