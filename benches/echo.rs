@@ -5,7 +5,8 @@
 //! and message size (64 B and 16 KiB by default), with 100 concurrent client connections.
 //! Each connection plays ping-pong: it sends one message, waits until the whole message
 //! has come back (and checks every byte against what it sent), then sends the next. A
-//! server that echoes wrong bytes, or closes a connection, aborts the run.
+//! server that echoes wrong bytes, closes a connection or echoes nothing whole during a
+//! measurement aborts the run.
 //!
 //! The servers do the same job the same way: 16 KiB reads, `TCP_NODELAY` on every
 //! accepted socket, write straight back, queue what the socket does not take and write it
@@ -41,8 +42,8 @@
 //! CPU use. Each measurement goes to stderr as it is taken.
 //!
 //! The machine should be otherwise idle. A measurement during which other processes used
-//! more than 10 % of a core (per `/proc/stat`) is taken again after a pause, up to four
-//! times; if it never found a quiet machine, the least disturbed attempt is kept and
+//! more than 10 % of a core (per `/proc/stat`) is taken again once the machine is quiet,
+//! up to four times; if it never found a quiet machine, the least disturbed attempt is kept and
 //! marked `*` in the table.
 //!
 //! Run `cargo bench --bench echo -- --help` (or `benches/run.sh --help`) for the options.
@@ -269,11 +270,17 @@ struct Sample {
     foreign: Option<f64>,
 }
 
+impl Sample {
+    fn disturbed(&self) -> bool {
+        self.foreign.is_some_and(|f| f > FOREIGN_LIMIT)
+    }
+}
+
 fn run(cfg: &Config) -> io::Result<()> {
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     let pin = cfg.pin && cores >= 2 && cfg!(target_os = "linux");
     eprintln!(
-        "echo bench: {} clients, {} round(s) x {:.1} s (+{:.1} s warm-up) per server and size",
+        "echo bench: {} clients, {} round(s) x {:.2} s (+{:.2} s warm-up) per server and size",
         cfg.clients,
         cfg.rounds,
         cfg.secs.as_secs_f64(),
@@ -310,19 +317,13 @@ fn run(cfg: &Config) -> io::Result<()> {
     Ok(())
 }
 
-impl Sample {
-    fn disturbed(&self) -> bool {
-        self.foreign.is_some_and(|f| f > FOREIGN_LIMIT)
-    }
-}
-
 /// Other processes may use at most this much CPU (in cores) during a measurement.
 const FOREIGN_LIMIT: f64 = 0.10;
 /// Attempts at a measurement disturbed by other processes before settling for the best.
 const ATTEMPTS: usize = 4;
 
-/// Measures, and measures again (after a pause) while other processes disturb the
-/// measurement; keeps the least disturbed attempt.
+/// Measures, and measures again (once the machine is quiet) while other processes
+/// disturb the measurement; keeps the least disturbed attempt.
 fn measure(cfg: &Config, target: Target, size: usize, pin: bool) -> io::Result<Sample> {
     let mut best: Option<Sample> = None;
     for attempt in 1..=ATTEMPTS {
@@ -341,10 +342,26 @@ fn measure(cfg: &Config, target: Target, size: usize, pin: bool) -> io::Result<S
                 target.name(),
                 fmt_size(size)
             );
-            thread::sleep(Duration::from_secs(2));
+            wait_for_quiet();
         }
     }
     Ok(best.expect("at least one attempt"))
+}
+
+/// Waits (up to a minute) until other processes leave the CPUs alone for half a second.
+fn wait_for_quiet() {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let before = cpu::ticks();
+        let started = Instant::now();
+        thread::sleep(Duration::from_millis(500));
+        let Some((before, after)) = before.zip(cpu::ticks()) else {
+            return;
+        };
+        if cpu::foreign_load(before, after, started.elapsed()) <= FOREIGN_LIMIT {
+            return;
+        }
+    }
 }
 
 /// Starts a fresh server, loads it, stops it.
@@ -372,6 +389,11 @@ fn measure_once(cfg: &Config, target: Target, size: usize, pin: bool) -> io::Res
         .map_err(|_| io::Error::other("the load generator panicked"))?;
     server.shutdown()?;
     let load = result?;
+    if load.round_trips == 0 {
+        return Err(io::Error::other(
+            "no message came back whole during the measurement",
+        ));
+    }
     let secs = load.elapsed.as_secs_f64();
     Ok(Sample {
         msgs_per_sec: load.round_trips as f64 / secs,
@@ -1133,6 +1155,13 @@ fn report(cfg: &Config, cores: usize, pinned: bool, samples: &[Vec<Vec<Sample>>]
             "\nBar (ember >= tokio and >= 0.90x the bare mio loop): {}.",
             verdicts.join("; ")
         );
+        if cfg.rounds < 5 {
+            let _ = writeln!(
+                out,
+                "With {} round(s) the ratios are mostly noise; judge the bar from a full run.",
+                cfg.rounds
+            );
+        }
     }
     out
 }
