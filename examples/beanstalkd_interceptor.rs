@@ -15,6 +15,8 @@ use std::net::SocketAddr;
 use ember::Reactor;
 use ember::proxy::{self, ProxyServer, Relay, Session};
 
+mod support;
+
 /// Jobs further away than this are archived at the proxy.
 pub const ARCHIVE_AFTER_SECONDS: u64 = 600;
 
@@ -96,10 +98,12 @@ fn parse_put(line: &[u8]) -> Option<(u64, usize)> {
     }
 }
 
+const USAGE: &str = "beanstalkd_interceptor [LISTEN] [BEANSTALKD]";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let listen = addr_arg(&args, 0, "0.0.0.0:11300");
-    let backend = addr_arg(&args, 1, "127.0.0.1:11301");
+    let listen = support::addr_arg(&args, 0, "0.0.0.0:11300", USAGE);
+    let backend = support::addr_arg(&args, 1, "127.0.0.1:11301", USAGE);
     let result = Reactor::run(|r| {
         let proxy = start(r, listen, backend)?;
         println!(
@@ -112,12 +116,4 @@ fn main() {
         eprintln!("beanstalkd_interceptor: {e}");
         std::process::exit(1);
     }
-}
-
-fn addr_arg(args: &[String], i: usize, default: &str) -> SocketAddr {
-    let text = args.get(i).map_or(default, String::as_str);
-    text.parse().unwrap_or_else(|_| {
-        eprintln!("beanstalkd_interceptor: `{text}` is not IP:PORT (usage: beanstalkd_interceptor [LISTEN] [BEANSTALKD])");
-        std::process::exit(2);
-    })
 }

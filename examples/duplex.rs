@@ -22,6 +22,8 @@ use std::time::Instant;
 use ember::Reactor;
 use ember::proxy::{self, Backend, Finish, ProxyServer, Relay};
 
+mod support;
+
 /// What one client's hooks share: when it started and what each backend answered.
 pub struct Duplex {
     started: Instant,
@@ -101,11 +103,13 @@ pub fn rewrite_user_agent(data: &[u8]) -> Vec<u8> {
     out
 }
 
+const USAGE: &str = "duplex [LISTEN] [PROD] [TEST]";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let listen = addr_arg(&args, 0, "0.0.0.0:8000");
-    let prod = addr_arg(&args, 1, "127.0.0.1:8100");
-    let test = addr_arg(&args, 2, "127.0.0.1:8200");
+    let listen = support::addr_arg(&args, 0, "0.0.0.0:8000", USAGE);
+    let prod = support::addr_arg(&args, 1, "127.0.0.1:8100", USAGE);
+    let test = support::addr_arg(&args, 2, "127.0.0.1:8200", USAGE);
     let result = Reactor::run(|r| {
         let proxy = start(r, listen, prod, test)?;
         println!(
@@ -118,12 +122,4 @@ fn main() {
         eprintln!("duplex: {e}");
         std::process::exit(1);
     }
-}
-
-fn addr_arg(args: &[String], i: usize, default: &str) -> SocketAddr {
-    let text = args.get(i).map_or(default, String::as_str);
-    text.parse().unwrap_or_else(|_| {
-        eprintln!("duplex: `{text}` is not IP:PORT (usage: duplex [LISTEN] [PROD] [TEST])");
-        std::process::exit(2);
-    })
 }

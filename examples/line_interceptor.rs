@@ -15,6 +15,8 @@ use std::net::SocketAddr;
 use ember::Reactor;
 use ember::proxy::{self, Finish, ProxyServer};
 
+mod support;
+
 const FROM: &[u8] = b"hello";
 const TO: &[u8] = b"good bye";
 
@@ -60,10 +62,12 @@ fn replace_all(data: &[u8]) -> (Vec<u8>, usize) {
     (out, 0)
 }
 
+const USAGE: &str = "line_interceptor [LISTEN] [BACKEND]";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let listen = addr_arg(&args, 0, "0.0.0.0:8080");
-    let backend = addr_arg(&args, 1, "127.0.0.1:8081");
+    let listen = support::addr_arg(&args, 0, "0.0.0.0:8080", USAGE);
+    let backend = support::addr_arg(&args, 1, "127.0.0.1:8081", USAGE);
     let result = Reactor::run(|r| {
         let proxy = start(r, listen, backend)?;
         println!("line_interceptor on {:?} → {backend}", proxy.local_addr());
@@ -73,14 +77,4 @@ fn main() {
         eprintln!("line_interceptor: {e}");
         std::process::exit(1);
     }
-}
-
-fn addr_arg(args: &[String], i: usize, default: &str) -> SocketAddr {
-    let text = args.get(i).map_or(default, String::as_str);
-    text.parse().unwrap_or_else(|_| {
-        eprintln!(
-            "line_interceptor: `{text}` is not IP:PORT (usage: line_interceptor [LISTEN] [BACKEND])"
-        );
-        std::process::exit(2);
-    })
 }

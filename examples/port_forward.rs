@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use ember::Reactor;
 use ember::proxy::{Options, ProxyServer, Relay};
 
+mod support;
+
 /// Forwards every byte both ways, printing each chunk.
 pub fn start(r: &mut Reactor, listen: SocketAddr, backend: SocketAddr) -> io::Result<ProxyServer> {
     Options::new().verbose(true).start(r, listen, move |conn| {
@@ -31,10 +33,12 @@ pub fn start(r: &mut Reactor, listen: SocketAddr, backend: SocketAddr) -> io::Re
     })
 }
 
+const USAGE: &str = "port_forward [LISTEN] [BACKEND]";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let listen = addr_arg(&args, 0, "0.0.0.0:8080");
-    let backend = addr_arg(&args, 1, "127.0.0.1:8081");
+    let listen = support::addr_arg(&args, 0, "0.0.0.0:8080", USAGE);
+    let backend = support::addr_arg(&args, 1, "127.0.0.1:8081", USAGE);
     let result = Reactor::run(|r| {
         let proxy = start(r, listen, backend)?;
         println!("port_forward on {:?} → {backend}", proxy.local_addr());
@@ -44,12 +48,4 @@ fn main() {
         eprintln!("port_forward: {e}");
         std::process::exit(1);
     }
-}
-
-fn addr_arg(args: &[String], i: usize, default: &str) -> SocketAddr {
-    let text = args.get(i).map_or(default, String::as_str);
-    text.parse().unwrap_or_else(|_| {
-        eprintln!("port_forward: `{text}` is not IP:PORT (usage: port_forward [LISTEN] [BACKEND])");
-        std::process::exit(2);
-    })
 }

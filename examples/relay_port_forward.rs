@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use ember::Reactor;
 use ember::proxy::{self, Backend, ProxyServer, Relay};
 
+mod support;
+
 /// Forwards on the relay; `on_connect` still runs, `on_data`/`on_response` never do.
 pub fn start(r: &mut Reactor, listen: SocketAddr, backend: SocketAddr) -> io::Result<ProxyServer> {
     proxy::start(r, listen, move |conn| {
@@ -40,10 +42,12 @@ pub fn start(r: &mut Reactor, listen: SocketAddr, backend: SocketAddr) -> io::Re
     })
 }
 
+const USAGE: &str = "relay_port_forward [LISTEN] [BACKEND]";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let listen = addr_arg(&args, 0, "0.0.0.0:8080");
-    let backend = addr_arg(&args, 1, "127.0.0.1:8081");
+    let listen = support::addr_arg(&args, 0, "0.0.0.0:8080", USAGE);
+    let backend = support::addr_arg(&args, 1, "127.0.0.1:8081", USAGE);
     let result = Reactor::run(|r| {
         let proxy = start(r, listen, backend)?;
         println!("relay_port_forward on {:?} → {backend}", proxy.local_addr());
@@ -53,12 +57,4 @@ fn main() {
         eprintln!("relay_port_forward: {e}");
         std::process::exit(1);
     }
-}
-
-fn addr_arg(args: &[String], i: usize, default: &str) -> SocketAddr {
-    let text = args.get(i).map_or(default, String::as_str);
-    text.parse().unwrap_or_else(|_| {
-        eprintln!("relay_port_forward: `{text}` is not IP:PORT (usage: relay_port_forward [LISTEN] [BACKEND])");
-        std::process::exit(2);
-    })
 }

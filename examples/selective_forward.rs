@@ -13,6 +13,8 @@ use std::time::Instant;
 use ember::Reactor;
 use ember::proxy::{self, Finish, ProxyServer, Relay};
 
+mod support;
+
 /// What one client's hooks share.
 pub struct Selective {
     started: Instant,
@@ -89,11 +91,13 @@ pub fn rewrite_user_agent(data: &[u8]) -> Vec<u8> {
     out
 }
 
+const USAGE: &str = "selective_forward [LISTEN] [PROD] [TEST]";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let listen = addr_arg(&args, 0, "0.0.0.0:8080");
-    let prod = addr_arg(&args, 1, "127.0.0.1:8081");
-    let test = addr_arg(&args, 2, "127.0.0.1:8082");
+    let listen = support::addr_arg(&args, 0, "0.0.0.0:8080", USAGE);
+    let prod = support::addr_arg(&args, 1, "127.0.0.1:8081", USAGE);
+    let test = support::addr_arg(&args, 2, "127.0.0.1:8082", USAGE);
     let result = Reactor::run(|r| {
         let proxy = start(r, listen, prod, test)?;
         println!(
@@ -106,12 +110,4 @@ fn main() {
         eprintln!("selective_forward: {e}");
         std::process::exit(1);
     }
-}
-
-fn addr_arg(args: &[String], i: usize, default: &str) -> SocketAddr {
-    let text = args.get(i).map_or(default, String::as_str);
-    text.parse().unwrap_or_else(|_| {
-        eprintln!("selective_forward: `{text}` is not IP:PORT (usage: selective_forward [LISTEN] [PROD] [TEST])");
-        std::process::exit(2);
-    })
 }

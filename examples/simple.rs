@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use ember::Reactor;
 use ember::proxy::{self, Finish, ProxyServer, Relay};
 
+mod support;
+
 /// The proxy: client bytes go to `srv` unchanged, answers come back unchanged, and the
 /// client is closed when `srv` is done.
 pub fn start(r: &mut Reactor, listen: SocketAddr, backend: SocketAddr) -> io::Result<ProxyServer> {
@@ -43,10 +45,12 @@ pub fn start(r: &mut Reactor, listen: SocketAddr, backend: SocketAddr) -> io::Re
     })
 }
 
+const USAGE: &str = "simple [LISTEN] [BACKEND]";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let listen = addr_arg(&args, 0, "0.0.0.0:8080");
-    let backend = addr_arg(&args, 1, "127.0.0.1:8081");
+    let listen = support::addr_arg(&args, 0, "0.0.0.0:8080", USAGE);
+    let backend = support::addr_arg(&args, 1, "127.0.0.1:8081", USAGE);
     let result = Reactor::run(|r| {
         let proxy = start(r, listen, backend)?;
         println!("simple proxy on {:?} → {backend}", proxy.local_addr());
@@ -56,12 +60,4 @@ fn main() {
         eprintln!("simple: {e}");
         std::process::exit(1);
     }
-}
-
-fn addr_arg(args: &[String], i: usize, default: &str) -> SocketAddr {
-    let text = args.get(i).map_or(default, String::as_str);
-    text.parse().unwrap_or_else(|_| {
-        eprintln!("simple: `{text}` is not IP:PORT (usage: simple [LISTEN] [BACKEND])");
-        std::process::exit(2);
-    })
 }

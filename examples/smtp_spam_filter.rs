@@ -18,6 +18,8 @@ use std::time::Duration;
 use ember::Reactor;
 use ember::proxy::{self, ProxyServer, Relay, Session};
 
+mod support;
+
 /// Where one client's SMTP conversation is.
 #[derive(Default)]
 pub struct SpamFilter {
@@ -137,10 +139,12 @@ pub fn looks_like_spam(from: &str, message: &[u8]) -> bool {
             .any(|w| text.contains(w))
 }
 
+const USAGE: &str = "smtp_spam_filter [LISTEN] [SMTP]";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let listen = addr_arg(&args, 0, "0.0.0.0:2524");
-    let backend = addr_arg(&args, 1, "127.0.0.1:2525");
+    let listen = support::addr_arg(&args, 0, "0.0.0.0:2524", USAGE);
+    let backend = support::addr_arg(&args, 1, "127.0.0.1:2525", USAGE);
     let result = Reactor::run(|r| {
         let proxy = start(r, listen, backend)?;
         println!("smtp_spam_filter on {:?} → {backend}", proxy.local_addr());
@@ -150,14 +154,4 @@ fn main() {
         eprintln!("smtp_spam_filter: {e}");
         std::process::exit(1);
     }
-}
-
-fn addr_arg(args: &[String], i: usize, default: &str) -> SocketAddr {
-    let text = args.get(i).map_or(default, String::as_str);
-    text.parse().unwrap_or_else(|_| {
-        eprintln!(
-            "smtp_spam_filter: `{text}` is not IP:PORT (usage: smtp_spam_filter [LISTEN] [SMTP])"
-        );
-        std::process::exit(2);
-    })
 }

@@ -13,6 +13,8 @@ use std::rc::Rc;
 use ember::Reactor;
 use ember::proxy::{self, ProxyServer, Relay};
 
+mod support;
+
 /// The recipient in a `RCPT TO:<name@address>` command, if `data` is one.
 pub fn recipient(data: &[u8]) -> Option<&str> {
     let line = std::str::from_utf8(data).ok()?.trim_end_matches("\r\n");
@@ -46,10 +48,12 @@ pub fn start(
     })
 }
 
+const USAGE: &str = "smtp_whitelist [LISTEN] [SMTP] [ALLOWED...]";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let listen = addr_arg(&args, 0, "0.0.0.0:2524");
-    let backend = addr_arg(&args, 1, "127.0.0.1:2525");
+    let listen = support::addr_arg(&args, 0, "0.0.0.0:2524", USAGE);
+    let backend = support::addr_arg(&args, 1, "127.0.0.1:2525", USAGE);
     let allowed = match args.get(2..) {
         Some(list) if !list.is_empty() => list.to_vec(),
         _ => vec!["ilya@igvita.com".to_owned()],
@@ -66,12 +70,4 @@ fn main() {
         eprintln!("smtp_whitelist: {e}");
         std::process::exit(1);
     }
-}
-
-fn addr_arg(args: &[String], i: usize, default: &str) -> SocketAddr {
-    let text = args.get(i).map_or(default, String::as_str);
-    text.parse().unwrap_or_else(|_| {
-        eprintln!("smtp_whitelist: `{text}` is not IP:PORT (usage: smtp_whitelist [LISTEN] [SMTP] [ALLOWED...])");
-        std::process::exit(2);
-    })
 }
