@@ -2,6 +2,9 @@
 //! is compiled into this test (`#[path]`), so the test calls the same `start` its `main`
 //! does; only the command-line parsing is left out.
 
+// Each example brings its own copy of `examples/support` (its command-line plumbing).
+#![allow(clippy::duplicate_mod)]
+
 mod proxy_support;
 
 #[allow(dead_code)]
