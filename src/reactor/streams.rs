@@ -210,9 +210,10 @@ impl Reactor {
         }
     }
 
-    /// Bytes queued for `id` and not yet written.
+    /// Bytes accepted for `id` and not yet written: its queue plus relayed bytes waiting
+    /// in its splice pipe.
     pub fn outbound_size(&self, id: ConnId) -> usize {
-        self.conn(id).map_or(0, |c| c.outbound.len())
+        self.conn(id).map_or(0, |c| c.pending_out())
     }
 
     /// Whether `id`'s queue is above its high-water mark.
