@@ -41,6 +41,13 @@ pub(crate) struct Fired<T> {
     pub(crate) period: Option<Duration>,
 }
 
+/// `from + delay`, saturating far in the future instead of overflowing: a timeout of
+/// `Duration::MAX` means "never", not a panic.
+pub(crate) fn deadline(from: Instant, delay: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    from.checked_add(delay.min(CENTURY)).unwrap_or(from)
+}
+
 pub(crate) struct TimerQueue<T> {
     heap: BinaryHeap<Reverse<Deadline>>,
     slots: Slab<Slot<T>>,
@@ -150,10 +157,11 @@ impl<T> TimerQueue<T> {
         if slot.serial != fired.id.serial {
             return;
         }
-        let mut at = fired.due + period;
+        let mut at = deadline(fired.due, period);
         if at <= now && !period.is_zero() {
             let behind = now.duration_since(at).as_nanos() / period.as_nanos() + 1;
-            at += period * u32::try_from(behind).unwrap_or(u32::MAX);
+            let skip = period.saturating_mul(u32::try_from(behind).unwrap_or(u32::MAX));
+            at = deadline(at, skip);
         }
         slot.at = at;
         slot.task = Some(fired.task);
@@ -223,6 +231,16 @@ mod tests {
         let fired = q.pop_due(t0 + Duration::from_millis(450)).unwrap();
         q.rearm(fired, t0 + Duration::from_millis(450));
         assert_eq!(q.next_deadline(), Some(t0 + 5 * period));
+    }
+
+    #[test]
+    fn huge_delays_saturate_instead_of_overflowing() {
+        let t0 = Instant::now();
+        let far = deadline(t0, Duration::MAX);
+        assert!(far > t0 + Duration::from_secs(50 * 365 * 24 * 3600));
+        let mut q = TimerQueue::default();
+        q.insert(far, Some(Duration::MAX), ());
+        assert!(q.pop_due(t0).is_none());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::handler::{Handler, PeerClosed, UnbindReason};
 use crate::id::{ConnId, TimerId};
 use crate::splice::SplicePipe;
 use crate::stream::Stream;
+use crate::timers::deadline;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -173,7 +174,7 @@ impl Reactor {
         self.connections += 1;
         let id = ConnId { slot, serial };
         if phase != Phase::Connected {
-            let at = Instant::now() + self.defaults.connect_timeout;
+            let at = deadline(Instant::now(), self.defaults.connect_timeout);
             let timer = self
                 .timers
                 .insert(at, None, super::TimerTask::ConnectTimeout(id));
@@ -473,7 +474,7 @@ impl Reactor {
             }
         }
         let timer = self.timers.insert(
-            std::time::Instant::now() + LINGER_TIMEOUT,
+            Instant::now() + LINGER_TIMEOUT,
             None,
             super::TimerTask::Linger(id),
         );

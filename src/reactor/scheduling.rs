@@ -9,6 +9,7 @@ use super::{Reactor, SIGNAL_TOKEN};
 use crate::defer::{Completion, DeferPanic};
 use crate::id::{ConnId, ServerId, TimerId};
 use crate::signals::SignalPipe;
+use crate::timers::deadline;
 
 /// What a timer does when it fires.
 pub(crate) enum TimerTask {
@@ -37,7 +38,7 @@ impl Reactor {
         callback: impl FnOnce(&mut Reactor) + 'static,
     ) -> TimerId {
         self.timers.insert(
-            Instant::now() + delay,
+            deadline(Instant::now(), delay),
             None,
             TimerTask::Once(Box::new(callback)),
         )
@@ -53,7 +54,7 @@ impl Reactor {
     ) -> TimerId {
         let period = period.max(MIN_PERIOD);
         self.timers.insert(
-            Instant::now() + period,
+            deadline(Instant::now(), period),
             Some(period),
             TimerTask::Every(Box::new(callback)),
         )

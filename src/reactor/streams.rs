@@ -14,6 +14,7 @@ use crate::addr::IntoSocketAddr;
 use crate::handler::{Handler, UnbindReason};
 use crate::id::ConnId;
 use crate::stream::{self, Stream};
+use crate::timers::deadline;
 
 impl Reactor {
     /// Opens a TCP connection to `remote` (a numeric address; see
@@ -292,9 +293,9 @@ impl Reactor {
             self.timers.cancel(timer);
         }
         if let Some(timeout) = timeout {
-            let timer = self
-                .timers
-                .insert(last + timeout, None, TimerTask::Inactivity(id));
+            let timer =
+                self.timers
+                    .insert(deadline(last, timeout), None, TimerTask::Inactivity(id));
             if let Some(conn) = self.conn_mut(id) {
                 conn.inactivity = Some((timeout, timer));
             }
@@ -315,7 +316,7 @@ impl Reactor {
             self.timers.cancel(timer);
         }
         let timer = self.timers.insert(
-            Instant::now() + timeout,
+            deadline(Instant::now(), timeout),
             None,
             TimerTask::ConnectTimeout(id),
         );
@@ -348,14 +349,12 @@ impl Reactor {
         let Some((timeout, _)) = conn.inactivity else {
             return;
         };
-        let deadline = conn.last_activity + timeout;
-        if now >= deadline {
+        let due = deadline(conn.last_activity, timeout);
+        if now >= due {
             conn.inactivity = None;
             self.close_with(id, UnbindReason::InactivityTimeout, false);
         } else {
-            let timer = self
-                .timers
-                .insert(deadline, None, TimerTask::Inactivity(id));
+            let timer = self.timers.insert(due, None, TimerTask::Inactivity(id));
             if let Some(conn) = self.conn_mut(id) {
                 conn.inactivity = Some((timeout, timer));
             }
