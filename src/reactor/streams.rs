@@ -60,10 +60,12 @@ impl Reactor {
         let id = self
             .adopt(None, Box::new(handler), Phase::Resolving)
             .expect("adopting a connection without a socket cannot fail");
-        let target = format!("{host}:{port}");
+        let host = host.to_owned();
         self.defer(
+            // (host, port) also takes IPv6 literals such as "::1", unbracketed.
             move || {
-                std::net::ToSocketAddrs::to_socket_addrs(&target).map(|a| a.collect::<Vec<_>>())
+                std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+                    .map(|a| a.collect::<Vec<_>>())
             },
             move |r, resolved| {
                 let addr = match resolved {
