@@ -580,3 +580,250 @@ fn a_later_relay_holds_the_clients_fin_until_the_held_bytes_are_relayed() {
         "the gate got FIN, nothing else"
     );
 }
+
+/// Greets, half-closes, then counts what it reads; reports the count when it ends.
+struct GreetThenCount {
+    count: usize,
+    report: mpsc::Sender<(usize, UnbindReason)>,
+}
+
+impl ember::Handler for GreetThenCount {
+    fn post_init(&mut self, cx: &mut ember::Context<'_>) {
+        cx.send_data(b"ready\n");
+        cx.close_write();
+    }
+    fn receive_data(&mut self, _cx: &mut ember::Context<'_>, data: &[u8]) {
+        self.count += data.len();
+    }
+    fn unbind(&mut self, _cx: &mut ember::Context<'_>, reason: UnbindReason) {
+        let _ = self.report.send((self.count, reason));
+    }
+}
+
+/// The backend greets and half-closes; the client reads to EOF, then uploads and sends FIN.
+fn upload_after_the_backends_fin(backend: fn(SocketAddr) -> Backend) {
+    const UPLOAD: usize = 100_000;
+    let (report, counted) = mpsc::channel();
+    let report = Mutex::new(report);
+    let running = spawn_reactor(move |r| {
+        let report = report.into_inner().unwrap();
+        let greeter = serve(r, move || GreetThenCount {
+            count: 0,
+            report: report.clone(),
+        })?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("greeter", backend(greeter));
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let mut client = connect(running.value);
+    assert_eq!(
+        read_all(&mut client),
+        b"ready\n",
+        "the backend's FIN passed on"
+    );
+    client.write_all(&Pattern::new(9).bytes(UPLOAD)).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        counted.recv_timeout(IO_TIMEOUT),
+        Ok((UPLOAD, UnbindReason::PeerClosed)),
+        "every byte, then the client's FIN"
+    );
+}
+
+#[test]
+fn a_backends_half_close_passes_through_and_the_client_can_still_send() {
+    upload_after_the_backends_fin(Backend::tcp);
+}
+
+#[test]
+fn a_backends_half_close_passes_through_on_the_cut_through_relay() {
+    upload_after_the_backends_fin(|addr| Backend::tcp(addr).relay_client().relay_server());
+}
+
+#[test]
+fn a_hook_answering_the_client_itself_pauses_a_client_that_does_not_read() {
+    const SIZE: usize = 32 << 20;
+    let peak = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&peak);
+    let running = spawn_reactor(move |r| {
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            let seen = Arc::clone(&seen);
+            conn.on_data(move |s, data| {
+                s.send_data(data);
+                let client = s.client_id();
+                seen.fetch_max(s.reactor().outbound_size(client), Ordering::Relaxed);
+                Relay::Drop
+            });
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let mut client = connect(running.value);
+    let mut writing = client.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let mut pattern = Pattern::new(5);
+        let mut chunk = vec![0; 64 * 1024];
+        for _ in 0..SIZE / chunk.len() {
+            pattern.fill(&mut chunk);
+            writing.write_all(&chunk).unwrap();
+        }
+        writing.shutdown(Shutdown::Write).unwrap();
+    });
+    // The client reads nothing until the proxy's queue for it is full.
+    wait_for("the client's queue to fill", || {
+        peak.load(Ordering::Relaxed) >= DEFAULT_HIGH_WATER
+    });
+    let mut pattern = Pattern::new(5);
+    let mut buf = vec![0; 256 * 1024];
+    let mut total = 0;
+    while total < SIZE {
+        let n = client.read(&mut buf).unwrap();
+        assert!(n > 0, "EOF after {total} bytes");
+        assert!(pattern.matches(&buf[..n]), "wrong bytes at {total}");
+        total += n;
+    }
+    writer.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak <= DEFAULT_HIGH_WATER + READ_CHUNK,
+        "queued {peak} bytes"
+    );
+}
+
+#[test]
+fn when_all_done_waits_for_held_bytes_and_jobs_then_closes_the_client() {
+    let dead = closed_port();
+    let running = spawn_reactor(move |r| {
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            let (finished, on_finish_ran) = mpsc::channel::<()>();
+            let mut on_finish_ran = Some(on_finish_ran);
+            // The only backend is opened, refused and finished while the bytes are held
+            // and a job is still running: the job waits until on_finish has run.
+            conn.on_data(move |s, data| {
+                s.server("refused", dead);
+                let data = data.to_vec();
+                let ran = on_finish_ran.take().expect("one chunk");
+                s.defer(
+                    move || ran.recv_timeout(IO_TIMEOUT).map(|()| data),
+                    |s, data| s.relay_to_servers(Relay::All(data.unwrap().unwrap())),
+                );
+                Relay::Later
+            });
+            conn.on_finish(move |s, name, reason| {
+                assert_eq!((name, reason), ("refused", UnbindReason::Refused));
+                s.send_data(b"finished\n");
+                finished.send(()).unwrap();
+                Finish::WhenAllDone
+            });
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let mut client = connect(running.value);
+    client.write_all(b"held").unwrap();
+    assert_eq!(
+        read_all(&mut client),
+        b"finished\n",
+        "closed once the job ran"
+    );
+}
+
+#[test]
+fn a_relay_server_backends_fin_does_not_cut_off_another_primary() {
+    let (late, go, late_thread) = gated_backend(|mut stream| {
+        let mut request = [0u8; 1];
+        stream.read_exact(&mut request).unwrap();
+        stream.write_all(b"late answer\n").unwrap();
+    });
+    let running = spawn_reactor(move |r| {
+        let quick = serve(r, || QuickAnswerThenClose)?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("quick", Backend::tcp(quick).relay_server());
+            conn.server("late", late);
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let mut client = connect(running.value);
+    client.write_all(b"x").unwrap();
+    assert_eq!(read_until(&mut client, b"\n"), b"quick\n");
+    go.send(()).unwrap();
+    late_thread.join().unwrap();
+    assert_eq!(read_all(&mut client), b"late answer\n");
+}
+
+/// Answers the first bytes and closes.
+struct QuickAnswerThenClose;
+
+impl ember::Handler for QuickAnswerThenClose {
+    fn receive_data(&mut self, cx: &mut ember::Context<'_>, _data: &[u8]) {
+        cx.send_data(b"quick\n");
+        cx.close_after_writing();
+    }
+}
+
+#[test]
+fn a_cancelled_session_timer_no_longer_holds_the_clients_fin() {
+    let running = spawn_reactor(|r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start_with_state(
+            r,
+            "127.0.0.1:0",
+            || None,
+            move |conn| {
+                conn.server("echo", echo);
+                conn.on_data(|s, data| {
+                    if data == b"start" {
+                        let timer = s.add_timer(Duration::from_secs(3600), |s| {
+                            s.send_data(b"never");
+                        });
+                        *s.state() = Some(timer);
+                    } else if let Some(timer) = s.state().take() {
+                        assert!(s.cancel_timer(timer));
+                        assert!(!s.cancel_timer(timer), "cancelled once");
+                    }
+                    Relay::All(data.to_vec())
+                });
+            },
+        )?;
+        Ok(p.local_addr().unwrap())
+    });
+    let mut client = connect(running.value);
+    client.write_all(b"start").unwrap();
+    assert_eq!(read_until(&mut client, b"start"), b"start");
+    client.write_all(b"cancel").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut client), b"cancel");
+}
+
+#[test]
+fn relay_to_a_name_given_twice_sends_once() {
+    let running = spawn_reactor(|r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("echo", echo);
+            conn.on_data(|_, data| Relay::to(data, &["echo", "echo"]));
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    assert_eq!(exchange(running.value, b"once"), b"once");
+}
+
+#[test]
+fn stats_count_the_bytes_the_descriptor_relay_carries() {
+    let stats = Arc::new(Mutex::new(None));
+    let out = Arc::clone(&stats);
+    let running = spawn_reactor(move |r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("echo", Backend::tcp(echo).relay_client().relay_server());
+        })?;
+        *out.lock().unwrap() = Some(p.stats().clone());
+        Ok(p.local_addr().unwrap())
+    });
+    let request = Pattern::new(6).bytes(300_000);
+    assert_eq!(exchange(running.value, &request), request);
+    let stats = stats.lock().unwrap().clone().unwrap();
+    wait_for("the relayed bytes to be counted", || {
+        stats.clients_active() == 0 && stats.bytes_to_clients() == request.len() as u64
+    });
+    assert_eq!(stats.bytes_from_clients(), request.len() as u64);
+}

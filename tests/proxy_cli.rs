@@ -162,6 +162,8 @@ fn every_mistake_is_one_clear_line_and_a_nonzero_exit() {
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["--bogus"], 2, "unknown flag `--bogus`"),
         (vec!["-x"], 2, "unknown flag `-x`"),
+        (vec!["-é"], 2, "unknown flag `-é`"),
+        (vec!["-lé"], 2, "`é` is not a port number"),
         (
             vec!["-l", "abc", "-r", "127.0.0.1:1"],
             2,

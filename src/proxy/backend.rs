@@ -26,7 +26,7 @@ pub(crate) fn open<S: 'static>(
     if core.closing {
         return None;
     }
-    if core.position(name).is_some() {
+    if core.by_name(name).is_some() {
         core.config.log(format_args!(
             "server `{name}` not opened: a live backend already has that name"
         ));
@@ -74,18 +74,28 @@ pub(crate) fn open<S: 'static>(
         r.pause_connection(id);
     }
     let bufsize = core.config.options.relay_bufsize;
-    if spec.relay_client && core.relay_client.is_none() {
+    // A shadow never takes the client's bytes for itself alone (it would become the only
+    // receiver and throttle the primaries), so `relay_client` is ignored on a shadow.
+    if spec.relay_client && !spec.shadow && core.relay_client.is_none() {
         // The client's bytes go straight to this backend; `Client::receive_data` copies
         // them itself if the reactor refuses the relay.
         r.proxy_incoming_to(core.client, id, bufsize);
         core.relay_client = Some(id);
     }
-    // The reactor relays one source into a given target, so one backend per client takes
-    // the descriptor relay to the client; any other `relay_server` backend is copied
-    // (still without `on_response`).
+    let first_primary = !core.backends.iter().any(|b| !b.shadow);
+    if !spec.shadow
+        && let Some(other) = core.relay_server.take()
+    {
+        // The descriptor relay passes its source's FIN to the client, which would cut off
+        // this new primary: the other backend is copied from now on (still without
+        // `on_response`).
+        r.stop_proxying(other);
+    }
+    // The descriptor relay into the client is used only for the client's only primary;
+    // any other `relay_server` backend is copied, still without `on_response`.
     if spec.relay_server
         && !spec.shadow
-        && core.relay_server.is_none()
+        && first_primary
         && r.proxy_incoming_to(id, core.client, bufsize)
     {
         core.relay_server = Some(id);
@@ -94,7 +104,8 @@ pub(crate) fn open<S: 'static>(
         name: name.into(),
         id,
         shadow: spec.shadow,
-        relay_server: spec.relay_server,
+        relay_server: spec.relay_server && !spec.shadow,
+        sent_fin: false,
     });
     Some(id)
 }
@@ -109,11 +120,11 @@ fn report_unreachable<S: 'static>(
     reason: UnbindReason,
 ) {
     core.config.stats.backend_failed();
-    core.outstanding += 1;
+    core.job_started(r);
     let client = core.client;
     r.next_tick(move |r| {
         r.with_handler::<Client<S>, _>(client, |c, cx| {
-            c.core.outstanding -= 1;
+            c.core.outstanding = c.core.outstanding.saturating_sub(1);
             c.finish(cx, &name, shadow, reason);
         });
     });
@@ -168,14 +179,43 @@ impl<S: 'static> Handler for BackendConn<S> {
         let id = cx.id();
         let delivered =
             cx.with_handler::<Client<S>, _>(self.client, |c, ccx| c.backend_data(ccx, id, data));
-        if delivered.is_none() {
-            // The client is gone but has not detached us yet (its unbind is pending).
-            self.detached = true;
+        if delivered.is_some() {
+            return;
+        }
+        if cx.is_alive(self.client) {
+            // The client is busy in one of its own callbacks: deliver once it returns.
+            let (client, data) = (self.client, data.to_vec());
+            cx.next_tick(move |r| {
+                r.with_handler::<Client<S>, _>(client, |c, ccx| c.backend_data(ccx, id, &data));
+            });
+        } else {
+            // The client is gone but its unbind has not detached us yet.
+            self.detach(cx);
         }
     }
 
-    fn peer_closed(&mut self, _cx: &mut Context<'_>) -> PeerClosed {
-        PeerClosed::Close
+    /// Half-close passes through: the backend's FIN is not a close. The client gets FIN
+    /// once every primary has sent one (`Core::backend_sent_fin`), and this backend ends
+    /// when its write side is shut too (the client's FIN passed on, or `detach`).
+    fn peer_closed(&mut self, cx: &mut Context<'_>) -> PeerClosed {
+        if self.detached {
+            return PeerClosed::Close;
+        }
+        let id = cx.id();
+        let reached = cx.with_handler::<Client<S>, _>(self.client, |c, ccx| {
+            c.backend_sent_fin(ccx, id);
+        });
+        if reached.is_none() {
+            if cx.is_alive(self.client) {
+                let client = self.client;
+                cx.next_tick(move |r| {
+                    r.with_handler::<Client<S>, _>(client, |c, ccx| c.backend_sent_fin(ccx, id));
+                });
+            } else {
+                self.detach(cx);
+            }
+        }
+        PeerClosed::KeepWriting
     }
 
     fn outbound_drained(&mut self, cx: &mut Context<'_>) {
@@ -202,6 +242,8 @@ impl<S: 'static> Handler for BackendConn<S> {
             self.config.stats.backend_failed();
         }
         let id = cx.id();
+        // What the descriptor relay carried from this backend to the client.
+        self.config.stats.relayed_to_client(cx.proxied_bytes());
         cx.with_handler::<Client<S>, _>(self.client, |c, ccx| {
             c.backend_finished(ccx, id, reason);
         });

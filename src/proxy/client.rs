@@ -54,14 +54,14 @@ impl<S: 'static> Client<S> {
 
     /// Runs the callback of a deferred job or timer a hook started.
     pub(crate) fn run_job(&mut self, cx: &mut Context<'_>, job: impl FnOnce(&mut Session<'_, S>)) {
-        self.core.outstanding -= 1;
+        self.core.outstanding = self.core.outstanding.saturating_sub(1);
         let (mut session, _) = self.session(cx);
         job(&mut session);
         self.core.after_hook(cx);
     }
 
     pub(crate) fn backend_connected(&mut self, cx: &mut Context<'_>, id: ConnId) {
-        let Some(i) = self.core.index_of(id) else {
+        let Some(i) = self.core.by_id(id) else {
             return;
         };
         let name = Rc::clone(&self.core.backends[i].name);
@@ -76,19 +76,19 @@ impl<S: 'static> Client<S> {
     }
 
     pub(crate) fn backend_data(&mut self, cx: &mut Context<'_>, id: ConnId, data: &[u8]) {
-        let Some(i) = self.core.index_of(id) else {
+        let Some(i) = self.core.by_id(id) else {
             return;
         };
         let backend = &self.core.backends[i];
         let (name, shadow) = (Rc::clone(&backend.name), backend.shadow);
-        if backend.relay_server {
-            if !shadow {
-                self.core.send_to_client(cx, data);
-            }
-            return;
-        }
+        // A `relay_server` backend the descriptor relay does not carry (not the only
+        // primary) is copied here, still without `on_response`.
+        let unhooked = backend.relay_server && !shadow;
         let (mut session, hooks) = self.session(cx);
         match hooks.on_response.as_mut() {
+            _ if unhooked => {
+                session.core.send_to_client(session.reactor, data);
+            }
             None if shadow => {}
             None => {
                 session.core.send_to_client(session.reactor, data);
@@ -103,13 +103,24 @@ impl<S: 'static> Client<S> {
         self.core.after_hook(cx);
     }
 
+    /// Backend `id` sent FIN (see `Core::backend_sent_fin`).
+    pub(crate) fn backend_sent_fin(&mut self, cx: &mut Context<'_>, id: ConnId) {
+        if let Some(i) = self.core.by_id(id) {
+            let name = &self.core.backends[i].name;
+            self.core
+                .config
+                .log(format_args!("server `{name}` sent FIN"));
+        }
+        self.core.backend_sent_fin(cx, id);
+    }
+
     pub(crate) fn backend_finished(
         &mut self,
         cx: &mut Context<'_>,
         id: ConnId,
         reason: UnbindReason,
     ) {
-        let Some(i) = self.core.index_of(id) else {
+        let Some(i) = self.core.by_id(id) else {
             return;
         };
         let backend = self.core.backends.remove(i);
@@ -156,21 +167,19 @@ impl<S: 'static> Handler for Client<S> {
                 None => config.log(format_args!("client {} connected", cx.id())),
             }
         }
+        // Setups never nest: a client is accepted by the loop, never inside a callback.
         let setup = Rc::clone(&self.setup);
-        let Ok(mut setup) = setup.try_borrow_mut() else {
-            // Only possible if a setup closure somehow accepted a client re-entrantly.
-            config.log(format_args!("setup is already running; client closed"));
-            cx.close();
-            return;
-        };
         let (session, hooks) = self.session(cx);
-        (*setup)(&mut Setup { session, hooks });
+        (*setup.borrow_mut())(&mut Setup { session, hooks });
+        self.core.after_hook(cx);
     }
 
     fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
         self.core.config.stats.read_from_client(data.len());
-        if let Some(i) = self.core.relay_client.and_then(|id| self.core.index_of(id)) {
+        if let Some(i) = self.core.relay_client.and_then(|id| self.core.by_id(id)) {
+            // The reactor refused the descriptor relay: copy, still without `on_data`.
             self.core.send_to_backend(cx, i, data);
+            self.core.after_hook(cx);
             return;
         }
         let (mut session, hooks) = self.session(cx);
@@ -195,11 +204,14 @@ impl<S: 'static> Handler for Client<S> {
 
     fn outbound_drained(&mut self, cx: &mut Context<'_>) {
         self.core.resume_backends(cx);
+        self.core.maybe_resume_client(cx);
     }
 
     fn unbind(&mut self, cx: &mut Context<'_>, reason: UnbindReason) {
         let config = Rc::clone(&self.core.config);
         config.stats.client_gone();
+        // What the descriptor relay carried from this client (`relay_client`).
+        config.stats.relayed_from_client(cx.proxied_bytes());
         config.log(format_args!("client {} gone: {reason}", cx.id()));
         for backend in std::mem::take(&mut self.core.backends) {
             cx.with_handler::<BackendConn<S>, _>(backend.id, |b, bcx| b.detach(bcx));

@@ -13,6 +13,10 @@ use crate::{ConnId, Reactor};
 use super::hooks::{Finish, Relay};
 use super::server::Config;
 
+/// How many deferred jobs and timers one client may have waiting before it stops being
+/// read: a hook that defers once per chunk cannot queue work without bound.
+pub(crate) const MAX_OUTSTANDING_JOBS: usize = 64;
+
 /// One live backend of a client.
 pub(crate) struct BackendEntry {
     pub(crate) name: Rc<str>,
@@ -20,6 +24,8 @@ pub(crate) struct BackendEntry {
     pub(crate) shadow: bool,
     /// Its bytes go to the client without `on_response`.
     pub(crate) relay_server: bool,
+    /// It sent FIN: it will answer nothing more, but may still read.
+    pub(crate) sent_fin: bool,
 }
 
 pub(crate) struct Core {
@@ -39,6 +45,9 @@ pub(crate) struct Core {
     pub(crate) held: bool,
     /// Deferred jobs, timers and failure reports whose callbacks have not run yet.
     pub(crate) outstanding: usize,
+    /// `Finish::WhenAllDone` found no primary left while bytes were held or jobs were
+    /// outstanding: close the client once they are done.
+    pub(crate) close_when_done: bool,
     /// Primary backends are paused because the client's queue is above its high-water mark.
     pub(crate) backends_paused: bool,
 }
@@ -55,16 +64,23 @@ impl Core {
             closing: false,
             held: false,
             outstanding: 0,
+            close_when_done: false,
             backends_paused: false,
         }
     }
 
-    pub(crate) fn index_of(&self, id: ConnId) -> Option<usize> {
+    /// The position in `backends` of the backend with connection id `id`.
+    pub(crate) fn by_id(&self, id: ConnId) -> Option<usize> {
         self.backends.iter().position(|b| b.id == id)
     }
 
-    pub(crate) fn position(&self, name: &str) -> Option<usize> {
+    /// The position in `backends` of the live backend called `name`.
+    pub(crate) fn by_name(&self, name: &str) -> Option<usize> {
         self.backends.iter().position(|b| &*b.name == name)
+    }
+
+    fn primaries(&self) -> impl Iterator<Item = &BackendEntry> {
+        self.backends.iter().filter(|b| !b.shadow)
     }
 
     /// Acts on what `on_data` returned (or what a hook passed to `relay_to_servers`).
@@ -76,10 +92,15 @@ impl Core {
             }
             Relay::To(data, names) => {
                 self.held = false;
-                for name in &names {
-                    if let Some(i) = self.position(name) {
-                        self.send_to_backend(r, i, &data);
-                    }
+                // A name given twice still gets the bytes once.
+                let mut chosen: Vec<usize> =
+                    names.iter().filter_map(|name| self.by_name(name)).collect();
+                chosen.sort_unstable();
+                chosen.dedup();
+                // Sending may cut off a shadow, but never removes an entry (that waits for
+                // its unbind), so the positions stay valid.
+                for i in chosen {
+                    self.send_to_backend(r, i, &data);
                 }
             }
             Relay::Drop => self.held = false,
@@ -114,12 +135,14 @@ impl Core {
                     stats.shadow_cutoffs()
                 ));
             }
-        } else if r.is_above_high_water(backend.id) && !r.is_paused(self.client) {
-            r.pause_connection(self.client);
+        } else if r.is_above_high_water(backend.id) {
+            self.pause_client(r);
         }
     }
 
-    /// Sends bytes to the client and pauses the primary backends if that filled it.
+    /// Sends bytes to the client. If that filled its queue, the primary backends are
+    /// paused, and so is the client itself: a hook that answers the client from its own
+    /// bytes must not grow the queue of a client that does not read.
     pub(crate) fn send_to_client(&mut self, r: &mut Reactor, data: &[u8]) -> bool {
         if !r.send_to(self.client, data) {
             return false;
@@ -127,21 +150,38 @@ impl Core {
         self.config.stats.queued_for_client(data.len());
         if r.is_above_high_water(self.client) {
             self.pause_backends(r);
+            self.pause_client(r);
         }
         true
     }
 
-    /// Resumes reading the client if no primary backend is above its high-water mark.
+    fn pause_client(&mut self, r: &mut Reactor) {
+        if !r.is_paused(self.client) {
+            r.pause_connection(self.client);
+        }
+    }
+
+    /// Whether the client must not be read now: a primary backend's queue or its own is
+    /// above the high-water mark, or too many jobs are waiting.
+    fn client_must_wait(&self, r: &Reactor) -> bool {
+        r.is_above_high_water(self.client)
+            || self.outstanding > MAX_OUTSTANDING_JOBS
+            || self.primaries().any(|b| r.is_above_high_water(b.id))
+    }
+
+    /// Resumes reading the client unless something still holds it back.
     pub(crate) fn maybe_resume_client(&mut self, r: &mut Reactor) {
-        if self.closing || !r.is_paused(self.client) {
+        if self.closing || !r.is_paused(self.client) || self.client_must_wait(r) {
             return;
         }
-        let full = self
-            .backends
-            .iter()
-            .any(|b| !b.shadow && r.is_above_high_water(b.id));
-        if !full {
-            r.resume_connection(self.client);
+        r.resume_connection(self.client);
+    }
+
+    /// A deferred job or timer was started for this client.
+    pub(crate) fn job_started(&mut self, r: &mut Reactor) {
+        self.outstanding += 1;
+        if self.outstanding > MAX_OUTSTANDING_JOBS {
+            self.pause_client(r);
         }
     }
 
@@ -173,11 +213,48 @@ impl Core {
         }
     }
 
-    /// After any hook: once the client has sent FIN and nothing is held back, pass the
-    /// FIN on to every backend (each sends it after what is queued), or close the client
-    /// if it has no backend left.
+    /// Backend `id` sent FIN. Once every primary has, the client gets FIN (after what is
+    /// queued for it) but stays open for reading: what it sends still reaches the
+    /// backends, which end when both their halves are shut.
+    pub(crate) fn backend_sent_fin(&mut self, r: &mut Reactor, id: ConnId) {
+        if let Some(i) = self.by_id(id) {
+            self.backends[i].sent_fin = true;
+        }
+        self.pass_backends_fin(r);
+    }
+
+    fn pass_backends_fin(&mut self, r: &mut Reactor) {
+        let mut primaries = self.primaries().peekable();
+        if primaries.peek().is_some() && primaries.all(|b| b.sent_fin) {
+            r.close_write(self.client);
+        }
+    }
+
+    /// After any hook or job: close the client if a `WhenAllDone` was waiting for it,
+    /// pass the client's FIN on, and read the client again if nothing holds it back.
     pub(crate) fn after_hook(&mut self, r: &mut Reactor) {
-        if !self.client_eof || self.held || self.outstanding > 0 || self.closing {
+        self.close_if_done(r);
+        self.pass_client_fin(r);
+        self.maybe_resume_client(r);
+    }
+
+    fn waiting_for_hooks(&self) -> bool {
+        self.held || self.outstanding > 0
+    }
+
+    /// A `WhenAllDone` that had to wait for held bytes or jobs: close now if they are
+    /// done and no primary came along meanwhile.
+    fn close_if_done(&mut self, r: &mut Reactor) {
+        if self.close_when_done && !self.waiting_for_hooks() && self.primaries().next().is_none() {
+            self.close_client(r);
+        }
+    }
+
+    /// Once the client has sent FIN and nothing is held back, passes the FIN on to every
+    /// backend (each sends it after what is queued), or closes the client if it has no
+    /// backend left.
+    fn pass_client_fin(&mut self, r: &mut Reactor) {
+        if !self.client_eof || self.waiting_for_hooks() || self.closing {
             return;
         }
         if self.backends.is_empty() {
@@ -195,14 +272,19 @@ impl Core {
             Finish::Close => self.close_client(r),
             Finish::Keep => {}
             Finish::WhenAllDone => {
-                let primaries_left = self.backends.iter().any(|b| !b.shadow);
+                let primaries_left = self.primaries().next().is_some();
                 let done = !primaries_left && (!was_shadow || self.backends.is_empty());
-                if done && !self.held && self.outstanding == 0 {
-                    self.close_client(r);
+                if done {
+                    // Held bytes or a pending job may still relay or answer: close once
+                    // they are done (`close_if_done`).
+                    self.close_when_done = true;
                 }
             }
         }
-        self.maybe_resume_client(r);
+        if !was_shadow {
+            // The primaries still open may all have sent FIN already.
+            self.pass_backends_fin(r);
+        }
         self.after_hook(r);
     }
 }

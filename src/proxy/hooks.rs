@@ -26,7 +26,9 @@ pub enum Relay {
     /// [`Session::relay_to_servers`], for example from a [`Session::defer`] callback
     /// (em-proxy: return `:async`). Until the next decision that is not `Later` (from
     /// `on_data` or `relay_to_servers`), the client's FIN is held back from the backends
-    /// so that it cannot overtake the held bytes.
+    /// so that it cannot overtake the held bytes, and a [`Finish::WhenAllDone`] waits.
+    /// The proxy itself keeps no bytes and keeps reading the client (a hook may wait for
+    /// more of a message): what the hook holds, it holds in its own state and must bound.
     Later,
 }
 
@@ -45,9 +47,10 @@ pub enum Finish {
     Close,
     /// Keep the client open, even if no backend is left (em-proxy: `:keep`).
     Keep,
-    /// Close the client once no primary backend is left (em-proxy: `nil`). Shadow
-    /// backends never hold a client open; a client that only ever had shadows closes
-    /// when the last one is gone.
+    /// Close the client once no primary backend is left (em-proxy: `nil`), as soon as
+    /// no bytes are held ([`Relay::Later`]) and no deferred job or timer is waiting.
+    /// Shadow backends never hold a client open; a client that only ever had shadows
+    /// closes when the last one is gone.
     #[default]
     WhenAllDone,
 }

@@ -60,6 +60,6 @@ pub use server::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_RELAY_BUFSIZE, DEFAULT_SHADOW_BUFFER, Options, ProxyServer,
     start, start_with_state,
 };
-pub use session::{Session, Setup};
+pub use session::{Session, SessionTimer, Setup};
 pub use stats::Stats;
 pub use target::{Backend, Target, TargetError, parse_port};

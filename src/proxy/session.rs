@@ -19,6 +19,12 @@ use super::core::Core;
 use super::hooks::{Finish, Hooks, Relay};
 use super::target::Backend;
 
+/// A timer started with [`Session::add_timer`]; call it off with
+/// [`Session::cancel_timer`] (not through the reactor, which would leave the client's
+/// FIN held back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionTimer(TimerId);
+
 /// One client connection as its hooks see it.
 pub struct Session<'a, S = ()> {
     pub(crate) reactor: &'a mut Reactor,
@@ -79,7 +85,7 @@ impl<S: 'static> Session<'_, S> {
 
     /// The connection id of the live backend called `name`.
     pub fn backend_id(&self, name: &str) -> Option<ConnId> {
-        self.core.position(name).map(|i| self.core.backends[i].id)
+        self.core.by_name(name).map(|i| self.core.backends[i].id)
     }
 
     /// The names of the live backends, in the order they were opened.
@@ -101,13 +107,14 @@ impl<S: 'static> Session<'_, S> {
     /// Runs blocking `work` on the reactor's defer pool, then `then` with its result on
     /// the reactor thread, with this client's session again (`EM.defer` from a hook).
     /// Until `then` has run, the client's FIN is held back from the backends. If the
-    /// client is gone by then, `then` does not run.
+    /// client is gone by then, `then` does not run. While more than 64 jobs and timers
+    /// are waiting, the client is not read.
     pub fn defer<T: Send + 'static>(
         &mut self,
         work: impl FnOnce() -> T + Send + 'static,
         then: impl FnOnce(&mut Session<'_, S>, Result<T, DeferPanic>) + 'static,
     ) {
-        self.core.outstanding += 1;
+        self.core.job_started(self.reactor);
         let client = self.core.client;
         self.reactor.defer(work, move |r, result| {
             r.with_handler::<Client<S>, _>(client, move |c, cx| {
@@ -116,20 +123,30 @@ impl<S: 'static> Session<'_, S> {
         });
     }
 
-    /// Runs `then` with this client's session after `delay`. Until it has run, the
-    /// client's FIN is held back from the backends. If the client is gone by then, `then`
-    /// does not run. To call one off, let `then` check the client's state: cancelling the
-    /// returned id through the reactor would leave the FIN held.
+    /// Runs `then` with this client's session after `delay`. Until it has run (or is
+    /// called off with [`cancel_timer`](Self::cancel_timer)), the client's FIN is held
+    /// back from the backends. If the client is gone by then, `then` does not run.
     pub fn add_timer(
         &mut self,
         delay: Duration,
         then: impl FnOnce(&mut Session<'_, S>) + 'static,
-    ) -> TimerId {
-        self.core.outstanding += 1;
+    ) -> SessionTimer {
+        self.core.job_started(self.reactor);
         let client = self.core.client;
-        self.reactor.add_timer(delay, move |r| {
+        SessionTimer(self.reactor.add_timer(delay, move |r| {
             r.with_handler::<Client<S>, _>(client, move |c, cx| c.run_job(cx, then));
-        })
+        }))
+    }
+
+    /// Calls off a timer from [`add_timer`](Self::add_timer): its callback will not run
+    /// and it no longer holds the client's FIN back. Returns whether it was still pending.
+    pub fn cancel_timer(&mut self, timer: SessionTimer) -> bool {
+        if !self.reactor.cancel_timer(timer.0) {
+            return false;
+        }
+        self.core.outstanding = self.core.outstanding.saturating_sub(1);
+        // The session's owner runs `after_hook` when the hook returns.
+        true
     }
 
     /// The reactor, for anything else (timers, other connections, stop).

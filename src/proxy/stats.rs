@@ -50,14 +50,14 @@ impl Stats {
         self.0.shadow_cutoffs.load(Ordering::Relaxed)
     }
 
-    /// Bytes read from clients through the handler path (the descriptor relay's bytes,
-    /// `relay_client`, are not counted).
+    /// Bytes read from clients, whichever path carried them. Bytes the descriptor relay
+    /// carries (`relay_client`) are counted when the client's connection ends.
     pub fn bytes_from_clients(&self) -> u64 {
         self.0.bytes_from_clients.load(Ordering::Relaxed)
     }
 
-    /// Bytes queued for clients through the handler path (the descriptor relay's bytes,
-    /// `relay_server`, are not counted).
+    /// Bytes queued for clients, whichever path carried them. Bytes the descriptor relay
+    /// carries (`relay_server`) are counted when that backend's connection ends.
     pub fn bytes_to_clients(&self) -> u64 {
         self.0.bytes_to_clients.load(Ordering::Relaxed)
     }
@@ -93,6 +93,14 @@ impl Stats {
         self.0
             .bytes_from_clients
             .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn relayed_from_client(&self, n: u64) {
+        self.0.bytes_from_clients.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn relayed_to_client(&self, n: u64) {
+        self.0.bytes_to_clients.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn queued_for_client(&self, n: usize) {

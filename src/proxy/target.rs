@@ -151,14 +151,17 @@ impl Backend {
 
     /// The client's bytes go to this backend unchanged and to no other, without calling
     /// `on_data` (em-proxy's `:relay_client`). One backend per client can take this role;
-    /// it uses the reactor's descriptor-level relay when available.
+    /// it uses the reactor's descriptor-level relay when available. Ignored on a
+    /// [`shadow`](Self::shadow): a shadow never takes the client's bytes for itself.
     pub fn relay_client(mut self) -> Backend {
         self.relay_client = true;
         self
     }
 
     /// This backend's bytes go to the client unchanged, without calling `on_response`
-    /// (em-proxy's `:relay_server`).
+    /// (em-proxy's `:relay_server`). They take the reactor's descriptor-level relay only
+    /// while this backend is the client's only primary; otherwise they are copied. Ignored
+    /// on a [`shadow`](Self::shadow), whose bytes never reach the client.
     pub fn relay_server(mut self) -> Backend {
         self.relay_server = true;
         self

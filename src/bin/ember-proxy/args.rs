@@ -144,11 +144,15 @@ fn split_flag(arg: &str) -> (&str, Option<&str>) {
     {
         return (flag, Some(value));
     }
-    if arg.len() > 2 && arg.starts_with('-') && !arg.starts_with("--") {
-        let (flag, value) = arg.split_at(2);
-        if is_value_flag(flag) {
-            return (flag, Some(value));
-        }
+    // `split_at_checked`: a multi-byte character right after the dash (`-é`) is an
+    // unknown flag, not a panic.
+    if arg.len() > 2
+        && arg.starts_with('-')
+        && !arg.starts_with("--")
+        && let Some((flag, value)) = arg.split_at_checked(2)
+        && is_value_flag(flag)
+    {
+        return (flag, Some(value));
     }
     (arg, None)
 }
