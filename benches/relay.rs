@@ -82,23 +82,26 @@ fn one_transfer(splice: bool, bytes: u64) -> Measurement {
     });
     let (done_tx, done_rx) = mpsc::channel();
     let (addr_tx, addr_rx) = mpsc::channel();
-    let reactor = thread::spawn(move || {
-        pin_to(1);
-        Reactor::run(|r| {
-            r.set_splice(splice);
-            let done = done_tx.clone();
-            let server = r.start_server("127.0.0.1:0", move || Front {
-                backend,
-                done: done.clone(),
-                cpu_at_start: Duration::ZERO,
-            })?;
-            addr_tx
-                .send((r.server_addr(server).unwrap(), r.handle()))
-                .unwrap();
-            Ok(())
+    let reactor = thread::Builder::new()
+        .name("reactor".into())
+        .spawn(move || {
+            pin_to(1);
+            Reactor::run(|r| {
+                r.set_splice(splice);
+                let done = done_tx.clone();
+                let server = r.start_server("127.0.0.1:0", move || Front {
+                    backend,
+                    done: done.clone(),
+                    cpu_at_start: Duration::ZERO,
+                })?;
+                addr_tx
+                    .send((r.server_addr(server).unwrap(), r.handle()))
+                    .unwrap();
+                Ok(())
+            })
+            .unwrap();
         })
         .unwrap();
-    });
     let (front, handle) = addr_rx.recv().unwrap();
     pin_to(0);
     let started = Instant::now();
