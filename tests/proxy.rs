@@ -827,3 +827,33 @@ fn stats_count_the_bytes_the_descriptor_relay_carries() {
     });
     assert_eq!(stats.bytes_from_clients(), request.len() as u64);
 }
+
+#[test]
+fn every_backend_gets_on_finish_once_even_when_the_client_vanishes_first() {
+    let (tx, rx) = mpsc::channel();
+    let running = spawn_reactor(move |r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("echo", echo);
+            let tx = tx.clone();
+            conn.on_finish(move |_, name, reason| {
+                tx.send((name.to_string(), reason)).unwrap();
+                Finish::WhenAllDone
+            });
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let mut client = connect(running.value);
+    client.write_all(b"ping").unwrap();
+    assert_eq!(read_until(&mut client, b"ping"), b"ping");
+    // The client resets: it is gone while its backend is still open and attached.
+    reset_on_close(&client);
+    drop(client);
+    let (name, reason) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(name, "echo");
+    assert_eq!(reason, UnbindReason::ClosedByUs);
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "on_finish ran twice for one backend"
+    );
+}
