@@ -4,7 +4,7 @@
 
 mod proxy_support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -109,33 +109,7 @@ fn a_dead_shadow_leaves_the_primarys_answers_intact() {
 /// Streams `size` bytes through the proxy to an echoing primary and checks the echo,
 /// writing and reading at the same time.
 fn stream_through(addr: std::net::SocketAddr, size: usize, seed: u64) {
-    let mut client = connect(addr);
-    let mut writer_side = client.try_clone().unwrap();
-    let writer = thread::spawn(move || {
-        let mut pattern = Pattern::new(seed);
-        let mut chunk = vec![0; 64 * 1024];
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            pattern.fill(&mut chunk[..n]);
-            writer_side.write_all(&chunk[..n]).unwrap();
-            left -= n;
-        }
-        writer_side.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut pattern = Pattern::new(seed);
-    let mut buf = vec![0; 256 * 1024];
-    let mut total = 0;
-    loop {
-        let n = client.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        assert!(pattern.matches(&buf[..n]), "echo differs at byte {total}");
-        total += n;
-    }
-    writer.join().unwrap();
-    assert_eq!(total, size, "echo length");
+    assert_eq!(pump(addr, size, seed), size, "echo length");
 }
 
 #[test]

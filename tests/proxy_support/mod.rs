@@ -340,3 +340,35 @@ pub fn watch_peak_queue(r: &mut Reactor) -> Arc<AtomicUsize> {
     });
     peak
 }
+
+/// Writes `size` pattern bytes and FIN on one thread, reads and checks the echo on this
+/// one; returns how many bytes came back.
+pub fn pump(addr: SocketAddr, size: usize, seed: u64) -> usize {
+    let mut client = connect(addr);
+    let mut writer_side = client.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let mut pattern = Pattern::new(seed);
+        let mut chunk = vec![0; 256 * 1024];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            pattern.fill(&mut chunk[..n]);
+            writer_side.write_all(&chunk[..n]).unwrap();
+            left -= n;
+        }
+        writer_side.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut pattern = Pattern::new(seed);
+    let mut buf = vec![0; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let n = client.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(pattern.matches(&buf[..n]), "bytes differ at offset {total}");
+        total += n;
+    }
+    writer.join().unwrap();
+    total
+}
