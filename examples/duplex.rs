@@ -46,7 +46,7 @@ pub fn start(
         conn.server("prod", prod); // production, renders the response
         conn.server("test", Backend::tcp(test).shadow()); // testing, internal only
 
-        conn.on_data(|_, data| Relay::All(rewrite_user_agent(data)));
+        conn.on_data(|_, data| Relay::All(support::rewrite_user_agent(data)));
 
         conn.on_response(|s, server, resp| {
             s.state()
@@ -74,33 +74,6 @@ pub fn start(
             }
         });
     })
-}
-
-/// Replaces the value of every `User-Agent` header with `ember-proxy/0.1`.
-pub fn rewrite_user_agent(data: &[u8]) -> Vec<u8> {
-    const HEADER: &[u8] = b"\r\nuser-agent:";
-    let mut out = Vec::with_capacity(data.len());
-    let mut rest = data;
-    while let Some(at) = rest
-        .windows(HEADER.len())
-        .position(|w| w.eq_ignore_ascii_case(HEADER))
-    {
-        out.extend_from_slice(&rest[..at + 2]);
-        let line = &rest[at + 2..];
-        match line.windows(2).position(|w| w == b"\r\n") {
-            Some(end) => {
-                out.extend_from_slice(b"User-Agent: ember-proxy/0.1");
-                rest = &line[end..];
-            }
-            None => {
-                // The header continues in the next chunk: leave it as it is.
-                out.extend_from_slice(line);
-                rest = &[];
-            }
-        }
-    }
-    out.extend_from_slice(rest);
-    out
 }
 
 const USAGE: &str = "duplex [LISTEN] [PROD] [TEST]";

@@ -37,7 +37,7 @@ pub fn start(
         conn.server("prod", prod); // production, renders the response
         conn.server("test", test); // testing, internal only
 
-        conn.on_data(|_, data| Relay::to(rewrite_user_agent(data), &["prod"]));
+        conn.on_data(|_, data| Relay::to(support::rewrite_user_agent(data), &["prod"]));
 
         conn.on_response(|s, server, resp| {
             s.state()
@@ -63,32 +63,6 @@ pub fn start(
             }
         });
     })
-}
-
-/// Replaces the value of every `User-Agent` header with `ember-proxy/0.1`.
-pub fn rewrite_user_agent(data: &[u8]) -> Vec<u8> {
-    const HEADER: &[u8] = b"\r\nuser-agent:";
-    let mut out = Vec::with_capacity(data.len());
-    let mut rest = data;
-    while let Some(at) = rest
-        .windows(HEADER.len())
-        .position(|w| w.eq_ignore_ascii_case(HEADER))
-    {
-        out.extend_from_slice(&rest[..at + 2]);
-        let line = &rest[at + 2..];
-        match line.windows(2).position(|w| w == b"\r\n") {
-            Some(end) => {
-                out.extend_from_slice(b"User-Agent: ember-proxy/0.1");
-                rest = &line[end..];
-            }
-            None => {
-                out.extend_from_slice(line);
-                rest = &[];
-            }
-        }
-    }
-    out.extend_from_slice(rest);
-    out
 }
 
 const USAGE: &str = "selective_forward [LISTEN] [PROD] [TEST]";
