@@ -46,6 +46,7 @@ mod buffer;
 mod defer;
 mod handler;
 mod id;
+mod limits;
 mod pipes;
 pub mod proxy;
 mod reactor;
@@ -59,6 +60,7 @@ pub use addr::IntoSocketAddr;
 pub use defer::{DEFAULT_DEFER_THREADS, DeferPanic};
 pub use handler::{Context, Handler, PeerClosed, UnbindReason};
 pub use id::{ConnId, ServerId, TimerId};
+pub use limits::raise_descriptor_limit;
 pub use reactor::{
     ACCEPTS_PER_EVENT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER, READ_CHUNK,
     READS_PER_EVENT, Reactor,

@@ -54,6 +54,12 @@ fn main() -> ExitCode {
 
 fn serve(run: &RunArgs) -> Result<(), String> {
     let plan = Plan::resolve(run)?;
+    // Two descriptors per client: the usual soft limit of 1024 would cap us near 500.
+    match ember::raise_descriptor_limit() {
+        Ok(limit) if run.verbose => eprintln!("ember-proxy: descriptor limit {limit}"),
+        Ok(_) => {}
+        Err(e) => eprintln!("ember-proxy: cannot raise the descriptor limit: {e}"),
+    }
     Reactor::run(|r| {
         let server = plan.start(r)?;
         let bound = server.local_addr().unwrap_or(plan.listen);
