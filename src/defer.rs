@@ -62,6 +62,8 @@ pub(crate) struct DeferPool {
     queue: Arc<JobQueue>,
     completions: HashMap<u64, Completion>,
     next_job: u64,
+    /// Pool threads that actually started.
+    running: usize,
 }
 
 impl DeferPool {
@@ -72,6 +74,7 @@ impl DeferPool {
             queue: Arc::default(),
             completions: HashMap::new(),
             next_job: 0,
+            running: 0,
         }
     }
 
@@ -91,6 +94,13 @@ impl DeferPool {
         let job = self.next_job;
         self.next_job += 1;
         self.completions.insert(job, completion);
+        if self.running == 0 {
+            // The OS refused every pool thread: block the loop for this job rather than
+            // drop it; its callback still runs on a later tick, as usual.
+            let result = panic::catch_unwind(AssertUnwindSafe(work));
+            shared.complete_deferred((job, result));
+            return;
+        }
         let mut jobs = self.queue.jobs.lock().unwrap_or_else(|p| p.into_inner());
         jobs.0.push_back((job, work));
         drop(jobs);
@@ -109,11 +119,12 @@ impl DeferPool {
             let spawned = thread::Builder::new()
                 .name(format!("ember-defer-{n}"))
                 .spawn(move || worker(&queue, &shared));
-            if spawned.is_err() && n > 0 {
-                // Fewer threads than asked is still a working pool.
+            if spawned.is_err() {
+                // Fewer threads than asked is still a working pool; with none at all,
+                // `submit` runs jobs inline rather than losing them.
                 break;
             }
-            spawned.expect("cannot start any defer thread");
+            self.running += 1;
         }
     }
 }

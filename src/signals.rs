@@ -18,7 +18,8 @@ static PIPES: [AtomicI32; MAX_REACTORS] = [const { AtomicI32::new(-1) }; MAX_REA
 /// One reactor's end of the signal fan-out.
 pub(crate) struct SignalPipe {
     read: OwnedFd,
-    write: OwnedFd,
+    /// Never closed; see `Drop`.
+    write: std::mem::ManuallyDrop<OwnedFd>,
     index: usize,
 }
 
@@ -41,7 +42,11 @@ impl SignalPipe {
                     .is_ok()
             })
             .ok_or_else(|| io::Error::other("too many reactors watching signals"))?;
-        Ok(SignalPipe { read, write, index })
+        Ok(SignalPipe {
+            read,
+            write: std::mem::ManuallyDrop::new(write),
+            index,
+        })
     }
 
     pub(crate) fn read_fd(&self) -> RawFd {
@@ -89,20 +94,84 @@ impl Drop for SignalPipe {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
+        // The write end stays open (`ManuallyDrop`): a handler on another thread may have
+        // loaded this descriptor just before the slot was cleared, and closing it could
+        // let that write land in whatever reuses the number. One descriptor per dropped
+        // signal-watching reactor is the price.
     }
 }
 
 extern "C" fn forward_signal(signo: libc::c_int) {
     let byte = signo as u8;
+    // The interrupted code may be about to read errno: keep it as it was.
+    let saved = errno();
     for slot in &PIPES {
         let fd = slot.load(Ordering::Acquire);
         if fd >= 0 {
             // SAFETY: write(2) is async-signal-safe; the byte lives on this stack frame.
-            // A full pipe drops the byte, which is fine: the reader is already woken.
+            // A full pipe drops the byte, which is fine: the reader is already woken. The
+            // descriptor stays valid: write ends are never closed (see `Drop`).
             unsafe { libc::write(fd, (&raw const byte).cast(), 1) };
         }
     }
+    set_errno(saved);
 }
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn errno_location() -> *mut libc::c_int {
+    // SAFETY: returns the calling thread's errno slot; async-signal-safe.
+    unsafe { libc::__errno_location() }
+}
+
+#[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+fn errno_location() -> *mut libc::c_int {
+    // SAFETY: returns the calling thread's errno slot; async-signal-safe.
+    unsafe { libc::__error() }
+}
+
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd"
+))]
+fn errno() -> libc::c_int {
+    // SAFETY: the pointer is this thread's errno, valid for the thread's life.
+    unsafe { *errno_location() }
+}
+
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd"
+))]
+fn set_errno(value: libc::c_int) {
+    // SAFETY: as in `errno`.
+    unsafe { *errno_location() = value };
+}
+
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd"
+)))]
+fn errno() -> libc::c_int {
+    0
+}
+
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd"
+)))]
+fn set_errno(_value: libc::c_int) {}
 
 fn set_flags(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl with integer arguments on a descriptor we own.

@@ -49,6 +49,9 @@ pub(crate) struct Closing {
     pub(crate) lingering: Option<TimerId>,
 }
 
+/// How much of a closing child's remaining stderr is still delivered.
+const STDERR_DRAIN_LIMIT: usize = 1024 * 1024;
+
 /// How long a lingering close waits for the peer's FIN.
 pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -82,6 +85,8 @@ pub(crate) struct Connection {
     /// before anything in `outbound`.
     pub(crate) pipe: Option<SplicePipe>,
     pub(crate) proxied_bytes: u64,
+    /// A child's stderr spent its read budget with bytes left (see `read_child_stderr`).
+    pub(crate) stderr_unread: bool,
 }
 
 impl Connection {
@@ -116,6 +121,7 @@ impl Connection {
             relayed_from: None,
             pipe: None,
             proxied_bytes: 0,
+            stderr_unread: false,
         }
     }
 
@@ -268,6 +274,11 @@ impl Reactor {
                 return;
             };
             if conn.serial != id.serial || !conn.unread || !conn.may_read() {
+                return;
+            }
+            if conn.relay.is_some() && !conn.is_lingering() {
+                // `receive_data` just started a relay: the rest is the relay's.
+                self.relay_some(id);
                 return;
             }
             let hangup = conn.hangup;
@@ -574,7 +585,22 @@ impl Reactor {
         let mut child = None;
         if let Some(mut stream) = conn.stream.take() {
             stream.deregister(self.poll.registry());
-            if let Stream::Child(pipes) = stream {
+            if let Stream::Child(mut pipes) = stream {
+                // What the child wrote to stderr before its stdout closed still counts.
+                if let Some(handler) = conn.handler.as_mut() {
+                    let mut buf = [0u8; 4096];
+                    let mut left = STDERR_DRAIN_LIMIT;
+                    while left > 0 {
+                        match pipes.read_stderr(&mut buf) {
+                            Ok(Some(n)) => {
+                                handler
+                                    .receive_stderr(&mut crate::Context::new(self, id), &buf[..n]);
+                                left = left.saturating_sub(n);
+                            }
+                            _ => break,
+                        }
+                    }
+                }
                 child = Some(pipes.into_child());
             }
         }

@@ -67,6 +67,9 @@ const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 const INOTIFY_TOKEN: Token = Token(usize::MAX - 2);
 
 /// Everything the reactor can hold a descriptor for.
+// Connections are by far the most common entry and the hot one: boxing them to shrink
+// the other variants would cost an allocation each and a pointer chase per event.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Descriptor {
     Conn(Connection),
     Server(Server),
@@ -397,7 +400,11 @@ impl Reactor {
     fn continue_descriptor(&mut self, slot: usize, serial: u64) {
         match self.descriptors.get(slot) {
             Some(Descriptor::Conn(c)) if c.serial == serial => {
-                self.read_some(ConnId { slot, serial });
+                let id = ConnId { slot, serial };
+                if c.stderr_unread {
+                    self.read_child_stderr(id);
+                }
+                self.read_some(id);
             }
             Some(Descriptor::Server(s)) if s.serial == serial => self.accept_some(slot, serial),
             Some(Descriptor::Datagram(d)) if d.serial == serial => {

@@ -96,13 +96,15 @@ impl Reactor {
         self.child_grace = grace;
     }
 
-    /// Drains a child connection's stderr into `receive_stderr`.
+    /// Drains a child connection's stderr into `receive_stderr`, up to the per-event
+    /// budget; if that runs out, the rest is read next tick (carry-over).
     pub(crate) fn read_child_stderr(&mut self, id: ConnId) {
         let mut buf = [0u8; 4096];
         for _ in 0..super::READS_PER_EVENT {
             let Some(conn) = self.conn_mut(id) else {
                 return;
             };
+            conn.stderr_unread = false;
             let Some(Stream::Child(pipes)) = conn.stream.as_mut() else {
                 return;
             };
@@ -113,6 +115,10 @@ impl Reactor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 _ => return,
             }
+        }
+        if let Some(conn) = self.conn_mut(id) {
+            conn.stderr_unread = true;
+            self.carry_over.push((id.slot, id.serial));
         }
     }
 

@@ -80,7 +80,8 @@ impl Reactor {
 
     fn resolved(&mut self, id: ConnId, addr: Option<SocketAddr>) {
         let Some(conn) = self.conn(id) else { return };
-        if conn.phase != Phase::Resolving || conn.closing.is_some() {
+        // A close-after-writing still wants its queue delivered: connect anyway.
+        if conn.phase != Phase::Resolving || conn.closing.is_some_and(|c| !c.after_writing) {
             return;
         }
         let Some(addr) = addr else {
@@ -227,9 +228,14 @@ impl Reactor {
     /// Sets `id`'s high- and low-water marks (`low` is capped at `high`).
     pub fn set_water_marks(&mut self, id: ConnId, high: usize, low: usize) {
         if let Some(conn) = self.conn_mut(id) {
+            let was_above = conn.above_high_water;
             conn.high_water = high;
             conn.low_water = low.min(high);
-            conn.above_high_water = conn.outbound.len() > high;
+            conn.above_high_water = conn.pending_out() > high;
+            if was_above && !conn.above_high_water && conn.unread {
+                // Reading was throttled by the old mark: replay what is waiting.
+                self.carry_over.push((id.slot, id.serial));
+            }
         }
         self.after_write_progress(id);
     }
