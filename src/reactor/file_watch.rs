@@ -4,7 +4,7 @@
 //! platforms return `Unsupported`.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::Reactor;
 use crate::handler::{Handler, UnbindReason};
@@ -14,8 +14,6 @@ pub(crate) struct FileWatch {
     pub(crate) serial: u64,
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     wd: i32,
-    #[allow(dead_code)]
-    path: PathBuf,
     pub(crate) handler: Option<Box<dyn Handler>>,
     pub(crate) closing: Option<UnbindReason>,
 }
@@ -35,15 +33,13 @@ impl Reactor {
         path: impl AsRef<Path>,
         handler: H,
     ) -> io::Result<ConnId> {
-        let path = path.as_ref().to_path_buf();
-        let wd = self.add_inotify_watch(&path)?;
+        let wd = self.add_inotify_watch(path.as_ref())?;
         let serial = self.next_serial();
         let slot = self
             .descriptors
             .insert(super::Descriptor::FileWatch(FileWatch {
                 serial,
                 wd,
-                path,
                 handler: Some(Box::new(handler)),
                 closing: None,
             }));
