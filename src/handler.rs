@@ -10,6 +10,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::id::ConnId;
@@ -128,7 +129,7 @@ pub enum PeerClosed {
 }
 
 /// Why a connection ended, passed to [`Handler::unbind`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum UnbindReason {
     /// The peer closed its side (FIN) and the connection then ended.
@@ -155,6 +156,13 @@ pub enum UnbindReason {
     FileGone,
     /// Any other I/O error.
     Error(io::ErrorKind),
+    /// A callback of this connection (or of the proxy session it belongs to) panicked;
+    /// the panic's message. The reactor's error handler saw it too
+    /// ([`Reactor::set_error_handler`](crate::Reactor::set_error_handler)).
+    Panicked(Arc<str>),
+    /// One direction had ended (a FIN either way) and no byte then moved in the other
+    /// for the half-close timeout ([`Context::set_half_close_timeout`]).
+    HalfCloseTimeout,
 }
 
 impl UnbindReason {
@@ -198,6 +206,8 @@ impl fmt::Display for UnbindReason {
             UnbindReason::ProcessExited(status) => write!(f, "process exited ({status})"),
             UnbindReason::FileGone => f.write_str("watched file gone"),
             UnbindReason::Error(kind) => write!(f, "I/O error: {kind}"),
+            UnbindReason::Panicked(message) => write!(f, "a callback panicked: {message}"),
+            UnbindReason::HalfCloseTimeout => f.write_str("half-closed and idle too long"),
         }
     }
 }
@@ -312,6 +322,21 @@ impl<'r> Context<'r> {
     /// without traffic in either direction; `None` turns it off.
     pub fn set_comm_inactivity_timeout(&mut self, timeout: Option<Duration>) {
         self.reactor.set_comm_inactivity_timeout(self.id, timeout);
+    }
+
+    /// See [`Reactor::set_half_close_timeout`].
+    pub fn set_half_close_timeout(&mut self, timeout: Option<Duration>) {
+        self.reactor.set_half_close_timeout(self.id, timeout);
+    }
+
+    /// See [`Reactor::set_read_budget`].
+    pub fn set_read_budget(&mut self, reads: usize) {
+        self.reactor.set_read_budget(self.id, reads);
+    }
+
+    /// See [`Reactor::set_discard_input`].
+    pub fn set_discard_input(&mut self, on: bool) {
+        self.reactor.set_discard_input(self.id, on);
     }
 
     /// Replaces the pending-connect timeout (default 20 s) of a connection still connecting.

@@ -62,7 +62,7 @@ pub use handler::{Context, Handler, PeerClosed, UnbindReason};
 pub use id::{ConnId, ServerId, TimerId};
 pub use limits::raise_descriptor_limit;
 pub use reactor::{
-    ACCEPTS_PER_EVENT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER, READ_CHUNK,
-    READS_PER_EVENT, Reactor,
+    ACCEPTS_PER_EVENT, CallbackPanic, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HIGH_WATER,
+    DEFAULT_LOW_WATER, READ_CHUNK, READS_PER_EVENT, Reactor,
 };
 pub use remote::ReactorHandle;

@@ -110,6 +110,41 @@ impl Stream {
         }
     }
 
+    /// Whether a socket has received bytes not yet read (always `false` for pipes and
+    /// attached descriptors, where the question has no cheap answer).
+    pub(crate) fn has_unread_input(&self) -> bool {
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => bytes_waiting(self.read_fd()) > 0,
+            Stream::Fd(_) | Stream::Child(_) => false,
+        }
+    }
+
+    /// Reads and throws away up to `max` bytes; `Ok(0)` is end of stream. On Linux a TCP
+    /// socket drops them inside the kernel (`recv` with `MSG_TRUNC`: no copy at all);
+    /// elsewhere they are read into `scratch`.
+    pub(crate) fn discard(&mut self, max: usize, scratch: &mut [u8]) -> io::Result<usize> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Stream::Tcp(s) = self {
+            // SAFETY: with MSG_TRUNC, TCP's recvmsg never touches the buffer; a null
+            // pointer with any length is what the man page (tcp(7)) describes.
+            let n = unsafe {
+                libc::recv(
+                    s.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    max,
+                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                )
+            };
+            return if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            };
+        }
+        let len = max.min(scratch.len());
+        self.read(&mut scratch[..len])
+    }
+
     /// The descriptor bytes are read from (and socket options set on).
     pub(crate) fn read_fd(&self) -> RawFd {
         match self {

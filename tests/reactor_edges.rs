@@ -197,7 +197,7 @@ fn close_after_writing_while_a_name_resolves_still_connects_and_delivers() {
     r.run_loop().unwrap();
     assert_eq!(server.join().unwrap(), b"hello");
     assert!(
-        reason.borrow().is_some_and(|r| r.is_orderly()),
+        reason.borrow().as_ref().is_some_and(|r| r.is_orderly()),
         "unbind said {:?}",
         reason.borrow()
     );

@@ -684,7 +684,7 @@ fn comm_inactivity_timeout_closes_idle_connection_but_not_a_talking_one() {
         log.server_unbinds
             .iter()
             .find(|(peer, _, _)| *peer == local && local.is_some())
-            .map(|&(_, reason, lived)| (reason, lived))
+            .map(|(_, reason, lived)| (reason.clone(), *lived))
             .expect("a server-side unbind for this client")
     };
     let (idle_reason, idle_lived) = find(log.idle_local);

@@ -38,7 +38,7 @@ pub(crate) enum WriteSide {
     Shut,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Closing {
     pub(crate) reason: UnbindReason,
     /// Still flushing the outbound queue (or lingering); not yet in the pending-close queue.
@@ -51,6 +51,10 @@ pub(crate) struct Closing {
 
 /// How much of a closing child's remaining stderr is still delivered.
 const STDERR_DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// Bytes dropped per `recv` by a connection that discards its input: no copy is made, so
+/// one call can take a lot (a flood still spends only its read budget per event).
+const DISCARD_CHUNK: usize = 1024 * 1024;
 
 /// How long a lingering close waits for the peer's FIN.
 pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -87,6 +91,17 @@ pub(crate) struct Connection {
     pub(crate) proxied_bytes: u64,
     /// A child's stderr spent its read budget with bytes left (see `read_child_stderr`).
     pub(crate) stderr_unread: bool,
+    /// An I/O error (a reset) ended the connection while bytes the peer sent before it
+    /// were still unread: they are delivered first, then it closes with this reason.
+    pub(crate) failed: Option<UnbindReason>,
+    /// How long the connection may stay idle once one direction has ended.
+    pub(crate) half_close_timeout: Option<Duration>,
+    /// The timer enforcing `half_close_timeout`, armed once the connection is half-closed.
+    pub(crate) half_close_timer: Option<TimerId>,
+    /// Reads per readable event before yielding to other connections.
+    pub(crate) reads_per_event: usize,
+    /// Input is thrown away unread (in the kernel where possible); `receive_data` never runs.
+    pub(crate) discard_input: bool,
 }
 
 impl Connection {
@@ -122,7 +137,18 @@ impl Connection {
             pipe: None,
             proxied_bytes: 0,
             stderr_unread: false,
+            failed: None,
+            half_close_timeout: None,
+            half_close_timer: None,
+            reads_per_event: READS_PER_EVENT,
+            discard_input: false,
         }
+    }
+
+    /// One direction has ended (the peer's FIN came, or ours went out) and the
+    /// connection is not closing yet.
+    pub(crate) fn is_half_closed(&self) -> bool {
+        self.closing.is_none() && (self.peer_eof || self.write_side == WriteSide::Shut)
     }
 
     /// Bytes accepted for this connection and not yet written: queue plus splice pipe.
@@ -131,7 +157,7 @@ impl Connection {
     }
 
     pub(crate) fn is_lingering(&self) -> bool {
-        self.closing.is_some_and(|c| c.lingering.is_some())
+        self.closing.as_ref().is_some_and(|c| c.lingering.is_some())
     }
 
     pub(crate) fn may_read(&self) -> bool {
@@ -174,6 +200,10 @@ impl Reactor {
         let slot = entry.key();
         if let Some(stream) = stream.as_mut() {
             stream.register(self.poll.registry(), mio::Token(slot))?;
+            if self.defaults.nodelay {
+                // Best effort: a socket that refuses it still works, only slower.
+                let _ = stream.set_nodelay(true);
+            }
         }
         let conn = Connection::new(serial, stream, handler, phase, &self.defaults, self.now);
         entry.insert(Descriptor::Conn(conn));
@@ -206,8 +236,10 @@ impl Reactor {
             // delivered and nothing more will arrive.
             let pending = conn.stream.as_ref().map(Stream::take_error);
             if let Some(Ok(Some(e)) | Err(e)) = pending {
-                self.close_with(id, UnbindReason::from_io_error(&e), false);
-                return;
+                self.io_failed(id, &e);
+                if self.conn(id).is_none_or(|c| c.failed.is_none()) {
+                    return;
+                }
             }
         }
         if ready.writable || ready.hangup {
@@ -264,7 +296,8 @@ impl Reactor {
             return;
         }
         let now = self.now;
-        for _ in 0..READS_PER_EVENT {
+        let budget = self.conn(id).map_or(0, |c| c.reads_per_event);
+        for _ in 0..budget {
             let Reactor {
                 descriptors,
                 read_buf,
@@ -282,10 +315,21 @@ impl Reactor {
                 return;
             }
             let hangup = conn.hangup;
+            let discard = conn.discard_input;
             let Some(stream) = conn.stream.as_mut() else {
                 return;
             };
-            match stream.read(read_buf) {
+            let result = if discard {
+                stream.discard(DISCARD_CHUNK, read_buf)
+            } else {
+                stream.read(read_buf)
+            };
+            let asked = if discard {
+                DISCARD_CHUNK
+            } else {
+                read_buf.len()
+            };
+            match result {
                 Ok(0) => {
                     conn.unread = false;
                     self.on_peer_eof(id);
@@ -293,13 +337,13 @@ impl Reactor {
                 }
                 Ok(n) => {
                     conn.last_activity = now;
-                    if n < read_buf.len() && !hangup {
+                    if n < asked && !hangup {
                         // The socket is drained; epoll and kqueue both report new
                         // arrivals as a new edge, so a short read ends the drain.
                         conn.unread = false;
                     }
-                    if conn.is_lingering() {
-                        continue; // input after our close is discarded
+                    if conn.is_lingering() || discard {
+                        continue; // input after our close, or input nobody wants
                     }
                     let buf = std::mem::take(&mut self.read_buf);
                     self.with_handler_dyn(id, |h, cx| h.receive_data(cx, &buf[..n]));
@@ -311,7 +355,7 @@ impl Reactor {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.close_with(id, UnbindReason::from_io_error(&e), false);
+                    self.io_failed(id, &e);
                     return;
                 }
             }
@@ -327,7 +371,10 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if conn.phase != Phase::Connected || conn.closing.is_some_and(|c| !c.after_writing) {
+        if conn.phase != Phase::Connected
+            || conn.failed.is_some()
+            || conn.closing.as_ref().is_some_and(|c| !c.after_writing)
+        {
             return;
         }
         let Some(stream) = conn.stream.as_mut() else {
@@ -341,7 +388,7 @@ impl Reactor {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        self.close_with(id, UnbindReason::from_io_error(&e), false);
+                        self.io_failed(id, &e);
                         return;
                     }
                 }
@@ -361,7 +408,7 @@ impl Reactor {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.close_with(id, UnbindReason::from_io_error(&e), false);
+                    self.io_failed(id, &e);
                     return;
                 }
             }
@@ -393,7 +440,7 @@ impl Reactor {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        self.close_with(id, UnbindReason::from_io_error(&e), false);
+                        self.io_failed(id, &e);
                         return false;
                     }
                 }
@@ -439,9 +486,10 @@ impl Reactor {
         if conn.pending_out() > 0 {
             return;
         }
-        if let Some(closing) = conn.closing {
+        if let Some(closing) = &conn.closing {
             if closing.after_writing && closing.lingering.is_none() {
-                self.linger_or_close(id, closing.reason);
+                let reason = closing.reason.clone();
+                self.linger_or_close(id, reason);
             }
             return;
         }
@@ -454,7 +502,7 @@ impl Reactor {
                     self.close_with(id, UnbindReason::from_io_error(&e), false);
                 }
                 _ if peer_eof => self.close_with(id, UnbindReason::PeerClosed, false),
-                _ => {}
+                _ => self.arm_half_close_timer(id),
             }
         }
     }
@@ -466,12 +514,7 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let unread_input = match conn.stream.as_ref() {
-            Some(s @ (Stream::Tcp(_) | Stream::Unix(_))) => {
-                crate::stream::bytes_waiting(s.read_fd()) > 0
-            }
-            _ => false,
-        };
+        let unread_input = conn.stream.as_ref().is_some_and(Stream::has_unread_input);
         if !unread_input || conn.peer_eof || conn.phase != Phase::Connected {
             self.close_with(id, reason, false);
             return;
@@ -503,10 +546,10 @@ impl Reactor {
 
     /// A lingering close's timer fired.
     pub(crate) fn linger_expired(&mut self, id: ConnId) {
-        if let Some(closing) = self.conn(id).and_then(|c| c.closing)
+        if let Some(closing) = self.conn(id).and_then(|c| c.closing.as_ref())
             && closing.lingering.is_some()
         {
-            self.close_with(id, closing.reason, false);
+            self.close_with(id, closing.reason.clone(), false);
         }
     }
 
@@ -515,10 +558,16 @@ impl Reactor {
             return;
         };
         conn.peer_eof = true;
-        if let Some(closing) = conn.closing
+        if let Some(reason) = conn.failed.take() {
+            // The bytes sent before the error are delivered: now the error ends it.
+            self.close_with(id, reason, false);
+            return;
+        }
+        if let Some(closing) = &conn.closing
             && closing.lingering.is_some()
         {
-            self.close_with(id, closing.reason, false);
+            let reason = closing.reason.clone();
+            self.close_with(id, reason, false);
             return;
         }
         if let Some(relay) = conn.relay
@@ -541,6 +590,73 @@ impl Reactor {
         self.with_handler_dyn(id, |h, cx| action = h.peer_closed(cx));
         if action == PeerClosed::Close {
             self.close_with(id, UnbindReason::PeerClosed, true);
+        } else {
+            self.arm_half_close_timer(id);
+        }
+    }
+
+    /// An I/O error ends the connection, but not before what the peer sent ahead of it:
+    /// if received bytes are still unread (a peer that wrote, then reset), the write side
+    /// is given up and reading carries on; the first EOF or error after them closes the
+    /// connection with this error's reason (`failed`).
+    pub(crate) fn io_failed(&mut self, id: ConnId, e: &io::Error) {
+        let reason = UnbindReason::from_io_error(e);
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let deliver_first = conn.failed.is_none()
+            && conn.phase == Phase::Connected
+            && conn.closing.is_none()
+            && !conn.peer_eof
+            && conn.stream.as_ref().is_some_and(Stream::has_unread_input);
+        if !deliver_first {
+            let reason = conn.failed.take().unwrap_or(reason);
+            self.close_with(id, reason, false);
+            return;
+        }
+        conn.failed = Some(reason);
+        conn.write_side = WriteSide::Shut;
+        conn.unread = true;
+        conn.hangup = true;
+        self.carry_over.push((id.slot, id.serial));
+        self.arm_half_close_timer(id);
+    }
+
+    /// Arms the half-close timer if the connection is half-closed and has a timeout.
+    pub(crate) fn arm_half_close_timer(&mut self, id: ConnId) {
+        let Some(conn) = self.conn(id) else {
+            return;
+        };
+        let Some(timeout) = conn.half_close_timeout else {
+            return;
+        };
+        if conn.half_close_timer.is_some() || !conn.is_half_closed() {
+            return;
+        }
+        let at = deadline(conn.last_activity, timeout);
+        let timer = self
+            .timers
+            .insert(at, None, super::TimerTask::HalfClose(id));
+        if let Some(conn) = self.conn_mut(id) {
+            conn.half_close_timer = Some(timer);
+        }
+    }
+
+    /// The half-close timer fired: close if nothing moved for the timeout, else re-arm
+    /// for the time left.
+    pub(crate) fn half_close_check(&mut self, id: ConnId) {
+        let now = self.now;
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        conn.half_close_timer = None;
+        let Some(timeout) = conn.half_close_timeout else {
+            return;
+        };
+        if now >= deadline(conn.last_activity, timeout) {
+            self.close_with(id, UnbindReason::HalfCloseTimeout, false);
+        } else {
+            self.arm_half_close_timer(id);
         }
     }
 
@@ -550,14 +666,14 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        match conn.closing {
+        match &conn.closing {
             Some(c) if !c.after_writing => return,
             Some(_) if after_writing => return,
             _ => {}
         }
         if after_writing {
             conn.closing = Some(Closing {
-                reason,
+                reason: reason.clone(),
                 after_writing: true,
                 lingering: None,
             });
@@ -566,7 +682,7 @@ impl Reactor {
             }
             return;
         }
-        let linger_timer = conn.closing.and_then(|c| c.lingering);
+        let linger_timer = conn.closing.as_ref().and_then(|c| c.lingering);
         conn.closing = Some(Closing {
             reason,
             after_writing: false,
@@ -593,8 +709,13 @@ impl Reactor {
                     while left > 0 {
                         match pipes.read_stderr(&mut buf) {
                             Ok(Some(n)) => {
-                                handler
-                                    .receive_stderr(&mut crate::Context::new(self, id), &buf[..n]);
+                                let stderr = &buf[..n];
+                                let delivered = self.contain(Some(id), |r| {
+                                    handler.receive_stderr(&mut crate::Context::new(r, id), stderr);
+                                });
+                                if delivered.is_none() {
+                                    break;
+                                }
                                 left = left.saturating_sub(n);
                             }
                             _ => break,
@@ -604,18 +725,22 @@ impl Reactor {
                 child = Some(pipes.into_child());
             }
         }
-        let linger_timer = conn.closing.and_then(|c| c.lingering);
+        let linger_timer = conn.closing.as_ref().and_then(|c| c.lingering);
         for timer in [
             conn.connect_timer,
             conn.inactivity.map(|(_, t)| t),
             linger_timer,
+            conn.half_close_timer,
         ]
         .into_iter()
         .flatten()
         {
             self.timers.cancel(timer);
         }
-        let reason = conn.closing.map_or(UnbindReason::ClosedByUs, |c| c.reason);
+        let reason = conn
+            .closing
+            .as_ref()
+            .map_or(UnbindReason::ClosedByUs, |c| c.reason.clone());
         let relay_target = conn.relay.map(|r| r.target);
         if let Some(handler) = conn.handler.take() {
             // Let `proxied_bytes` answer for this id while its unbind runs.

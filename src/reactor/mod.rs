@@ -20,6 +20,7 @@ mod attach;
 mod connection;
 mod datagram;
 mod file_watch;
+mod panics;
 mod process;
 mod relay;
 mod scheduling;
@@ -44,6 +45,7 @@ use crate::signals::SignalPipe;
 use crate::timers::TimerQueue;
 
 pub(crate) use connection::Connection;
+pub use panics::CallbackPanic;
 use scheduling::{SignalHandlers, TimerTask};
 pub(crate) use server::Server;
 
@@ -104,7 +106,7 @@ impl Descriptor {
     /// close is not: stopping the reactor must still close it).
     fn is_closing(&self) -> bool {
         match self {
-            Descriptor::Conn(c) => c.closing.is_some_and(|c| !c.after_writing),
+            Descriptor::Conn(c) => c.closing.as_ref().is_some_and(|c| !c.after_writing),
             Descriptor::Server(_) => false,
             Descriptor::Datagram(d) => d.closing.is_some(),
             Descriptor::Watch(w) => w.closing.is_some(),
@@ -119,6 +121,8 @@ pub(crate) struct ConnDefaults {
     pub(crate) high_water: usize,
     pub(crate) low_water: usize,
     pub(crate) connect_timeout: Duration,
+    /// `TCP_NODELAY` on every TCP connection accepted or opened.
+    pub(crate) nodelay: bool,
 }
 
 type Task = Box<dyn FnOnce(&mut Reactor)>;
@@ -174,6 +178,9 @@ pub struct Reactor {
     exit_poll: Option<process::ExitPoll>,
     child_grace: Duration,
     file_watches: Option<file_watch::Inotify>,
+    /// Told about every panic a callback raises (`set_error_handler`); `None` writes a
+    /// line to stderr.
+    error_handler: Option<panics::ErrorHandler>,
 }
 
 impl Reactor {
@@ -204,6 +211,7 @@ impl Reactor {
                 high_water: DEFAULT_HIGH_WATER,
                 low_water: DEFAULT_LOW_WATER,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                nodelay: false,
             },
             exiting: Vec::new(),
             unbinding: None,
@@ -212,6 +220,7 @@ impl Reactor {
             exit_poll: None,
             child_grace: process::DEFAULT_CHILD_GRACE,
             file_watches: None,
+            error_handler: None,
         })
     }
 
@@ -347,7 +356,7 @@ impl Reactor {
         self.reap();
         let ticks = std::mem::take(&mut self.next_ticks);
         for task in ticks {
-            task(self);
+            self.contain(None, task);
         }
         self.reap();
         Ok(())
@@ -417,11 +426,11 @@ impl Reactor {
     /// Remote tasks from handles, then completed deferred jobs.
     fn run_remote_work(&mut self) {
         for task in self.shared.take_tasks() {
-            task(self);
+            self.contain(None, task);
         }
         for (job, result) in self.shared.take_deferred() {
             if let Some(completion) = self.defer.take_completion(job) {
-                completion(self, result);
+                self.contain(None, |r| completion(r, result));
             }
         }
     }
@@ -434,7 +443,8 @@ impl Reactor {
 
     /// Runs `f` with the connection's handler taken out of the slab, so the callback can
     /// borrow the whole reactor. Returns false if the connection is gone or already inside
-    /// one of its own callbacks (no re-entrancy).
+    /// one of its own callbacks (no re-entrancy). A panic in `f` closes the connection
+    /// (see `panics`).
     pub(crate) fn with_handler_dyn(
         &mut self,
         id: ConnId,
@@ -443,10 +453,15 @@ impl Reactor {
         let Some(mut handler) = self.handler_slot(id).and_then(Option::take) else {
             return false;
         };
-        f(&mut *handler, &mut Context::new(self, id));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f(&mut *handler, &mut Context::new(self, id));
+        }));
         // Descriptors are only removed by `reap`, which never runs inside a callback.
         if let Some(slot) = self.handler_slot(id) {
             *slot = Some(handler);
+        }
+        if let Err(payload) = outcome {
+            self.callback_panicked(Some(id), payload);
         }
         true
     }
@@ -465,7 +480,9 @@ impl Reactor {
         mut handler: Box<dyn Handler>,
         reason: crate::UnbindReason,
     ) {
-        handler.unbind(&mut Context::new(self, id), reason);
+        self.contain(Some(id), |r| {
+            handler.unbind(&mut Context::new(r, id), reason)
+        });
     }
 
     /// Removes every descriptor whose close is due and runs its `unbind`. Only called

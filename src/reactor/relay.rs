@@ -11,9 +11,8 @@
 
 use std::io::{self, Read};
 
+use super::Reactor;
 use super::connection::{Phase, WriteSide};
-use super::{READS_PER_EVENT, Reactor};
-use crate::handler::UnbindReason;
 use crate::id::ConnId;
 use crate::splice::{SPLICE_SUPPORTED, SplicePipe};
 
@@ -150,7 +149,8 @@ impl Reactor {
     /// Moves bytes from relay source `id` to its target, up to the per-event budget.
     pub(crate) fn relay_some(&mut self, id: ConnId) {
         let now = self.now;
-        for _ in 0..READS_PER_EVENT {
+        let budget = self.conn(id).map_or(0, |c| c.reads_per_event);
+        for _ in 0..budget {
             let Some(src) = self.conn(id) else { return };
             if !src.unread || !src.may_read() {
                 return;
@@ -258,7 +258,7 @@ impl Reactor {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.close_with(id, UnbindReason::from_io_error(&e), false);
+                    self.io_failed(id, &e);
                     return;
                 }
             }

@@ -20,6 +20,7 @@ pub(crate) enum TimerTask {
     ResumeAccept(ServerId),
     ChildExitPoll,
     Linger(ConnId),
+    HalfClose(ConnId),
 }
 
 type SignalHandler = Box<dyn FnMut(&mut Reactor)>;
@@ -88,9 +89,13 @@ impl Reactor {
                 period,
             } = fired;
             match task {
-                TimerTask::Once(callback) => callback(self),
+                TimerTask::Once(callback) => {
+                    self.contain(None, callback);
+                }
                 TimerTask::Every(mut callback) => {
-                    callback(self);
+                    if self.contain(None, |r| callback(r)).is_none() {
+                        continue; // a periodic timer that panicked is not re-armed
+                    }
                     let fired = crate::timers::Fired {
                         id,
                         task: TimerTask::Every(callback),
@@ -104,6 +109,7 @@ impl Reactor {
                 TimerTask::ResumeAccept(server) => self.resume_accepting(server),
                 TimerTask::ChildExitPoll => self.poll_exiting_children(),
                 TimerTask::Linger(conn) => self.linger_expired(conn),
+                TimerTask::HalfClose(conn) => self.half_close_check(conn),
             }
         }
     }
@@ -195,7 +201,7 @@ impl Reactor {
                 continue;
             };
             for handler in &mut handlers {
-                handler(self);
+                self.contain(None, |r| handler(r));
             }
             // Keep handlers registered by the handlers themselves, after the old ones.
             let added = self.signal_handlers.0.remove(&signo).unwrap_or_default();

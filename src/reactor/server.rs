@@ -156,9 +156,20 @@ impl Reactor {
                 Ok(stream) => {
                     server.backoff = Duration::ZERO;
                     server.accepted += 1;
-                    let handler = (server.factory)();
-                    // A failed registration drops the stream: the peer sees a close.
-                    let _ = self.adopt(Some(stream), handler, super::connection::Phase::Connected);
+                    let factory = &mut server.factory;
+                    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(factory));
+                    match made {
+                        // A failed registration drops the stream: the peer sees a close.
+                        Ok(handler) => {
+                            let _ = self.adopt(
+                                Some(stream),
+                                handler,
+                                super::connection::Phase::Connected,
+                            );
+                        }
+                        // No handler, no connection: the peer sees a close.
+                        Err(payload) => self.callback_panicked(None, payload),
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)

@@ -81,15 +81,20 @@ impl Reactor {
     fn resolved(&mut self, id: ConnId, addr: Option<SocketAddr>) {
         let Some(conn) = self.conn(id) else { return };
         // A close-after-writing still wants its queue delivered: connect anyway.
-        if conn.phase != Phase::Resolving || conn.closing.is_some_and(|c| !c.after_writing) {
+        if conn.phase != Phase::Resolving || conn.closing.as_ref().is_some_and(|c| !c.after_writing)
+        {
             return;
         }
         let Some(addr) = addr else {
             self.close_with(id, UnbindReason::Unresolvable, false);
             return;
         };
+        let nodelay = self.defaults.nodelay;
         let result = stream::tcp_connect(addr, None).and_then(|mut s| {
             s.register(self.poll.registry(), mio::Token(id.slot))?;
+            if nodelay {
+                let _ = s.set_nodelay(true);
+            }
             Ok(s)
         });
         match result {
@@ -308,6 +313,47 @@ impl Reactor {
                 conn.inactivity = Some((timeout, timer));
             }
         }
+    }
+
+    /// Closes `id` with [`UnbindReason::HalfCloseTimeout`] once one direction has ended
+    /// (the peer's FIN arrived, or ours went out) and nothing then moved either way for
+    /// `timeout` (HAProxy's `timeout client-fin` / `server-fin`). A peer that half-closes
+    /// and goes silent, or never answers our FIN, cannot pin the descriptor. `None` turns
+    /// it off (the default).
+    pub fn set_half_close_timeout(&mut self, id: ConnId, timeout: Option<Duration>) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        conn.half_close_timeout = timeout;
+        if let Some(timer) = conn.half_close_timer.take() {
+            self.timers.cancel(timer);
+        }
+        self.arm_half_close_timer(id);
+    }
+
+    /// How many reads `id` gets per readable event before the loop turns to other
+    /// connections (default [`READS_PER_EVENT`](crate::READS_PER_EVENT); at least 1). A
+    /// connection whose input matters less (a shadow's answers) can get a smaller share.
+    pub fn set_read_budget(&mut self, id: ConnId, reads: usize) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.reads_per_event = reads.max(1);
+        }
+    }
+
+    /// Throws `id`'s input away unread: `receive_data` no longer runs, but EOF, errors and
+    /// `unbind` still do, and the peer is never reset for unread data. On Linux TCP the
+    /// kernel drops the bytes without copying them (`MSG_TRUNC`).
+    pub fn set_discard_input(&mut self, id: ConnId, on: bool) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.discard_input = on;
+        }
+    }
+
+    /// Whether TCP connections accepted or opened from now on get `TCP_NODELAY` (default
+    /// off, as in EventMachine). Turn it on for request/response traffic: with Nagle's
+    /// algorithm a small write waits for the peer's (delayed) ACK, up to 40 ms.
+    pub fn set_default_nodelay(&mut self, on: bool) {
+        self.defaults.nodelay = on;
     }
 
     /// Replaces the pending-connect timeout of `id` if it is still connecting, counting
