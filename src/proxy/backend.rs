@@ -32,6 +32,17 @@ pub(crate) fn open<S: 'static>(
         ));
         return None;
     }
+    if spec.shadow && core.config.stats.shadows_active() as usize >= core.config.max_shadows {
+        // Memory and descriptors for shadows are capped across all clients: past the cap
+        // a session simply goes without, and the primary never notices.
+        core.config.stats.shadow_skipped();
+        core.config.log(format_args!(
+            "shadow `{name}` skipped: {} shadows open, the limit (skipped so far: {})",
+            core.config.max_shadows,
+            core.config.stats.shadows_skipped()
+        ));
+        return None;
+    }
     core.config.stats.backend_opened();
     let handler = BackendConn::<S> {
         client: core.client,
@@ -70,6 +81,9 @@ pub(crate) fn open<S: 'static>(
         core.config
             .log(format_args!("server `{name}` opening to {target}"));
     }
+    if spec.shadow {
+        core.config.stats.shadow_opened();
+    }
     if core.backends_paused && !spec.shadow {
         r.pause_connection(id);
     }
@@ -106,6 +120,7 @@ pub(crate) fn open<S: 'static>(
         shadow: spec.shadow,
         relay_server: spec.relay_server && !spec.shadow,
         sent_fin: false,
+        forgiven: usize::MAX,
     });
     Some(id)
 }
@@ -151,7 +166,12 @@ impl<S: 'static> BackendConn<S> {
         cx.close_write();
         cx.resume();
         let id = cx.id();
-        let timeout = self.config.options.drain_timeout;
+        let options = &self.config.options;
+        let timeout = if self.shadow {
+            options.shadow_drain_timeout
+        } else {
+            options.drain_timeout
+        };
         self.deadline = Some(cx.add_timer(timeout, move |r| r.close_connection(id)));
     }
 }
@@ -162,12 +182,23 @@ impl<S: 'static> Handler for BackendConn<S> {
         // the client's is: each direction is throttled by its own sink, never by the
         // reverse one (which could deadlock a backend that echoes as it reads).
         cx.set_read_backpressure(false);
-        if let Some(timeout) = self.config.options.connect_timeout {
+        let options = &self.config.options;
+        cx.set_half_close_timeout(options.fin_timeout);
+        if self.shadow {
+            cx.set_pending_connect_timeout(options.shadow_connect_timeout);
+            // Its answers are worth less than anyone's: a shadow that floods cannot take
+            // the loop from the primaries.
+            cx.set_read_budget(1);
+        } else if let Some(timeout) = options.connect_timeout {
             cx.set_pending_connect_timeout(timeout);
         }
     }
 
     fn connection_completed(&mut self, cx: &mut Context<'_>) {
+        if self.config.options.nodelay {
+            // Here rather than in post_init: a backend named by host has no socket before.
+            let _ = cx.set_nodelay(true);
+        }
         let id = cx.id();
         cx.with_handler::<Client<S>, _>(self.client, |c, ccx| c.backend_connected(ccx, id));
     }
@@ -179,7 +210,11 @@ impl<S: 'static> Handler for BackendConn<S> {
         let id = cx.id();
         let delivered =
             cx.with_handler::<Client<S>, _>(self.client, |c, ccx| c.backend_data(ccx, id, data));
-        if delivered.is_some() {
+        if let Some(wanted) = delivered {
+            if !wanted {
+                // A shadow's answers with no hook to read them: let the kernel drop them.
+                cx.set_discard_input(true);
+            }
             return;
         }
         if cx.is_alive(self.client) {
@@ -240,6 +275,9 @@ impl<S: 'static> Handler for BackendConn<S> {
         }
         if !reason.is_orderly() {
             self.config.stats.backend_failed();
+        }
+        if self.shadow {
+            self.config.stats.shadow_closed();
         }
         let id = cx.id();
         // What the descriptor relay carried from this backend to the client.

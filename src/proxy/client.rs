@@ -75,9 +75,12 @@ impl<S: 'static> Client<S> {
         self.core.after_hook(cx);
     }
 
-    pub(crate) fn backend_data(&mut self, cx: &mut Context<'_>, id: ConnId, data: &[u8]) {
+    /// Hands backend `id`'s bytes to `on_response` or the client. Returns whether
+    /// anything wants them: `false` for a shadow nobody inspects, whose later bytes can be
+    /// dropped unread.
+    pub(crate) fn backend_data(&mut self, cx: &mut Context<'_>, id: ConnId, data: &[u8]) -> bool {
         let Some(i) = self.core.by_id(id) else {
-            return;
+            return true;
         };
         let backend = &self.core.backends[i];
         let (name, shadow) = (Rc::clone(&backend.name), backend.shadow);
@@ -85,6 +88,7 @@ impl<S: 'static> Client<S> {
         // primary) is copied here, still without `on_response`.
         let unhooked = backend.relay_server && !shadow;
         let (mut session, hooks) = self.session(cx);
+        let wanted = !(shadow && hooks.on_response.is_none());
         match hooks.on_response.as_mut() {
             _ if unhooked => {
                 session.core.send_to_client(session.reactor, data);
@@ -101,6 +105,7 @@ impl<S: 'static> Client<S> {
             }
         }
         self.core.after_hook(cx);
+        wanted
     }
 
     /// Backend `id` sent FIN (see `Core::backend_sent_fin`).
@@ -160,6 +165,10 @@ impl<S: 'static> Handler for Client<S> {
         // by the client's own queue.
         cx.set_read_backpressure(false);
         let config = Rc::clone(&self.core.config);
+        if config.options.nodelay {
+            let _ = cx.set_nodelay(true);
+        }
+        cx.set_half_close_timeout(config.options.fin_timeout);
         config.stats.client_accepted();
         if config.verbose() {
             match cx.peer_addr() {

@@ -26,6 +26,10 @@ pub(crate) struct BackendEntry {
     pub(crate) relay_server: bool,
     /// It sent FIN: it will answer nothing more, but may still read.
     pub(crate) sent_fin: bool,
+    /// A shadow's backlog that does not count as falling behind: everything while it
+    /// connects (up to `Options::shadow_reservation`), then the smallest queue seen since
+    /// (what was queued before the connect, as the shadow works it off).
+    pub(crate) forgiven: usize,
 }
 
 pub(crate) struct Core {
@@ -117,21 +121,27 @@ impl Core {
     /// Queues `data` for backend `i` and applies the backend's side of the rules: a full
     /// primary pauses the client; a shadow over its buffer is cut off.
     pub(crate) fn send_to_backend(&mut self, r: &mut Reactor, i: usize, data: &[u8]) {
-        let backend = &self.backends[i];
+        let backend = &mut self.backends[i];
         if !r.send_to(backend.id, data) {
             return; // closing or gone; its unbind will report it
         }
         if backend.shadow {
             let queued = r.outbound_size(backend.id);
+            let options = &self.config.options;
+            let limit = if r.is_connected(backend.id) {
+                backend.forgiven = backend.forgiven.min(queued);
+                options.shadow_buffer.max(backend.forgiven)
+            } else {
+                options.shadow_reservation()
+            };
             let stats = &self.config.stats;
             stats.shadow_queue(queued);
-            if queued > self.config.options.shadow_buffer {
+            if queued > limit {
                 r.close_connection(backend.id);
                 stats.shadow_cut_off();
                 self.config.log(format_args!(
-                    "shadow `{}` cut off: {queued} bytes waiting, limit {} (cut-offs so far: {})",
+                    "shadow `{}` cut off: {queued} bytes waiting, limit {limit} (cut-offs so far: {})",
                     backend.name,
-                    self.config.options.shadow_buffer,
                     stats.shadow_cutoffs()
                 ));
             }

@@ -57,8 +57,9 @@ mod target;
 pub use balance::{Balancer, Lease, Strategy};
 pub use hooks::{Finish, Relay};
 pub use server::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_RELAY_BUFSIZE, DEFAULT_SHADOW_BUFFER, Options, ProxyServer,
-    start, start_with_state,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FIN_TIMEOUT, DEFAULT_RELAY_BUFSIZE, DEFAULT_SHADOW_BUFFER,
+    DEFAULT_SHADOW_CONNECT_TIMEOUT, DEFAULT_SHADOW_DRAIN_TIMEOUT, Options, ProxyServer,
+    SHADOW_CONNECT_ALLOWANCE, start, start_with_state,
 };
 pub use session::{Session, SessionTimer, Setup};
 pub use stats::Stats;

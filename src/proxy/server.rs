@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -22,6 +22,16 @@ use super::stats::Stats;
 pub const DEFAULT_SHADOW_BUFFER: usize = 4 * 1024 * 1024;
 /// The default [`Options::drain_timeout`]: 30 s.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default [`Options::fin_timeout`]: 5 s.
+pub const DEFAULT_FIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default [`Options::shadow_drain_timeout`]: 2 s.
+pub const DEFAULT_SHADOW_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default [`Options::shadow_connect_timeout`]: 3 s.
+pub const DEFAULT_SHADOW_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// What a shadow may queue while it is still connecting, when that is more than
+/// [`Options::shadow_buffer`]: a burst sent before the connect completes is not the
+/// shadow falling behind.
+pub const SHADOW_CONNECT_ALLOWANCE: usize = 1024 * 1024;
 /// The default buffer size for the descriptor-level relay (em-proxy passes 10240).
 pub const DEFAULT_RELAY_BUFSIZE: usize = 64 * 1024;
 
@@ -35,6 +45,12 @@ pub struct Options {
     pub(crate) drain_timeout: Duration,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) relay_bufsize: usize,
+    pub(crate) nodelay: bool,
+    pub(crate) fin_timeout: Option<Duration>,
+    pub(crate) shadow_max_connections: Option<usize>,
+    pub(crate) shadow_max_memory: Option<usize>,
+    pub(crate) shadow_drain_timeout: Duration,
+    pub(crate) shadow_connect_timeout: Duration,
 }
 
 impl Default for Options {
@@ -46,6 +62,12 @@ impl Default for Options {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             connect_timeout: None,
             relay_bufsize: DEFAULT_RELAY_BUFSIZE,
+            nodelay: true,
+            fin_timeout: Some(DEFAULT_FIN_TIMEOUT),
+            shadow_max_connections: None,
+            shadow_max_memory: None,
+            shadow_drain_timeout: DEFAULT_SHADOW_DRAIN_TIMEOUT,
+            shadow_connect_timeout: DEFAULT_SHADOW_CONNECT_TIMEOUT,
         }
     }
 }
@@ -71,7 +93,9 @@ impl Options {
 
     /// How many bytes may wait for one shadow backend before it is cut off (closed,
     /// counted in [`Stats::shadow_cutoffs`], logged when verbose). A shadow never slows
-    /// the client; this bound is what it costs in memory instead.
+    /// the client; this bound is what it costs in memory instead. What was queued while
+    /// the shadow was still connecting does not count as falling behind (up to
+    /// [`SHADOW_CONNECT_ALLOWANCE`]), as long as the shadow works it off.
     pub fn shadow_buffer(mut self, bytes: usize) -> Options {
         self.shadow_buffer = bytes;
         self
@@ -97,6 +121,55 @@ impl Options {
         self
     }
 
+    /// `TCP_NODELAY` on clients and backends (default on, as HAProxy does): a proxy must
+    /// never hold a small segment back waiting for an ACK (Nagle's algorithm against a
+    /// delayed ACK costs up to 40 ms per request).
+    pub fn nodelay(mut self, on: bool) -> Options {
+        self.nodelay = on;
+        self
+    }
+
+    /// How long a client or backend connection may stay idle once one direction has
+    /// ended (a FIN either way) before it is closed (HAProxy's `timeout client-fin` and
+    /// `server-fin`; default 5 s). Any byte moving restarts the clock. `None` waits
+    /// forever, so a peer that half-closes and goes silent pins two descriptors.
+    pub fn fin_timeout(mut self, timeout: Option<Duration>) -> Options {
+        self.fin_timeout = timeout;
+        self
+    }
+
+    /// At most this many shadow connections at once, across all clients; sessions that
+    /// start beyond it skip their shadows (counted in [`Stats::shadows_skipped`]). Default:
+    /// a quarter of the descriptor limit when the proxy starts.
+    pub fn shadow_max_connections(mut self, connections: usize) -> Options {
+        self.shadow_max_connections = Some(connections);
+        self
+    }
+
+    /// At most this much memory for shadow queues, across all clients; each shadow
+    /// reserves what it may hold (`shadow_buffer`, or [`SHADOW_CONNECT_ALLOWANCE`] if
+    /// that is more: a shadow that is still connecting may queue that much, and once
+    /// connected it may work that backlog off), and sessions that would exceed the total
+    /// skip their shadows. Default: an eighth of physical memory.
+    pub fn shadow_max_memory(mut self, bytes: usize) -> Options {
+        self.shadow_max_memory = Some(bytes);
+        self
+    }
+
+    /// How long a shadow may take, once its client is gone, to take what was sent to it
+    /// (default 2 s; primaries get [`drain_timeout`](Self::drain_timeout)).
+    pub fn shadow_drain_timeout(mut self, timeout: Duration) -> Options {
+        self.shadow_drain_timeout = timeout;
+        self
+    }
+
+    /// The pending-connect timeout for shadows (default 3 s): a blackholed shadow gives
+    /// up its descriptor quickly.
+    pub fn shadow_connect_timeout(mut self, timeout: Duration) -> Options {
+        self.shadow_connect_timeout = timeout;
+        self
+    }
+
     /// Starts a proxy on `addr`; `setup` runs for every accepted client, the way
     /// em-proxy's `Proxy.start` block does.
     pub fn start(
@@ -119,6 +192,7 @@ impl Options {
     ) -> io::Result<ProxyServer> {
         let stats = Stats::default();
         let config = Rc::new(Config {
+            max_shadows: self.max_shadows(),
             options: self,
             stats: stats.clone(),
         });
@@ -196,10 +270,30 @@ impl ProxyServer {
 
 pub(crate) type SharedSetup<S> = Rc<RefCell<dyn FnMut(&mut Setup<'_, S>)>>;
 
+impl Options {
+    /// What a shadow reserves of `shadow_max_memory`.
+    pub(crate) fn shadow_reservation(&self) -> usize {
+        self.shadow_buffer.max(SHADOW_CONNECT_ALLOWANCE)
+    }
+
+    /// How many shadows may be open at once, from the limits or their defaults.
+    fn max_shadows(&self) -> usize {
+        let by_descriptors = self.shadow_max_connections.unwrap_or_else(|| {
+            usize::try_from(crate::limits::descriptor_limit() / 4).unwrap_or(usize::MAX)
+        });
+        let memory = self.shadow_max_memory.unwrap_or_else(|| {
+            usize::try_from(crate::limits::physical_memory() / 8).unwrap_or(usize::MAX)
+        });
+        by_descriptors.min(memory / self.shadow_reservation().max(1))
+    }
+}
+
 /// What every client and backend of one proxy server shares.
 pub(crate) struct Config {
     pub(crate) options: Options,
     pub(crate) stats: Stats,
+    /// Shadows beyond this many open at once are skipped (`Options::max_shadows`).
+    pub(crate) max_shadows: usize,
 }
 
 impl Config {
@@ -207,10 +301,11 @@ impl Config {
         self.options.verbose
     }
 
-    /// One line on stderr, in verbose mode only.
+    /// One line on stderr, in verbose mode only. A closed or full stderr loses the line,
+    /// never the proxy.
     pub(crate) fn log(&self, line: fmt::Arguments<'_>) {
         if self.options.verbose {
-            eprintln!("{}: {line}", self.options.label);
+            let _ = writeln!(io::stderr().lock(), "{}: {line}", self.options.label);
         }
     }
 }

@@ -15,6 +15,8 @@ struct Counters {
     backends_opened: AtomicU64,
     backends_failed: AtomicU64,
     shadow_cutoffs: AtomicU64,
+    shadows_skipped: AtomicU64,
+    shadows_active: AtomicU64,
     bytes_from_clients: AtomicU64,
     bytes_to_clients: AtomicU64,
     peak_shadow_queue: AtomicU64,
@@ -48,6 +50,18 @@ impl Stats {
     /// Shadow backends cut off because they fell more than the shadow buffer behind.
     pub fn shadow_cutoffs(&self) -> u64 {
         self.0.shadow_cutoffs.load(Ordering::Relaxed)
+    }
+
+    /// Shadow backends not opened because the proxy's shadow limits were reached
+    /// ([`Options::shadow_max_connections`](super::Options::shadow_max_connections),
+    /// [`Options::shadow_max_memory`](super::Options::shadow_max_memory)).
+    pub fn shadows_skipped(&self) -> u64 {
+        self.0.shadows_skipped.load(Ordering::Relaxed)
+    }
+
+    /// Shadow backend connections open now (detached ones still draining included).
+    pub fn shadows_active(&self) -> u64 {
+        self.0.shadows_active.load(Ordering::Relaxed)
     }
 
     /// Bytes read from clients, whichever path carried them. Bytes the descriptor relay
@@ -89,6 +103,18 @@ impl Stats {
         self.0.shadow_cutoffs.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn shadow_skipped(&self) {
+        self.0.shadows_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn shadow_opened(&self) {
+        self.0.shadows_active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn shadow_closed(&self) {
+        self.0.shadows_active.fetch_sub(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn read_from_client(&self, n: usize) {
         self.0
             .bytes_from_clients
@@ -124,6 +150,8 @@ impl fmt::Debug for Stats {
             .field("backends_opened", &self.backends_opened())
             .field("backends_failed", &self.backends_failed())
             .field("shadow_cutoffs", &self.shadow_cutoffs())
+            .field("shadows_skipped", &self.shadows_skipped())
+            .field("shadows_active", &self.shadows_active())
             .field("bytes_from_clients", &self.bytes_from_clients())
             .field("bytes_to_clients", &self.bytes_to_clients())
             .field("peak_shadow_queue", &self.peak_shadow_queue())

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ember::proxy::{DEFAULT_SHADOW_BUFFER, Strategy, parse_port};
+use ember::proxy::{DEFAULT_FIN_TIMEOUT, DEFAULT_SHADOW_BUFFER, Strategy, parse_port};
 
 pub const USAGE: &str = "\
 Usage: ember-proxy -l [HOST:]PORT (-r HOST:PORT | -s PATH | -b HOST:PORT,...) [options]
@@ -26,6 +26,14 @@ every byte the clients send, and their answers are discarded.
                                     least-conn or random
       --shadow-buffer BYTES         How far a duplex backend may fall behind before it is
                                     cut off (default 4M; K, M and G suffixes)
+      --shadow-max-conns N          At most N duplex connections open at once; clients
+                                    beyond it skip the duplex backends (default: a
+                                    quarter of the descriptor limit)
+      --shadow-max-memory BYTES     At most this much memory for duplex queues; each
+                                    duplex connection reserves its --shadow-buffer
+                                    (default: an eighth of physical memory)
+      --fin-timeout SECONDS         How long a connection may idle once one side has
+                                    sent FIN (default 5; 0 waits forever)
       --grace SECONDS               On SIGINT/SIGTERM, how long live connections may take
                                     to finish (default 10)
       --no-splice                   Relay by copying through user space instead of
@@ -68,6 +76,10 @@ pub struct RunArgs {
     pub shadow_buffer: usize,
     pub grace: Duration,
     pub splice: bool,
+    /// `None`: half-closed connections wait forever.
+    pub fin_timeout: Option<Duration>,
+    pub shadow_max_conns: Option<usize>,
+    pub shadow_max_memory: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -86,6 +98,9 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("", "--strategy"),
     ("", "--shadow-buffer"),
     ("", "--grace"),
+    ("", "--fin-timeout"),
+    ("", "--shadow-max-conns"),
+    ("", "--shadow-max-memory"),
     ("-n", "--requests"),
 ];
 
@@ -177,8 +192,9 @@ fn placeholder(flag: &str) -> &'static str {
         "--socket" => "PATH",
         "--duplex" | "--balance" => "HOST:PORT[,HOST:PORT...]",
         "--strategy" => "round-robin, least-conn or random",
-        "--shadow-buffer" => "BYTES",
-        "--grace" => "SECONDS",
+        "--shadow-buffer" | "--shadow-max-memory" => "BYTES",
+        "--grace" | "--fin-timeout" => "SECONDS",
+        "--shadow-max-conns" => "N",
         "--requests" => "N",
         _ => "a value",
     }
@@ -194,6 +210,9 @@ struct Seen {
     duplex: Vec<String>,
     shadow_buffer: Option<String>,
     grace: Option<String>,
+    fin_timeout: Option<String>,
+    shadow_max_conns: Option<String>,
+    shadow_max_memory: Option<String>,
     requests: Option<String>,
     verbose: bool,
     no_splice: bool,
@@ -209,6 +228,9 @@ impl Seen {
             "--strategy" => &mut self.strategy,
             "--shadow-buffer" => &mut self.shadow_buffer,
             "--grace" => &mut self.grace,
+            "--fin-timeout" => &mut self.fin_timeout,
+            "--shadow-max-conns" => &mut self.shadow_max_conns,
+            "--shadow-max-memory" => &mut self.shadow_max_memory,
             "--requests" => &mut self.requests,
             "--duplex" => {
                 self.duplex.extend(split_list(&value, long)?);
@@ -251,12 +273,27 @@ impl Seen {
             return Err("--strategy only applies to -b/--balance".into());
         }
         let shadow_buffer = match &self.shadow_buffer {
-            Some(s) => parse_size(s)?,
+            Some(s) => parse_size(s, "--shadow-buffer")?,
             None => DEFAULT_SHADOW_BUFFER,
         };
         let grace = match &self.grace {
-            Some(s) => parse_seconds(s)?,
+            Some(s) => parse_seconds(s, "--grace")?,
             None => Duration::from_secs(10),
+        };
+        let fin_timeout = match &self.fin_timeout {
+            Some(s) => Some(parse_seconds(s, "--fin-timeout")?).filter(|d| !d.is_zero()),
+            None => Some(DEFAULT_FIN_TIMEOUT),
+        };
+        let shadow_max_conns =
+            match &self.shadow_max_conns {
+                Some(n) => Some(n.parse::<usize>().map_err(|_| {
+                    format!("--shadow-max-conns `{n}` is not a number of connections")
+                })?),
+                None => None,
+            };
+        let shadow_max_memory = match &self.shadow_max_memory {
+            Some(s) => Some(parse_size(s, "--shadow-max-memory")?),
+            None => None,
         };
         Ok(Command::Run(RunArgs {
             listen,
@@ -266,6 +303,9 @@ impl Seen {
             shadow_buffer,
             grace,
             splice: !self.no_splice,
+            fin_timeout,
+            shadow_max_conns,
+            shadow_max_memory,
         }))
     }
 
@@ -279,6 +319,9 @@ impl Seen {
             (self.strategy.is_some(), "--strategy"),
             (self.shadow_buffer.is_some(), "--shadow-buffer"),
             (self.grace.is_some(), "--grace"),
+            (self.fin_timeout.is_some(), "--fin-timeout"),
+            (self.shadow_max_conns.is_some(), "--shadow-max-conns"),
+            (self.shadow_max_memory.is_some(), "--shadow-max-memory"),
         ]
         .iter()
         .find_map(|(given, flag)| given.then_some(flag))
@@ -336,7 +379,7 @@ fn check_listen(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_size(s: &str) -> Result<usize, String> {
+fn parse_size(s: &str, flag: &str) -> Result<usize, String> {
     let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => s.split_at(i),
         None => (s, ""),
@@ -346,22 +389,22 @@ fn parse_size(s: &str) -> Result<usize, String> {
         "K" | "KB" | "KIB" => 1 << 10,
         "M" | "MB" | "MIB" => 1 << 20,
         "G" | "GB" | "GIB" => 1 << 30,
-        _ => return Err(format!("--shadow-buffer `{s}` is not a size (like 4M)")),
+        _ => return Err(format!("{flag} `{s}` is not a size (like 4M)")),
     };
     digits
         .parse::<usize>()
         .ok()
         .and_then(|n| n.checked_mul(multiplier))
         .filter(|&n| n > 0)
-        .ok_or_else(|| format!("--shadow-buffer `{s}` is not a size (like 4M)"))
+        .ok_or_else(|| format!("{flag} `{s}` is not a size (like 4M)"))
 }
 
-fn parse_seconds(s: &str) -> Result<Duration, String> {
+fn parse_seconds(s: &str, flag: &str) -> Result<Duration, String> {
     s.parse::<f64>()
         .ok()
         .filter(|x| x.is_finite() && (0.0..=86_400.0).contains(x))
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("--grace `{s}` is not a number of seconds"))
+        .ok_or_else(|| format!("{flag} `{s}` is not a number of seconds"))
 }
 
 /// Resolves `[HOST:]PORT` for listening (blocking; before the reactor starts).

@@ -10,14 +10,31 @@ mod demo;
 mod plan;
 
 use std::cell::Cell;
+use std::io::Write;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use ember::proxy::Stats;
 use ember::{Reactor, ServerId};
 
 use args::{Command, RunArgs, USAGE};
 use plan::Plan;
+
+/// A line on stdout. Unlike `println!`, a closed or broken stdout (a pipe whose reader
+/// has gone) loses the line instead of panicking and taking every client with it.
+macro_rules! say_out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// A line on stderr; never panics (see `say_out!`).
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
 
 fn main() -> ExitCode {
     let argv: Result<Vec<String>, _> = std::env::args_os()
@@ -25,28 +42,28 @@ fn main() -> ExitCode {
         .map(|a| a.into_string())
         .collect();
     let Ok(argv) = argv else {
-        eprintln!("ember-proxy: an argument is not valid UTF-8");
+        say_err!("ember-proxy: an argument is not valid UTF-8");
         return ExitCode::from(2);
     };
     match args::parse(&argv) {
         Ok(Command::Help) => {
-            println!("{USAGE}");
+            say_out!("{USAGE}");
             ExitCode::SUCCESS
         }
         Ok(Command::Usage) => {
-            eprintln!("{USAGE}");
+            say_err!("{USAGE}");
             ExitCode::from(2)
         }
         Ok(Command::Demo(demo)) => demo::run(&demo),
         Ok(Command::Run(run)) => match serve(&run) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("ember-proxy: {e}");
+                say_err!("ember-proxy: {e}");
                 ExitCode::from(1)
             }
         },
         Err(e) => {
-            eprintln!("ember-proxy: {e} (see ember-proxy --help)");
+            say_err!("ember-proxy: {e} (see ember-proxy --help)");
             ExitCode::from(2)
         }
     }
@@ -56,47 +73,55 @@ fn serve(run: &RunArgs) -> Result<(), String> {
     let plan = Plan::resolve(run)?;
     // Two descriptors per client: the usual soft limit of 1024 would cap us near 500.
     match ember::raise_descriptor_limit() {
-        Ok(limit) if run.verbose => eprintln!("ember-proxy: descriptor limit {limit}"),
+        Ok(limit) if run.verbose => say_err!("ember-proxy: descriptor limit {limit}"),
         Ok(_) => {}
-        Err(e) => eprintln!("ember-proxy: cannot raise the descriptor limit: {e}"),
+        Err(e) => say_err!("ember-proxy: cannot raise the descriptor limit: {e}"),
     }
     Reactor::run(|r| {
         let server = plan.start(r)?;
         let bound = server.local_addr().unwrap_or(plan.listen);
-        println!("{}", plan.describe(bound));
-        stop_gracefully_on_signals(r, server.id(), plan.grace)
+        say_out!("{}", plan.describe(bound));
+        // A closed terminal (SIGHUP) or logrotate (SIGUSR1) must not stop the proxy.
+        for signo in [libc::SIGHUP, libc::SIGUSR1] {
+            r.on_signal(signo, |_| {})?;
+        }
+        stop_gracefully_on_signals(r, server.id(), server.stats().clone(), plan.grace)
     })
     .map_err(|e| e.to_string())
 }
 
-/// SIGINT/SIGTERM: stop accepting, let live connections finish for up to `grace`, then
-/// stop. A second signal stops at once.
+/// SIGINT/SIGTERM: stop accepting, let live client sessions finish for up to `grace`,
+/// then stop. Shadows still draining are not waited for once the last client is gone. A
+/// second signal stops at once.
 fn stop_gracefully_on_signals(
     r: &mut Reactor,
     server: ServerId,
+    stats: Stats,
     grace: Duration,
 ) -> std::io::Result<()> {
     let draining = Rc::new(Cell::new(false));
     for signo in [libc::SIGINT, libc::SIGTERM] {
         let draining = Rc::clone(&draining);
+        let stats = stats.clone();
         r.on_signal(signo, move |r| {
             if draining.replace(true) {
                 r.stop();
                 return;
             }
             r.stop_server(server);
-            let live = r.connection_count();
+            let live = stats.clients_active();
             if live == 0 {
                 r.stop();
                 return;
             }
-            eprintln!(
-                "ember-proxy: stopping: not accepting; waiting up to {:.1}s for {live} connection(s)",
+            say_err!(
+                "ember-proxy: stopping: not accepting; waiting up to {:.1}s for {live} client(s)",
                 grace.as_secs_f64()
             );
             let deadline = Instant::now() + grace;
+            let stats = stats.clone();
             r.add_periodic_timer(Duration::from_millis(20), move |r| {
-                if r.connection_count() == 0 || Instant::now() >= deadline {
+                if stats.clients_active() == 0 || Instant::now() >= deadline {
                     r.stop();
                 }
             });

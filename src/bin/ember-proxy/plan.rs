@@ -53,9 +53,16 @@ impl Plan {
             .iter()
             .map(|t| args::resolve(t, "--duplex"))
             .collect::<Result<_, _>>()?;
-        let options = Options::new()
+        let mut options = Options::new()
             .verbose(run.verbose)
-            .shadow_buffer(run.shadow_buffer);
+            .shadow_buffer(run.shadow_buffer)
+            .fin_timeout(run.fin_timeout);
+        if let Some(n) = run.shadow_max_conns {
+            options = options.shadow_max_connections(n);
+        }
+        if let Some(bytes) = run.shadow_max_memory {
+            options = options.shadow_max_memory(bytes);
+        }
         Ok(Plan {
             listen,
             relay,
