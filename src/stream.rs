@@ -32,6 +32,10 @@ impl Stream {
         // pausing and resuming cost no system call. See docs/architecture.md.
         let interest = Interest::READABLE | Interest::WRITABLE;
         match self {
+            // Priority events announce TCP urgent data, which `discard_urgent` drops.
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Stream::Tcp(s) => registry.register(s, token, interest | Interest::PRIORITY),
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
             Stream::Tcp(s) => registry.register(s, token, interest),
             Stream::Unix(s) => registry.register(s, token, interest),
             Stream::Fd(f) => f.register(registry, token, interest),
@@ -143,6 +147,24 @@ impl Stream {
         }
         let len = max.min(scratch.len());
         self.read(&mut scratch[..len])
+    }
+
+    /// Drops the pending TCP urgent byte, if any. Urgent data is out of band: it never
+    /// belongs in the byte stream (HAProxy drops it too), and an unread urgent byte is
+    /// what lets the kernel put a later one inline.
+    pub(crate) fn discard_urgent(&mut self) {
+        if let Stream::Tcp(s) = self {
+            let mut byte = 0u8;
+            // SAFETY: recv writes at most one byte into the live local we pass.
+            unsafe {
+                libc::recv(
+                    s.as_raw_fd(),
+                    (&raw mut byte).cast(),
+                    1,
+                    libc::MSG_OOB | libc::MSG_DONTWAIT,
+                )
+            };
+        }
     }
 
     /// The descriptor bytes are read from (and socket options set on).
@@ -268,6 +290,23 @@ pub(crate) fn bytes_waiting(fd: RawFd) -> usize {
     } else {
         usize::try_from(n).unwrap_or(0)
     }
+}
+
+/// Whether the next byte to read on a TCP socket is an urgent mark (`SIOCATMARK`, which
+/// the libc crate does not name on Linux).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn at_urgent_mark(fd: RawFd) -> bool {
+    const SIOCATMARK: libc::Ioctl = 0x8905;
+    let mut at_mark: libc::c_int = 0;
+    // SAFETY: SIOCATMARK writes one int into the live variable we pass.
+    let rc = unsafe { libc::ioctl(fd, SIOCATMARK, &mut at_mark) };
+    rc == 0 && at_mark != 0
+}
+
+/// Splice exists only on Linux, so no relay elsewhere ever needs to ask.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn at_urgent_mark(_fd: RawFd) -> bool {
+    false
 }
 
 /// Whether an accept error means "out of descriptors or memory": back off, don't spin.

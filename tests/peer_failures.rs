@@ -454,3 +454,58 @@ fn panics_in_timers_next_ticks_and_unbind_are_reported_and_the_loop_runs_on() {
         "a panicking periodic timer is not re-armed"
     );
 }
+
+/// Sends `before`, one urgent byte, `after`, then FIN, to whoever connects first.
+fn urgent_sender(before: Vec<u8>, after: Vec<u8>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(&before).unwrap();
+        // SAFETY: send on a live socket from a live one-byte buffer.
+        let sent = unsafe { libc::send(s.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+        assert_eq!(sent, 1);
+        s.write_all(&after).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let _ = s.read_to_end(&mut Vec::new());
+    });
+    addr
+}
+
+#[test]
+fn tcp_urgent_data_never_enters_the_relayed_stream_and_nothing_after_it_is_lost() {
+    let before = vec![b'a'; 300_000];
+    let after = vec![b'b'; 100_000];
+    for splice in [false, true] {
+        let source_addr = urgent_sender(before.clone(), after.clone());
+        let sink = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sink_addr = sink.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let (mut s, _) = sink.accept().unwrap();
+            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            tx.send(read_to_end(&mut s)).unwrap();
+        });
+        let (_, stopped_by_watchdog) = run_bounded(Duration::from_secs(10), move |r| {
+            r.set_splice(splice);
+            let source = r.connect(source_addr, Quiet)?;
+            let target = r.connect(sink_addr, Quiet)?;
+            assert!(r.proxy_incoming_to(source, target, 64 * 1024));
+            r.add_periodic_timer(Duration::from_millis(5), move |r| {
+                if !r.is_alive(target) {
+                    r.stop();
+                }
+            });
+            Ok(())
+        });
+        assert!(
+            !stopped_by_watchdog,
+            "splice {splice}: the relay never ended"
+        );
+        let got = recv(&rx, IO_TIMEOUT, "the sink's bytes");
+        let expected = [before.as_slice(), after.as_slice()].concat();
+        assert_eq!(got.len(), expected.len(), "splice {splice}");
+        assert!(got == expected, "splice {splice}: the stream differs");
+    }
+}

@@ -229,6 +229,11 @@ impl Reactor {
         if ready.hangup {
             conn.hangup = true;
         }
+        if ready.priority
+            && let Some(stream) = conn.stream.as_mut()
+        {
+            stream.discard_urgent();
+        }
         if conn.phase == Phase::Connecting {
             self.finish_connect(id);
         } else if ready.error {

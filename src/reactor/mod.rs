@@ -577,6 +577,8 @@ pub(crate) struct Readiness {
     pub(crate) hangup: bool,
     /// The socket has a pending error (a reset): act on it even if reading is paused.
     pub(crate) error: bool,
+    /// TCP urgent data arrived (see `Stream::discard_urgent`).
+    pub(crate) priority: bool,
 }
 
 impl Readiness {
@@ -586,6 +588,7 @@ impl Readiness {
             writable: event.is_writable(),
             hangup: event.is_read_closed() || event.is_error() || event.is_write_closed(),
             error: event.is_error(),
+            priority: event.is_priority(),
         }
     }
 }

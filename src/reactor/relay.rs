@@ -15,6 +15,7 @@ use super::Reactor;
 use super::connection::{Phase, WriteSide};
 use crate::id::ConnId;
 use crate::splice::{SPLICE_SUPPORTED, SplicePipe};
+use crate::stream::Stream;
 
 /// Bytes moved per relay step: larger than a handler read, since no handler sees them.
 const RELAY_CHUNK: usize = 64 * 1024;
@@ -201,6 +202,9 @@ impl Reactor {
             } else {
                 self.read_for_relay(id, want)
             };
+            if splice && matches!(&moved, Ok(0) | Err(_)) && self.stops_at_urgent_mark(id) {
+                continue; // the next step copies, which steps over the mark
+            }
             match moved {
                 Ok(0) => {
                     if let Some(src) = self.conn_mut(id) {
@@ -264,6 +268,25 @@ impl Reactor {
             }
         }
         self.schedule_read(id);
+    }
+
+    /// A splice that moved nothing may have stopped at a TCP urgent mark: splice never
+    /// steps over one (it even calls the stream ended once the FIN is in, losing what
+    /// follows the mark), a read does. If so, turns the relay to copying.
+    fn stops_at_urgent_mark(&mut self, id: ConnId) -> bool {
+        let Some(src) = self.conn_mut(id) else {
+            return false;
+        };
+        let Some(fd) = src.stream.as_ref().map(Stream::read_fd) else {
+            return false;
+        };
+        if !crate::stream::at_urgent_mark(fd) {
+            return false;
+        }
+        if let Some(relay) = src.relay.as_mut() {
+            relay.splicing = false;
+        }
+        true
     }
 
     /// Reads up to `want` bytes of source `id` into the relay buffer.
