@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use ember::{Context, Handler, PeerClosed, Reactor, ReactorHandle};
 
+pub mod toxics;
+
 /// How long a blocking client waits on one read or write before the test fails.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long any reactor thread may run before its watchdog stops it.
