@@ -13,7 +13,7 @@ use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 
 use mio::{Interest, Token};
 
-use super::connection::Phase;
+use super::lifecycle::Life;
 use super::{Descriptor, Reactor, Readiness};
 use crate::handler::{Handler, UnbindReason};
 use crate::id::ConnId;
@@ -47,14 +47,14 @@ impl Reactor {
     /// it; [`detach`](Self::detach) hands it back. The descriptor is made non-blocking.
     pub fn attach<H: Handler>(&mut self, fd: RawFd, handler: H) -> io::Result<ConnId> {
         let stream = Stream::Fd(AttachedFd::new(fd, false)?);
-        self.adopt(Some(stream), Box::new(handler), Phase::Connected)
+        self.adopt(Some(stream), Box::new(handler), Life::open())
     }
 
     /// Like [`attach`](Self::attach), but the reactor owns the descriptor and closes it
     /// when the connection ends.
     pub fn attach_owned<H: Handler>(&mut self, fd: OwnedFd, handler: H) -> io::Result<ConnId> {
         let stream = Stream::Fd(AttachedFd::new(fd.into_raw_fd(), true)?);
-        self.adopt(Some(stream), Box::new(handler), Phase::Connected)
+        self.adopt(Some(stream), Box::new(handler), Life::open())
     }
 
     /// Watches `fd` for readiness without reading or writing it: the handler's

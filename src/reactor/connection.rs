@@ -12,6 +12,7 @@
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
+use super::lifecycle::{Life, OnEmptied, OnEof, OnFailure};
 use super::{ConnDefaults, Descriptor, READS_PER_EVENT, Reactor, Readiness};
 use crate::buffer::OutBuffer;
 use crate::handler::{Handler, PeerClosed, UnbindReason};
@@ -19,35 +20,6 @@ use crate::id::{ConnId, TimerId};
 use crate::splice::SplicePipe;
 use crate::stream::Stream;
 use crate::timers::deadline;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Waiting for the defer pool to resolve a host name; no socket yet.
-    Resolving,
-    /// A non-blocking connect is in flight.
-    Connecting,
-    Connected,
-}
-
-/// Our sending half.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WriteSide {
-    Open,
-    /// FIN goes out once the outbound queue is empty.
-    ShutdownAfterFlush,
-    Shut,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct Closing {
-    pub(crate) reason: UnbindReason,
-    /// Still flushing the outbound queue (or lingering); not yet in the pending-close queue.
-    pub(crate) after_writing: bool,
-    /// Everything is written and our FIN sent; input is read and discarded until the
-    /// peer's FIN or this timer, so that closing with unread input does not send a reset
-    /// that could destroy the tail of what we wrote (a lingering close, as in nginx).
-    pub(crate) lingering: Option<TimerId>,
-}
 
 /// How much of a closing child's remaining stderr is still delivered.
 const STDERR_DRAIN_LIMIT: usize = 1024 * 1024;
@@ -64,7 +36,8 @@ pub(crate) struct Connection {
     pub(crate) stream: Option<Stream>,
     /// `None` only while one of its own callbacks runs.
     pub(crate) handler: Option<Box<dyn Handler>>,
-    pub(crate) phase: Phase,
+    /// Where it is in its life: connecting, open (each half), lingering, reaping.
+    pub(crate) life: Life,
     pub(crate) outbound: OutBuffer,
     pub(crate) high_water: usize,
     pub(crate) low_water: usize,
@@ -75,9 +48,6 @@ pub(crate) struct Connection {
     pub(crate) unread: bool,
     /// The last event reported read-closed or an error.
     pub(crate) hangup: bool,
-    pub(crate) peer_eof: bool,
-    pub(crate) write_side: WriteSide,
-    pub(crate) closing: Option<Closing>,
     pub(crate) last_activity: Instant,
     pub(crate) inactivity: Option<(Duration, TimerId)>,
     pub(crate) connect_timer: Option<TimerId>,
@@ -91,9 +61,6 @@ pub(crate) struct Connection {
     pub(crate) proxied_bytes: u64,
     /// A child's stderr spent its read budget with bytes left (see `read_child_stderr`).
     pub(crate) stderr_unread: bool,
-    /// An I/O error (a reset) ended the connection while bytes the peer sent before it
-    /// were still unread: they are delivered first, then it closes with this reason.
-    pub(crate) failed: Option<UnbindReason>,
     /// How long the connection may stay idle once one direction has ended.
     pub(crate) half_close_timeout: Option<Duration>,
     /// The timer enforcing `half_close_timeout`, armed once the connection is half-closed.
@@ -109,7 +76,7 @@ impl Connection {
         serial: u64,
         stream: Option<Stream>,
         handler: Box<dyn Handler>,
-        phase: Phase,
+        life: Life,
         defaults: &ConnDefaults,
         now: Instant,
     ) -> Connection {
@@ -117,7 +84,7 @@ impl Connection {
             serial,
             stream,
             handler: Some(handler),
-            phase,
+            life,
             outbound: OutBuffer::default(),
             high_water: defaults.high_water,
             low_water: defaults.low_water,
@@ -126,9 +93,6 @@ impl Connection {
             paused: false,
             unread: false,
             hangup: false,
-            peer_eof: false,
-            write_side: WriteSide::Open,
-            closing: None,
             last_activity: now,
             inactivity: None,
             connect_timer: None,
@@ -137,18 +101,11 @@ impl Connection {
             pipe: None,
             proxied_bytes: 0,
             stderr_unread: false,
-            failed: None,
             half_close_timeout: None,
             half_close_timer: None,
             reads_per_event: READS_PER_EVENT,
             discard_input: false,
         }
-    }
-
-    /// One direction has ended (the peer's FIN came, or ours went out) and the
-    /// connection is not closing yet.
-    pub(crate) fn is_half_closed(&self) -> bool {
-        self.closing.is_none() && (self.peer_eof || self.write_side == WriteSide::Shut)
     }
 
     /// Bytes accepted for this connection and not yet written: queue plus splice pipe.
@@ -157,18 +114,19 @@ impl Connection {
     }
 
     pub(crate) fn is_lingering(&self) -> bool {
-        self.closing.as_ref().is_some_and(|c| c.lingering.is_some())
+        self.life.is_lingering()
     }
 
     pub(crate) fn may_read(&self) -> bool {
         if self.is_lingering() {
-            return !self.peer_eof; // discarding input until the peer's FIN, paused or not
+            return true; // discarding input until the peer's FIN, paused or not
         }
-        self.phase == Phase::Connected
-            && self.closing.is_none()
-            && !self.peer_eof
-            && !self.paused
-            && !(self.read_backpressure && self.above_high_water)
+        self.life.may_read() && !self.paused && !(self.read_backpressure && self.above_high_water)
+    }
+
+    /// Whether the socket holds bytes the peer sent that we have not read.
+    fn has_unread_input(&self) -> bool {
+        self.stream.as_ref().is_some_and(Stream::has_unread_input)
     }
 }
 
@@ -193,7 +151,7 @@ impl Reactor {
         &mut self,
         mut stream: Option<Stream>,
         handler: Box<dyn Handler>,
-        phase: Phase,
+        life: Life,
     ) -> io::Result<ConnId> {
         let serial = self.next_serial();
         let entry = self.descriptors.vacant_entry();
@@ -205,11 +163,12 @@ impl Reactor {
                 let _ = stream.set_nodelay(true);
             }
         }
-        let conn = Connection::new(serial, stream, handler, phase, &self.defaults, self.now);
+        let connecting = !life.is_connected();
+        let conn = Connection::new(serial, stream, handler, life, &self.defaults, self.now);
         entry.insert(Descriptor::Conn(conn));
         self.connections += 1;
         let id = ConnId { slot, serial };
-        if phase != Phase::Connected {
+        if connecting {
             let at = deadline(Instant::now(), self.defaults.connect_timeout);
             let timer = self
                 .timers
@@ -234,7 +193,7 @@ impl Reactor {
         {
             stream.discard_urgent();
         }
-        if conn.phase == Phase::Connecting {
+        if matches!(conn.life, Life::Connecting { .. }) {
             self.finish_connect(id);
         } else if ready.error {
             // A reset is news even to a paused connection: nothing it queued can be
@@ -242,7 +201,10 @@ impl Reactor {
             let pending = conn.stream.as_ref().map(Stream::take_error);
             if let Some(Ok(Some(e)) | Err(e)) = pending {
                 self.io_failed(id, &e);
-                if self.conn(id).is_none_or(|c| c.failed.is_none()) {
+                if !self
+                    .conn(id)
+                    .is_some_and(|c| c.life.delivering_before_failure())
+                {
                     return;
                 }
             }
@@ -279,7 +241,7 @@ impl Reactor {
         match outcome {
             Ok(false) => {}
             Ok(true) => {
-                conn.phase = Phase::Connected;
+                conn.life.connected();
                 conn.last_activity = now;
                 if let Some(timer) = conn.connect_timer.take() {
                     self.timers.cancel(timer);
@@ -287,7 +249,7 @@ impl Reactor {
                 self.with_handler_dyn(id, |h, cx| h.connection_completed(cx));
                 self.flush(id);
             }
-            Err(e) => self.close_with(id, UnbindReason::from_io_error(&e), false),
+            Err(e) => self.close_now(id, UnbindReason::from_io_error(&e)),
         }
     }
 
@@ -376,10 +338,7 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if conn.phase != Phase::Connected
-            || conn.failed.is_some()
-            || conn.closing.as_ref().is_some_and(|c| !c.after_writing)
-        {
+        if !conn.life.may_flush() {
             return;
         }
         let Some(stream) = conn.stream.as_mut() else {
@@ -427,11 +386,11 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return false;
         };
-        if conn.closing.is_some() || conn.write_side != WriteSide::Open {
+        if !conn.life.accepts_output() {
             return false;
         }
         let mut rest = data;
-        if conn.pending_out() == 0 && conn.phase == Phase::Connected {
+        if conn.pending_out() == 0 && conn.life.is_connected() {
             let Some(stream) = conn.stream.as_mut() else {
                 return false;
             };
@@ -491,46 +450,33 @@ impl Reactor {
         if conn.pending_out() > 0 {
             return;
         }
-        if let Some(closing) = &conn.closing {
-            if closing.after_writing && closing.lingering.is_none() {
-                let reason = closing.reason.clone();
-                self.linger_or_close(id, reason);
-            }
-            return;
-        }
-        if conn.write_side == WriteSide::ShutdownAfterFlush {
-            conn.write_side = WriteSide::Shut;
-            let result = conn.stream.as_mut().map(Stream::shutdown_write);
-            let peer_eof = conn.peer_eof;
-            match result {
-                Some(Err(e)) if e.kind() != io::ErrorKind::NotConnected => {
-                    self.close_with(id, UnbindReason::from_io_error(&e), false);
+        let unread_input = conn.has_unread_input();
+        match conn.life.queue_emptied(unread_input) {
+            OnEmptied::Nothing => {}
+            OnEmptied::Close(reason) => self.close_now(id, reason),
+            OnEmptied::Linger(reason) => self.linger(id, reason),
+            OnEmptied::SendFin { then_close } => {
+                match conn.stream.as_mut().map(Stream::shutdown_write) {
+                    Some(Err(e)) if e.kind() != io::ErrorKind::NotConnected => {
+                        self.close_now(id, UnbindReason::from_io_error(&e));
+                    }
+                    _ if then_close => self.close_now(id, UnbindReason::PeerClosed),
+                    _ => self.arm_half_close_timer(id),
                 }
-                _ if peer_eof => self.close_with(id, UnbindReason::PeerClosed, false),
-                _ => self.arm_half_close_timer(id),
             }
         }
     }
 
-    /// The queue of a connection closing after writing is empty: close now, or, if the
-    /// peer has sent input we never read (closing would answer it with a reset), send
-    /// FIN and linger until its FIN.
-    fn linger_or_close(&mut self, id: ConnId, reason: UnbindReason) {
+    /// The queue of a connection closing after writing is empty, but the peer has sent
+    /// input we never read (closing now would answer it with a reset): send FIN and
+    /// linger, reading and discarding, until its FIN or `LINGER_TIMEOUT`.
+    fn linger(&mut self, id: ConnId, reason: UnbindReason) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let unread_input = conn.stream.as_ref().is_some_and(Stream::has_unread_input);
-        if !unread_input || conn.peer_eof || conn.phase != Phase::Connected {
-            self.close_with(id, reason, false);
+        if let Some(Err(_)) = conn.stream.as_mut().map(Stream::shutdown_write) {
+            self.close_now(id, reason);
             return;
-        }
-        if conn.write_side != WriteSide::Shut {
-            conn.write_side = WriteSide::Shut;
-            let shut = conn.stream.as_mut().map(Stream::shutdown_write);
-            if let Some(Err(_)) = shut {
-                self.close_with(id, reason, false);
-                return;
-            }
         }
         let timer = self.timers.insert(
             Instant::now() + LINGER_TIMEOUT,
@@ -540,21 +486,15 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        conn.closing = Some(Closing {
-            reason,
-            after_writing: true,
-            lingering: Some(timer),
-        });
+        conn.life.linger(reason, timer);
         conn.unread = true;
         self.carry_over.push((id.slot, id.serial));
     }
 
     /// A lingering close's timer fired.
     pub(crate) fn linger_expired(&mut self, id: ConnId) {
-        if let Some(closing) = self.conn(id).and_then(|c| c.closing.as_ref())
-            && closing.lingering.is_some()
-        {
-            self.close_with(id, closing.reason.clone(), false);
+        if let Some(reason) = self.conn(id).and_then(|c| c.life.linger_expired()) {
+            self.close_now(id, reason);
         }
     }
 
@@ -562,20 +502,8 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        conn.peer_eof = true;
-        if let Some(reason) = conn.failed.take() {
-            // The bytes sent before the error are delivered: now the error ends it.
-            self.close_with(id, reason, false);
-            return;
-        }
-        if let Some(closing) = &conn.closing
-            && closing.lingering.is_some()
-        {
-            let reason = closing.reason.clone();
-            self.close_with(id, reason, false);
-            return;
-        }
-        if let Some(relay) = conn.relay
+        if conn.life.peer_sending()
+            && let Some(relay) = conn.relay
             && relay.remaining.is_none()
         {
             // Half-close passes through a relay: the target gets our peer's FIN.
@@ -584,19 +512,18 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if conn.write_side != WriteSide::Open {
-            // Both halves are done once our FIN is out.
-            if conn.write_side == WriteSide::Shut {
-                self.close_with(id, UnbindReason::PeerClosed, false);
+        match conn.life.peer_eof() {
+            OnEof::Close(reason) => self.close_now(id, reason),
+            OnEof::Wait => {}
+            OnEof::AskHandler => {
+                let mut action = PeerClosed::Close;
+                self.with_handler_dyn(id, |h, cx| action = h.peer_closed(cx));
+                if action == PeerClosed::Close {
+                    self.close_after_writing(id, UnbindReason::PeerClosed);
+                } else {
+                    self.arm_half_close_timer(id);
+                }
             }
-            return;
-        }
-        let mut action = PeerClosed::Close;
-        self.with_handler_dyn(id, |h, cx| action = h.peer_closed(cx));
-        if action == PeerClosed::Close {
-            self.close_with(id, UnbindReason::PeerClosed, true);
-        } else {
-            self.arm_half_close_timer(id);
         }
     }
 
@@ -609,18 +536,11 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let deliver_first = conn.failed.is_none()
-            && conn.phase == Phase::Connected
-            && conn.closing.is_none()
-            && !conn.peer_eof
-            && conn.stream.as_ref().is_some_and(Stream::has_unread_input);
-        if !deliver_first {
-            let reason = conn.failed.take().unwrap_or(reason);
-            self.close_with(id, reason, false);
+        let unread_input = conn.has_unread_input();
+        if let OnFailure::Close(reason) = conn.life.io_failed(reason, unread_input) {
+            self.close_now(id, reason);
             return;
         }
-        conn.failed = Some(reason);
-        conn.write_side = WriteSide::Shut;
         conn.unread = true;
         conn.hangup = true;
         self.carry_over.push((id.slot, id.serial));
@@ -635,7 +555,7 @@ impl Reactor {
         let Some(timeout) = conn.half_close_timeout else {
             return;
         };
-        if conn.half_close_timer.is_some() || !conn.is_half_closed() {
+        if conn.half_close_timer.is_some() || !conn.life.is_half_closed() {
             return;
         }
         let at = deadline(conn.last_activity, timeout);
@@ -659,44 +579,42 @@ impl Reactor {
             return;
         };
         if now >= deadline(conn.last_activity, timeout) {
-            self.close_with(id, UnbindReason::HalfCloseTimeout, false);
+            self.close_now(id, UnbindReason::HalfCloseTimeout);
         } else {
             self.arm_half_close_timer(id);
         }
     }
 
-    /// Starts closing: now (dropping the queue) or once the queue is written. The first
-    /// close wins, except that a close-now overrides a pending close-after-writing.
-    pub(crate) fn close_with(&mut self, id: ConnId, reason: UnbindReason, after_writing: bool) {
+    /// Closes now, dropping the queue: `unbind` follows when the tick reaps it. The
+    /// first close-now wins; it overrides a close after writing and a linger.
+    pub(crate) fn close_now(&mut self, id: ConnId, reason: UnbindReason) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        match &conn.closing {
-            Some(c) if !c.after_writing => return,
-            Some(_) if after_writing => return,
-            _ => {}
-        }
-        if after_writing {
-            conn.closing = Some(Closing {
-                reason: reason.clone(),
-                after_writing: true,
-                lingering: None,
-            });
-            if conn.pending_out() == 0 {
-                self.linger_or_close(id, reason);
-            }
+        let Some(linger_timer) = conn.life.close_now(reason) else {
             return;
-        }
-        let linger_timer = conn.closing.as_ref().and_then(|c| c.lingering);
-        conn.closing = Some(Closing {
-            reason,
-            after_writing: false,
-            lingering: None,
-        });
+        };
         if let Some(timer) = linger_timer {
             self.timers.cancel(timer);
         }
         self.pending_close.push_back(id);
+    }
+
+    /// Stops reading and closes once the queue is written (lingering first if the peer
+    /// sent input we never read). The first close wins.
+    pub(crate) fn close_after_writing(&mut self, id: ConnId, reason: UnbindReason) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let nothing_queued = conn.pending_out() == 0;
+        if !conn.life.close_after_writing(reason.clone()) || !nothing_queued {
+            return;
+        }
+        if conn.life.is_connected() {
+            self.after_write_progress(id);
+        } else {
+            self.close_now(id, reason); // nothing to deliver: no need to connect first
+        }
     }
 
     /// Tears down a connection `reap` took out of the slab, then runs its `unbind` (or,
@@ -730,7 +648,7 @@ impl Reactor {
                 child = Some(pipes.into_child());
             }
         }
-        let linger_timer = conn.closing.as_ref().and_then(|c| c.lingering);
+        let linger_timer = conn.life.linger_timer();
         for timer in [
             conn.connect_timer,
             conn.inactivity.map(|(_, t)| t),
@@ -742,10 +660,7 @@ impl Reactor {
         {
             self.timers.cancel(timer);
         }
-        let reason = conn
-            .closing
-            .as_ref()
-            .map_or(UnbindReason::ClosedByUs, |c| c.reason.clone());
+        let reason = conn.life.unbind_reason();
         let relay_target = conn.relay.map(|r| r.target);
         if let Some(handler) = conn.handler.take() {
             // Let `proxied_bytes` answer for this id while its unbind runs.

@@ -20,6 +20,7 @@ mod attach;
 mod connection;
 mod datagram;
 mod file_watch;
+mod lifecycle;
 mod panics;
 mod process;
 mod relay;
@@ -106,7 +107,7 @@ impl Descriptor {
     /// close is not: stopping the reactor must still close it).
     fn is_closing(&self) -> bool {
         match self {
-            Descriptor::Conn(c) => c.closing.as_ref().is_some_and(|c| !c.after_writing),
+            Descriptor::Conn(c) => c.life.is_reaping(),
             Descriptor::Server(_) => false,
             Descriptor::Datagram(d) => d.closing.is_some(),
             Descriptor::Watch(w) => w.closing.is_some(),
@@ -280,7 +281,7 @@ impl Reactor {
         self.descriptors
             .iter()
             .filter_map(|(slot, d)| match d {
-                Descriptor::Conn(c) if c.closing.is_none() => Some(ConnId {
+                Descriptor::Conn(c) if !c.life.is_closing() => Some(ConnId {
                     slot,
                     serial: c.serial,
                 }),
@@ -508,7 +509,7 @@ impl Reactor {
         let closing = match self.descriptors.get_mut(id.slot) {
             Some(d) if d.serial() == id.serial => match d {
                 Descriptor::Conn(_) => {
-                    self.close_with(id, reason, false);
+                    self.close_now(id, reason);
                     return;
                 }
                 Descriptor::Server(_) => return,

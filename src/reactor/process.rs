@@ -12,7 +12,7 @@ use std::io;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::connection::Phase;
+use super::lifecycle::Life;
 use super::{Reactor, TimerTask};
 use crate::handler::{Handler, UnbindReason};
 use crate::id::{ConnId, TimerId};
@@ -67,11 +67,7 @@ impl Reactor {
             .stderr(Stdio::piped())
             .spawn()?;
         let pipes = ChildPipes::new(child)?;
-        self.adopt(
-            Some(Stream::Child(pipes)),
-            Box::new(handler),
-            Phase::Connected,
-        )
+        self.adopt(Some(Stream::Child(pipes)), Box::new(handler), Life::open())
     }
 
     /// The process id of child connection `id`.

@@ -12,7 +12,6 @@
 use std::io::{self, Read};
 
 use super::Reactor;
-use super::connection::{Phase, WriteSide};
 use crate::id::ConnId;
 use crate::splice::{SPLICE_SUPPORTED, SplicePipe};
 use crate::stream::Stream;
@@ -168,7 +167,7 @@ impl Reactor {
             let Some(tgt) = self.conn(relay.target) else {
                 return;
             };
-            if tgt.closing.is_some() || tgt.write_side != WriteSide::Open {
+            if !tgt.life.accepts_output() {
                 // The target can take nothing more; its unbind will end the relay.
                 return;
             }
@@ -178,7 +177,7 @@ impl Reactor {
             }
             let splice = self.splice_enabled
                 && relay.splicing
-                && tgt.phase == Phase::Connected
+                && tgt.life.is_connected()
                 && tgt.outbound.is_empty()
                 && self.ensure_pipe(relay.target, relay.bufsize);
             if splice {

@@ -161,11 +161,8 @@ impl Reactor {
                     match made {
                         // A failed registration drops the stream: the peer sees a close.
                         Ok(handler) => {
-                            let _ = self.adopt(
-                                Some(stream),
-                                handler,
-                                super::connection::Phase::Connected,
-                            );
+                            let _ =
+                                self.adopt(Some(stream), handler, super::lifecycle::Life::open());
                         }
                         // No handler, no connection: the peer sees a close.
                         Err(payload) => self.callback_panicked(None, payload),

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::connection::{Phase, WriteSide};
+use super::lifecycle::Life;
 use super::{Reactor, TimerTask};
 use crate::addr::IntoSocketAddr;
 use crate::handler::{Handler, UnbindReason};
@@ -58,7 +58,7 @@ impl Reactor {
     /// name that does not resolve ends in `unbind` with [`UnbindReason::Unresolvable`].
     pub fn connect_host<H: Handler>(&mut self, host: &str, port: u16, handler: H) -> ConnId {
         let id = self
-            .adopt(None, Box::new(handler), Phase::Resolving)
+            .adopt(None, Box::new(handler), Life::resolving())
             .expect("adopting a connection without a socket cannot fail");
         let host = host.to_owned();
         self.defer(
@@ -81,12 +81,11 @@ impl Reactor {
     fn resolved(&mut self, id: ConnId, addr: Option<SocketAddr>) {
         let Some(conn) = self.conn(id) else { return };
         // A close-after-writing still wants its queue delivered: connect anyway.
-        if conn.phase != Phase::Resolving || conn.closing.as_ref().is_some_and(|c| !c.after_writing)
-        {
+        if !matches!(conn.life, Life::Resolving { .. }) {
             return;
         }
         let Some(addr) = addr else {
-            self.close_with(id, UnbindReason::Unresolvable, false);
+            self.close_now(id, UnbindReason::Unresolvable);
             return;
         };
         let nodelay = self.defaults.nodelay;
@@ -101,10 +100,10 @@ impl Reactor {
             Ok(stream) => {
                 if let Some(conn) = self.conn_mut(id) {
                     conn.stream = Some(stream);
-                    conn.phase = Phase::Connecting;
+                    conn.life.resolved();
                 }
             }
-            Err(e) => self.close_with(id, UnbindReason::from_io_error(&e), false),
+            Err(e) => self.close_now(id, UnbindReason::from_io_error(&e)),
         }
     }
 
@@ -114,12 +113,12 @@ impl Reactor {
         handler: Box<dyn Handler>,
     ) -> io::Result<ConnId> {
         match attempt {
-            Ok(stream) => self.adopt(Some(stream), handler, Phase::Connecting),
+            Ok(stream) => self.adopt(Some(stream), handler, Life::connecting()),
             Err(e) if is_connect_outcome(&e) => {
                 // Refused (or unreachable) before the call even returned: still a
                 // connection from the user's point of view, ending in unbind.
-                let id = self.adopt(None, handler, Phase::Connecting)?;
-                self.close_with(id, UnbindReason::from_io_error(&e), false);
+                let id = self.adopt(None, handler, Life::connecting())?;
+                self.close_now(id, UnbindReason::from_io_error(&e));
                 Ok(id)
             }
             Err(e) => Err(e),
@@ -146,12 +145,11 @@ impl Reactor {
 
     /// Stops reading `id` and closes it once its queue is written.
     pub fn close_connection_after_writing(&mut self, id: ConnId) {
-        let reason = match self.conn(id) {
-            Some(c) if c.peer_eof => UnbindReason::PeerClosed,
-            Some(_) => UnbindReason::ClosedByUs,
-            None => return,
+        let Some(conn) = self.conn(id) else {
+            return;
         };
-        self.close_with(id, reason, true);
+        let reason = conn.life.after_writing_reason();
+        self.close_after_writing(id, reason);
     }
 
     /// Half-closes `id`: FIN once its queue is written; reading goes on until the peer's
@@ -160,11 +158,8 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if conn.write_side == WriteSide::Open && conn.closing.is_none() {
-            conn.write_side = WriteSide::ShutdownAfterFlush;
-            if conn.phase == Phase::Connected {
-                self.after_write_progress(id);
-            }
+        if conn.life.close_write() && conn.life.is_connected() {
+            self.after_write_progress(id);
         }
     }
 
@@ -199,7 +194,7 @@ impl Reactor {
 
     /// Whether `id` has finished connecting (always true for accepted connections).
     pub fn is_connected(&self, id: ConnId) -> bool {
-        self.conn(id).is_some_and(|c| c.phase == Phase::Connected)
+        self.conn(id).is_some_and(|c| c.life.is_connected())
     }
 
     /// The peer address of TCP connection `id` (for a datagram socket, the sender of
@@ -362,7 +357,7 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if conn.phase == Phase::Connected {
+        if conn.life.is_connected() {
             return;
         }
         let old = conn.connect_timer.take();
@@ -388,8 +383,8 @@ impl Reactor {
     pub(crate) fn connect_timed_out(&mut self, id: ConnId) {
         if let Some(conn) = self.conn_mut(id) {
             conn.connect_timer = None;
-            if conn.phase != Phase::Connected {
-                self.close_with(id, UnbindReason::ConnectTimeout, false);
+            if !conn.life.is_connected() {
+                self.close_now(id, UnbindReason::ConnectTimeout);
             }
         }
     }
@@ -406,7 +401,7 @@ impl Reactor {
         let due = deadline(conn.last_activity, timeout);
         if now >= due {
             conn.inactivity = None;
-            self.close_with(id, UnbindReason::InactivityTimeout, false);
+            self.close_now(id, UnbindReason::InactivityTimeout);
         } else {
             let timer = self.timers.insert(due, None, TimerTask::Inactivity(id));
             if let Some(conn) = self.conn_mut(id) {
