@@ -47,13 +47,10 @@ mod defer;
 mod handler;
 mod id;
 mod limits;
-mod pipes;
 pub mod proxy;
 mod reactor;
 mod remote;
-mod signals;
-mod splice;
-mod stream;
+mod sys;
 mod timers;
 
 pub use addr::IntoSocketAddr;

@@ -5,56 +5,26 @@
 
 use std::io;
 
-fn descriptor_rlimit() -> io::Result<libc::rlimit> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the live struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(limit)
-}
+use crate::sys::limits as sys;
 
 /// This process's soft descriptor limit (1024 if it cannot be read).
 pub(crate) fn descriptor_limit() -> u64 {
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
-    descriptor_rlimit().map_or(1024, |l| l.rlim_cur as u64)
+    sys::descriptor_limits().map_or(1024, |(soft, _)| soft)
 }
 
 /// The machine's physical memory in bytes (1 GiB if it cannot be read).
 pub(crate) fn physical_memory() -> u64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let (pages, page_size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if pages <= 0 || page_size <= 0 {
-        return 1 << 30;
-    }
-    (pages as u64).saturating_mul(page_size as u64)
+    sys::physical_memory().unwrap_or(1 << 30)
 }
 
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit and returns the new soft
 /// limit. Never lowers it.
 pub fn raise_descriptor_limit() -> io::Result<u64> {
-    let mut limit = descriptor_rlimit()?;
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit reads one rlimit from the live struct we pass.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        limit.rlim_cur = limit.rlim_max;
+    let (soft, hard) = sys::descriptor_limits()?;
+    if soft < hard {
+        sys::raise_soft_descriptor_limit()?;
     }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
-    Ok(limit.rlim_cur as u64)
+    Ok(soft.max(hard))
 }
 
 #[cfg(test)]
@@ -62,15 +32,8 @@ mod tests {
     #[test]
     fn raising_the_descriptor_limit_reaches_the_hard_limit() {
         let soft = super::raise_descriptor_limit().unwrap();
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the live struct.
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-        #[allow(clippy::unnecessary_cast)]
-        let current = limit.rlim_cur as u64;
+        let (current, hard) = crate::sys::limits::descriptor_limits().unwrap();
         assert_eq!(soft, current);
-        assert_eq!(limit.rlim_cur, limit.rlim_max);
+        assert_eq!(current, hard);
     }
 }

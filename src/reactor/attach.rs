@@ -17,8 +17,8 @@ use super::lifecycle::Life;
 use super::{Descriptor, Reactor, Readiness};
 use crate::handler::{Handler, UnbindReason};
 use crate::id::ConnId;
-use crate::pipes::AttachedFd;
-use crate::stream::Stream;
+use crate::sys::pipes::AttachedFd;
+use crate::sys::socket::Stream;
 
 pub(crate) struct Watch {
     pub(crate) serial: u64,

@@ -17,8 +17,9 @@ use super::{ConnDefaults, Descriptor, READS_PER_EVENT, Reactor, Readiness};
 use crate::buffer::OutBuffer;
 use crate::handler::{Handler, PeerClosed, UnbindReason};
 use crate::id::{ConnId, TimerId};
-use crate::splice::SplicePipe;
-use crate::stream::Stream;
+use crate::sys::socket::Stream;
+use crate::sys::splice::SplicePipe;
+use crate::sys::{Io, classify, classify_write};
 use crate::timers::deadline;
 
 /// How much of a closing child's remaining stderr is still delivered.
@@ -296,13 +297,13 @@ impl Reactor {
             } else {
                 read_buf.len()
             };
-            match result {
-                Ok(0) => {
+            match classify(result) {
+                Io::Eof => {
                     conn.unread = false;
                     self.on_peer_eof(id);
                     return;
                 }
-                Ok(n) => {
+                Io::Progress(n) => {
                     conn.last_activity = now;
                     if n < asked && !hangup {
                         // The socket is drained; epoll and kqueue both report new
@@ -316,12 +317,12 @@ impl Reactor {
                     self.with_handler_dyn(id, |h, cx| h.receive_data(cx, &buf[..n]));
                     self.read_buf = buf;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Io::Drained => {
                     conn.unread = false;
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
+                Io::Retry => {}
+                Io::Failed(e) => {
                     self.io_failed(id, &e);
                     return;
                 }
@@ -346,12 +347,11 @@ impl Reactor {
         };
         if let Some(pipe) = conn.pipe.as_mut() {
             while pipe.len > 0 {
-                match pipe.drain_to(stream.write_fd()) {
-                    Ok(0) => break,
-                    Ok(_) => conn.last_activity = now,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
+                match classify_write(pipe.drain_to(stream.write_fd())) {
+                    Io::Progress(_) => conn.last_activity = now,
+                    Io::Drained | Io::Eof => break,
+                    Io::Retry => {}
+                    Io::Failed(e) => {
                         self.io_failed(id, &e);
                         return;
                     }
@@ -363,15 +363,14 @@ impl Reactor {
             }
         }
         while !conn.outbound.is_empty() {
-            match stream.write(conn.outbound.as_slice()) {
-                Ok(0) => break,
-                Ok(n) => {
+            match classify_write(stream.write(conn.outbound.as_slice())) {
+                Io::Progress(n) => {
                     conn.outbound.consume(n);
                     conn.last_activity = now;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
+                Io::Drained | Io::Eof => break,
+                Io::Retry => {}
+                Io::Failed(e) => {
                     self.io_failed(id, &e);
                     return;
                 }
@@ -395,15 +394,14 @@ impl Reactor {
                 return false;
             };
             while !rest.is_empty() {
-                match stream.write(rest) {
-                    Ok(0) => break,
-                    Ok(n) => {
+                match classify_write(stream.write(rest)) {
+                    Io::Progress(n) => {
                         rest = &rest[n..];
                         conn.last_activity = now;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
+                    Io::Drained | Io::Eof => break,
+                    Io::Retry => {}
+                    Io::Failed(e) => {
                         self.io_failed(id, &e);
                         return false;
                     }

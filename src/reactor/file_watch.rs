@@ -77,18 +77,14 @@ impl Reactor {
 #[cfg(target_os = "linux")]
 mod linux {
     use std::collections::HashMap;
-    use std::ffi::CString;
     use std::io;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
+    use std::os::fd::{AsRawFd, OwnedFd};
     use std::path::Path;
 
     use super::super::{INOTIFY_TOKEN, Reactor};
     use crate::handler::UnbindReason;
     use crate::id::ConnId;
-
-    const WATCHED: u32 = libc::IN_MODIFY | libc::IN_MOVE_SELF | libc::IN_DELETE_SELF;
-    const EVENT_HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+    use crate::sys::inotify;
 
     pub(crate) struct Inotify {
         fd: OwnedFd,
@@ -99,13 +95,7 @@ mod linux {
     impl Reactor {
         pub(super) fn add_inotify_watch(&mut self, path: &Path) -> io::Result<i32> {
             if self.file_watches.is_none() {
-                // SAFETY: inotify_init1 takes only flags; the result is checked.
-                let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: a fresh descriptor owned by nobody else.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                let fd = inotify::init()?;
                 self.poll.registry().register(
                     &mut mio::unix::SourceFd(&fd.as_raw_fd()),
                     INOTIFY_TOKEN,
@@ -116,20 +106,10 @@ mod linux {
                     by_wd: HashMap::new(),
                 });
             }
-            let inotify = self.file_watches.as_ref().expect("created above");
-            let cpath = CString::new(path.as_os_str().as_bytes())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-            // SAFETY: a valid inotify descriptor and a NUL-terminated path.
-            let wd =
-                unsafe { libc::inotify_add_watch(inotify.fd.as_raw_fd(), cpath.as_ptr(), WATCHED) };
-            if wd < 0 {
-                let e = io::Error::last_os_error();
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot watch {}: {e}", path.display()),
-                ));
-            }
-            Ok(wd)
+            let watches = self.file_watches.as_ref().expect("created above");
+            inotify::add_watch(&watches.fd, path).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot watch {}: {e}", path.display()))
+            })
         }
 
         pub(super) fn track_watch(&mut self, wd: i32, id: ConnId) {
@@ -148,34 +128,25 @@ mod linux {
             ids.retain(|&other| other != id);
             if ids.is_empty() {
                 inotify.by_wd.remove(&wd);
-                // SAFETY: removing a watch descriptor from our inotify instance; if the
-                // kernel already dropped it (file deleted) this fails harmlessly.
-                unsafe { libc::inotify_rm_watch(inotify.fd.as_raw_fd(), wd) };
+                inotify::rm_watch(&inotify.fd, wd);
             }
         }
 
         /// Reads every pending inotify event and dispatches it.
         pub(crate) fn read_file_events(&mut self) {
-            let mut buf = vec![0u8; 16 * (EVENT_HEADER + 256)];
+            let mut buf = inotify::event_buffer();
             loop {
-                let Some(inotify) = self.file_watches.as_ref() else {
+                let Some(watches) = self.file_watches.as_ref() else {
                     return;
                 };
-                // SAFETY: reading into a live buffer of the length given.
-                let n = unsafe {
-                    libc::read(inotify.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-                };
-                if n <= 0 {
+                let mut events = Vec::new();
+                if !inotify::read_events(&watches.fd, &mut buf, |wd, mask| {
+                    events.push((wd, mask));
+                }) {
                     return;
                 }
-                let mut offset = 0;
-                while offset + EVENT_HEADER <= n as usize {
-                    // SAFETY: the kernel wrote a whole inotify_event at `offset`; it may be
-                    // unaligned in our byte buffer, hence read_unaligned.
-                    let event: libc::inotify_event =
-                        unsafe { std::ptr::read_unaligned(buf.as_ptr().add(offset).cast()) };
-                    offset += EVENT_HEADER + event.len as usize;
-                    self.dispatch_file_event(event.wd, event.mask);
+                for (wd, mask) in events {
+                    self.dispatch_file_event(wd, mask);
                 }
             }
         }

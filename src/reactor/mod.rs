@@ -18,6 +18,7 @@
 
 mod attach;
 mod connection;
+mod connection_api;
 mod datagram;
 mod file_watch;
 mod lifecycle;
@@ -26,7 +27,6 @@ mod process;
 mod relay;
 mod scheduling;
 mod server;
-mod streams;
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -42,7 +42,7 @@ use crate::defer::DeferPool;
 use crate::handler::{Context, Handler};
 use crate::id::ConnId;
 use crate::remote::{ReactorHandle, Shared};
-use crate::signals::SignalPipe;
+use crate::sys::signals::SignalPipe;
 use crate::timers::TimerQueue;
 
 pub(crate) use connection::Connection;
@@ -203,7 +203,7 @@ impl Reactor {
             defer: DeferPool::new(),
             read_buf: vec![0; READ_CHUNK],
             relay_buf: Vec::new(),
-            splice_enabled: crate::splice::SPLICE_SUPPORTED,
+            splice_enabled: crate::sys::splice::SPLICE_SUPPORTED,
             now: Instant::now(),
             connections: 0,
             signals: None,

@@ -16,8 +16,9 @@ use super::lifecycle::Life;
 use super::{Reactor, TimerTask};
 use crate::handler::{Handler, UnbindReason};
 use crate::id::{ConnId, TimerId};
-use crate::pipes::ChildPipes;
-use crate::stream::Stream;
+use crate::sys::pipes::ChildPipes;
+use crate::sys::send_signal;
+use crate::sys::socket::Stream;
 
 /// Default time a closed child gets to exit before SIGTERM, and again before SIGKILL.
 pub const DEFAULT_CHILD_GRACE: Duration = Duration::from_secs(2);
@@ -192,13 +193,4 @@ impl Reactor {
             self.run_unbind(c.id, c.handler, reason);
         }
     }
-}
-
-fn send_signal(pid: u32, signo: i32) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-    // SAFETY: kill(2) with a pid we spawned and have not reaped, so it cannot be reused.
-    if unsafe { libc::kill(pid, signo) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

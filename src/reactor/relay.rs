@@ -13,8 +13,9 @@ use std::io::{self, Read};
 
 use super::Reactor;
 use crate::id::ConnId;
-use crate::splice::{SPLICE_SUPPORTED, SplicePipe};
-use crate::stream::Stream;
+use crate::sys::socket::Stream;
+use crate::sys::splice::{SPLICE_SUPPORTED, SplicePipe};
+use crate::sys::{Io, classify};
 
 /// Bytes moved per relay step: larger than a handler read, since no handler sees them.
 const RELAY_CHUNK: usize = 64 * 1024;
@@ -192,7 +193,7 @@ impl Reactor {
             if want == 0 {
                 return; // target full: its writes wake us (wake_relay_source)
             }
-            let moved = if splice {
+            let moved = classify(if splice {
                 let pipe = self
                     .conn_mut(relay.target)
                     .and_then(|t| t.pipe.as_mut())
@@ -200,19 +201,22 @@ impl Reactor {
                 pipe.fill_from(src_fd, want)
             } else {
                 self.read_for_relay(id, want)
-            };
-            if splice && matches!(&moved, Ok(0) | Err(_)) && self.stops_at_urgent_mark(id) {
+            });
+            if splice
+                && matches!(moved, Io::Eof | Io::Drained | Io::Failed(_))
+                && self.stops_at_urgent_mark(id)
+            {
                 continue; // the next step copies, which steps over the mark
             }
             match moved {
-                Ok(0) => {
+                Io::Eof => {
                     if let Some(src) = self.conn_mut(id) {
                         src.unread = false;
                     }
                     self.on_peer_eof(id);
                     return;
                 }
-                Ok(n) => {
+                Io::Progress(n) => {
                     let src = self.conn_mut(id).expect("source checked above");
                     src.last_activity = now;
                     src.proxied_bytes += n as u64;
@@ -246,7 +250,7 @@ impl Reactor {
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Io::Drained => {
                     // With bytes still in the pipe, EAGAIN may mean "pipe full" rather
                     // than "source empty": stay unread; draining the pipe wakes us.
                     let pipe_busy = splice
@@ -259,8 +263,8 @@ impl Reactor {
                     }
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
+                Io::Retry => {}
+                Io::Failed(e) => {
                     self.io_failed(id, &e);
                     return;
                 }
@@ -279,7 +283,7 @@ impl Reactor {
         let Some(fd) = src.stream.as_ref().map(Stream::read_fd) else {
             return false;
         };
-        if !crate::stream::at_urgent_mark(fd) {
+        if !crate::sys::socket::at_urgent_mark(fd) {
             return false;
         }
         if let Some(relay) = src.relay.as_mut() {

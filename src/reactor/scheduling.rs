@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::{Reactor, SIGNAL_TOKEN};
 use crate::defer::{Completion, DeferPanic};
 use crate::id::{ConnId, ServerId, TimerId};
-use crate::signals::SignalPipe;
+use crate::sys::signals::SignalPipe;
 use crate::timers::deadline;
 
 /// What a timer does when it fires.

@@ -14,7 +14,7 @@ use super::{ACCEPTS_PER_EVENT, Descriptor, Reactor, TimerTask};
 use crate::addr::IntoSocketAddr;
 use crate::handler::Handler;
 use crate::id::{ServerId, TimerId};
-use crate::stream::{self, Listener};
+use crate::sys::socket::{self, Listener};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -178,7 +178,7 @@ impl Reactor {
                     // EMFILE and friends, or anything unexpected: sleep, don't spin.
                     server.backoffs += 1;
                     server.backoff = (server.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
-                    if !stream::is_resource_exhaustion(&e) {
+                    if !socket::is_resource_exhaustion(&e) {
                         server.backoff = MAX_BACKOFF;
                     }
                     let at = Instant::now() + server.backoff;

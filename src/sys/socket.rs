@@ -1,8 +1,8 @@
 //! The byte streams and listeners a connection or server can sit on, and the socket-level
 //! calls std and mio don't offer (`bind` before `connect`, raw `setsockopt`, keepalive).
 //!
-//! This is the libc edge of the crate: every `unsafe` block here carries its `SAFETY`
-//! justification, and nothing above this module touches a raw descriptor.
+//! Part of the syscall edge (`sys`): every `unsafe` block here carries its `SAFETY`
+//! justification, and nothing above `sys` touches a raw descriptor.
 
 use std::io::{self, Read, Write};
 use std::mem;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 
-use crate::pipes::{AttachedFd, ChildPipes};
+use crate::sys::pipes::{AttachedFd, ChildPipes};
 
 /// A connected (or connecting) byte stream.
 pub(crate) enum Stream {

@@ -174,15 +174,6 @@ fn errno() -> libc::c_int {
 fn set_errno(_value: libc::c_int) {}
 
 fn set_flags(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl with integer arguments on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    super::set_nonblocking(fd)?;
+    super::set_cloexec(fd)
 }

@@ -11,33 +11,17 @@ use std::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
-/// Sets `O_NONBLOCK` and `FD_CLOEXEC` on a descriptor.
-pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl with integer arguments; an invalid descriptor fails with EBADF.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
+use super::{set_nonblocking, syscall};
 
 fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: reading into a live buffer of exactly the length passed.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let n = syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len()))?;
     Ok(n as usize)
 }
 
 fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: writing from a live buffer of exactly the length passed.
-    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let n = syscall!(write(fd, buf.as_ptr().cast(), buf.len()))?;
     Ok(n as usize)
 }
 

@@ -13,7 +13,7 @@ use super::{Reactor, TimerTask};
 use crate::addr::IntoSocketAddr;
 use crate::handler::{Handler, UnbindReason};
 use crate::id::ConnId;
-use crate::stream::{self, Stream};
+use crate::sys::socket::{self, Stream};
 use crate::timers::deadline;
 
 impl Reactor {
@@ -28,7 +28,7 @@ impl Reactor {
         handler: H,
     ) -> io::Result<ConnId> {
         let remote = remote.into_socket_addr()?;
-        self.open_outbound(stream::tcp_connect(remote, None), Box::new(handler))
+        self.open_outbound(socket::tcp_connect(remote, None), Box::new(handler))
     }
 
     /// Like [`connect`](Self::connect), but binds the socket to `local` first (a chosen
@@ -41,7 +41,7 @@ impl Reactor {
     ) -> io::Result<ConnId> {
         let local = local.into_socket_addr()?;
         let remote = remote.into_socket_addr()?;
-        self.open_outbound(stream::tcp_connect(remote, Some(local)), Box::new(handler))
+        self.open_outbound(socket::tcp_connect(remote, Some(local)), Box::new(handler))
     }
 
     /// Opens a Unix-domain stream connection to the socket at `path`.
@@ -50,7 +50,7 @@ impl Reactor {
         path: impl AsRef<Path>,
         handler: H,
     ) -> io::Result<ConnId> {
-        self.open_outbound(stream::unix_connect(path.as_ref()), Box::new(handler))
+        self.open_outbound(socket::unix_connect(path.as_ref()), Box::new(handler))
     }
 
     /// Connects to `host:port`, resolving `host` on the defer pool so the reactor thread
@@ -89,7 +89,7 @@ impl Reactor {
             return;
         };
         let nodelay = self.defaults.nodelay;
-        let result = stream::tcp_connect(addr, None).and_then(|mut s| {
+        let result = socket::tcp_connect(addr, None).and_then(|mut s| {
             s.register(self.poll.registry(), mio::Token(id.slot))?;
             if nodelay {
                 let _ = s.set_nodelay(true);
@@ -263,7 +263,7 @@ impl Reactor {
 
     /// TCP keepalive on `id`, with the idle time before probes; `None` turns it off.
     pub fn set_keepalive(&mut self, id: ConnId, idle: Option<Duration>) -> io::Result<()> {
-        self.with_stream(id, |s| stream::set_keepalive(s.read_fd(), idle))
+        self.with_stream(id, |s| socket::set_keepalive(s.read_fd(), idle))
     }
 
     /// A raw integer `setsockopt(level, name, value)` on `id`.
@@ -275,7 +275,7 @@ impl Reactor {
         value: i32,
     ) -> io::Result<()> {
         self.with_stream(id, |s| {
-            stream::set_int_option(s.read_fd(), level, name, value)
+            socket::set_int_option(s.read_fd(), level, name, value)
         })
     }
 

@@ -1,0 +1,49 @@
+//! Process limits: the descriptor table (`RLIMIT_NOFILE`) and physical memory.
+
+use std::io;
+
+use super::syscall;
+
+fn rlimit() -> io::Result<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the live struct we pass.
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut limit))?;
+    Ok(limit)
+}
+
+/// The soft and hard descriptor limits.
+pub(crate) fn descriptor_limits() -> io::Result<(u64, u64)> {
+    let limit = rlimit()?;
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+    Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
+}
+
+/// Sets the soft descriptor limit to the hard one.
+pub(crate) fn raise_soft_descriptor_limit() -> io::Result<()> {
+    let limit = rlimit()?;
+    let raised = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads one rlimit from the live struct we pass.
+    syscall!(setrlimit(libc::RLIMIT_NOFILE, &raised))?;
+    Ok(())
+}
+
+/// The machine's physical memory in bytes, if it can be read.
+pub(crate) fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf only reads a configuration value.
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || page_size <= 0 {
+        return None;
+    }
+    Some((pages as u64).saturating_mul(page_size as u64))
+}
