@@ -5,15 +5,20 @@
 //! Once the client is gone a backend is *detached*: it gets FIN after what was relayed to
 //! it, its answers are read and dropped (so it is never reset for unread data), and it is
 //! closed when it closes its side or when the drain timeout runs out.
+//!
+//! Every event a backend passes on goes through one path, `BackendConn::call_client`:
+//! the client now if it can be reached, on the next tick if it is only busy in one of its
+//! own callbacks, and if it is gone, detach.
 
+use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
 use crate::{ConnId, Context, Handler, PeerClosed, Reactor, TimerId, UnbindReason};
 
 use super::client::Client;
+use super::config::Config;
 use super::core::{BackendEntry, Core};
-use super::server::Config;
 use super::target::{Backend, Target};
 
 /// Opens backend `name` for the client `core` belongs to. See `Session::server`.
@@ -139,10 +144,20 @@ fn report_unreachable<S: 'static>(
     let client = core.client;
     r.next_tick(move |r| {
         r.with_handler::<Client<S>, _>(client, |c, cx| {
-            c.core.outstanding = c.core.outstanding.saturating_sub(1);
+            c.core.job_finished();
             c.finish(cx, &name, shadow, reason);
         });
     });
+}
+
+/// What a backend does when an event finds its client gone (its unbind has not detached
+/// the backend yet).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IfClientGone {
+    /// Detach now: FIN, read and drop until it closes or the drain timeout.
+    Detach,
+    /// Nothing: the event mattered only to the client.
+    Ignore,
 }
 
 /// The handler of one backend connection.
@@ -173,6 +188,41 @@ impl<S: 'static> BackendConn<S> {
             options.drain_timeout
         };
         self.deadline = Some(cx.add_timer(timeout, move |r| r.close_connection(id)));
+    }
+
+    /// Passes one event from this backend to its client: `event(client, cx, this
+    /// backend's id, payload)`, now if the client can be reached, returning what `event`
+    /// returned. If the client is busy in one of its own callbacks (this event fired from
+    /// inside one), `event` runs on the next tick with a copy of `payload`, once the
+    /// client has returned; if the client is gone, `if_gone` says what this backend does.
+    fn call_client<P, R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        if_gone: IfClientGone,
+        payload: &P,
+        event: fn(&mut Client<S>, &mut Context<'_>, ConnId, &P) -> R,
+    ) -> Option<R>
+    where
+        P: ToOwned + ?Sized + 'static,
+        P::Owned: 'static,
+        R: 'static,
+    {
+        let (client, id) = (self.client, cx.id());
+        let reached = cx.with_handler::<Client<S>, _>(client, |c, ccx| event(c, ccx, id, payload));
+        if reached.is_some() {
+            return reached;
+        }
+        if cx.is_alive(client) {
+            let payload = payload.to_owned();
+            cx.next_tick(move |r| {
+                r.with_handler::<Client<S>, _>(client, |c, ccx| {
+                    event(c, ccx, id, payload.borrow());
+                });
+            });
+        } else if if_gone == IfClientGone::Detach {
+            self.detach(cx);
+        }
+        None
     }
 }
 
@@ -207,25 +257,10 @@ impl<S: 'static> Handler for BackendConn<S> {
         if self.detached {
             return;
         }
-        let id = cx.id();
-        let delivered =
-            cx.with_handler::<Client<S>, _>(self.client, |c, ccx| c.backend_data(ccx, id, data));
-        if let Some(wanted) = delivered {
-            if !wanted {
-                // A shadow's answers with no hook to read them: let the kernel drop them.
-                cx.set_discard_input(true);
-            }
-            return;
-        }
-        if cx.is_alive(self.client) {
-            // The client is busy in one of its own callbacks: deliver once it returns.
-            let (client, data) = (self.client, data.to_vec());
-            cx.next_tick(move |r| {
-                r.with_handler::<Client<S>, _>(client, |c, ccx| c.backend_data(ccx, id, &data));
-            });
-        } else {
-            // The client is gone but its unbind has not detached us yet.
-            self.detach(cx);
+        let wanted = self.call_client(cx, IfClientGone::Detach, data, Client::backend_data);
+        if wanted == Some(false) {
+            // A shadow's answers with no hook to read them: let the kernel drop them.
+            cx.set_discard_input(true);
         }
     }
 
@@ -236,20 +271,9 @@ impl<S: 'static> Handler for BackendConn<S> {
         if self.detached {
             return PeerClosed::Close;
         }
-        let id = cx.id();
-        let reached = cx.with_handler::<Client<S>, _>(self.client, |c, ccx| {
+        self.call_client(cx, IfClientGone::Detach, &(), |c, ccx, id, ()| {
             c.backend_sent_fin(ccx, id);
         });
-        if reached.is_none() {
-            if cx.is_alive(self.client) {
-                let client = self.client;
-                cx.next_tick(move |r| {
-                    r.with_handler::<Client<S>, _>(client, |c, ccx| c.backend_sent_fin(ccx, id));
-                });
-            } else {
-                self.detach(cx);
-            }
-        }
         PeerClosed::KeepWriting
     }
 
@@ -257,16 +281,9 @@ impl<S: 'static> Handler for BackendConn<S> {
         if self.shadow || self.detached {
             return;
         }
-        let client = self.client;
-        let reached = cx.with_handler::<Client<S>, _>(client, |c, ccx| {
+        self.call_client(cx, IfClientGone::Ignore, &(), |c, ccx, _, ()| {
             c.core.maybe_resume_client(ccx);
         });
-        if reached.is_none() {
-            // Drained from inside one of the client's own callbacks: try once it returns.
-            cx.next_tick(move |r| {
-                r.with_handler::<Client<S>, _>(client, |c, ccx| c.core.maybe_resume_client(ccx));
-            });
-        }
     }
 
     fn unbind(&mut self, cx: &mut Context<'_>, reason: UnbindReason) {

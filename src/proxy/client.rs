@@ -3,17 +3,18 @@
 //! events arrive, and wraps every hook call with the rules in `core` (relay, backpressure,
 //! FIN, closing). Backends reach it by id through [`Reactor::with_handler`](crate::Reactor::with_handler).
 //!
-//! Hooks never run after the client's connection has ended.
+//! It owns the hooks its setup installed, the user's per-client state, and the client's
+//! `Core`. Hooks never run after the client's connection has ended.
 
 use std::rc::Rc;
 
 use crate::{ConnId, Context, Handler, PeerClosed, Reactor, UnbindReason};
 
 use super::backend::BackendConn;
+use super::config::Config;
 use super::core::Core;
-use super::hooks::{Finish, Hooks};
-use super::server::{Config, SharedSetup};
-use super::session::{Session, Setup};
+use super::hooks::Finish;
+use super::session::{Hooks, Session, Setup, SharedSetup};
 
 pub(crate) struct Client<S> {
     pub(crate) core: Core,
@@ -54,7 +55,7 @@ impl<S: 'static> Client<S> {
 
     /// Runs the callback of a deferred job or timer a hook started.
     pub(crate) fn run_job(&mut self, cx: &mut Context<'_>, job: impl FnOnce(&mut Session<'_, S>)) {
-        self.core.outstanding = self.core.outstanding.saturating_sub(1);
+        self.core.job_finished();
         let (mut session, _) = self.session(cx);
         job(&mut session);
         self.core.after_hook(cx);

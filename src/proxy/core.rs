@@ -1,6 +1,8 @@
-//! What one client connection knows about its backends, and the rules that hold whatever
-//! the hooks do: relaying to backends, backpressure both ways, cutting off a shadow that
-//! falls behind, passing the client's FIN on, and when the client closes.
+//! What one client connection knows about its backends and its waiting jobs, and the
+//! rules that hold whatever the hooks do: relaying to backends, backpressure both ways,
+//! cutting off a shadow that falls behind, passing the client's FIN on, and when the
+//! client closes. `Core` is the only owner of the count of deferred jobs and timers in
+//! flight (`job_started` / `job_finished`).
 //!
 //! Not generic over the user's state, so the rules are written (and compiled) once;
 //! `Client<S>` wraps this with the hooks. Everything here acts through the public
@@ -10,12 +12,12 @@ use std::rc::Rc;
 
 use crate::{ConnId, Reactor};
 
+use super::config::Config;
 use super::hooks::{Finish, Relay};
-use super::server::Config;
 
 /// How many deferred jobs and timers one client may have waiting before it stops being
 /// read: a hook that defers once per chunk cannot queue work without bound.
-pub(crate) const MAX_OUTSTANDING_JOBS: usize = 64;
+const MAX_OUTSTANDING_JOBS: usize = 64;
 
 /// One live backend of a client.
 pub(crate) struct BackendEntry {
@@ -27,7 +29,7 @@ pub(crate) struct BackendEntry {
     /// It sent FIN: it will answer nothing more, but may still read.
     pub(crate) sent_fin: bool,
     /// A shadow's backlog that does not count as falling behind: everything while it
-    /// connects (up to `Options::shadow_reservation`), then the smallest queue seen since
+    /// connects (up to `Config::shadow_reservation`), then the smallest queue seen since
     /// (what was queued before the connect, as the shadow works it off).
     pub(crate) forgiven: usize,
 }
@@ -47,8 +49,9 @@ pub(crate) struct Core {
     /// The last relay decision was `Relay::Later`: bytes are held back, so the client's
     /// FIN must wait.
     pub(crate) held: bool,
-    /// Deferred jobs, timers and failure reports whose callbacks have not run yet.
-    pub(crate) outstanding: usize,
+    /// Deferred jobs, timers and failure reports whose callbacks have not run yet. Only
+    /// `job_started` and `job_finished` change it.
+    outstanding: usize,
     /// `Finish::WhenAllDone` found no primary left while bytes were held or jobs were
     /// outstanding: close the client once they are done.
     pub(crate) close_when_done: bool,
@@ -127,12 +130,11 @@ impl Core {
         }
         if backend.shadow {
             let queued = r.outbound_size(backend.id);
-            let options = &self.config.options;
             let limit = if r.is_connected(backend.id) {
                 backend.forgiven = backend.forgiven.min(queued);
-                options.shadow_buffer.max(backend.forgiven)
+                self.config.options.shadow_buffer.max(backend.forgiven)
             } else {
-                options.shadow_reservation()
+                self.config.shadow_reservation
             };
             let stats = &self.config.stats;
             stats.shadow_queue(queued);
@@ -187,12 +189,21 @@ impl Core {
         r.resume_connection(self.client);
     }
 
-    /// A deferred job or timer was started for this client.
+    /// A deferred job, timer or failure report was started for this client: until
+    /// `job_finished`, it holds the client's FIN back and a `WhenAllDone` waits, and too
+    /// many of them stop the client being read.
     pub(crate) fn job_started(&mut self, r: &mut Reactor) {
         self.outstanding += 1;
         if self.outstanding > MAX_OUTSTANDING_JOBS {
             self.pause_client(r);
         }
+    }
+
+    /// A job from `job_started` ran its callback or was called off. Whoever calls this
+    /// runs `after_hook` (directly or through `after_finish`) before returning to the
+    /// loop, which resumes the client and passes its FIN on if that was all it waited for.
+    pub(crate) fn job_finished(&mut self) {
+        self.outstanding = self.outstanding.saturating_sub(1);
     }
 
     fn pause_backends(&mut self, r: &mut Reactor) {

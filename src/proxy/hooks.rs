@@ -1,14 +1,9 @@
-//! What a proxy's hooks return ([`Relay`], [`Finish`]) and the set of hooks one client
-//! connection carries.
+//! What a proxy's hooks return: [`Relay`] from `on_data`, [`Finish`] from `on_finish`.
 //!
 //! em-proxy encodes its decisions in Ruby return values (`data`, `nil`, `:async`,
 //! `[data, [names]]`, `:close`, `:keep`); here each decision is an enum variant that
-//! names its meaning. This module owns no behaviour: the client connection
-//! (`client.rs`) acts on what the hooks return.
-
-use crate::UnbindReason;
-
-use super::session::Session;
+//! names its meaning. This module owns only the vocabulary, no behaviour: the hooks
+//! themselves are installed through `session.rs`, and `core.rs` acts on what they return.
 
 /// What `on_data` wants done with bytes from the client (em-proxy's return value of
 /// `on_data`).
@@ -23,10 +18,11 @@ pub enum Relay {
     /// (em-proxy: return `nil`). Ends a hold started by [`Relay::Later`].
     Drop,
     /// Send nothing now; the hook will relay later with
-    /// [`Session::relay_to_servers`], for example from a [`Session::defer`] callback
-    /// (em-proxy: return `:async`). Until the next decision that is not `Later` (from
-    /// `on_data` or `relay_to_servers`), the client's FIN is held back from the backends
-    /// so that it cannot overtake the held bytes, and a [`Finish::WhenAllDone`] waits.
+    /// [`Session::relay_to_servers`](super::Session::relay_to_servers), for example from
+    /// a [`Session::defer`](super::Session::defer) callback (em-proxy: return `:async`).
+    /// Until the next decision that is not `Later` (from `on_data` or
+    /// `relay_to_servers`), the client's FIN is held back from the backends so that it
+    /// cannot overtake the held bytes, and a [`Finish::WhenAllDone`] waits.
     /// The proxy itself keeps no bytes and keeps reading the client (a hook may wait for
     /// more of a message): what the hook holds, it holds in its own state and must bound.
     Later,
@@ -53,34 +49,4 @@ pub enum Finish {
     /// closes when the last one is gone.
     #[default]
     WhenAllDone,
-}
-
-/// `on_data`: bytes from the client.
-pub(crate) type OnData<S> = Box<dyn FnMut(&mut Session<'_, S>, &[u8]) -> Relay>;
-/// `on_response`: bytes from a backend, by name; `None` drops them.
-pub(crate) type OnResponse<S> = Box<dyn FnMut(&mut Session<'_, S>, &str, &[u8]) -> Option<Vec<u8>>>;
-/// `on_connect`: a backend, by name, finished connecting.
-pub(crate) type OnConnect<S> = Box<dyn FnMut(&mut Session<'_, S>, &str)>;
-/// `on_finish`: a backend, by name, is gone, for a reason.
-pub(crate) type OnFinish<S> = Box<dyn FnMut(&mut Session<'_, S>, &str, UnbindReason) -> Finish>;
-
-/// The hooks a client connection's setup installed. A missing hook has a default:
-/// pass-through for `on_data` and `on_response`, nothing for `on_connect`,
-/// [`Finish::WhenAllDone`] for `on_finish`.
-pub(crate) struct Hooks<S> {
-    pub(crate) on_data: Option<OnData<S>>,
-    pub(crate) on_response: Option<OnResponse<S>>,
-    pub(crate) on_connect: Option<OnConnect<S>>,
-    pub(crate) on_finish: Option<OnFinish<S>>,
-}
-
-impl<S> Default for Hooks<S> {
-    fn default() -> Self {
-        Hooks {
-            on_data: None,
-            on_response: None,
-            on_connect: None,
-            on_finish: None,
-        }
-    }
 }

@@ -44,9 +44,19 @@
 //!
 //! `docs/proxy.md` is the guide, with the full mapping table.
 
+// Who owns what.
+// - server:  starting a proxy (`Options`, `start`, `ProxyServer`).
+// - config:  what one server's clients and backends share (`Config`), read-only.
+// - session: what a hook and the setup can do (`Session`, `Setup`); the installed `Hooks`.
+// - hooks:   what a hook returns (`Relay`, `Finish`).
+// - client:  the client connection: runs the setup, calls the hooks.
+// - core:    one client's rules whatever the hooks do, and its count of waiting jobs.
+// - backend: one backend connection: opens it, passes its events to the client.
+// - target, balance, stats: where a backend is, picking one, the counters.
 mod backend;
 mod balance;
 mod client;
+mod config;
 mod core;
 mod hooks;
 mod server;

@@ -2,12 +2,12 @@
 //! [`ProxyServer`] they return (em-proxy's `Proxy.start`).
 //!
 //! A proxy server is an ordinary reactor server whose handler factory makes one client
-//! connection per accepted socket and runs the user's setup closure on it. This module
-//! also owns the per-server settings every client and backend share (`Config`).
+//! connection per accepted socket and runs the user's setup closure on it. The settings
+//! live here as the user writes them; what a running server derives from them and
+//! shares with its clients and backends is `config.rs`.
 
 use std::cell::RefCell;
-use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -15,7 +15,8 @@ use std::time::Duration;
 use crate::{IntoSocketAddr, Reactor, ServerId};
 
 use super::client::Client;
-use super::session::Setup;
+use super::config::Config;
+use super::session::{Setup, SharedSetup};
 use super::stats::Stats;
 
 /// The default [`Options::shadow_buffer`]: 4 MiB.
@@ -191,11 +192,7 @@ impl Options {
         setup: impl FnMut(&mut Setup<'_, S>) + 'static,
     ) -> io::Result<ProxyServer> {
         let stats = Stats::default();
-        let config = Rc::new(Config {
-            max_shadows: self.max_shadows(),
-            options: self,
-            stats: stats.clone(),
-        });
+        let config = Rc::new(Config::new(self, stats.clone()));
         let setup: SharedSetup<S> = Rc::new(RefCell::new(setup));
         let id = r.start_server(addr, move || {
             Client::new(Rc::clone(&config), Rc::clone(&setup), init())
@@ -265,47 +262,5 @@ impl ProxyServer {
     /// Its counters; clones can be sent to other threads.
     pub fn stats(&self) -> &Stats {
         &self.stats
-    }
-}
-
-pub(crate) type SharedSetup<S> = Rc<RefCell<dyn FnMut(&mut Setup<'_, S>)>>;
-
-impl Options {
-    /// What a shadow reserves of `shadow_max_memory`.
-    pub(crate) fn shadow_reservation(&self) -> usize {
-        self.shadow_buffer.max(SHADOW_CONNECT_ALLOWANCE)
-    }
-
-    /// How many shadows may be open at once, from the limits or their defaults.
-    fn max_shadows(&self) -> usize {
-        let by_descriptors = self.shadow_max_connections.unwrap_or_else(|| {
-            usize::try_from(crate::limits::descriptor_limit() / 4).unwrap_or(usize::MAX)
-        });
-        let memory = self.shadow_max_memory.unwrap_or_else(|| {
-            usize::try_from(crate::limits::physical_memory() / 8).unwrap_or(usize::MAX)
-        });
-        by_descriptors.min(memory / self.shadow_reservation().max(1))
-    }
-}
-
-/// What every client and backend of one proxy server shares.
-pub(crate) struct Config {
-    pub(crate) options: Options,
-    pub(crate) stats: Stats,
-    /// Shadows beyond this many open at once are skipped (`Options::max_shadows`).
-    pub(crate) max_shadows: usize,
-}
-
-impl Config {
-    pub(crate) fn verbose(&self) -> bool {
-        self.options.verbose
-    }
-
-    /// One line on stderr, in verbose mode only. A closed or full stderr loses the line,
-    /// never the proxy.
-    pub(crate) fn log(&self, line: fmt::Arguments<'_>) {
-        if self.options.verbose {
-            let _ = writeln!(io::stderr().lock(), "{}: {line}", self.options.label);
-        }
     }
 }

@@ -1,14 +1,17 @@
-//! What a hook can do ([`Session`]) and what the per-client setup closure can do on top of
-//! that ([`Setup`]: install the hooks).
+//! What a hook can do ([`Session`]), what the per-client setup closure can do on top of
+//! that ([`Setup`]: install the hooks), and the hooks it installs (`Hooks`).
 //!
 //! em-proxy's hooks are Ruby blocks closing over `conn`; here every hook receives a
 //! `&mut Session` for the client it serves: its addresses, its per-client state, sending
 //! to the client, relaying to backends, opening more backends, deferring work. A session
 //! only lives for one hook call; it borrows the client's bookkeeping and the reactor.
+//! The client connection (`client.rs`) owns the `Hooks` and calls them.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
+use std::rc::Rc;
 use std::time::Duration;
 
 use crate::{ConnId, DeferPanic, Reactor, TimerId, UnbindReason};
@@ -16,7 +19,7 @@ use crate::{ConnId, DeferPanic, Reactor, TimerId, UnbindReason};
 use super::backend;
 use super::client::Client;
 use super::core::Core;
-use super::hooks::{Finish, Hooks, Relay};
+use super::hooks::{Finish, Relay};
 use super::target::Backend;
 
 /// A timer started with [`Session::add_timer`]; call it off with
@@ -144,7 +147,7 @@ impl<S: 'static> Session<'_, S> {
         if !self.reactor.cancel_timer(timer.0) {
             return false;
         }
-        self.core.outstanding = self.core.outstanding.saturating_sub(1);
+        self.core.job_finished();
         // The session's owner runs `after_hook` when the hook returns.
         true
     }
@@ -163,6 +166,39 @@ impl<S> fmt::Debug for Session<'_, S> {
             .finish()
     }
 }
+
+/// `on_data`: bytes from the client.
+pub(crate) type OnData<S> = Box<dyn FnMut(&mut Session<'_, S>, &[u8]) -> Relay>;
+/// `on_response`: bytes from a backend, by name; `None` drops them.
+pub(crate) type OnResponse<S> = Box<dyn FnMut(&mut Session<'_, S>, &str, &[u8]) -> Option<Vec<u8>>>;
+/// `on_connect`: a backend, by name, finished connecting.
+pub(crate) type OnConnect<S> = Box<dyn FnMut(&mut Session<'_, S>, &str)>;
+/// `on_finish`: a backend, by name, is gone, for a reason.
+pub(crate) type OnFinish<S> = Box<dyn FnMut(&mut Session<'_, S>, &str, UnbindReason) -> Finish>;
+
+/// The hooks a client connection's setup installed. A missing hook has a default:
+/// pass-through for `on_data` and `on_response`, nothing for `on_connect`,
+/// [`Finish::WhenAllDone`] for `on_finish`.
+pub(crate) struct Hooks<S> {
+    pub(crate) on_data: Option<OnData<S>>,
+    pub(crate) on_response: Option<OnResponse<S>>,
+    pub(crate) on_connect: Option<OnConnect<S>>,
+    pub(crate) on_finish: Option<OnFinish<S>>,
+}
+
+impl<S> Default for Hooks<S> {
+    fn default() -> Self {
+        Hooks {
+            on_data: None,
+            on_response: None,
+            on_connect: None,
+            on_finish: None,
+        }
+    }
+}
+
+/// The setup closure of one proxy server, shared by all its clients.
+pub(crate) type SharedSetup<S> = Rc<RefCell<dyn FnMut(&mut Setup<'_, S>)>>;
 
 /// What the setup closure gets for each accepted client (em-proxy's `conn` in the
 /// `Proxy.start` block): everything a [`Session`] can do, plus installing the hooks.
