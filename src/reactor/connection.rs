@@ -33,24 +33,38 @@ const DISCARD_CHUNK: usize = 1024 * 1024;
 pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) struct Connection {
+    /// With the slab slot, the connection's id; never reused (see `id.rs`).
     pub(crate) serial: u64,
+    /// The socket, pipes or attached descriptor; `None` while resolving a name (and for
+    /// a connect refused before a socket existed).
     pub(crate) stream: Option<Stream>,
     /// `None` only while one of its own callbacks runs.
     pub(crate) handler: Option<Box<dyn Handler>>,
     /// Where it is in its life: connecting, open (each half), lingering, reaping.
     pub(crate) life: Life,
+    /// Bytes accepted by `send_data` and not yet written (after `pipe`'s).
     pub(crate) outbound: OutBuffer,
+    /// Above this many pending bytes the connection is "full" (`above_high_water`).
     pub(crate) high_water: usize,
+    /// Draining to this many pending bytes calls `outbound_drained`.
     pub(crate) low_water: usize,
+    /// Pending bytes went above `high_water` and have not yet drained to `low_water`.
     pub(crate) above_high_water: bool,
+    /// Stop reading while `above_high_water` (default on; the proxy turns it off and
+    /// throttles by the other side's queue instead).
     pub(crate) read_backpressure: bool,
+    /// `pause`d by the user: not read until `resume`.
     pub(crate) paused: bool,
     /// Readable data (or EOF) may be waiting that no future edge will announce.
     pub(crate) unread: bool,
-    /// The last event reported read-closed or an error.
+    /// The last event reported read-closed or an error: a short read does not prove the
+    /// socket drained, keep reading to see the EOF or error.
     pub(crate) hangup: bool,
+    /// When a byte last moved either way (for the inactivity and half-close timeouts).
     pub(crate) last_activity: Instant,
+    /// The comm-inactivity timeout and its timer, if set.
     pub(crate) inactivity: Option<(Duration, TimerId)>,
+    /// The pending-connect timer while resolving or connecting.
     pub(crate) connect_timer: Option<TimerId>,
     /// Set while this connection's input is relayed to another (it is the source).
     pub(crate) relay: Option<super::relay::RelayState>,
@@ -59,6 +73,7 @@ pub(crate) struct Connection {
     /// Relayed bytes waiting in a kernel pipe to be spliced into this socket; they go out
     /// before anything in `outbound`.
     pub(crate) pipe: Option<SplicePipe>,
+    /// Bytes this connection has relayed as a source (`proxied_bytes`).
     pub(crate) proxied_bytes: u64,
     /// A child's stderr spent its read budget with bytes left (see `read_child_stderr`).
     pub(crate) stderr_unread: bool,
@@ -328,8 +343,14 @@ impl Reactor {
                 }
             }
         }
+        self.schedule_read(id);
+    }
+
+    /// Queues `id` for reading next tick if readiness is waiting: the one way back in
+    /// for a connection that could not (or may not) read everything now.
+    pub(crate) fn schedule_read(&mut self, id: ConnId) {
         if self.conn(id).is_some_and(|c| c.unread) {
-            self.carry_over.push((id.slot, id.serial));
+            self.carry_over.add(id.slot, id.serial);
         }
     }
 
@@ -431,9 +452,7 @@ impl Reactor {
         };
         if conn.above_high_water && pending <= conn.low_water {
             conn.above_high_water = false;
-            if conn.unread {
-                self.carry_over.push((id.slot, id.serial));
-            }
+            self.schedule_read(id);
             if !self.with_handler_dyn(id, |h, cx| h.outbound_drained(cx)) {
                 // Reached from inside one of this connection's own callbacks (say
                 // `set_water_marks`): tell it once that callback has returned.
@@ -486,7 +505,7 @@ impl Reactor {
         };
         conn.life.linger(reason, timer);
         conn.unread = true;
-        self.carry_over.push((id.slot, id.serial));
+        self.schedule_read(id);
     }
 
     /// A lingering close's timer fired.
@@ -541,7 +560,7 @@ impl Reactor {
         }
         conn.unread = true;
         conn.hangup = true;
-        self.carry_over.push((id.slot, id.serial));
+        self.schedule_read(id);
         self.arm_half_close_timer(id);
     }
 
@@ -595,7 +614,7 @@ impl Reactor {
         if let Some(timer) = linger_timer {
             self.timers.cancel(timer);
         }
-        self.pending_close.push_back(id);
+        self.pending_close.add(id);
     }
 
     /// Stops reading and closes once the queue is written (lingering first if the peer

@@ -176,9 +176,7 @@ impl Reactor {
             && conn.paused
         {
             conn.paused = false;
-            if conn.unread {
-                self.carry_over.push((id.slot, id.serial));
-            }
+            self.schedule_read(id);
         }
     }
 
@@ -232,9 +230,9 @@ impl Reactor {
             conn.high_water = high;
             conn.low_water = low.min(high);
             conn.above_high_water = conn.pending_out() > high;
-            if was_above && !conn.above_high_water && conn.unread {
+            if was_above && !conn.above_high_water {
                 // Reading was throttled by the old mark: replay what is waiting.
-                self.carry_over.push((id.slot, id.serial));
+                self.schedule_read(id);
             }
         }
         self.after_write_progress(id);
@@ -250,8 +248,8 @@ impl Reactor {
     pub fn set_read_backpressure(&mut self, id: ConnId, on: bool) {
         if let Some(conn) = self.conn_mut(id) {
             conn.read_backpressure = on;
-            if !on && conn.unread {
-                self.carry_over.push((id.slot, id.serial));
+            if !on {
+                self.schedule_read(id);
             }
         }
     }

@@ -148,13 +148,13 @@ impl Reactor {
     }
 
     pub(crate) fn receive_datagrams(&mut self, id: ConnId) {
-        if self.relay_buf.len() < DATAGRAM_BUFFER {
-            self.relay_buf.resize(DATAGRAM_BUFFER, 0);
+        if self.datagram_buf.len() < DATAGRAM_BUFFER {
+            self.datagram_buf.resize(DATAGRAM_BUFFER, 0);
         }
         for _ in 0..DATAGRAMS_PER_EVENT {
             let Reactor {
                 descriptors,
-                relay_buf,
+                datagram_buf,
                 ..
             } = self;
             let Some(Descriptor::Datagram(d)) = descriptors.get_mut(id.slot) else {
@@ -163,19 +163,19 @@ impl Reactor {
             if d.serial != id.serial || d.closing.is_some() {
                 return;
             }
-            match d.socket.recv_from(relay_buf) {
+            match d.socket.recv_from(datagram_buf) {
                 Ok((n, from)) => {
                     d.last_sender = Some(from);
-                    let buf = std::mem::take(&mut self.relay_buf);
+                    let buf = std::mem::take(&mut self.datagram_buf);
                     self.with_handler_dyn(id, |h, cx| h.receive_datagram(cx, &buf[..n], from));
-                    self.relay_buf = buf;
+                    self.datagram_buf = buf;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // ICMP errors surface here (port unreachable); they concern one datagram.
                 Err(_) => {}
             }
         }
-        self.carry_over.push((id.slot, id.serial));
+        self.carry_over.add(id.slot, id.serial);
     }
 
     pub(crate) fn retire_datagram(&mut self, id: ConnId, mut d: Datagram) {

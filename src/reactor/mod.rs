@@ -24,12 +24,13 @@ mod file_watch;
 mod lifecycle;
 mod panics;
 mod process;
+mod queues;
 mod relay;
 mod scheduling;
 mod server;
+mod signals;
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -42,12 +43,12 @@ use crate::defer::DeferPool;
 use crate::handler::{Context, Handler};
 use crate::id::ConnId;
 use crate::remote::{ReactorHandle, Shared};
-use crate::sys::signals::SignalPipe;
 use crate::timers::TimerQueue;
 
 pub(crate) use connection::Connection;
 pub use panics::CallbackPanic;
-use scheduling::{SignalHandlers, TimerTask};
+use queues::{CarryOver, PendingCloses};
+use scheduling::TimerTask;
 pub(crate) use server::Server;
 
 /// Bytes read per `read(2)`, as in EventMachine.
@@ -149,39 +150,61 @@ type Task = Box<dyn FnOnce(&mut Reactor)>;
 /// .unwrap();
 /// ```
 pub struct Reactor {
+    // The loop itself.
+    /// Readiness for every descriptor, registered once under its slab slot as token.
     poll: Poll,
+    /// The poll's event buffer; taken out while a tick dispatches it.
     events: Option<Events>,
+    /// Every descriptor with a slot: connections, servers, datagram sockets, watches.
+    /// A slot is freed only by `reap`, never inside a callback.
     pub(crate) descriptors: Slab<Descriptor>,
+    /// The serial the next descriptor gets; never reused, so ids never alias.
     next_serial: u64,
+    /// One-shot and periodic timers, user and internal (timeouts, back-off, polls).
     timers: TimerQueue<TimerTask>,
+    /// Closures for the end of this tick (`next_tick`); ones they add wait a tick.
     next_ticks: Vec<Task>,
-    /// Descriptors whose read or accept budget ran out; continued next tick.
-    carry_over: Vec<(usize, u64)>,
-    pending_close: VecDeque<ConnId>,
+    /// Descriptors to continue next tick without a new edge.
+    carry_over: CarryOver,
+    /// Descriptors whose close is due; `reap` unbinds them between the steps of a tick.
+    pending_close: PendingCloses,
+    /// `stop` was called; the loop ends after this tick.
     stopping: bool,
+    /// What other threads share with the loop: remote tasks, deferred results, the
+    /// waker, a stop request.
     shared: Arc<Shared>,
+    /// The thread pool for blocking work, and the callbacks waiting for its results.
     defer: DeferPool,
-    read_buf: Vec<u8>,
-    /// Scratch for the copying relay path; allocated on first use.
-    relay_buf: Vec<u8>,
-    splice_enabled: bool,
+    /// When this tick started (activity times, timeouts).
     now: Instant,
+    /// Live connections (servers not counted).
     connections: usize,
-    signals: Option<SignalPipe>,
-    signal_handlers: SignalHandlers,
-    defaults: ConnDefaults,
-    /// Closed child processes whose exit status (and so `unbind`) is still awaited.
-    exiting: Vec<process::ExitingChild>,
-    /// The connection whose `unbind` is running, with its relayed byte count.
+    /// The connection whose `unbind` is running, with its relayed byte count, so
+    /// `proxied_bytes` answers for it.
     unbinding: Option<(ConnId, u64)>,
-    listen_backlog: i32,
-    reuse_port: bool,
-    exit_poll: Option<process::ExitPoll>,
-    child_grace: Duration,
-    file_watches: Option<file_watch::Inotify>,
     /// Told about every panic a callback raises (`set_error_handler`); `None` writes a
     /// line to stderr.
     error_handler: Option<panics::ErrorHandler>,
+
+    // What new connections start with, and the read buffer they share.
+    /// Water marks, connect timeout and `TCP_NODELAY` for new connections.
+    defaults: ConnDefaults,
+    /// One read's worth (16 KiB); `receive_data` borrows the filled part.
+    read_buf: Vec<u8>,
+
+    // The rooms: each owned by the file of the same name.
+    /// Listen backlog and `SO_REUSEPORT` for new servers (`server.rs`).
+    listen: server::ListenSettings,
+    /// Splice on or off, and the copying path's buffer (`relay.rs`).
+    relays: relay::Relays,
+    /// One datagram's worth (64 KiB), allocated on first use (`datagram.rs`).
+    datagram_buf: Vec<u8>,
+    /// Closed children awaiting exit, their poll timer and grace (`process.rs`).
+    children: process::Children,
+    /// The self-pipe and `on_signal` handlers (`signals.rs`).
+    signals: signals::Signals,
+    /// The inotify instance, opened on the first `watch_file` (`file_watch.rs`).
+    file_watches: Option<file_watch::Inotify>,
 }
 
 impl Reactor {
@@ -196,32 +219,28 @@ impl Reactor {
             next_serial: 1,
             timers: TimerQueue::default(),
             next_ticks: Vec::new(),
-            carry_over: Vec::new(),
-            pending_close: VecDeque::new(),
+            carry_over: CarryOver::default(),
+            pending_close: PendingCloses::default(),
             stopping: false,
             shared: Arc::new(Shared::new(waker)),
             defer: DeferPool::new(),
-            read_buf: vec![0; READ_CHUNK],
-            relay_buf: Vec::new(),
-            splice_enabled: crate::sys::splice::SPLICE_SUPPORTED,
             now: Instant::now(),
             connections: 0,
-            signals: None,
-            signal_handlers: SignalHandlers::default(),
+            unbinding: None,
+            error_handler: None,
+            read_buf: vec![0; READ_CHUNK],
             defaults: ConnDefaults {
                 high_water: DEFAULT_HIGH_WATER,
                 low_water: DEFAULT_LOW_WATER,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 nodelay: false,
             },
-            exiting: Vec::new(),
-            unbinding: None,
-            listen_backlog: DEFAULT_LISTEN_BACKLOG,
-            reuse_port: false,
-            exit_poll: None,
-            child_grace: process::DEFAULT_CHILD_GRACE,
+            listen: server::ListenSettings::default(),
+            relays: relay::Relays::default(),
+            datagram_buf: Vec::new(),
+            children: process::Children::default(),
+            signals: signals::Signals::default(),
             file_watches: None,
-            error_handler: None,
         })
     }
 
@@ -339,7 +358,7 @@ impl Reactor {
             return Err(e);
         }
         self.now = Instant::now();
-        let carried = std::mem::take(&mut self.carry_over);
+        let carried = self.carry_over.take();
         for event in events.iter() {
             match event.token() {
                 WAKER_TOKEN => self.run_remote_work(),
@@ -489,7 +508,7 @@ impl Reactor {
     /// Removes every descriptor whose close is due and runs its `unbind`. Only called
     /// between the steps of a tick, never from inside a callback.
     pub(crate) fn reap(&mut self) {
-        while let Some(id) = self.pending_close.pop_front() {
+        while let Some(id) = self.pending_close.next() {
             match self.descriptors.get(id.slot) {
                 Some(d) if d.serial() == id.serial && !matches!(d, Descriptor::Server(_)) => {}
                 _ => continue,
@@ -521,7 +540,7 @@ impl Reactor {
         };
         if closing.is_none() {
             *closing = Some(reason);
-            self.pending_close.push_back(id);
+            self.pending_close.add(id);
         }
     }
 

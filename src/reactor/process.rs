@@ -40,6 +40,27 @@ pub(crate) struct ExitPoll {
     interval: Duration,
 }
 
+/// What the reactor keeps about child processes: those closed and not yet exited, the
+/// timer that polls them, and how long they get before SIGTERM and SIGKILL.
+pub(crate) struct Children {
+    /// Closed child connections whose exit status (and so `unbind`) is still awaited.
+    exiting: Vec<ExitingChild>,
+    /// Armed while `exiting` is not empty.
+    exit_poll: Option<ExitPoll>,
+    /// Time a closed child gets to exit before SIGTERM, and again before SIGKILL.
+    grace: Duration,
+}
+
+impl Default for Children {
+    fn default() -> Self {
+        Children {
+            exiting: Vec::new(),
+            exit_poll: None,
+            grace: DEFAULT_CHILD_GRACE,
+        }
+    }
+}
+
 impl Reactor {
     /// Spawns `command` with its stdin, stdout and stderr piped to a new connection.
     ///
@@ -90,7 +111,7 @@ impl Reactor {
 
     /// How long a closed child may take to exit before SIGTERM (and again before SIGKILL).
     pub fn set_child_grace(&mut self, grace: Duration) {
-        self.child_grace = grace;
+        self.children.grace = grace;
     }
 
     /// Drains a child connection's stderr into `receive_stderr`, up to the per-event
@@ -115,13 +136,13 @@ impl Reactor {
         }
         if let Some(conn) = self.conn_mut(id) {
             conn.stderr_unread = true;
-            self.carry_over.push((id.slot, id.serial));
+            self.carry_over.add(id.slot, id.serial);
         }
     }
 
     /// A child connection was closed: wait for its exit without blocking.
     pub(crate) fn await_child_exit(&mut self, id: ConnId, child: Child, handler: Box<dyn Handler>) {
-        self.exiting.push(ExitingChild {
+        self.children.exiting.push(ExitingChild {
             id,
             child,
             handler,
@@ -130,7 +151,7 @@ impl Reactor {
             kill_sent: false,
         });
         // Start polling fast again for the newcomer.
-        if let Some(poll) = self.exit_poll.take() {
+        if let Some(poll) = self.children.exit_poll.take() {
             self.timers.cancel(poll.timer);
         }
         self.poll_exiting_children();
@@ -140,10 +161,10 @@ impl Reactor {
     /// outstay their grace, and re-arms itself while any remain.
     pub(crate) fn poll_exiting_children(&mut self) {
         let now = Instant::now();
-        let grace = self.child_grace;
+        let grace = self.children.grace;
         let mut i = 0;
-        while i < self.exiting.len() {
-            let c = &mut self.exiting[i];
+        while i < self.children.exiting.len() {
+            let c = &mut self.children.exiting[i];
             let reason = match c.child.try_wait() {
                 Ok(Some(status)) => UnbindReason::ProcessExited(status),
                 Ok(None) => {
@@ -158,30 +179,30 @@ impl Reactor {
                 }
                 Err(e) => UnbindReason::Error(e.kind()),
             };
-            let c = self.exiting.swap_remove(i);
+            let c = self.children.exiting.swap_remove(i);
             self.run_unbind(c.id, c.handler, reason);
         }
         self.rearm_exit_poll();
     }
 
     fn rearm_exit_poll(&mut self) {
-        let previous = self.exit_poll.take();
+        let previous = self.children.exit_poll.take();
         if let Some(poll) = &previous {
             self.timers.cancel(poll.timer);
         }
-        if self.exiting.is_empty() {
+        if self.children.exiting.is_empty() {
             return;
         }
         let interval = previous.map_or(FIRST_POLL, |p| (p.interval * 2).min(MAX_POLL));
         let timer = self
             .timers
             .insert(Instant::now() + interval, None, TimerTask::ChildExitPoll);
-        self.exit_poll = Some(ExitPoll { timer, interval });
+        self.children.exit_poll = Some(ExitPoll { timer, interval });
     }
 
     /// At reactor stop: kill what is still running and unbind every child now.
     pub(crate) fn abandon_exiting_children(&mut self) {
-        for mut c in std::mem::take(&mut self.exiting) {
+        for mut c in std::mem::take(&mut self.children.exiting) {
             let status = match c.child.try_wait() {
                 Ok(Some(status)) => Some(status),
                 _ => {

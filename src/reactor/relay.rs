@@ -23,6 +23,25 @@ const RELAY_CHUNK: usize = 64 * 1024;
 /// messages two splices cost more than one read and one write.
 const SPLICE_WORTHWHILE: usize = 16 * 1024;
 
+/// What the reactor keeps for all relays: whether they may splice, and the scratch
+/// buffer of the copying path.
+pub(crate) struct Relays {
+    /// Off with `set_splice(false)`, where the platform lacks splice, or once a pipe
+    /// could not be made.
+    splice_enabled: bool,
+    /// Scratch for the copying path; allocated on first use.
+    copy_buf: Vec<u8>,
+}
+
+impl Default for Relays {
+    fn default() -> Self {
+        Relays {
+            splice_enabled: SPLICE_SUPPORTED,
+            copy_buf: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RelayState {
     pub(crate) target: ConnId,
@@ -82,7 +101,7 @@ impl Reactor {
 
     /// Whether relays may use `splice(2)` (default: on, where the platform has it).
     pub fn set_splice(&mut self, on: bool) {
-        self.splice_enabled = on && SPLICE_SUPPORTED;
+        self.relays.splice_enabled = on && SPLICE_SUPPORTED;
     }
 
     fn start_relay(
@@ -129,13 +148,6 @@ impl Reactor {
         true
     }
 
-    /// Queues `id` for reading next tick if readiness is waiting.
-    fn schedule_read(&mut self, id: ConnId) {
-        if self.conn(id).is_some_and(|c| c.unread) {
-            self.carry_over.push((id.slot, id.serial));
-        }
-    }
-
     /// The target's pending bytes fell to `pending`: let its source read again if room.
     pub(crate) fn wake_relay_source(&mut self, source: ConnId, pending: usize) {
         if let Some(src) = self.conn(source)
@@ -143,7 +155,7 @@ impl Reactor {
             && src.unread
             && pending < relay.bufsize
         {
-            self.carry_over.push((source.slot, source.serial));
+            self.carry_over.add(source.slot, source.serial);
         }
     }
 
@@ -176,7 +188,7 @@ impl Reactor {
             if let Some(remaining) = relay.remaining {
                 want = want.min(usize::try_from(remaining).unwrap_or(usize::MAX));
             }
-            let splice = self.splice_enabled
+            let splice = self.relays.splice_enabled
                 && relay.splicing
                 && tgt.life.is_connected()
                 && tgt.outbound.is_empty()
@@ -240,9 +252,9 @@ impl Reactor {
                     if splice {
                         self.flush(relay.target);
                     } else {
-                        let buf = std::mem::take(&mut self.relay_buf);
+                        let buf = std::mem::take(&mut self.relays.copy_buf);
                         self.enqueue(relay.target, &buf[..n]);
-                        self.relay_buf = buf;
+                        self.relays.copy_buf = buf;
                     }
                     if completed {
                         self.finish_length_relay(id);
@@ -294,17 +306,17 @@ impl Reactor {
 
     /// Reads up to `want` bytes of source `id` into the relay buffer.
     fn read_for_relay(&mut self, id: ConnId, want: usize) -> io::Result<usize> {
-        if self.relay_buf.len() < RELAY_CHUNK {
-            self.relay_buf.resize(RELAY_CHUNK, 0);
+        if self.relays.copy_buf.len() < RELAY_CHUNK {
+            self.relays.copy_buf.resize(RELAY_CHUNK, 0);
         }
         let Reactor {
             descriptors,
-            relay_buf,
+            relays,
             ..
         } = self;
         match descriptors.get_mut(id.slot) {
             Some(super::Descriptor::Conn(c)) => match c.stream.as_mut() {
-                Some(stream) => stream.read(&mut relay_buf[..want]),
+                Some(stream) => stream.read(&mut relays.copy_buf[..want]),
                 None => Ok(0),
             },
             _ => Ok(0),
@@ -326,7 +338,7 @@ impl Reactor {
                 true
             }
             Err(_) => {
-                self.splice_enabled = false;
+                self.relays.splice_enabled = false;
                 false
             }
         }

@@ -1,14 +1,11 @@
-//! Work that is not I/O on a descriptor: timers, deferred jobs and signal handlers,
-//! as seen from the [`Reactor`]'s public API, and how each runs inside a tick.
+//! Work that is not I/O on a descriptor: timers and deferred jobs, as seen from the
+//! [`Reactor`]'s public API, and how each runs inside a tick (signals are in `signals`).
 
-use std::collections::HashMap;
-use std::io;
 use std::time::{Duration, Instant};
 
-use super::{Reactor, SIGNAL_TOKEN};
+use super::Reactor;
 use crate::defer::{Completion, DeferPanic};
 use crate::id::{ConnId, ServerId, TimerId};
-use crate::sys::signals::SignalPipe;
 use crate::timers::deadline;
 
 /// What a timer does when it fires.
@@ -22,11 +19,6 @@ pub(crate) enum TimerTask {
     Linger(ConnId),
     HalfClose(ConnId),
 }
-
-type SignalHandler = Box<dyn FnMut(&mut Reactor)>;
-
-#[derive(Default)]
-pub(crate) struct SignalHandlers(HashMap<i32, Vec<SignalHandler>>);
 
 /// The shortest period a periodic timer may have (a zero period would never let a tick end).
 const MIN_PERIOD: Duration = Duration::from_micros(1);
@@ -159,54 +151,5 @@ impl Reactor {
     /// Deferred jobs whose callbacks have not run yet.
     pub fn deferred_pending(&self) -> usize {
         self.defer.pending()
-    }
-
-    /// Runs `handler` on the reactor thread each time signal `signo` arrives (for
-    /// example `libc::SIGHUP` to reload). Installs a process-wide handler for `signo`.
-    pub fn on_signal(
-        &mut self,
-        signo: i32,
-        handler: impl FnMut(&mut Reactor) + 'static,
-    ) -> io::Result<()> {
-        if self.signals.is_none() {
-            let pipe = SignalPipe::open()?;
-            self.poll.registry().register(
-                &mut mio::unix::SourceFd(&pipe.read_fd()),
-                SIGNAL_TOKEN,
-                mio::Interest::READABLE,
-            )?;
-            self.signals = Some(pipe);
-        }
-        SignalPipe::install(signo)?;
-        self.signal_handlers
-            .0
-            .entry(signo)
-            .or_default()
-            .push(Box::new(handler));
-        Ok(())
-    }
-
-    /// Stops the loop on SIGINT or SIGTERM.
-    pub fn stop_on_signals(&mut self) -> io::Result<()> {
-        self.on_signal(libc::SIGINT, Reactor::stop)?;
-        self.on_signal(libc::SIGTERM, Reactor::stop)
-    }
-
-    pub(crate) fn run_signal_handlers(&mut self) {
-        let Some(pipe) = self.signals.as_ref() else {
-            return;
-        };
-        for signo in pipe.drain() {
-            let Some(mut handlers) = self.signal_handlers.0.remove(&signo) else {
-                continue;
-            };
-            for handler in &mut handlers {
-                self.contain(None, |r| handler(r));
-            }
-            // Keep handlers registered by the handlers themselves, after the old ones.
-            let added = self.signal_handlers.0.remove(&signo).unwrap_or_default();
-            handlers.extend(added);
-            self.signal_handlers.0.insert(signo, handlers);
-        }
     }
 }

@@ -21,6 +21,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 type Factory = Box<dyn FnMut() -> Box<dyn Handler>>;
 
+/// How new listeners are set up (`set_listen_backlog`, `set_reuse_port`).
+pub(crate) struct ListenSettings {
+    backlog: i32,
+    reuse_port: bool,
+}
+
+impl Default for ListenSettings {
+    fn default() -> Self {
+        ListenSettings {
+            backlog: super::DEFAULT_LISTEN_BACKLOG,
+            reuse_port: false,
+        }
+    }
+}
+
 pub(crate) struct Server {
     pub(crate) serial: u64,
     listener: Listener,
@@ -42,7 +57,7 @@ impl Reactor {
         mut factory: impl FnMut() -> H + 'static,
     ) -> io::Result<ServerId> {
         let addr = addr.into_socket_addr()?;
-        let listener = Listener::bind_tcp(addr, self.listen_backlog, self.reuse_port)
+        let listener = Listener::bind_tcp(addr, self.listen.backlog, self.listen.reuse_port)
             .map_err(|e| with_context(e, &addr.to_string()))?;
         self.add_server(listener, None, Box::new(move || Box::new(factory())))
     }
@@ -89,13 +104,13 @@ impl Reactor {
     /// The `listen(2)` backlog for servers started from now on (default 1024; the kernel
     /// caps it at `net.core.somaxconn`).
     pub fn set_listen_backlog(&mut self, backlog: u32) {
-        self.listen_backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+        self.listen.backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
     }
 
     /// Whether TCP servers started from now on set `SO_REUSEPORT`, so that several
     /// processes (one reactor each) can accept on the same port.
     pub fn set_reuse_port(&mut self, on: bool) {
-        self.reuse_port = on;
+        self.listen.reuse_port = on;
     }
 
     /// The address a TCP server is bound to (with the real port if it asked for 0).
@@ -190,7 +205,7 @@ impl Reactor {
                 }
             }
         }
-        self.carry_over.push((slot, serial));
+        self.carry_over.add(slot, serial);
     }
 
     /// A back-off timer fired: try accepting again.
