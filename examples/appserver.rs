@@ -75,7 +75,8 @@ impl Handler for AppServer {
             } else {
                 let id = cx.id();
                 cx.add_timer(self.delay, move |r| {
-                    r.with_handler::<AppServer, _>(id, |app, cx| app.answer(cx, close));
+                    // A client that left meanwhile gets no answer.
+                    let _ = r.with_handler::<AppServer, _>(id, |app, cx| app.answer(cx, close));
                 });
             }
             if close {

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ember::{CallbackPanic, ConnId, Context, Handler, PeerClosed, UnbindReason};
+use ember::{CallbackPanic, ConnId, Context, Handler, PeerClosed, TimerAction, UnbindReason};
 
 use common::*;
 
@@ -414,7 +414,7 @@ fn panics_in_timers_next_ticks_and_unbind_are_reported_and_the_loop_runs_on() {
         r.set_error_handler(move |_, panic| seen.borrow_mut().push(panic.clone()));
         r.add_timer(Duration::from_millis(1), |_| panic!("in a timer"));
         r.next_tick(|_| panic!("in a next tick"));
-        r.add_periodic_timer(Duration::from_millis(1), move |_| {
+        r.add_periodic_timer(Duration::from_millis(1), move |_| -> TimerAction {
             *runs.borrow_mut() += 1;
             panic!("in a periodic timer");
         });

@@ -251,7 +251,7 @@ impl Handler for FleetClient {
             self.fleet.borrow_mut().open_when_all_connected = cx.connection_count();
             cx.next_tick(|r| {
                 for id in r.connection_ids() {
-                    r.with_handler(id, |c: &mut FleetClient, cx| {
+                    let _ = r.with_handler(id, |c: &mut FleetClient, cx| {
                         assert!(cx.send_data(&c.payload));
                     });
                 }
@@ -1206,7 +1206,7 @@ fn stale_id_after_slot_reuse_reaches_nothing() {
     let (tx, rx) = mpsc::channel();
     server.handle().schedule(move |r| {
         let alive = r.is_alive(old);
-        let handler = r.with_handler(old, |_: &mut ReportingEcho, _| ()).is_some();
+        let handler = r.with_handler(old, |_: &mut ReportingEcho, _| ()).is_ok();
         r.close_connection(old); // must not close the new connection
         r.pause_connection(old); // must not pause it either
         let stale = r.send_to(old, b"stale");
@@ -1292,7 +1292,9 @@ fn resume_delivers_everything_that_arrived_while_paused() {
     let (probe_tx, probe_rx) = mpsc::channel();
     server.handle().schedule(move |r| {
         let paused = r.is_paused(id);
-        let received = r.with_handler(id, |h: &mut PausedSink, _| h.received.len());
+        let received = r
+            .with_handler(id, |h: &mut PausedSink, _| h.received.len())
+            .ok();
         let _ = probe_tx.send((paused, received));
     });
     assert_eq!(

@@ -14,7 +14,7 @@ use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
-use crate::{ConnId, Context, Handler, PeerClosed, Reactor, TimerId, UnbindReason};
+use crate::{ConnId, Context, Handler, PeerClosed, Reactor, TimerId, UnbindReason, Unreachable};
 
 use super::client::Client;
 use super::config::Config;
@@ -143,7 +143,7 @@ fn report_unreachable<S: 'static>(
     core.job_started(r);
     let client = core.client;
     r.next_tick(move |r| {
-        r.with_handler::<Client<S>, _>(client, |c, cx| {
+        let _ = r.with_handler::<Client<S>, _>(client, |c, cx| {
             c.core.job_finished();
             c.finish(cx, &name, shadow, reason);
         });
@@ -208,19 +208,18 @@ impl<S: 'static> BackendConn<S> {
         R: 'static,
     {
         let (client, id) = (self.client, cx.id());
-        let reached = cx.with_handler::<Client<S>, _>(client, |c, ccx| event(c, ccx, id, payload));
-        if reached.is_some() {
-            return reached;
-        }
-        if cx.is_alive(client) {
-            let payload = payload.to_owned();
-            cx.next_tick(move |r| {
-                r.with_handler::<Client<S>, _>(client, |c, ccx| {
-                    event(c, ccx, id, payload.borrow());
+        match cx.with_handler::<Client<S>, _>(client, |c, ccx| event(c, ccx, id, payload)) {
+            Ok(value) => return Some(value),
+            Err(Unreachable::Busy) => {
+                let payload = payload.to_owned();
+                cx.next_tick(move |r| {
+                    let _ = r.with_handler::<Client<S>, _>(client, |c, ccx| {
+                        event(c, ccx, id, payload.borrow());
+                    });
                 });
-            });
-        } else if if_gone == IfClientGone::Detach {
-            self.detach(cx);
+            }
+            Err(Unreachable::Gone) if if_gone == IfClientGone::Detach => self.detach(cx),
+            Err(_) => {}
         }
         None
     }
@@ -250,7 +249,7 @@ impl<S: 'static> Handler for BackendConn<S> {
             let _ = cx.set_nodelay(true);
         }
         let id = cx.id();
-        cx.with_handler::<Client<S>, _>(self.client, |c, ccx| c.backend_connected(ccx, id));
+        let _ = cx.with_handler::<Client<S>, _>(self.client, |c, ccx| c.backend_connected(ccx, id));
     }
 
     fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
@@ -299,7 +298,7 @@ impl<S: 'static> Handler for BackendConn<S> {
         let id = cx.id();
         // What the descriptor relay carried from this backend to the client.
         self.config.stats.relayed_to_client(cx.proxied_bytes());
-        cx.with_handler::<Client<S>, _>(self.client, |c, ccx| {
+        let _ = cx.with_handler::<Client<S>, _>(self.client, |c, ccx| {
             c.backend_finished(ccx, id, reason);
         });
     }

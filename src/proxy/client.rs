@@ -224,7 +224,7 @@ impl<S: 'static> Handler for Client<S> {
         config.stats.relayed_from_client(cx.proxied_bytes());
         config.log(format_args!("client {} gone: {reason}", cx.id()));
         for backend in std::mem::take(&mut self.core.backends) {
-            cx.with_handler::<BackendConn<S>, _>(backend.id, |b, bcx| b.detach(bcx));
+            let _ = cx.with_handler::<BackendConn<S>, _>(backend.id, |b, bcx| b.detach(bcx));
             // As in em-proxy, every backend gets its `on_finish`: one still attached when
             // the client goes is finished as far as this client is concerned (it drains
             // on its own: FIN after its queue).

@@ -120,7 +120,7 @@ impl<S: 'static> Session<'_, S> {
         self.core.job_started(self.reactor);
         let client = self.core.client;
         self.reactor.defer(work, move |r, result| {
-            r.with_handler::<Client<S>, _>(client, move |c, cx| {
+            let _ = r.with_handler::<Client<S>, _>(client, move |c, cx| {
                 c.run_job(cx, move |s| then(s, result));
             });
         });
@@ -137,7 +137,7 @@ impl<S: 'static> Session<'_, S> {
         self.core.job_started(self.reactor);
         let client = self.core.client;
         SessionTimer(self.reactor.add_timer(delay, move |r| {
-            r.with_handler::<Client<S>, _>(client, move |c, cx| c.run_job(cx, then));
+            let _ = r.with_handler::<Client<S>, _>(client, move |c, cx| c.run_job(cx, then));
         }))
     }
 

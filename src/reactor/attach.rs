@@ -76,7 +76,7 @@ impl Reactor {
             closing: None,
         }));
         let id = ConnId { slot, serial };
-        self.with_handler_dyn(id, |h, cx| h.post_init(cx));
+        self.notify(id, |h, cx| h.post_init(cx));
         Ok(id)
     }
 
@@ -144,10 +144,10 @@ impl Reactor {
             ready.writable && w.notify_writable,
         );
         if readable {
-            self.with_handler_dyn(id, |h, cx| h.notify_readable(cx));
+            self.notify(id, |h, cx| h.notify_readable(cx));
         }
         if writable {
-            self.with_handler_dyn(id, |h, cx| h.notify_writable(cx));
+            self.notify(id, |h, cx| h.notify_writable(cx));
         }
         // Re-arm: epoll re-checks readiness on modification, which makes the edge-triggered
         // registration behave level-triggered for watches.

@@ -193,7 +193,7 @@ impl Reactor {
                 c.connect_timer = Some(timer);
             }
         }
-        self.with_handler_dyn(id, |h, cx| h.post_init(cx));
+        self.notify(id, |h, cx| h.post_init(cx));
         Ok(id)
     }
 
@@ -262,7 +262,7 @@ impl Reactor {
                 if let Some(timer) = conn.connect_timer.take() {
                     self.timers.cancel(timer);
                 }
-                self.with_handler_dyn(id, |h, cx| h.connection_completed(cx));
+                self.notify(id, |h, cx| h.connection_completed(cx));
                 self.flush(id);
             }
             Err(e) => self.close_now(id, UnbindReason::from_io_error(&e)),
@@ -329,7 +329,7 @@ impl Reactor {
                         continue; // input after our close, or input nobody wants
                     }
                     let buf = std::mem::take(&mut self.read_buf);
-                    self.with_handler_dyn(id, |h, cx| h.receive_data(cx, &buf[..n]));
+                    self.notify(id, |h, cx| h.receive_data(cx, &buf[..n]));
                     self.read_buf = buf;
                 }
                 Io::Drained => {
@@ -453,11 +453,12 @@ impl Reactor {
         if conn.above_high_water && pending <= conn.low_water {
             conn.above_high_water = false;
             self.schedule_read(id);
-            if !self.with_handler_dyn(id, |h, cx| h.outbound_drained(cx)) {
+            let told = self.with_handler_dyn(id, |h, cx| h.outbound_drained(cx));
+            if told == Err(super::Unreachable::Busy) {
                 // Reached from inside one of this connection's own callbacks (say
                 // `set_water_marks`): tell it once that callback has returned.
                 self.next_tick(move |r| {
-                    r.with_handler_dyn(id, |h, cx| h.outbound_drained(cx));
+                    let _ = r.with_handler_dyn(id, |h, cx| h.outbound_drained(cx));
                 });
             }
         }
@@ -534,7 +535,7 @@ impl Reactor {
             OnEof::Wait => {}
             OnEof::AskHandler => {
                 let mut action = PeerClosed::Close;
-                self.with_handler_dyn(id, |h, cx| action = h.peer_closed(cx));
+                self.notify(id, |h, cx| action = h.peer_closed(cx));
                 if action == PeerClosed::Close {
                     self.close_after_writing(id, UnbindReason::PeerClosed);
                 } else {

@@ -65,7 +65,7 @@ impl Reactor {
             dropped: 0,
         }));
         let id = ConnId { slot, serial };
-        self.with_handler_dyn(id, |h, cx| h.post_init(cx));
+        self.notify(id, |h, cx| h.post_init(cx));
         Ok(id)
     }
 
@@ -167,7 +167,7 @@ impl Reactor {
                 Ok((n, from)) => {
                     d.last_sender = Some(from);
                     let buf = std::mem::take(&mut self.datagram_buf);
-                    self.with_handler_dyn(id, |h, cx| h.receive_datagram(cx, &buf[..n], from));
+                    self.notify(id, |h, cx| h.receive_datagram(cx, &buf[..n], from));
                     self.datagram_buf = buf;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

@@ -45,7 +45,7 @@ impl Reactor {
             }));
         let id = ConnId { slot, serial };
         self.track_watch(wd, id);
-        self.with_handler_dyn(id, |h, cx| h.post_init(cx));
+        self.notify(id, |h, cx| h.post_init(cx));
         Ok(id)
     }
 
@@ -160,13 +160,13 @@ mod linux {
                 .unwrap_or_default();
             for id in ids {
                 if mask & libc::IN_MODIFY != 0 {
-                    self.with_handler_dyn(id, |h, cx| h.file_modified(cx));
+                    self.notify(id, |h, cx| h.file_modified(cx));
                 }
                 if mask & libc::IN_MOVE_SELF != 0 {
-                    self.with_handler_dyn(id, |h, cx| h.file_moved(cx));
+                    self.notify(id, |h, cx| h.file_moved(cx));
                 }
                 if mask & libc::IN_DELETE_SELF != 0 {
-                    self.with_handler_dyn(id, |h, cx| h.file_deleted(cx));
+                    self.notify(id, |h, cx| h.file_deleted(cx));
                 }
                 if mask & (libc::IN_IGNORED | libc::IN_UNMOUNT) != 0 {
                     self.close_descriptor(id, UnbindReason::FileGone);

@@ -48,6 +48,7 @@ use crate::timers::TimerQueue;
 pub(crate) use connection::Connection;
 pub use panics::CallbackPanic;
 use queues::{CarryOver, PendingCloses};
+pub use scheduling::TimerAction;
 use scheduling::TimerTask;
 pub(crate) use server::Server;
 
@@ -116,6 +117,34 @@ impl Descriptor {
         }
     }
 }
+
+/// Why [`Reactor::with_handler`] could not run its closure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unreachable {
+    /// No live connection has this id (it was unbound, or never was one).
+    Gone,
+    /// The connection is inside one of its own callbacks (callbacks never nest); try
+    /// again later, for example from `next_tick`.
+    Busy,
+    /// Its handler is not of the type asked for.
+    OtherType,
+    /// The closure was called and panicked; the connection is closing
+    /// ([`UnbindReason::Panicked`](crate::UnbindReason::Panicked)).
+    Panicked,
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unreachable::Gone => "no such connection",
+            Unreachable::Busy => "the connection is in one of its own callbacks",
+            Unreachable::OtherType => "the handler is of another type",
+            Unreachable::Panicked => "the callback panicked",
+        })
+    }
+}
+
+impl std::error::Error for Unreachable {}
 
 /// Per-connection settings new connections start with.
 #[derive(Clone, Copy)]
@@ -327,20 +356,21 @@ impl Reactor {
     }
 
     /// Calls `f` with connection `id`'s handler, if it is alive, of type `H`, and not
-    /// already in one of its own callbacks. Lets timers and other connections reach a
-    /// handler's state without shared pointers.
+    /// already in one of its own callbacks; otherwise says why not ([`Unreachable`]).
+    /// Lets timers and other connections reach a handler's state without shared
+    /// pointers.
     pub fn with_handler<H: Handler, R>(
         &mut self,
         id: ConnId,
         f: impl FnOnce(&mut H, &mut Context<'_>) -> R,
-    ) -> Option<R> {
-        let mut out = None;
+    ) -> Result<R, Unreachable> {
+        let mut out = Err(Unreachable::OtherType);
         self.with_handler_dyn(id, |handler, cx| {
             let handler: &mut dyn Any = handler;
             if let Some(h) = handler.downcast_mut::<H>() {
-                out = Some(f(h, cx));
+                out = Ok(f(h, cx));
             }
-        });
+        })?;
         out
     }
 
@@ -469,10 +499,9 @@ impl Reactor {
         &mut self,
         id: ConnId,
         f: impl FnOnce(&mut dyn Handler, &mut Context<'_>),
-    ) -> bool {
-        let Some(mut handler) = self.handler_slot(id).and_then(Option::take) else {
-            return false;
-        };
+    ) -> Result<(), Unreachable> {
+        let slot = self.handler_slot(id).ok_or(Unreachable::Gone)?;
+        let mut handler = slot.take().ok_or(Unreachable::Busy)?;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             f(&mut *handler, &mut Context::new(self, id));
         }));
@@ -482,8 +511,19 @@ impl Reactor {
         }
         if let Err(payload) = outcome {
             self.callback_panicked(Some(id), payload);
+            return Err(Unreachable::Panicked);
         }
-        true
+        Ok(())
+    }
+
+    /// Calls a handler for an event it is told about (see `with_handler_dyn`); a handler
+    /// that is gone or inside one of its own callbacks simply misses it.
+    pub(crate) fn notify(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&mut dyn Handler, &mut Context<'_>),
+    ) {
+        let _ = self.with_handler_dyn(id, f);
     }
 
     fn handler_slot(&mut self, id: ConnId) -> Option<&mut Option<Box<dyn Handler>>> {

@@ -128,7 +128,7 @@ impl Reactor {
             };
             match pipes.read_stderr(&mut buf) {
                 Ok(Some(n)) => {
-                    self.with_handler_dyn(id, |h, cx| h.receive_stderr(cx, &buf[..n]));
+                    self.notify(id, |h, cx| h.receive_stderr(cx, &buf[..n]));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 _ => return,

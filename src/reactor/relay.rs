@@ -354,7 +354,7 @@ impl Reactor {
         {
             tgt.relayed_from = None;
         }
-        self.with_handler_dyn(source, |h, cx| h.proxy_completed(cx));
+        self.notify(source, |h, cx| h.proxy_completed(cx));
     }
 
     /// A reaped connection was a relay source (`target`) and/or target (`source`).
@@ -375,7 +375,7 @@ impl Reactor {
             && src.relay.is_some_and(|r| r.target == gone)
         {
             src.relay = None;
-            self.with_handler_dyn(source, |h, cx| h.proxy_target_unbound(cx));
+            self.notify(source, |h, cx| h.proxy_target_unbound(cx));
             self.schedule_read(source);
         }
     }

@@ -11,13 +11,29 @@ use crate::timers::deadline;
 /// What a timer does when it fires.
 pub(crate) enum TimerTask {
     Once(Box<dyn FnOnce(&mut Reactor)>),
-    Every(Box<dyn FnMut(&mut Reactor)>),
+    Every(Box<dyn FnMut(&mut Reactor) -> TimerAction>),
     ConnectTimeout(ConnId),
     Inactivity(ConnId),
     ResumeAccept(ServerId),
     ChildExitPoll,
     Linger(ConnId),
     HalfClose(ConnId),
+}
+
+/// What a periodic timer's callback wants next (calloop's `TimeoutAction`, reduced to
+/// what a fixed-period timer needs). A callback that returns `()` means `Continue`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerAction {
+    /// Fire again one period after the last deadline.
+    Continue,
+    /// Cancel the timer now.
+    Stop,
+}
+
+impl From<()> for TimerAction {
+    fn from((): ()) -> TimerAction {
+        TimerAction::Continue
+    }
 }
 
 /// The shortest period a periodic timer may have (a zero period would never let a tick end).
@@ -37,19 +53,39 @@ impl Reactor {
         )
     }
 
-    /// Runs `callback` every `period`, first `period` from now. Deadlines are kept on a
-    /// fixed grid, so the timer does not drift; a tick that falls behind skips missed
-    /// beats instead of firing them in a burst.
-    pub fn add_periodic_timer(
+    /// Runs `callback` every `period`, first `period` from now, until it returns
+    /// [`TimerAction::Stop`] or is cancelled (a callback returning `()` goes on). Deadlines
+    /// are kept on a fixed grid, so the timer does not drift; a tick that falls behind
+    /// skips missed beats instead of firing them in a burst.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ember::{Reactor, TimerAction};
+    ///
+    /// Reactor::run(|r| {
+    ///     let mut beats = 0;
+    ///     r.add_periodic_timer(Duration::from_millis(1), move |r| {
+    ///         beats += 1;
+    ///         if beats < 3 {
+    ///             return TimerAction::Continue;
+    ///         }
+    ///         r.stop();
+    ///         TimerAction::Stop
+    ///     });
+    ///     Ok(())
+    /// })
+    /// .unwrap();
+    /// ```
+    pub fn add_periodic_timer<A: Into<TimerAction>>(
         &mut self,
         period: Duration,
-        callback: impl FnMut(&mut Reactor) + 'static,
+        mut callback: impl FnMut(&mut Reactor) -> A + 'static,
     ) -> TimerId {
         let period = period.max(MIN_PERIOD);
         self.timers.insert(
             deadline(Instant::now(), period),
             Some(period),
-            TimerTask::Every(Box::new(callback)),
+            TimerTask::Every(Box::new(move |r| callback(r).into())),
         )
     }
 
@@ -85,8 +121,9 @@ impl Reactor {
                     self.contain(None, callback);
                 }
                 TimerTask::Every(mut callback) => {
-                    if self.contain(None, |r| callback(r)).is_none() {
-                        continue; // a periodic timer that panicked is not re-armed
+                    // A periodic timer that asked to stop, or panicked, is not re-armed.
+                    if self.contain(None, |r| callback(r)) != Some(TimerAction::Continue) {
+                        continue;
                     }
                     let fired = crate::timers::Fired {
                         id,
