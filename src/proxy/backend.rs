@@ -95,7 +95,9 @@ pub(crate) fn open<S: 'static>(
     let bufsize = core.config.options.relay_bufsize;
     // A shadow never takes the client's bytes for itself alone (it would become the only
     // receiver and throttle the primaries), so `relay_client` is ignored on a shadow.
-    if spec.relay_client && !spec.shadow && core.relay_client.is_none() {
+    let retrying = spec.retries > 0 && !spec.shadow;
+    let wants_relay_client = spec.relay_client && !spec.shadow && core.relay_client.is_none();
+    if wants_relay_client && !retrying {
         // The client's bytes go straight to this backend; `Client::receive_data` copies
         // them itself if the reactor refuses the relay.
         r.proxy_incoming_to(core.client, id, bufsize);
@@ -126,6 +128,9 @@ pub(crate) fn open<S: 'static>(
         relay_server: spec.relay_server && !spec.shadow,
         sent_fin: false,
         forgiven: usize::MAX,
+        replay: retrying.then(Vec::new),
+        relay_client_on_connect: wants_relay_client && retrying,
+        spec,
     });
     Some(id)
 }
@@ -233,6 +238,7 @@ impl<S: 'static> Handler for BackendConn<S> {
         cx.set_read_backpressure(false);
         let options = &self.config.options;
         cx.set_half_close_timeout(options.fin_timeout);
+        cx.set_comm_inactivity_timeout(options.server_timeout);
         if self.shadow {
             cx.set_pending_connect_timeout(options.shadow_connect_timeout);
             // Its answers are worth less than anyone's: a shadow that floods cannot take

@@ -10,9 +10,10 @@ use std::rc::Rc;
 
 use crate::{ConnId, Context, Handler, PeerClosed, Reactor, UnbindReason};
 
-use super::backend::BackendConn;
+use super::backend::{self, BackendConn};
 use super::config::Config;
-use super::core::Core;
+use super::core::{BackendEntry, Core};
+use super::dispatch::is_connect_failure;
 use super::hooks::Finish;
 use super::session::{Hooks, Session, Setup, SharedSetup};
 
@@ -65,6 +66,18 @@ impl<S: 'static> Client<S> {
         let Some(i) = self.core.by_id(id) else {
             return;
         };
+        let backend = &mut self.core.backends[i];
+        backend.replay = None; // connected: a failure from here on is not retried
+        if let (Some(dispatch), Ok(target)) = (&backend.spec.dispatch, &backend.spec.target) {
+            dispatch.connected(target);
+        }
+        if backend.relay_client_on_connect && self.core.relay_client.is_none() {
+            backend.relay_client_on_connect = false;
+            let bufsize = self.core.config.options.relay_bufsize;
+            cx.reactor()
+                .proxy_incoming_to(self.core.client, id, bufsize);
+            self.core.relay_client = Some(id);
+        }
         let name = Rc::clone(&self.core.backends[i].name);
         self.core
             .config
@@ -136,7 +149,51 @@ impl<S: 'static> Client<S> {
         if self.core.relay_server == Some(id) {
             self.core.relay_server = None;
         }
+        let never_connected = backend.replay.is_some();
+        if never_connected && is_connect_failure(&reason) && self.retry(cx, &backend, &reason) {
+            return;
+        }
         self.finish(cx, &backend.name, backend.shadow, reason);
+    }
+
+    /// A backend that never connected failed: tell its dispatch, and if tries remain,
+    /// open the next one (where the dispatch says) under the same name and replay what
+    /// the client sent. Returns whether a retry is under way.
+    fn retry(
+        &mut self,
+        cx: &mut Context<'_>,
+        failed: &BackendEntry,
+        reason: &UnbindReason,
+    ) -> bool {
+        let spec = &failed.spec;
+        let Ok(target) = &spec.target else {
+            return false;
+        };
+        let next = match &spec.dispatch {
+            Some(dispatch) => dispatch.failed(target, reason),
+            None => Some(target.clone()),
+        };
+        let (Some(replay), Some(next)) = (&failed.replay, next) else {
+            return false;
+        };
+        if spec.retries == 0 || self.core.closing {
+            return false;
+        }
+        let name = &failed.name;
+        let left = spec.retries - 1;
+        self.core.config.log(format_args!(
+            "server `{name}` at {target} failed to connect ({reason}); retrying at {next} ({left} retries left)"
+        ));
+        self.core.config.stats.backend_retried();
+        let retry = spec.at(next).retries(left);
+        let Some(id) = backend::open::<S>(cx, &mut self.core, name, retry) else {
+            return false;
+        };
+        if let Some(i) = self.core.by_id(id) {
+            self.core.send_to_backend(cx, i, replay);
+        }
+        self.core.after_hook(cx);
+        true
     }
 
     /// A backend is gone (or never came): `on_finish`, then what it decided.
@@ -170,6 +227,7 @@ impl<S: 'static> Handler for Client<S> {
             let _ = cx.set_nodelay(true);
         }
         cx.set_half_close_timeout(config.options.fin_timeout);
+        cx.set_comm_inactivity_timeout(config.options.client_timeout);
         config.stats.client_accepted();
         if config.verbose() {
             match cx.peer_addr() {

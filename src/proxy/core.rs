@@ -14,6 +14,7 @@ use crate::{ConnId, Reactor};
 
 use super::config::Config;
 use super::hooks::{Finish, Relay};
+use super::target::Backend;
 
 /// How many deferred jobs and timers one client may have waiting before it stops being
 /// read: a hook that defers once per chunk cannot queue work without bound.
@@ -32,6 +33,16 @@ pub(crate) struct BackendEntry {
     /// connects (up to `Config::shadow_reservation`), then the smallest queue seen since
     /// (what was queued before the connect, as the shadow works it off).
     pub(crate) forgiven: usize,
+    /// How it was opened: what a retry reopens, and who hears how the connect ends.
+    pub(crate) spec: Backend,
+    /// While a backend with retries is still connecting: everything sent to it, to
+    /// replay to the next try if this one fails. `None` once connected (or without
+    /// retries). Bounded like the backend's queue it mirrors: the client is paused when
+    /// that is above its high-water mark.
+    pub(crate) replay: Option<Vec<u8>>,
+    /// Take the client's bytes through the descriptor relay once connected (a
+    /// `relay_client` backend with retries copies until then, so it can replay).
+    pub(crate) relay_client_on_connect: bool,
 }
 
 pub(crate) struct Core {
@@ -127,6 +138,9 @@ impl Core {
         let backend = &mut self.backends[i];
         if !r.send_to(backend.id, data) {
             return; // closing or gone; its unbind will report it
+        }
+        if let Some(replay) = backend.replay.as_mut() {
+            replay.extend_from_slice(data);
         }
         if backend.shadow {
             let queued = r.outbound_size(backend.id);

@@ -58,14 +58,20 @@ mod balance;
 mod client;
 mod config;
 mod core;
+mod dispatch;
+mod health;
 mod hooks;
+mod pool;
 mod server;
 mod session;
 mod stats;
 mod target;
 
 pub use balance::{Balancer, Lease, Strategy};
+pub use dispatch::Dispatch;
+pub use health::{Change, Ejection};
 pub use hooks::{Finish, Relay};
+pub use pool::Pool;
 pub use server::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_FIN_TIMEOUT, DEFAULT_RELAY_BUFSIZE, DEFAULT_SHADOW_BUFFER,
     DEFAULT_SHADOW_CONNECT_TIMEOUT, DEFAULT_SHADOW_DRAIN_TIMEOUT, Options, ProxyServer,

@@ -52,6 +52,8 @@ pub struct Options {
     pub(crate) shadow_max_memory: Option<usize>,
     pub(crate) shadow_drain_timeout: Duration,
     pub(crate) shadow_connect_timeout: Duration,
+    pub(crate) client_timeout: Option<Duration>,
+    pub(crate) server_timeout: Option<Duration>,
 }
 
 impl Default for Options {
@@ -69,6 +71,8 @@ impl Default for Options {
             shadow_max_memory: None,
             shadow_drain_timeout: DEFAULT_SHADOW_DRAIN_TIMEOUT,
             shadow_connect_timeout: DEFAULT_SHADOW_CONNECT_TIMEOUT,
+            client_timeout: None,
+            server_timeout: None,
         }
     }
 }
@@ -77,6 +81,11 @@ impl Options {
     /// The defaults.
     pub fn new() -> Options {
         Options::default()
+    }
+
+    /// Whether verbose logging is on.
+    pub fn is_verbose(&self) -> bool {
+        self.verbose
     }
 
     /// Logs connections, backend outcomes and shadow cut-offs on stderr (em-proxy's
@@ -112,6 +121,21 @@ impl Options {
     /// The pending-connect timeout for backends (the reactor's default otherwise, 20 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Options {
         self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Closes a client connection with
+    /// [`UnbindReason::InactivityTimeout`](crate::UnbindReason::InactivityTimeout) after
+    /// this long without a byte either way (HAProxy's `timeout client`; default none).
+    pub fn client_timeout(mut self, timeout: Option<Duration>) -> Options {
+        self.client_timeout = timeout;
+        self
+    }
+
+    /// Closes a backend connection after this long without a byte either way (HAProxy's
+    /// `timeout server`; default none).
+    pub fn server_timeout(mut self, timeout: Option<Duration>) -> Options {
+        self.server_timeout = timeout;
         self
     }
 

@@ -16,6 +16,7 @@ struct Counters {
     backends_failed: AtomicU64,
     shadow_cutoffs: AtomicU64,
     shadows_skipped: AtomicU64,
+    backends_retried: AtomicU64,
     shadows_active: AtomicU64,
     bytes_from_clients: AtomicU64,
     bytes_to_clients: AtomicU64,
@@ -57,6 +58,11 @@ impl Stats {
     /// [`Options::shadow_max_memory`](super::Options::shadow_max_memory)).
     pub fn shadows_skipped(&self) -> u64 {
         self.0.shadows_skipped.load(Ordering::Relaxed)
+    }
+
+    /// Backend connects retried after a failure ([`Backend::retries`](super::Backend::retries)).
+    pub fn backends_retried(&self) -> u64 {
+        self.0.backends_retried.load(Ordering::Relaxed)
     }
 
     /// Shadow backend connections open now (detached ones still draining included).
@@ -101,6 +107,10 @@ impl Stats {
 
     pub(crate) fn shadow_cut_off(&self) {
         self.0.shadow_cutoffs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn backend_retried(&self) {
+        self.0.backends_retried.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn shadow_skipped(&self) {
@@ -151,6 +161,7 @@ impl fmt::Debug for Stats {
             .field("backends_failed", &self.backends_failed())
             .field("shadow_cutoffs", &self.shadow_cutoffs())
             .field("shadows_skipped", &self.shadows_skipped())
+            .field("backends_retried", &self.backends_retried())
             .field("shadows_active", &self.shadows_active())
             .field("bytes_from_clients", &self.bytes_from_clients())
             .field("bytes_to_clients", &self.bytes_to_clients())

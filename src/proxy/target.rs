@@ -5,6 +5,9 @@
 //! Parsing never resolves a name: `"db.internal:5432"` becomes [`Target::Host`], which the
 //! reactor resolves on its defer pool when the backend opens.
 
+use std::rc::Rc;
+
+use super::dispatch::Dispatch;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -109,6 +112,9 @@ pub struct Backend {
     pub(crate) relay_client: bool,
     pub(crate) relay_server: bool,
     pub(crate) shadow: bool,
+    /// Connect failures that are retried before `on_finish` hears of one.
+    pub(crate) retries: u32,
+    pub(crate) dispatch: Option<Rc<dyn Dispatch>>,
 }
 
 impl Backend {
@@ -120,6 +126,8 @@ impl Backend {
             relay_client: false,
             relay_server: false,
             shadow: false,
+            retries: 0,
+            dispatch: None,
         }
     }
 
@@ -174,6 +182,32 @@ impl Backend {
     pub fn shadow(mut self) -> Backend {
         self.shadow = true;
         self
+    }
+
+    /// Retries a connect that fails (refused, timed out, reset or unresolvable before it
+    /// ever connected) up to `n` times before `on_finish` hears of it (HAProxy's
+    /// `retries`; default 0). What the client sent meanwhile is held and replayed to the
+    /// connection that finally succeeds; a backend that connected is never retried, so
+    /// nothing is sent twice to one that accepted it. Each retry goes where the
+    /// [`dispatch`](Self::dispatch) says, or to the same target.
+    pub fn retries(mut self, n: u32) -> Backend {
+        self.retries = n;
+        self
+    }
+
+    /// Tells `dispatch` how each connect ends and lets it choose where a retry goes
+    /// (another backend: HAProxy's `option redispatch`), or give up.
+    pub fn dispatch(mut self, dispatch: Rc<dyn Dispatch>) -> Backend {
+        self.dispatch = Some(dispatch);
+        self
+    }
+
+    /// The same backend at another target (a retry's destination).
+    pub(crate) fn at(&self, target: Target) -> Backend {
+        Backend {
+            target: Ok(target),
+            ..self.clone()
+        }
     }
 
     /// The target, or why the string it was made from names none.

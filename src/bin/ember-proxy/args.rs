@@ -10,8 +10,16 @@ use std::time::Duration;
 
 use ember::proxy::{DEFAULT_FIN_TIMEOUT, DEFAULT_SHADOW_BUFFER, Strategy, parse_port};
 
+/// Retries of a failed backend connect (HAProxy's default).
+pub const DEFAULT_RETRIES: u32 = 3;
+/// How long a backend connect may take (HAProxy configurations commonly use 5 s).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client or backend may stay idle before it is closed. Long enough for
+/// keep-alive HTTP between requests; long-lived quiet protocols want `0` (never).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub const USAGE: &str = "\
-Usage: ember-proxy -l [HOST:]PORT (-r HOST:PORT | -s PATH | -b HOST:PORT,...) [options]
+Usage: ember-proxy -l [HOST:]PORT (-r HOST:PORT | -s PATH | -b HOST:PORT[ weight=N],...) [options]
        ember-proxy demo [-n REQUESTS]
 
 A transparent proxy: clients are answered from the relay; duplex backends get a copy of
@@ -21,9 +29,13 @@ every byte the clients send, and their answers are discarded.
   -r, --relay HOST:PORT             Relay endpoint: answers the clients
   -s, --socket PATH                 Relay endpoint: a Unix socket
   -d, --duplex HOST:PORT[,...]      Backends to duplex the traffic to (answers discarded)
-  -b, --balance HOST:PORT,...       Relay each client to one of these instead of one relay
-      --strategy NAME               How --balance picks: round-robin (default),
-                                    least-conn or random
+  -b, --balance HOST:PORT,...       Relay each client to one of these instead of one relay;
+                                    an entry may carry a weight (default 1, up to 1000):
+                                    -b '10.0.0.1:80 weight=3,10.0.0.2:80'
+      --strategy NAME               How --balance picks, weights honoured: round-robin
+                                    (default; weighted, interleaved), least-conn, random,
+                                    p2c (the less loaded of two random picks) or source
+                                    (by client IP: a client keeps its backend)
       --shadow-buffer BYTES         How far a duplex backend may fall behind before it is
                                     cut off (default 4M; K, M and G suffixes)
       --shadow-max-conns N          At most N duplex connections open at once; clients
@@ -32,6 +44,12 @@ every byte the clients send, and their answers are discarded.
       --shadow-max-memory BYTES     At most this much memory for duplex queues; each
                                     duplex connection reserves its --shadow-buffer
                                     (default: an eighth of physical memory)
+      --retries N                   Retries of a backend connect that fails (refused,
+                                    timed out), each on another -b backend in rotation;
+                                    what the client sent is replayed (default 3)
+      --connect-timeout SECONDS     How long a backend connect may take (default 5)
+      --client-timeout SECONDS      Close a client idle this long (default 60; 0: never)
+      --server-timeout SECONDS      Close a backend idle this long (default 60; 0: never)
       --fin-timeout SECONDS         How long a connection may idle once one side has
                                     sent FIN (default 5; 0 waits forever)
       --grace SECONDS               On SIGINT/SIGTERM, how long live connections may take
@@ -64,8 +82,20 @@ pub enum Command {
 pub enum Upstream {
     Relay(String),
     Socket(PathBuf),
-    Balance(Vec<String>, Strategy),
+    Balance(Vec<Member>, Strategy),
 }
+
+/// One `-b` entry: `HOST:PORT`, then options as `key=value` separated by spaces
+/// (`10.0.0.1:80 weight=3`). An address never holds a space or `=`, so an IPv6 literal
+/// (`[::1]:80 weight=2`) parses the same way.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Member {
+    pub target: String,
+    pub weight: u32,
+}
+
+/// The highest `weight=` accepted.
+pub const MAX_WEIGHT: u32 = 1000;
 
 #[derive(Debug)]
 pub struct RunArgs {
@@ -78,6 +108,12 @@ pub struct RunArgs {
     pub splice: bool,
     /// `None`: half-closed connections wait forever.
     pub fin_timeout: Option<Duration>,
+    pub retries: u32,
+    pub connect_timeout: Duration,
+    /// `None`: idle clients are never closed.
+    pub client_timeout: Option<Duration>,
+    /// `None`: idle backends are never closed.
+    pub server_timeout: Option<Duration>,
     pub shadow_max_conns: Option<usize>,
     pub shadow_max_memory: Option<usize>,
 }
@@ -99,6 +135,10 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("", "--shadow-buffer"),
     ("", "--grace"),
     ("", "--fin-timeout"),
+    ("", "--retries"),
+    ("", "--connect-timeout"),
+    ("", "--client-timeout"),
+    ("", "--server-timeout"),
     ("", "--shadow-max-conns"),
     ("", "--shadow-max-memory"),
     ("-n", "--requests"),
@@ -190,10 +230,13 @@ fn placeholder(flag: &str) -> &'static str {
         "--listen" => "[HOST:]PORT",
         "--relay" => "HOST:PORT",
         "--socket" => "PATH",
-        "--duplex" | "--balance" => "HOST:PORT[,HOST:PORT...]",
-        "--strategy" => "round-robin, least-conn or random",
+        "--duplex" => "HOST:PORT[,HOST:PORT...]",
+        "--balance" => "HOST:PORT[ weight=N][,HOST:PORT...]",
+        "--strategy" => "round-robin, least-conn, random, p2c or source",
         "--shadow-buffer" | "--shadow-max-memory" => "BYTES",
-        "--grace" | "--fin-timeout" => "SECONDS",
+        "--grace" | "--fin-timeout" | "--connect-timeout" | "--client-timeout"
+        | "--server-timeout" => "SECONDS",
+        "--retries" => "N",
         "--shadow-max-conns" => "N",
         "--requests" => "N",
         _ => "a value",
@@ -211,6 +254,10 @@ struct Seen {
     shadow_buffer: Option<String>,
     grace: Option<String>,
     fin_timeout: Option<String>,
+    retries: Option<String>,
+    connect_timeout: Option<String>,
+    client_timeout: Option<String>,
+    server_timeout: Option<String>,
     shadow_max_conns: Option<String>,
     shadow_max_memory: Option<String>,
     requests: Option<String>,
@@ -229,6 +276,10 @@ impl Seen {
             "--shadow-buffer" => &mut self.shadow_buffer,
             "--grace" => &mut self.grace,
             "--fin-timeout" => &mut self.fin_timeout,
+            "--retries" => &mut self.retries,
+            "--connect-timeout" => &mut self.connect_timeout,
+            "--client-timeout" => &mut self.client_timeout,
+            "--server-timeout" => &mut self.server_timeout,
             "--shadow-max-conns" => &mut self.shadow_max_conns,
             "--shadow-max-memory" => &mut self.shadow_max_memory,
             "--requests" => &mut self.requests,
@@ -262,7 +313,7 @@ impl Seen {
                     Some(s) => s.parse::<Strategy>()?,
                     None => Strategy::RoundRobin,
                 };
-                Upstream::Balance(split_list(&list, "--balance")?, strategy)
+                Upstream::Balance(parse_members(&list)?, strategy)
             }
             (None, None, None) => {
                 return Err("missing a relay: -r/--relay HOST:PORT, -s/--socket PATH or -b/--balance HOST:PORT,...".into());
@@ -280,9 +331,31 @@ impl Seen {
             Some(s) => parse_seconds(s, "--grace")?,
             None => Duration::from_secs(10),
         };
-        let fin_timeout = match &self.fin_timeout {
-            Some(s) => Some(parse_seconds(s, "--fin-timeout")?).filter(|d| !d.is_zero()),
-            None => Some(DEFAULT_FIN_TIMEOUT),
+        let fin_timeout =
+            optional_seconds(&self.fin_timeout, "--fin-timeout", DEFAULT_FIN_TIMEOUT)?;
+        let client_timeout = optional_seconds(
+            &self.client_timeout,
+            "--client-timeout",
+            DEFAULT_IDLE_TIMEOUT,
+        )?;
+        let server_timeout = optional_seconds(
+            &self.server_timeout,
+            "--server-timeout",
+            DEFAULT_IDLE_TIMEOUT,
+        )?;
+        let connect_timeout = match &self.connect_timeout {
+            Some(s) => Some(parse_seconds(s, "--connect-timeout")?)
+                .filter(|d| !d.is_zero())
+                .ok_or("--connect-timeout must be more than 0")?,
+            None => DEFAULT_CONNECT_TIMEOUT,
+        };
+        let retries = match &self.retries {
+            Some(n) => n
+                .parse::<u32>()
+                .ok()
+                .filter(|&n| n <= 100)
+                .ok_or_else(|| format!("--retries `{n}` is not a number from 0 to 100"))?,
+            None => DEFAULT_RETRIES,
         };
         let shadow_max_conns =
             match &self.shadow_max_conns {
@@ -306,6 +379,10 @@ impl Seen {
             fin_timeout,
             shadow_max_conns,
             shadow_max_memory,
+            retries,
+            connect_timeout,
+            client_timeout,
+            server_timeout,
         }))
     }
 
@@ -320,6 +397,10 @@ impl Seen {
             (self.shadow_buffer.is_some(), "--shadow-buffer"),
             (self.grace.is_some(), "--grace"),
             (self.fin_timeout.is_some(), "--fin-timeout"),
+            (self.retries.is_some(), "--retries"),
+            (self.connect_timeout.is_some(), "--connect-timeout"),
+            (self.client_timeout.is_some(), "--client-timeout"),
+            (self.server_timeout.is_some(), "--server-timeout"),
             (self.shadow_max_conns.is_some(), "--shadow-max-conns"),
             (self.shadow_max_memory.is_some(), "--shadow-max-memory"),
         ]
@@ -355,6 +436,50 @@ fn split_list(list: &str, flag: &str) -> Result<Vec<String>, String> {
         check_host_port(item, flag)?;
     }
     Ok(items)
+}
+
+/// `-b`'s list: `HOST:PORT[ weight=N]`, comma-separated.
+fn parse_members(list: &str) -> Result<Vec<Member>, String> {
+    let mut members = Vec::new();
+    for entry in list.split(',') {
+        let mut words = entry.split_whitespace();
+        let Some(target) = words.next() else {
+            return Err(format!("--balance `{list}` has an empty entry"));
+        };
+        check_host_port(target, "--balance")?;
+        let mut weight = None;
+        for option in words {
+            match option.split_once('=') {
+                Some(("weight", n)) if weight.is_none() => {
+                    weight = Some(
+                        n.parse::<u32>()
+                            .ok()
+                            .filter(|w| (1..=MAX_WEIGHT).contains(w))
+                            .ok_or_else(|| {
+                                format!(
+                                    "--balance `{}`: weight `{n}` is not a whole number from 1 to {MAX_WEIGHT}",
+                                    entry.trim()
+                                )
+                            })?,
+                    );
+                }
+                Some(("weight", _)) => {
+                    return Err(format!("--balance `{}`: weight given twice", entry.trim()));
+                }
+                _ => {
+                    return Err(format!(
+                        "--balance `{}`: unknown option `{option}` (weight=N)",
+                        entry.trim()
+                    ));
+                }
+            }
+        }
+        members.push(Member {
+            target: target.to_owned(),
+            weight: weight.unwrap_or(1),
+        });
+    }
+    Ok(members)
 }
 
 /// HOST:PORT with a valid port (the host is checked when it is resolved).
@@ -397,6 +522,18 @@ fn parse_size(s: &str, flag: &str) -> Result<usize, String> {
         .and_then(|n| n.checked_mul(multiplier))
         .filter(|&n| n > 0)
         .ok_or_else(|| format!("{flag} `{s}` is not a size (like 4M)"))
+}
+
+/// A timeout flag where 0 means "never": `None`.
+fn optional_seconds(
+    value: &Option<String>,
+    flag: &str,
+    default: Duration,
+) -> Result<Option<Duration>, String> {
+    match value {
+        Some(s) => Ok(Some(parse_seconds(s, flag)?).filter(|d| !d.is_zero())),
+        None => Ok(Some(default)),
+    }
 }
 
 fn parse_seconds(s: &str, flag: &str) -> Result<Duration, String> {
@@ -470,6 +607,54 @@ mod tests {
         );
         assert_eq!(r.grace, Duration::from_millis(500));
         assert_eq!(r.shadow_buffer, 64 * 1024);
+        let r = run("-l 1 -b a:1,[::1]:2 --strategy p2c");
+        assert!(matches!(r.upstream, Upstream::Balance(ref l, Strategy::P2c)
+            if l[1] == Member { target: "[::1]:2".into(), weight: 1 }));
+    }
+
+    fn balance(value: &str) -> Result<Vec<Member>, String> {
+        let line = ["-l", "1", "-b", value, "--strategy", "source"].map(str::to_owned);
+        match parse(&line)? {
+            Command::Run(RunArgs {
+                upstream: Upstream::Balance(members, Strategy::Source),
+                ..
+            }) => Ok(members),
+            other => panic!("{value}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn balance_entries_may_carry_a_weight() {
+        let member = |target: &str, weight| Member {
+            target: target.into(),
+            weight,
+        };
+        assert_eq!(
+            balance("10.0.0.1:80 weight=3,10.0.0.2:80").unwrap(),
+            [member("10.0.0.1:80", 3), member("10.0.0.2:80", 1)]
+        );
+        assert_eq!(
+            balance(" [::1]:80  weight=2 , app.internal:8080 weight=1000").unwrap(),
+            [member("[::1]:80", 2), member("app.internal:8080", 1000)]
+        );
+        let line = ["-l", "1", "--balance=a:1 weight=7"].map(str::to_owned);
+        assert!(matches!(parse(&line), Ok(Command::Run(RunArgs {
+            upstream: Upstream::Balance(ref l, Strategy::RoundRobin), ..
+        })) if l[0].weight == 7));
+        for (value, why) in [
+            ("a:1 weight=0", "from 1 to 1000"),
+            ("a:1 weight=1001", "from 1 to 1000"),
+            ("a:1 weight=x", "from 1 to 1000"),
+            ("a:1 weight=2 weight=3", "given twice"),
+            ("a:1 maxconn=5", "unknown option `maxconn=5`"),
+            ("a:1 3", "unknown option `3`"),
+            ("a:1, ,b:2", "empty entry"),
+            ("weight=3 a:1", "not HOST:PORT"),
+            ("a:1=3", "not a port number"),
+        ] {
+            let e = balance(value).unwrap_err();
+            assert!(e.contains(why), "{value}: {e}");
+        }
     }
 
     #[test]
@@ -491,6 +676,7 @@ mod tests {
         assert!(error("-l 1 -r h:1 --shadow-buffer 4X").contains("not a size"));
         assert!(error("demo -l 1").contains("does not apply"));
         assert!(error("demo -n 0").contains("--requests"));
+        assert!(error("-l 1 -b a:1 --strategy fastest").contains("p2c or source"));
         assert!(matches!(parse(&[]), Ok(Command::Usage)));
         assert!(matches!(parse(&args("-l 1 -h")), Ok(Command::Help)));
     }

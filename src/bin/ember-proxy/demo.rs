@@ -108,6 +108,8 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             options: Options::new().verbose(verbose),
             grace: Duration::ZERO,
             splice: true,
+            retries: crate::args::DEFAULT_RETRIES,
+            timeouts: String::new(),
         };
         let proxy = plan.start(r)?;
         let proxy = proxy.local_addr().expect("TCP servers have an address");

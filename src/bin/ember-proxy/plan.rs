@@ -1,15 +1,19 @@
 //! From parsed flags to a running proxy: resolve every name once (blocking, before the
 //! reactor starts), then start the DSL proxy the flags describe — em-proxy's
 //! `bin/em-proxy` block: a `relay` backend that answers and closes the client when it
-//! finishes, and `duplex_N` shadows whose answers are discarded.
+//! finishes, and `duplex_N` shadows whose answers are discarded. TCP relays (`-r`, `-b`)
+//! come from a [`Pool`]: a failed connect is retried on another backend in rotation, a
+//! backend that keeps failing leaves the rotation for a while (one log line each way),
+//! and with every backend out a new client is closed at once.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ember::proxy::{
-    Backend, Balancer, Finish, Lease, Options, ProxyServer, Session, Strategy, Target,
+    Backend, Balancer, Change, Ejection, Finish, Lease, Options, Pool, ProxyServer, Session,
+    Strategy, Target,
 };
 use ember::{Reactor, UnbindReason};
 
@@ -20,7 +24,8 @@ use crate::args::{self, RunArgs, Upstream};
 pub enum Relay {
     Tcp(SocketAddr),
     Unix(PathBuf),
-    Balance(Vec<SocketAddr>, Strategy),
+    /// Each backend with its weight.
+    Balance(Vec<(SocketAddr, u32)>, Strategy),
 }
 
 /// A proxy ready to start.
@@ -32,6 +37,9 @@ pub struct Plan {
     pub options: Options,
     pub grace: Duration,
     pub splice: bool,
+    pub retries: u32,
+    /// For the startup line: what the timeouts are.
+    pub timeouts: String,
 }
 
 impl Plan {
@@ -40,11 +48,11 @@ impl Plan {
         let relay = match &run.upstream {
             Upstream::Relay(target) => Relay::Tcp(args::resolve(target, "--relay")?),
             Upstream::Socket(path) => Relay::Unix(path.clone()),
-            Upstream::Balance(targets, strategy) => Relay::Balance(
-                targets
+            Upstream::Balance(members, strategy) => Relay::Balance(
+                members
                     .iter()
-                    .map(|t| args::resolve(t, "--balance"))
-                    .collect::<Result<_, _>>()?,
+                    .map(|m| Ok((args::resolve(&m.target, "--balance")?, m.weight)))
+                    .collect::<Result<_, String>>()?,
                 *strategy,
             ),
         };
@@ -56,7 +64,10 @@ impl Plan {
         let mut options = Options::new()
             .verbose(run.verbose)
             .shadow_buffer(run.shadow_buffer)
-            .fin_timeout(run.fin_timeout);
+            .fin_timeout(run.fin_timeout)
+            .connect_timeout(run.connect_timeout)
+            .client_timeout(run.client_timeout)
+            .server_timeout(run.server_timeout);
         if let Some(n) = run.shadow_max_conns {
             options = options.shadow_max_connections(n);
         }
@@ -70,6 +81,15 @@ impl Plan {
             options,
             grace: run.grace,
             splice: run.splice,
+            retries: run.retries,
+            timeouts: format!(
+                "timeouts connect {}, client {}, server {}, fin {}; retries {}",
+                seconds(Some(run.connect_timeout)),
+                seconds(run.client_timeout),
+                seconds(run.server_timeout),
+                seconds(run.fin_timeout),
+                run.retries
+            ),
         })
     }
 
@@ -82,7 +102,10 @@ impl Plan {
                 "balance {} ({strategy})",
                 addrs
                     .iter()
-                    .map(ToString::to_string)
+                    .map(|&(addr, weight)| match weight {
+                        1 => addr.to_string(),
+                        _ => format!("{addr} weight={weight}"),
+                    })
                     .collect::<Vec<_>>()
                     .join(",")
             ),
@@ -92,6 +115,8 @@ impl Plan {
             let duplex: Vec<String> = self.duplex.iter().map(ToString::to_string).collect();
             line.push_str(&format!(", duplex {}", duplex.join(",")));
         }
+        line.push_str("; ");
+        line.push_str(&self.timeouts);
         line
     }
 
@@ -103,39 +128,75 @@ impl Plan {
         // the client's bytes are copied to every backend, so only the answers are.
         let cut_through = duplex.is_empty();
         let options = self.options.clone();
-        match &self.relay {
-            Relay::Tcp(_) | Relay::Unix(_) => {
-                let relay = match &self.relay {
-                    Relay::Unix(path) => Backend::unix(path),
-                    Relay::Tcp(addr) => Backend::tcp(*addr),
-                    Relay::Balance(..) => unreachable!("matched above"),
-                };
-                let relay = with_relay_paths(relay, cut_through);
-                options.start(r, self.listen, move |conn| {
+        let retries = self.retries;
+        let balancer = match &self.relay {
+            Relay::Unix(path) => {
+                // One socket, no pool: retries go to the same path.
+                let relay = with_relay_paths(Backend::unix(path).retries(retries), cut_through);
+                return options.start(r, self.listen, move |conn| {
                     conn.server("relay", relay.clone());
                     open_shadows(conn, &duplex);
                     conn.on_finish(relay_decides);
-                })
+                });
             }
+            Relay::Tcp(addr) => Balancer::new(vec![Target::Tcp(*addr)], Strategy::RoundRobin),
             Relay::Balance(addrs, strategy) => {
-                let targets = addrs.iter().map(|a| Target::Tcp(*a)).collect();
-                let balancer = Balancer::new(targets, *strategy);
-                options.start_with_state(
-                    r,
-                    self.listen,
-                    || None::<Lease>,
-                    move |conn| {
-                        let lease = balancer.pick();
-                        let relay =
-                            with_relay_paths(Backend::new(lease.target().clone()), cut_through);
-                        conn.server("relay", relay);
-                        *conn.state() = Some(lease);
-                        open_shadows(conn, &duplex);
-                        conn.on_finish(relay_decides);
-                    },
-                )
+                let targets = addrs.iter().map(|&(a, _)| Target::Tcp(a)).collect();
+                let weights = addrs.iter().map(|&(_, w)| w).collect();
+                Balancer::with_weights(targets, weights, *strategy)
             }
-        }
+        };
+        let pool = Pool::logging(balancer, Ejection::default(), log_change);
+        let verbose = self.options.is_verbose();
+        options.start_with_state(
+            r,
+            self.listen,
+            || None::<Lease>,
+            move |conn| {
+                // The client's IP is what `--strategy source` hashes.
+                let Some(lease) = pool.pick(conn.peer().map(|a| a.ip())) else {
+                    if verbose {
+                        say(format_args!(
+                            "client {} closed: every backend is down",
+                            conn.client_id()
+                        ));
+                    }
+                    conn.close();
+                    return;
+                };
+                let relay = Backend::new(lease.target().clone())
+                    .retries(retries)
+                    .dispatch(pool.dispatch());
+                conn.server("relay", with_relay_paths(relay, cut_through));
+                *conn.state() = Some(lease);
+                open_shadows(conn, &duplex);
+                conn.on_finish(relay_decides);
+            },
+        )
+    }
+}
+
+/// A backend left or rejoined the rotation: one line, verbose or not.
+fn log_change(target: &Target, change: Change) {
+    match change {
+        Change::Down(out_for) => say(format_args!(
+            "backend {target} is DOWN (connects keep failing); out of rotation for {}",
+            seconds(Some(out_for))
+        )),
+        Change::Up => say(format_args!("backend {target} is UP again")),
+    }
+}
+
+/// One line on stderr; a closed stderr loses it, never the proxy.
+fn say(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr().lock(), "ember-proxy: {line}");
+}
+
+/// `5s`, `0.2s`, or `never`.
+fn seconds(d: Option<Duration>) -> String {
+    match d {
+        Some(d) => format!("{}s", d.as_secs_f64()),
+        None => "never".into(),
     }
 }
 
