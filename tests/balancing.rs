@@ -1,95 +1,23 @@
 //! `ember-proxy -b` as a child process in front of three echo backends that count their
 //! connections: weights split fresh clients as given, and `--strategy source` keeps a
-//! client's connections on one backend. Self-contained: its helpers are its own.
+//! client's connections on one backend.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
-use std::time::Duration;
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ember-proxy");
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 
-/// An echo server on its own threads, counting the connections it accepted.
-struct Backend {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
+use support::IO_TIMEOUT;
+use support::backends::StdEcho;
+use support::child::EmberProxy;
+
+fn three_backends() -> [StdEcho; 3] {
+    [StdEcho::start(), StdEcho::start(), StdEcho::start()]
 }
 
-impl Backend {
-    fn start() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                count.fetch_add(1, Ordering::SeqCst);
-                thread::spawn(move || {
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n @ 1..) = stream.read(&mut buf) {
-                        if stream.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        Backend { addr, accepted }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-fn three_backends() -> [Backend; 3] {
-    [Backend::start(), Backend::start(), Backend::start()]
-}
-
-fn counts(backends: &[Backend; 3]) -> [usize; 3] {
-    backends.each_ref().map(Backend::accepted)
-}
-
-/// A running `ember-proxy -l 127.0.0.1:0 ARGS`; killed when dropped.
-struct Proxy {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Proxy {
-    fn start(args: &[&str]) -> Proxy {
-        let mut child = Command::new(BIN)
-            .args(["-l", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .strip_prefix("ember-proxy: listening on ")
-            .and_then(|rest| rest.split(',').next())
-            .unwrap_or_else(|| panic!("no listening line: {line:?}"))
-            .parse()
-            .unwrap();
-        Proxy { child, addr }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn counts(backends: &[StdEcho; 3]) -> [usize; 3] {
+    backends.each_ref().map(StdEcho::accepted)
 }
 
 /// One fresh connection: a ping, its echo, then close.
@@ -118,7 +46,7 @@ fn weights_split_fresh_clients() {
     let backends = three_backends();
     let [a, b, c] = backends.each_ref().map(|b| b.addr);
     let list = format!("{a} weight=5,{b} weight=3,{c} weight=2");
-    let proxy = Proxy::start(&["-b", &list]);
+    let proxy = EmberProxy::start(&["-b", &list]);
     for _ in 0..300 {
         ping(TcpStream::connect(proxy.addr).unwrap());
     }
@@ -134,7 +62,7 @@ fn weighted_random_follows_the_weights_and_p2c_reaches_every_backend() {
         let backends = three_backends();
         let [a, b, c] = backends.each_ref().map(|b| b.addr);
         let list = format!("{a} weight=4,{b},{c}");
-        let proxy = Proxy::start(&["-b", &list, "--strategy", strategy]);
+        let proxy = EmberProxy::start(&["-b", &list, "--strategy", strategy]);
         for _ in 0..300 {
             ping(TcpStream::connect(proxy.addr).unwrap());
         }
@@ -162,7 +90,7 @@ fn source_keeps_a_clients_connections_together() {
         .map(|b| b.addr.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let proxy = Proxy::start(&["-b", &list, "--strategy", "source"]);
+    let proxy = EmberProxy::start(&["-b", &list, "--strategy", "source"]);
     for _ in 0..30 {
         ping(TcpStream::connect(proxy.addr).unwrap());
     }

@@ -1,19 +1,35 @@
 //! Descriptors beyond TCP: UDP datagrams, attached and watched descriptors, child
 //! processes, and file watches — each over real sockets, pipes, processes and files.
 
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
+
 use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
 use std::rc::Rc;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use ember::{ConnId, Context, Handler, Reactor, UnbindReason};
 
-/// Stops the reactor if a test has not finished by then, so a bug fails instead of hanging.
-fn watchdog(r: &mut Reactor, secs: u64) {
-    r.add_timer(Duration::from_secs(secs), |r| r.stop());
+use support::pattern::Pattern;
+use support::reactor_thread::{ReactorThread, run_bounded};
+
+/// `popen` forks this multi-threaded process, and until it has exec'd the child holds a
+/// copy of every descriptor, pipes included (`O_CLOEXEC` closes them only at exec). So a
+/// test that must see a pipe's other end close holds [`no_forks`], and a test that starts a
+/// child holds [`forking`]: they never overlap.
+static FORKS: RwLock<()> = RwLock::new(());
+
+fn no_forks() -> RwLockWriteGuard<'static, ()> {
+    FORKS.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn forking() -> RwLockReadGuard<'static, ()> {
+    FORKS.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 // ---- datagrams ----
@@ -30,33 +46,25 @@ impl Handler for UdpEcho {
 #[test]
 fn datagrams_of_1_b_16_kib_plus_1_and_65507_b_arrive_whole() {
     let sizes = [1usize, 16 * 1024 + 1, 65_507];
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let reactor = std::thread::spawn(move || {
-        Reactor::run(|r| {
-            let id = r.open_datagram_socket("127.0.0.1:0", UdpEcho)?;
-            addr_tx
-                .send((r.local_addr(id).unwrap(), r.handle()))
-                .unwrap();
-            Ok(())
-        })
-        .unwrap();
+    let echo = ReactorThread::spawn(|r| {
+        let id = r.open_datagram_socket("127.0.0.1:0", UdpEcho)?;
+        Ok(r.local_addr(id).unwrap())
     });
-    let (server, handle) = addr_rx.recv().unwrap();
+    let server = echo.value;
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut buf = vec![0u8; 70_000];
     for (i, &size) in sizes.iter().enumerate() {
-        let payload: Vec<u8> = (0..size).map(|b| (b * 31 + i) as u8).collect();
+        let payload = Pattern::new(i as u64).bytes(size);
         client.send_to(&payload, server).unwrap();
         let (n, from) = client.recv_from(&mut buf).unwrap();
         assert_eq!(from, server);
         assert_eq!(n, size, "datagram of {size} bytes came back as {n}");
         assert_eq!(&buf[..n], &payload[..]);
     }
-    handle.stop();
-    reactor.join().unwrap();
+    echo.stop();
 }
 
 #[derive(Default)]
@@ -81,8 +89,7 @@ fn send_datagram_reaches_another_reactor_socket_with_its_source_address() {
     let seen = Rc::new(RefCell::new(Collected::default()));
     let collector = UdpCollector(Rc::clone(&seen), 2);
     let mut sender_addr = None;
-    Reactor::run(|r| {
-        watchdog(r, 10);
+    run_bounded(Duration::from_secs(10), |r| {
         let rx = r.open_datagram_socket("127.0.0.1:0", collector)?;
         let to = r.local_addr(rx).unwrap();
         let tx = r.open_datagram_socket("127.0.0.1:0", UdpEcho)?;
@@ -90,8 +97,7 @@ fn send_datagram_reaches_another_reactor_socket_with_its_source_address() {
         assert!(r.send_datagram(tx, b"first", to));
         assert!(r.send_datagram(tx, b"second", to));
         Ok(())
-    })
-    .unwrap();
+    });
     let seen = seen.borrow();
     let payloads: Vec<&[u8]> = seen.datagrams.iter().map(|(d, _)| d.as_slice()).collect();
     assert_eq!(payloads, [b"first".as_slice(), b"second".as_slice()]);
@@ -131,14 +137,14 @@ impl Handler for LineReader {
 
 #[test]
 fn attached_pipe_delivers_bytes_and_detach_hands_it_back_open() {
+    let _no_forks = no_forks();
     let (read_end, write_end) = pipe();
     let mut writer = std::fs::File::from(write_end);
     writer.write_all(b"through a pipe\n").unwrap();
     let got = Rc::new(RefCell::new(Vec::new()));
     let unbound = Rc::new(RefCell::new(None));
     let raw = read_end.as_raw_fd();
-    Reactor::run(|r| {
-        watchdog(r, 10);
+    run_bounded(Duration::from_secs(10), |r| {
         r.attach(
             raw,
             LineReader {
@@ -147,8 +153,7 @@ fn attached_pipe_delivers_bytes_and_detach_hands_it_back_open() {
             },
         )?;
         Ok(())
-    })
-    .unwrap();
+    });
     assert_eq!(&*got.borrow(), b"through a pipe\n");
     assert_eq!(*unbound.borrow(), Some(UnbindReason::Detached));
     // Still open after detach and reactor stop: more bytes can be read through it.
@@ -176,16 +181,15 @@ impl Handler for Owned {
 
 #[test]
 fn attach_owned_closes_the_descriptor_when_the_connection_ends() {
+    let _no_forks = no_forks();
     let (read_end, write_end) = pipe();
     let mut writer = std::fs::File::from(write_end);
     writer.write_all(b"x").unwrap();
     let unbound = Rc::new(RefCell::new(None));
-    Reactor::run(|r| {
-        watchdog(r, 10);
+    run_bounded(Duration::from_secs(10), |r| {
         r.attach_owned(read_end, Owned(Rc::clone(&unbound)))?;
         Ok(())
-    })
-    .unwrap();
+    });
     assert_eq!(*unbound.borrow(), Some(UnbindReason::ClosedByUs));
     // The read end is closed, so writing to the pipe now fails with EPIPE.
     let err = writer.write_all(b"y").unwrap_err();
@@ -217,13 +221,13 @@ impl Handler for Watcher {
 
 #[test]
 fn watch_is_level_triggered_and_never_reads_for_you() {
+    let _no_forks = no_forks();
     let (read_end, write_end) = pipe();
     let mut writer = std::fs::File::from(write_end);
     writer.write_all(b"abc").unwrap();
     let notified = Rc::new(RefCell::new(Vec::new()));
     let fd = read_end.as_raw_fd();
-    Reactor::run(|r| {
-        watchdog(r, 10);
+    run_bounded(Duration::from_secs(10), |r| {
         r.watch(
             fd,
             Watcher {
@@ -232,8 +236,7 @@ fn watch_is_level_triggered_and_never_reads_for_you() {
             },
         )?;
         Ok(())
-    })
-    .unwrap();
+    });
     // Told twice about bytes it left unread, then nothing once notification was off.
     assert_eq!(*notified.borrow(), ["readable", "readable"]);
     // The watch never read: the third byte is still in the pipe.
@@ -277,11 +280,11 @@ impl Handler for ChildCollector {
 
 #[test]
 fn child_echoes_through_cat_and_its_exit_status_reaches_unbind() {
+    let _forking = forking();
     let result = Rc::new(RefCell::new(None));
-    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let payload = Pattern::new(251).bytes(300_000);
     let sent = payload.clone();
-    Reactor::run(|r| {
-        watchdog(r, 20);
+    run_bounded(Duration::from_secs(20), |r| {
         let id = r.popen(
             &mut Command::new("cat"),
             ChildCollector {
@@ -294,8 +297,7 @@ fn child_echoes_through_cat_and_its_exit_status_reaches_unbind() {
         assert!(r.send_to(id, &sent));
         r.close_write(id); // cat sees EOF, writes the rest and exits 0
         Ok(())
-    })
-    .unwrap();
+    });
     let (stdout, stderr, reason) = result.borrow_mut().take().expect("unbind ran");
     assert_eq!(stdout.len(), payload.len());
     assert!(stdout == payload, "cat's output differs from its input");
@@ -308,9 +310,9 @@ fn child_echoes_through_cat_and_its_exit_status_reaches_unbind() {
 
 #[test]
 fn child_stderr_and_nonzero_exit_code_are_delivered() {
+    let _forking = forking();
     let result = Rc::new(RefCell::new(None));
-    Reactor::run(|r| {
-        watchdog(r, 20);
+    run_bounded(Duration::from_secs(20), |r| {
         r.popen(
             Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
             ChildCollector {
@@ -320,8 +322,7 @@ fn child_stderr_and_nonzero_exit_code_are_delivered() {
             },
         )?;
         Ok(())
-    })
-    .unwrap();
+    });
     let (stdout, stderr, reason) = result.borrow_mut().take().expect("unbind ran");
     assert_eq!(stdout, b"out\n");
     assert_eq!(stderr, b"err\n");
@@ -339,11 +340,11 @@ impl Handler for Stuck {
 #[test]
 fn closing_a_stuck_child_escalates_to_sigkill_without_stalling_the_loop() {
     use std::os::unix::process::ExitStatusExt;
+    let _forking = forking();
     let unbound = Rc::new(RefCell::new(None));
     let beats: Rc<RefCell<Vec<Instant>>> = Rc::default();
     let started = Instant::now();
-    Reactor::run(|r| {
-        watchdog(r, 20);
+    run_bounded(Duration::from_secs(20), |r| {
         r.set_child_grace(Duration::from_millis(200));
         // Ignores stdin EOF and SIGTERM: only SIGKILL ends it.
         let id = r.popen(
@@ -360,8 +361,7 @@ fn closing_a_stuck_child_escalates_to_sigkill_without_stalling_the_loop() {
             }
         });
         Ok(())
-    })
-    .unwrap();
+    });
     let (reason, at) = unbound
         .borrow_mut()
         .take()
@@ -387,6 +387,43 @@ fn closing_a_stuck_child_escalates_to_sigkill_without_stalling_the_loop() {
         worst < Duration::from_millis(150),
         "the loop stalled for {worst:?}"
     );
+}
+
+/// Counts the bytes its child writes to stderr; stops the reactor once `expected` came.
+struct StderrCounter {
+    bytes: Rc<RefCell<usize>>,
+    expected: usize,
+}
+
+impl Handler for StderrCounter {
+    fn receive_stderr(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+        *self.bytes.borrow_mut() += data.len();
+        if *self.bytes.borrow() == self.expected {
+            cx.stop();
+        }
+    }
+}
+
+#[test]
+fn a_stderr_burst_larger_than_one_read_budget_arrives_whole() {
+    let _forking = forking();
+    let path = std::env::temp_dir().join(format!("ember-stderr-{}", std::process::id()));
+    std::fs::write(&path, vec![b'x'; 60_000]).unwrap();
+    let bytes = Rc::new(RefCell::new(0));
+    // The child stays alive after the burst, so only the carry-over can deliver the rest.
+    let script = format!("cat {} >&2; exec sleep 30", path.display());
+    run_bounded(Duration::from_secs(15), |r| {
+        r.popen(
+            Command::new("sh").args(["-c", &script]),
+            StderrCounter {
+                bytes: Rc::clone(&bytes),
+                expected: 60_000,
+            },
+        )?;
+        Ok(())
+    });
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(*bytes.borrow(), 60_000);
 }
 
 // ---- file watches ----
@@ -433,14 +470,12 @@ fn file_watch_reports_modified_moved_deleted_then_unbinds() {
     let path = dir.join("watched.txt");
     std::fs::write(&path, b"v1").unwrap();
     let events = Rc::new(RefCell::new(FileEvents::default()));
-    Reactor::run(|r| {
-        watchdog(r, 10);
+    run_bounded(Duration::from_secs(10), |r| {
         r.watch_file(&path, FileWatcher(Rc::clone(&events), path.clone()))?;
         let p = path.clone();
         r.next_tick(move |_| std::fs::write(p, b"v2").unwrap());
         Ok(())
-    })
-    .unwrap();
+    });
     let events = events.borrow();
     assert_eq!(events.seen, ["modified", "moved", "deleted"]);
     assert_eq!(events.reason, Some(UnbindReason::FileGone));

@@ -3,130 +3,67 @@
 //! rotation and comes back once it answers, a backend that accepted is never sent the
 //! same bytes twice, and with every backend down a new client is closed at once.
 
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ember::proxy::{
     Backend, Balancer, Ejection, Finish, Lease, Options, Pool, Stats, Strategy, Target,
 };
-use ember::{Reactor, ReactorHandle};
 
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+use support::IO_TIMEOUT;
+use support::backends::StdEcho;
+use support::clients::closed_port;
+use support::pattern::Pattern;
+use support::reactor_thread::ReactorThread;
 
-/// A std echo server that counts the connections it accepted and the bytes it read.
-struct EchoServer {
+/// What a pool proxy's setup returns: where it listens and its stats.
+struct PoolProxy {
     addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    bytes: Arc<AtomicUsize>,
-}
-
-fn echo_server() -> EchoServer {
-    echo_server_on(TcpListener::bind("127.0.0.1:0").unwrap())
-}
-
-fn echo_server_on(listener: TcpListener) -> EchoServer {
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let bytes = Arc::new(AtomicUsize::new(0));
-    let (count, total) = (Arc::clone(&accepted), Arc::clone(&bytes));
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { return };
-            count.fetch_add(1, Ordering::SeqCst);
-            let total = Arc::clone(&total);
-            thread::spawn(move || {
-                let mut buf = [0u8; 16 * 1024];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                    total.fetch_add(n, Ordering::SeqCst);
-                }
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    EchoServer {
-        addr,
-        accepted,
-        bytes,
-    }
-}
-
-/// An address nothing listens on: connects are refused.
-fn refused_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    stats: Stats,
 }
 
 /// A proxy on its own reactor thread in front of a pool of `targets`, as the binary's
 /// `-b` builds it: retries with redispatch, passive ejection, and clients closed at once
 /// when every backend is out.
-struct Proxy {
-    addr: SocketAddr,
-    stats: Stats,
-    handle: ReactorHandle,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.handle.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn pool_proxy(targets: Vec<SocketAddr>, ejection: Ejection, options: Options) -> Proxy {
-    let (tx, rx) = mpsc::channel();
-    let thread = thread::spawn(move || {
-        let mut r = Reactor::new().unwrap();
+fn pool_proxy(
+    targets: Vec<SocketAddr>,
+    ejection: Ejection,
+    options: Options,
+) -> ReactorThread<PoolProxy> {
+    ReactorThread::spawn(move |r| {
         let targets = targets.into_iter().map(Target::Tcp).collect();
         let pool = Pool::new(Balancer::new(targets, Strategy::RoundRobin), ejection);
-        let server = options
-            .start_with_state(
-                &mut r,
-                "127.0.0.1:0",
-                || None::<Lease>,
-                move |conn| {
-                    let Some(lease) = pool.pick(None) else {
-                        conn.close();
-                        return;
-                    };
-                    let backend = Backend::new(lease.target().clone())
-                        .retries(3)
-                        .dispatch(pool.dispatch())
-                        .relay_client()
-                        .relay_server();
-                    conn.server("relay", backend);
-                    *conn.state() = Some(lease);
-                    conn.on_finish(|_, _, _| Finish::Close);
-                },
-            )
-            .unwrap();
-        tx.send((
-            server.local_addr().unwrap(),
-            server.stats().clone(),
-            r.handle(),
-        ))
-        .unwrap();
-        r.run_loop().unwrap();
-    });
-    let (addr, stats, handle) = rx.recv_timeout(IO_TIMEOUT).expect("proxy started");
-    Proxy {
-        addr,
-        stats,
-        handle,
-        thread: Some(thread),
-    }
+        let server = options.start_with_state(
+            r,
+            "127.0.0.1:0",
+            || None::<Lease>,
+            move |conn| {
+                let Some(lease) = pool.pick(None) else {
+                    conn.close();
+                    return;
+                };
+                let backend = Backend::new(lease.target().clone())
+                    .retries(3)
+                    .dispatch(pool.dispatch())
+                    .relay_client()
+                    .relay_server();
+                conn.server("relay", backend);
+                *conn.state() = Some(lease);
+                conn.on_finish(|_, _, _| Finish::Close);
+            },
+        )?;
+        Ok(PoolProxy {
+            addr: server.local_addr().unwrap(),
+            stats: server.stats().clone(),
+        })
+    })
 }
 
 /// One request/response through `addr`: sends `request`, half-closes, reads to EOF. A
@@ -145,43 +82,39 @@ fn round_trip(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_dead_backend_in_the_pool_costs_no_client() {
-    let live = echo_server();
+    let live = StdEcho::start();
     let proxy = pool_proxy(
-        vec![refused_addr(), live.addr],
+        vec![closed_port(), live.addr],
         Ejection::default(),
         Options::new(),
     );
     for i in 0..100 {
         let request = format!("request {i}");
         assert_eq!(
-            round_trip(proxy.addr, request.as_bytes()),
+            round_trip(proxy.value.addr, request.as_bytes()),
             request.as_bytes()
         );
     }
-    let retried = proxy.stats.backends_retried();
+    let retried = proxy.value.stats.backends_retried();
     // Three failed connects take the dead one out; after that nobody pays for it.
     assert!((1..=3).contains(&retried), "{retried} retries");
-    assert_eq!(live.accepted.load(Ordering::SeqCst), 100);
+    assert_eq!(live.accepted(), 100);
 }
 
 #[test]
 fn a_retry_replays_exactly_what_the_client_already_sent() {
-    let live = echo_server();
+    let live = StdEcho::start();
     let proxy = pool_proxy(
-        vec![refused_addr(), live.addr],
+        vec![closed_port(), live.addr],
         Ejection::default(),
         Options::new(),
     );
     // The first client goes to the dead backend first (round-robin starts there) and
     // sends its whole request before the connect has even failed.
-    let request: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    assert!(round_trip(proxy.addr, &request) == request);
-    assert_eq!(
-        live.bytes.load(Ordering::SeqCst),
-        request.len(),
-        "sent once"
-    );
-    assert_eq!(proxy.stats.backends_retried(), 1);
+    let request = Pattern::new(251).bytes(200_000);
+    assert!(round_trip(proxy.value.addr, &request) == request);
+    assert_eq!(live.bytes(), request.len(), "sent once");
+    assert_eq!(proxy.value.stats.backends_retried(), 1);
 }
 
 #[test]
@@ -198,16 +131,12 @@ fn a_backend_that_accepted_is_never_retried() {
             let _ = s.read(&mut [0u8; 64]);
         }
     });
-    let live = echo_server();
+    let live = StdEcho::start();
     let proxy = pool_proxy(vec![mute, live.addr], Ejection::default(), Options::new());
-    assert_eq!(round_trip(proxy.addr, b"charge my card once"), b"");
+    assert_eq!(round_trip(proxy.value.addr, b"charge my card once"), b"");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        live.accepted.load(Ordering::SeqCst),
-        0,
-        "never sent elsewhere"
-    );
-    assert_eq!(proxy.stats.backends_retried(), 0);
+    assert_eq!(live.accepted(), 0, "never sent elsewhere");
+    assert_eq!(proxy.value.stats.backends_retried(), 0);
 }
 
 #[test]
@@ -223,30 +152,30 @@ fn with_every_backend_down_a_new_client_is_closed_at_once_until_one_comes_back()
     drop(listener);
     let proxy = pool_proxy(vec![revived], ejection, Options::new());
     // The first client finds it dead (every retry refused) and is closed.
-    assert_eq!(round_trip(proxy.addr, b"hello"), b"");
+    assert_eq!(round_trip(proxy.value.addr, b"hello"), b"");
     // Now it is out: the next client is closed without any connect being tried.
-    let retried_before = proxy.stats.backends_retried();
-    let opened_before = proxy.stats.backends_opened();
+    let retried_before = proxy.value.stats.backends_retried();
+    let opened_before = proxy.value.stats.backends_opened();
     let started = Instant::now();
-    assert_eq!(round_trip(proxy.addr, b"hello"), b"");
+    assert_eq!(round_trip(proxy.value.addr, b"hello"), b"");
     assert!(
         started.elapsed() < Duration::from_millis(200),
         "closed at once"
     );
     assert_eq!(
-        proxy.stats.backends_opened(),
+        proxy.value.stats.backends_opened(),
         opened_before,
         "no connect tried"
     );
-    assert_eq!(proxy.stats.backends_retried(), retried_before);
+    assert_eq!(proxy.value.stats.backends_retried(), retried_before);
     // It comes back; once its back-off is over, clients are served with no restart.
-    let back = echo_server_on(TcpListener::bind(revived).expect("port still free"));
+    let back = StdEcho::on(TcpListener::bind(revived).expect("port still free"));
     let deadline = Instant::now() + IO_TIMEOUT;
-    while round_trip(proxy.addr, b"again") != b"again" {
+    while round_trip(proxy.value.addr, b"again") != b"again" {
         assert!(Instant::now() < deadline, "the backend never came back");
         thread::sleep(Duration::from_millis(20));
     }
-    assert!(back.accepted.load(Ordering::SeqCst) >= 1);
+    assert!(back.accepted() >= 1);
 }
 
 #[test]
@@ -266,7 +195,7 @@ fn a_backend_that_never_answers_meets_the_server_timeout() {
         Options::new().server_timeout(Some(timeout)),
     );
     let started = Instant::now();
-    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    let mut s = TcpStream::connect(proxy.value.addr).unwrap();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     s.write_all(b"anyone there?").unwrap();
     let mut answer = Vec::new();

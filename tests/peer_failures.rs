@@ -4,7 +4,7 @@
 //! panicking callback closes only its own connection while the loop serves on.
 
 #[allow(dead_code)] // each test binary uses a different part of the support library
-mod common;
+mod support;
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use ember::{CallbackPanic, ConnId, Context, Handler, PeerClosed, TimerAction, UnbindReason};
 
-use common::*;
+use support::IO_TIMEOUT;
+use support::clients::{connect, read_all, recv};
+use support::reactor_thread::{ReactorThread, run_bounded};
+use support::sys::reset_on_close;
 
 /// What a client connection saw: every byte, then how it ended.
 #[derive(Default)]
@@ -72,7 +75,7 @@ fn resetting_server(n: usize, read_first: usize, answer: &'static [u8]) -> std::
                 continue;
             }
             s.write_all(answer).unwrap();
-            set_linger_zero(&s);
+            reset_on_close(&s);
             drop(s);
         }
     });
@@ -131,7 +134,7 @@ fn sink() -> (std::net::SocketAddr, mpsc::Receiver<Vec<u8>>) {
     thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        tx.send(read_to_end(&mut s)).unwrap();
+        tx.send(read_all(&mut s)).unwrap();
     });
     (addr, rx)
 }
@@ -222,12 +225,12 @@ fn half_closed_server(
     timeout: Duration,
     drip: Option<(Duration, usize)>,
 ) -> (
-    ReactorThread,
+    ReactorThread<std::net::SocketAddr>,
     std::net::SocketAddr,
     mpsc::Receiver<(UnbindReason, Duration)>,
 ) {
     let (tx, rx) = mpsc::channel();
-    let (rt, addr) = ReactorThread::spawn(move |r| {
+    let rt = ReactorThread::spawn(move |r| {
         let id = r.start_server("127.0.0.1:0", move || HalfClosed {
             timeout,
             drip,
@@ -236,6 +239,7 @@ fn half_closed_server(
         })?;
         Ok(r.server_addr(id).unwrap())
     });
+    let addr = rt.value;
     (rt, addr, rx)
 }
 
@@ -243,10 +247,10 @@ fn half_closed_server(
 fn a_peer_that_half_closes_and_goes_silent_is_closed_after_the_half_close_timeout() {
     let timeout = Duration::from_millis(150);
     let (rt, addr, ended) = half_closed_server(timeout, None);
-    let mut client = connect_std(addr);
+    let mut client = connect(addr);
     client.shutdown(Shutdown::Write).unwrap();
     // The server closes its side: our read sees EOF instead of hanging.
-    assert_eq!(read_to_end(&mut client), b"");
+    assert_eq!(read_all(&mut client), b"");
     let (reason, lived) = recv(&ended, IO_TIMEOUT, "the server's unbind");
     assert_eq!(reason, UnbindReason::HalfCloseTimeout);
     assert!(
@@ -264,9 +268,9 @@ fn traffic_after_a_half_close_keeps_the_connection_alive() {
         Duration::from_millis(150),
         Some((Duration::from_millis(50), 8)),
     );
-    let mut client = connect_std(addr);
+    let mut client = connect(addr);
     client.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut client), b"drip".repeat(8));
+    assert_eq!(read_all(&mut client), b"drip".repeat(8));
     let (reason, _) = recv(&ended, IO_TIMEOUT, "the server's unbind");
     assert_eq!(reason, UnbindReason::PeerClosed);
     rt.stop();
@@ -350,7 +354,7 @@ impl Handler for Fragile {
 #[test]
 fn a_panicking_callback_closes_only_its_own_connection() {
     let (tx, rx) = mpsc::channel();
-    let (rt, addr) = ReactorThread::spawn(move |r| {
+    let rt = ReactorThread::spawn(move |r| {
         let unbound = Rc::new(RefCell::new(Vec::new()));
         let reported = Rc::new(RefCell::new(Vec::<CallbackPanic>::new()));
         let seen = Rc::clone(&reported);
@@ -370,16 +374,17 @@ fn a_panicking_callback_closes_only_its_own_connection() {
         });
         Ok(addr)
     });
-    let mut before = connect_std(addr);
-    let mut victim = connect_std(addr);
+    let addr = rt.value;
+    let mut before = connect(addr);
+    let mut victim = connect(addr);
     before.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
     before.read_exact(&mut buf).unwrap();
     victim.write_all(b"boom").unwrap();
     // The victim's connection is closed: EOF, no answer.
-    assert_eq!(read_to_end(&mut victim), b"");
+    assert_eq!(read_all(&mut victim), b"");
     // Everyone else is still served, old and new connections alike.
-    let mut after = connect_std(addr);
+    let mut after = connect(addr);
     for client in [&mut before, &mut after] {
         client.write_all(b"pong").unwrap();
         client.read_exact(&mut buf).unwrap();

@@ -1,25 +1,36 @@
 //! The proxy DSL's rules over real loopback sockets: pass-through, half-close, buffering
 //! for a backend still connecting, failures reported through `on_finish`, backpressure
 //! both ways, graceful backend close when the client disappears, the cut-through relay,
-//! and what each hook return value does.
+//! and what each hook return value does; and duplex ("fork production traffic to a second
+//! environment"): both backends see the same bytes, the client only the primary's answers,
+//! and a shadow that is dead, never reads, or dies never slows or breaks the primary, with
+//! memory bounded.
 
-mod proxy_support;
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ember::proxy::{self, Backend, Finish, Options, Relay};
-use ember::{DEFAULT_HIGH_WATER, READ_CHUNK, UnbindReason};
+use ember::proxy::{self, Backend, Finish, Options, Relay, Stats};
+use ember::{Context, DEFAULT_HIGH_WATER, Handler, READ_CHUNK, UnbindReason};
 
-use proxy_support::*;
+use support::IO_TIMEOUT;
+use support::backends::{
+    AnswerAfterFin, Echo, NeverReads, Record, Recorder, record_of, serve, serve_recorder,
+};
+use support::clients::{closed_port, connect, exchange, pump, read_all, read_until, wait_until};
+use support::pattern::Pattern;
+use support::reactor_thread::{ReactorThread, watch_peak_queue};
+use support::sys::reset_on_close;
 
 #[test]
 fn without_hooks_bytes_pass_through_both_ways() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let echo = serve(r, || Echo)?;
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("echo", echo);
@@ -37,7 +48,7 @@ fn client_fin_reaches_the_backend_and_the_whole_response_still_flows_back() {
     const RESPONSE: usize = 8 << 20;
     let received = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&received);
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let backend = serve(r, move || AnswerAfterFin {
             size: RESPONSE,
             received: Arc::clone(&seen),
@@ -56,7 +67,7 @@ fn client_fin_reaches_the_backend_and_the_whole_response_still_flows_back() {
 
 #[test]
 fn bytes_for_a_backend_still_connecting_are_queued_and_sent_on_connect() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let echo = serve(r, || Echo)?;
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             // Open the backend only when the first bytes arrive, and relay them at once:
@@ -78,7 +89,7 @@ fn bytes_for_a_backend_still_connecting_are_queued_and_sent_on_connect() {
 #[test]
 fn unreachable_backends_report_their_reason_through_on_finish() {
     let dead = closed_port();
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             assert!(conn.server("refused", dead).is_some());
             assert!(conn.server("typo", "not a target").is_none());
@@ -113,15 +124,6 @@ fn gated_backend<T: Send + 'static>(
     (addr, go, thread)
 }
 
-/// Waits until `cond` holds, polling; panics after `IO_TIMEOUT`.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
 fn a_full_backend_pauses_the_client_and_memory_stays_bounded() {
     const SIZE: usize = 32 << 20;
@@ -141,7 +143,7 @@ fn a_full_backend_pauses_the_client_and_memory_stays_bounded() {
             total += n;
         }
     });
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let peak = watch_peak_queue(r);
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("slow", backend);
@@ -161,7 +163,7 @@ fn a_full_backend_pauses_the_client_and_memory_stays_bounded() {
         read_all(&mut client)
     });
     // The backend reads nothing until the proxy's queue for it is full.
-    wait_for("the backend's queue to fill", || {
+    wait_until("the backend's queue to fill", IO_TIMEOUT, || {
         peak.load(Ordering::Relaxed) >= DEFAULT_HIGH_WATER
     });
     go.send(()).unwrap();
@@ -185,7 +187,7 @@ fn a_slow_client_pauses_the_backend_and_memory_stays_bounded() {
             stream.write_all(&chunk).unwrap();
         }
     });
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let peak = watch_peak_queue(r);
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("fast", backend);
@@ -208,7 +210,7 @@ fn read_late_and_check_the_queue(
     size: usize,
     peak: &AtomicUsize,
 ) {
-    wait_for("the client's queue to fill", || {
+    wait_until("the client's queue to fill", IO_TIMEOUT, || {
         peak.load(Ordering::Relaxed) >= DEFAULT_HIGH_WATER
     });
     let mut pattern = Pattern::new(seed);
@@ -237,7 +239,7 @@ fn a_client_that_disappears_leaves_its_backend_a_fin_after_the_pending_bytes() {
         let outcome = stream.read_to_end(&mut data);
         (outcome.map(|_| ()), data)
     });
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let peak = watch_peak_queue(r);
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("backend", backend);
@@ -260,7 +262,7 @@ fn a_client_that_disappears_leaves_its_backend_a_fin_after_the_pending_bytes() {
             Err(e) => panic!("client write: {e}"),
         }
     }
-    wait_for("the backend's queue to fill", || {
+    wait_until("the backend's queue to fill", IO_TIMEOUT, || {
         peak.load(Ordering::Relaxed) >= DEFAULT_HIGH_WATER
     });
     reset_on_close(&client);
@@ -299,7 +301,7 @@ fn a_backend_dying_mid_response_closes_that_client_and_others_are_served() {
             });
         }
     });
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("app", backend);
         })?;
@@ -335,7 +337,7 @@ fn a_backend_dying_mid_response_closes_that_client_and_others_are_served() {
 fn cut_through_backends_skip_the_hooks() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let echo = serve(r, || Echo)?;
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("echo", Backend::tcp(echo).relay_client().relay_server());
@@ -360,7 +362,7 @@ fn cut_through_backends_skip_the_hooks() {
 
 #[test]
 fn a_later_relay_from_a_deferred_job_arrives_before_the_clients_fin() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let echo = serve(r, || Echo)?;
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("echo", echo);
@@ -383,19 +385,9 @@ fn a_later_relay_from_a_deferred_job_arrives_before_the_clients_fin() {
 
 #[test]
 fn relay_to_names_only_the_chosen_backends() {
-    let (a, b) = (Record::default(), Record::default());
-    let (ra, rb) = (Arc::clone(&a), Arc::clone(&b));
-    let running = spawn_reactor(move |r| {
-        let ra2 = Arc::clone(&ra);
-        let rb2 = Arc::clone(&rb);
-        let a = serve(r, move || Recorder {
-            prefix: "a",
-            record: Arc::clone(&ra2),
-        })?;
-        let b = serve(r, move || Recorder {
-            prefix: "b",
-            record: Arc::clone(&rb2),
-        })?;
+    let running = ReactorThread::spawn(|r| {
+        let (a, a_record) = serve_recorder(r, "a")?;
+        let (b, b_record) = serve_recorder(r, "b")?;
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("a", a);
             conn.server("b", b);
@@ -409,9 +401,10 @@ fn relay_to_names_only_the_chosen_backends() {
                 }
             });
         })?;
-        Ok(p.local_addr().unwrap())
+        Ok((p.local_addr().unwrap(), a_record, b_record))
     });
-    let reply = exchange(running.value, b"only for a");
+    let (addr, a, b) = running.value.clone();
+    let reply = exchange(addr, b"only for a");
     assert_eq!(reply, b"a:10\na:end\n");
     assert_eq!(record_of(&a), b"only for a");
     assert_eq!(record_of(&b), b"");
@@ -419,7 +412,7 @@ fn relay_to_names_only_the_chosen_backends() {
 
 #[test]
 fn finish_keep_holds_the_client_open_for_a_timer_to_answer() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let echo = serve(r, || Echo)?;
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("echo", echo);
@@ -442,7 +435,7 @@ fn finish_keep_holds_the_client_open_for_a_timer_to_answer() {
 
 #[test]
 fn hooks_see_names_addresses_and_can_answer_the_client_themselves() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let echo = serve(r, || Echo)?;
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             assert!(conn.server("echo", echo).is_some());
@@ -479,7 +472,7 @@ fn hooks_see_names_addresses_and_can_answer_the_client_themselves() {
 
 #[test]
 fn per_client_state_is_shared_by_the_hooks_of_one_client() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let echo = serve(r, || Echo)?;
         let p = proxy::start_with_state(
             r,
@@ -511,7 +504,7 @@ fn a_unix_socket_backend_works_like_a_tcp_one() {
     let path = dir.join("echo.sock");
     let _ = std::fs::remove_file(&path);
     let socket = path.clone();
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         r.start_unix_server(&socket, || Echo)?;
         let p = Options::new().start(r, "127.0.0.1:0", move |conn| {
             conn.server("unix", Backend::unix(&socket));
@@ -531,7 +524,7 @@ fn stats_count_clients_and_failures() {
     let dead = closed_port();
     let stats = Arc::new(Mutex::new(None));
     let out = Arc::clone(&stats);
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let echo = serve(r, || Echo)?;
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("echo", echo);
@@ -544,7 +537,9 @@ fn stats_count_clients_and_failures() {
         assert_eq!(exchange(running.value, b"ping"), b"ping");
     }
     let stats = stats.lock().unwrap().clone().unwrap();
-    wait_for("clients to close", || stats.clients_active() == 0);
+    wait_until("clients to close", IO_TIMEOUT, || {
+        stats.clients_active() == 0
+    });
     assert_eq!(stats.clients_accepted(), 3);
     assert_eq!(stats.backends_opened(), 6);
     assert_eq!(stats.backends_failed(), 3);
@@ -560,7 +555,7 @@ fn a_later_relay_holds_the_clients_fin_until_the_held_bytes_are_relayed() {
         let mut rest = Vec::new();
         stream.read_to_end(&mut rest).map(|_| rest)
     });
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let echo = serve(r, || Echo)?;
         let p = proxy::start_with_state(r, "127.0.0.1:0", Vec::<u8>::new, move |conn| {
             conn.server("echo", echo);
@@ -616,7 +611,7 @@ fn upload_after_the_backends_fin(backend: fn(SocketAddr) -> Backend) {
     const UPLOAD: usize = 100_000;
     let (report, counted) = mpsc::channel();
     let report = Mutex::new(report);
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let report = report.into_inner().unwrap();
         let greeter = serve(r, move || GreetThenCount {
             count: 0,
@@ -657,7 +652,7 @@ fn a_hook_answering_the_client_itself_pauses_a_client_that_does_not_read() {
     const SIZE: usize = 32 << 20;
     let peak = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&peak);
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             let seen = Arc::clone(&seen);
             conn.on_data(move |s, data| {
@@ -687,7 +682,7 @@ fn a_hook_answering_the_client_itself_pauses_a_client_that_does_not_read() {
 #[test]
 fn when_all_done_waits_for_held_bytes_and_jobs_then_closes_the_client() {
     let dead = closed_port();
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             let (finished, on_finish_ran) = mpsc::channel::<()>();
             let mut on_finish_ran = Some(on_finish_ran);
@@ -728,7 +723,7 @@ fn a_relay_server_backends_fin_does_not_cut_off_another_primary() {
         stream.read_exact(&mut request).unwrap();
         stream.write_all(b"late answer\n").unwrap();
     });
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let quick = serve(r, || QuickAnswerThenClose)?;
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("quick", Backend::tcp(quick).relay_server());
@@ -756,7 +751,7 @@ impl ember::Handler for QuickAnswerThenClose {
 
 #[test]
 fn a_cancelled_session_timer_no_longer_holds_the_clients_fin() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let echo = serve(r, || Echo)?;
         let p = proxy::start_with_state(
             r,
@@ -790,7 +785,7 @@ fn a_cancelled_session_timer_no_longer_holds_the_clients_fin() {
 
 #[test]
 fn relay_to_a_name_given_twice_sends_once() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let echo = serve(r, || Echo)?;
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("echo", echo);
@@ -805,7 +800,7 @@ fn relay_to_a_name_given_twice_sends_once() {
 fn stats_count_the_bytes_the_descriptor_relay_carries() {
     let stats = Arc::new(Mutex::new(None));
     let out = Arc::clone(&stats);
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let echo = serve(r, || Echo)?;
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("echo", Backend::tcp(echo).relay_client().relay_server());
@@ -816,7 +811,7 @@ fn stats_count_the_bytes_the_descriptor_relay_carries() {
     let request = Pattern::new(6).bytes(300_000);
     assert_eq!(exchange(running.value, &request), request);
     let stats = stats.lock().unwrap().clone().unwrap();
-    wait_for("the relayed bytes to be counted", || {
+    wait_until("the relayed bytes to be counted", IO_TIMEOUT, || {
         stats.clients_active() == 0 && stats.bytes_to_clients() == request.len() as u64
     });
     assert_eq!(stats.bytes_from_clients(), request.len() as u64);
@@ -825,7 +820,7 @@ fn stats_count_the_bytes_the_descriptor_relay_carries() {
 #[test]
 fn every_backend_gets_on_finish_once_even_when_the_client_vanishes_first() {
     let (tx, rx) = mpsc::channel();
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let echo = serve(r, || Echo)?;
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("echo", echo);
@@ -850,4 +845,175 @@ fn every_backend_gets_on_finish_once_even_when_the_client_vanishes_first() {
         rx.recv_timeout(Duration::from_millis(300)).is_err(),
         "on_finish ran twice for one backend"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Duplex
+
+/// A proxy with a recording primary and a shadow made by `shadow` (given the shadow
+/// record); returns the proxy address, its stats and both records.
+fn duplex<H: Handler>(
+    options: Options,
+    shadow: impl Fn(Record) -> H + Send + 'static,
+) -> ReactorThread<(std::net::SocketAddr, Stats, Record, Record)> {
+    ReactorThread::spawn(move |r| {
+        let (prod, prod_record) = serve_recorder(r, "prod")?;
+        let shadow_record = Record::default();
+        let sr = Arc::clone(&shadow_record);
+        let shadow = serve(r, move || shadow(Arc::clone(&sr)))?;
+        let p = options.start(r, "127.0.0.1:0", move |conn| {
+            conn.server("prod", prod);
+            conn.server("shadow", Backend::tcp(shadow).shadow());
+        })?;
+        Ok((
+            p.local_addr().unwrap(),
+            p.stats().clone(),
+            prod_record,
+            shadow_record,
+        ))
+    })
+}
+
+#[test]
+fn duplex_backends_see_identical_bytes_and_the_client_gets_the_primarys_answers_only() {
+    let running = duplex(Options::new(), |record| Recorder {
+        prefix: "shadow",
+        record,
+    });
+    let (addr, _, prod, shadow) = running.value.clone();
+    let mut client = connect(addr);
+    let mut sent = Vec::new();
+    let mut pattern = Pattern::new(11);
+    let mut answers = Vec::new();
+    for size in [1, 100, 5000, 70_000, 3] {
+        let chunk = pattern.bytes(size);
+        client.write_all(&chunk).unwrap();
+        sent.extend_from_slice(&chunk);
+        // Wait for prod's answer to this chunk so chunks stay distinct.
+        let expect = format!("prod:{}\n", sent.len());
+        let mut got = read_until(&mut client, expect.as_bytes());
+        answers.append(&mut got);
+    }
+    client.shutdown(Shutdown::Write).unwrap();
+    answers.extend(read_all(&mut client));
+    let answers = String::from_utf8(answers).unwrap();
+    assert!(answers.lines().all(|l| l.starts_with("prod:")), "{answers}");
+    assert!(
+        answers.ends_with(&format!("prod:{}\nprod:end\n", sent.len())),
+        "{answers}"
+    );
+    wait_until("the shadow to get everything", IO_TIMEOUT, || {
+        record_of(&shadow).len() >= sent.len()
+    });
+    assert!(record_of(&prod) == sent, "prod got different bytes");
+    assert!(record_of(&shadow) == sent, "shadow got different bytes");
+}
+
+#[test]
+fn a_dead_shadow_leaves_the_primarys_answers_intact() {
+    let dead = closed_port();
+    let running = ReactorThread::spawn(move |r| {
+        let echo = serve(r, || Echo)?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("prod", echo);
+            conn.server("shadow", Backend::tcp(dead).shadow());
+        })?;
+        Ok((p.local_addr().unwrap(), p.stats().clone()))
+    });
+    let (addr, stats) = running.value.clone();
+    for round in 0..20u64 {
+        let request = Pattern::new(round).bytes(50_000);
+        assert!(exchange(addr, &request) == request, "round {round}");
+    }
+    assert_eq!(stats.backends_failed(), 20);
+}
+
+/// Streams `size` bytes through the proxy to an echoing primary and checks the echo,
+/// writing and reading at the same time.
+fn stream_through(addr: std::net::SocketAddr, size: usize, seed: u64) {
+    assert_eq!(pump(addr, size, seed), size, "echo length");
+}
+
+#[test]
+fn a_shadow_that_never_reads_is_cut_off_and_memory_stays_bounded() {
+    const SHADOW_BUFFER: usize = 1 << 20;
+    const SIZE: usize = 64 << 20;
+    let running = ReactorThread::spawn(|r| {
+        let peak = watch_peak_queue(r);
+        let echo = serve(r, || Echo)?;
+        let stuck = serve(r, || NeverReads)?;
+        let p =
+            Options::new()
+                .shadow_buffer(SHADOW_BUFFER)
+                .start(r, "127.0.0.1:0", move |conn| {
+                    conn.server("prod", echo);
+                    conn.server("shadow", Backend::tcp(stuck).shadow());
+                })?;
+        Ok((p.local_addr().unwrap(), p.stats().clone(), peak))
+    });
+    let (addr, stats, peak) = running.value.clone();
+    stream_through(addr, SIZE, 21);
+    assert_eq!(stats.shadow_cutoffs(), 1);
+    assert!(stats.peak_shadow_queue() as usize <= SHADOW_BUFFER + READ_CHUNK);
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak <= SHADOW_BUFFER.max(DEFAULT_HIGH_WATER) + READ_CHUNK,
+        "some connection queued {peak} bytes"
+    );
+}
+
+/// Reads a little, then closes on its own, mid-stream.
+struct QuitsEarly {
+    seen: usize,
+}
+
+impl Handler for QuitsEarly {
+    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+        self.seen += data.len();
+        if self.seen > 100_000 {
+            cx.close();
+        }
+    }
+}
+
+#[test]
+fn a_shadow_that_dies_mid_stream_does_not_disturb_the_primary() {
+    let running = ReactorThread::spawn(|r| {
+        let echo = serve(r, || Echo)?;
+        let quitter = serve(r, || QuitsEarly { seen: 0 })?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("prod", echo);
+            conn.server("shadow", Backend::tcp(quitter).shadow());
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    stream_through(running.value, 8 << 20, 22);
+}
+
+#[test]
+fn a_shadow_whose_answers_are_recorded_still_never_reaches_the_client() {
+    let answers = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&answers);
+    let running = ReactorThread::spawn(move |r| {
+        let (prod, _) = serve_recorder(r, "prod")?;
+        let (shadow, _) = serve_recorder(r, "shadow")?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server("prod", prod);
+            conn.server("shadow", Backend::tcp(shadow).shadow());
+            let seen = Arc::clone(&seen);
+            // Returns every answer, the shadow's included: shadows still never reach the
+            // client.
+            conn.on_response(move |_, name, data| {
+                seen.lock()
+                    .unwrap()
+                    .push(format!("{name}={}", String::from_utf8_lossy(data)));
+                Some(data.to_vec())
+            });
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    let reply = exchange(running.value, b"abc");
+    assert_eq!(reply, b"prod:3\nprod:end\n");
+    let answers = answers.lock().unwrap().join("");
+    assert!(answers.contains("prod=prod:3"), "{answers}");
 }

@@ -5,7 +5,8 @@
 //! measured doing only proxy work; bytes are checked against a deterministic stream as
 //! they arrive, never buffered whole.
 
-mod proxy_support;
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -14,18 +15,22 @@ use std::time::Instant;
 
 use ember::proxy::{self, Backend, Relay};
 
-use proxy_support::*;
+use support::IO_TIMEOUT;
+use support::backends::{Echo, serve};
+use support::clients::{connect, pump, read_all};
+use support::reactor_thread::ReactorThread;
+use support::sys::raise_fd_limit;
 
 const GIB: usize = 1 << 30;
 
-fn echo_backend() -> Running<SocketAddr> {
-    spawn_reactor(|r| serve(r, || Echo))
+fn echo_backend() -> ReactorThread<SocketAddr> {
+    ReactorThread::spawn(|r| serve(r, || Echo))
 }
 
 fn one_gib_each_way(backend: impl Fn(SocketAddr) -> Backend + Send + 'static, hooked: bool) {
     let echo = echo_backend();
     let target = echo.value;
-    let proxy = spawn_reactor(move |r| {
+    let proxy = ReactorThread::spawn(move |r| {
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("echo", backend(target));
             if hooked {
@@ -69,7 +74,7 @@ fn two_thousand_concurrent_clients_each_get_their_own_bytes_back() {
     );
     let echo = echo_backend();
     let target = echo.value;
-    let proxy = spawn_reactor(move |r| {
+    let proxy = ReactorThread::spawn(move |r| {
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("echo", target);
         })?;

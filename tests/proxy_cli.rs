@@ -2,130 +2,37 @@
 //! line, non-zero exit, no panic), relay + duplex, Unix socket relay, balancing, graceful
 //! SIGTERM, and the self-checking demo.
 
-mod proxy_support;
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ember::{ConnId, Context, Handler};
 
-use proxy_support::*;
+use support::IO_TIMEOUT;
+use support::backends::{Echo, NeverReads, record_of, serve, serve_recorder};
+use support::child::{Child, EMBER_PROXY, EmberProxy};
+use support::clients::{closed_port, connect, exchange, read_all};
+use support::pattern::Pattern;
+use support::reactor_thread::ReactorThread;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ember-proxy");
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ember-proxy did not exit within {timeout:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// Runs the binary to completion; returns (exit code, stdout, stderr).
 fn run(args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = wait_with_timeout(&mut child, EXIT_TIMEOUT);
-    (
-        status.code().unwrap_or(-1),
-        out.join().unwrap(),
-        err.join().unwrap(),
-    )
-}
-
-/// A running `ember-proxy`; killed (if still running) when dropped.
-struct Proxy {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Proxy {
-    fn start(args: &[&str]) -> Proxy {
-        let mut child = Command::new(BIN)
-            .args(["-l", "127.0.0.1:0"])
+    let mut child = Child::spawn(
+        Command::new(EMBER_PROXY)
             .args(args)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let collected = Arc::clone(&stderr);
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                collected
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .strip_prefix("ember-proxy: listening on ")
-            .and_then(|rest| rest.split(',').next())
-            .unwrap_or_else(|| panic!("no listening line: {line:?} {}", stderr.lock().unwrap()))
-            .parse()
-            .unwrap();
-        Proxy {
-            child,
-            addr,
-            stderr,
-        }
-    }
-
-    fn signal(&self, signo: i32) {
-        // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signo) };
-        assert_eq!(rc, 0, "kill");
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .stderr(Stdio::piped()),
+    );
+    let status = child.wait_exit(EXIT_TIMEOUT);
+    (status.code().unwrap_or(-1), child.stdout(), child.stderr())
 }
 
 #[test]
@@ -255,34 +162,28 @@ fn every_mistake_is_one_clear_line_and_a_nonzero_exit() {
 #[test]
 fn a_non_utf8_argument_is_a_mistake_not_a_panic() {
     use std::os::unix::ffi::OsStrExt;
-    let output = Command::new(BIN)
-        .arg(std::ffi::OsStr::from_bytes(b"-l\xff"))
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut child = Child::spawn(
+        Command::new(EMBER_PROXY)
+            .arg(std::ffi::OsStr::from_bytes(b"-l\xff"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    assert_eq!(child.wait_exit(EXIT_TIMEOUT).code(), Some(2));
+    let stderr = child.stderr();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(!stderr.contains("panicked"));
 }
 
 #[test]
 fn relays_and_duplexes_answering_from_the_relay_only() {
-    let backends = spawn_reactor(|r| {
-        let (prod_record, shadow_record) = (Record::default(), Record::default());
-        let (pr, sr) = (Arc::clone(&prod_record), Arc::clone(&shadow_record));
-        let prod = serve(r, move || Recorder {
-            prefix: "prod",
-            record: Arc::clone(&pr),
-        })?;
-        let shadow = serve(r, move || Recorder {
-            prefix: "shadow",
-            record: Arc::clone(&sr),
-        })?;
+    let backends = ReactorThread::spawn(|r| {
+        let (prod, prod_record) = serve_recorder(r, "prod")?;
+        let (shadow, shadow_record) = serve_recorder(r, "shadow")?;
         Ok((prod, shadow, prod_record, shadow_record))
     });
     let (prod, shadow, prod_record, shadow_record) = backends.value.clone();
     let dead = closed_port();
-    let proxy = Proxy::start(&[
+    let proxy = EmberProxy::start(&[
         "-r",
         &prod.to_string(),
         "-d",
@@ -304,10 +205,15 @@ fn relays_and_duplexes_answering_from_the_relay_only() {
     assert!(record_of(&shadow_record) == request);
     let deadline = Instant::now() + IO_TIMEOUT;
     while !proxy
+        .child
         .stderr()
         .contains("`duplex_1` finished: connection refused")
     {
-        assert!(Instant::now() < deadline, "verbose log: {}", proxy.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "verbose log: {}",
+            proxy.child.stderr()
+        );
         thread::sleep(Duration::from_millis(1));
     }
 }
@@ -319,8 +225,8 @@ fn relays_to_a_unix_socket() {
     let path = dir.join("echo.sock");
     let _ = std::fs::remove_file(&path);
     let socket = path.clone();
-    let _backend = spawn_reactor(move |r| r.start_unix_server(&socket, || Echo).map(drop));
-    let proxy = Proxy::start(&["-s", path.to_str().unwrap()]);
+    let _backend = ReactorThread::spawn(move |r| r.start_unix_server(&socket, || Echo).map(drop));
+    let proxy = EmberProxy::start(&["-s", path.to_str().unwrap()]);
     assert_eq!(
         exchange(proxy.addr, b"to the socket and back"),
         b"to the socket and back"
@@ -341,9 +247,10 @@ impl Handler for Named {
 
 #[test]
 fn balances_clients_round_robin() {
-    let backends = spawn_reactor(|r| Ok((serve(r, || Named("A"))?, serve(r, || Named("B"))?)));
+    let backends =
+        ReactorThread::spawn(|r| Ok((serve(r, || Named("A"))?, serve(r, || Named("B"))?)));
     let (a, b) = backends.value;
-    let proxy = Proxy::start(&["-b", &format!("{a},{b}"), "--strategy", "round-robin"]);
+    let proxy = EmberProxy::start(&["-b", &format!("{a},{b}"), "--strategy", "round-robin"]);
     let answers: Vec<Vec<u8>> = (0..4).map(|_| exchange(proxy.addr, b"who?")).collect();
     assert_eq!(answers, [b"A", b"B", b"A", b"B"]);
 }
@@ -361,43 +268,47 @@ impl Handler for Held {
 fn sigterm_stops_accepting_and_lets_live_connections_finish() {
     let (tx, requests) = mpsc::channel();
     let tx = Mutex::new(tx);
-    let backend = spawn_reactor(move |r| {
+    let backend = ReactorThread::spawn(move |r| {
         let tx = tx.into_inner().unwrap();
         serve(r, move || Held(tx.clone()))
     });
-    let proxy = Proxy::start(&["-r", &backend.value.to_string()]);
+    let proxy = EmberProxy::start(&["-r", &backend.value.to_string()]);
     let mut live = connect(proxy.addr);
     live.write_all(b"request").unwrap();
     let held = requests
         .recv_timeout(IO_TIMEOUT)
         .expect("the request reached the backend");
-    proxy.signal(libc::SIGTERM);
+    proxy.child.signal(libc::SIGTERM);
     // New connections are refused once the signal is handled.
     let deadline = Instant::now() + IO_TIMEOUT;
     while TcpStream::connect(proxy.addr).is_ok() {
         assert!(Instant::now() < deadline, "still accepting after SIGTERM");
         thread::sleep(Duration::from_millis(5));
     }
-    on_reactor(&backend.handle(), move |r| {
+    backend.on_reactor(move |r| {
         r.send_to(held, b"answered after the signal");
         r.close_connection_after_writing(held);
     });
     assert_eq!(read_all(&mut live), b"answered after the signal");
     let mut proxy = proxy;
-    let status = wait_with_timeout(&mut proxy.child, EXIT_TIMEOUT);
-    assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
-    assert!(proxy.stderr().contains("stopping"), "{}", proxy.stderr());
+    let status = proxy.child.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{}", proxy.child.stderr());
+    assert!(
+        proxy.child.stderr().contains("stopping"),
+        "{}",
+        proxy.child.stderr()
+    );
 }
 
 #[test]
 fn the_grace_period_bounds_how_long_a_stuck_connection_delays_exit() {
-    let backend = spawn_reactor(|r| serve(r, || NeverReads));
-    let mut proxy = Proxy::start(&["-r", &backend.value.to_string(), "--grace", "0.2"]);
+    let backend = ReactorThread::spawn(|r| serve(r, || NeverReads));
+    let mut proxy = EmberProxy::start(&["-r", &backend.value.to_string(), "--grace", "0.2"]);
     let mut stuck = connect(proxy.addr);
     stuck.write_all(b"never answered").unwrap();
     // Wait until the proxy has this client for sure: its relay connection is up.
     let deadline = Instant::now() + IO_TIMEOUT;
-    while on_reactor(&backend.handle(), |r| r.connection_count()) == 0 {
+    while backend.connection_count() == 0 {
         assert!(
             Instant::now() < deadline,
             "the proxy never connected to the backend"
@@ -405,8 +316,8 @@ fn the_grace_period_bounds_how_long_a_stuck_connection_delays_exit() {
         thread::sleep(Duration::from_millis(1));
     }
     let started = Instant::now();
-    proxy.signal(libc::SIGINT);
-    let status = wait_with_timeout(&mut proxy.child, EXIT_TIMEOUT);
+    proxy.child.signal(libc::SIGINT);
+    let status = proxy.child.wait_exit(EXIT_TIMEOUT);
     assert_eq!(status.code(), Some(0));
     assert!(
         started.elapsed() < Duration::from_secs(5),

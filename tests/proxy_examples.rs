@@ -5,7 +5,8 @@
 // Each example brings its own copy of `examples/support` (its command-line plumbing).
 #![allow(clippy::duplicate_mod)]
 
-mod proxy_support;
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
 
 #[allow(dead_code)]
 #[path = "../examples/balancing.rs"]
@@ -50,7 +51,11 @@ use std::time::{Duration, Instant};
 use ember::proxy::{ProxyServer, Strategy};
 use ember::{Context, Handler, PeerClosed, Reactor};
 
-use proxy_support::*;
+use support::IO_TIMEOUT;
+use support::backends::{Echo, Record, record_of, serve, serve_recorder};
+use support::clients::{closed_port, connect, exchange, find, read_all, read_until};
+use support::pattern::Pattern;
+use support::reactor_thread::ReactorThread;
 
 // balancing.rs includes appserver.rs for its embedded backends; use that copy.
 use balancing::appserver;
@@ -109,8 +114,9 @@ fn http_get(proxy: SocketAddr) -> (String, String) {
 
 #[test]
 fn appserver_answers_after_its_delay_and_in_order_when_pipelined() {
-    let running =
-        spawn_reactor(|r| appserver::start(r, any_port(), Duration::from_millis(200), "slow"));
+    let running = ReactorThread::spawn(|r| {
+        appserver::start(r, any_port(), Duration::from_millis(200), "slow")
+    });
     let mut client = connect(running.value);
     let started = Instant::now();
     client
@@ -125,7 +131,7 @@ fn appserver_answers_after_its_delay_and_in_order_when_pipelined() {
 
 #[test]
 fn simple_forwards_and_closes_when_srv_is_done() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let backend = app(r, "0")?;
         addr_of(simple::start(r, any_port(), backend))
     });
@@ -136,7 +142,7 @@ fn simple_forwards_and_closes_when_srv_is_done() {
 
 #[test]
 fn port_forward_forwards_both_ways() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let backend = app(r, "0")?;
         addr_of(port_forward::start(r, any_port(), backend))
     });
@@ -145,7 +151,7 @@ fn port_forward_forwards_both_ways() {
 
 #[test]
 fn relay_port_forward_forwards_on_the_relay() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let backend = app(r, "0")?;
         let echo = serve(r, || Echo)?;
         Ok((
@@ -160,16 +166,8 @@ fn relay_port_forward_forwards_on_the_relay() {
 }
 
 fn two_recorders(r: &mut Reactor) -> io::Result<(SocketAddr, SocketAddr, Record, Record)> {
-    let (prod_record, test_record) = (Record::default(), Record::default());
-    let (pr, tr) = (Arc::clone(&prod_record), Arc::clone(&test_record));
-    let prod = serve(r, move || Recorder {
-        prefix: "prod",
-        record: Arc::clone(&pr),
-    })?;
-    let test = serve(r, move || Recorder {
-        prefix: "test",
-        record: Arc::clone(&tr),
-    })?;
+    let (prod, prod_record) = serve_recorder(r, "prod")?;
+    let (test, test_record) = serve_recorder(r, "test")?;
     Ok((prod, test, prod_record, test_record))
 }
 
@@ -179,7 +177,7 @@ const REWRITTEN_REQUEST: &[u8] =
 
 #[test]
 fn duplex_sends_the_rewritten_request_to_both_and_answers_from_prod() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let (prod, test, prod_record, test_record) = two_recorders(r)?;
         let proxy = addr_of(duplex::start(r, any_port(), prod, test))?;
         Ok((proxy, prod_record, test_record))
@@ -200,7 +198,7 @@ fn duplex_sends_the_rewritten_request_to_both_and_answers_from_prod() {
 
 #[test]
 fn selective_forward_sends_to_prod_only() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let (prod, test, prod_record, test_record) = two_recorders(r)?;
         let proxy = addr_of(selective_forward::start(r, any_port(), prod, test))?;
         Ok((proxy, prod_record, test_record))
@@ -230,7 +228,7 @@ fn line_interceptor_rewrites_answers_even_across_chunks() {
             let _ = stream.write_all(b"lo to the hello world, hel");
         }
     });
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let backend = app(r, "hello there")?;
         Ok((
             addr_of(line_interceptor::start(r, any_port(), backend))?,
@@ -287,7 +285,7 @@ impl Handler for FakeBeanstalkd {
 fn beanstalkd_interceptor_archives_far_jobs_and_forwards_the_rest_whole() {
     let jobs = Record::default();
     let recorded = Arc::clone(&jobs);
-    let running = spawn_reactor(move |r| {
+    let running = ReactorThread::spawn(move |r| {
         let beanstalkd = serve(r, move || FakeBeanstalkd {
             unparsed: Vec::new(),
             jobs: Arc::clone(&recorded),
@@ -385,7 +383,7 @@ fn smtp(client: &mut TcpStream, command: &str) -> String {
 
 #[test]
 fn smtp_whitelist_refuses_unknown_recipients_at_the_proxy() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let (server, record) = fake_smtp(r)?;
         let allowed = vec!["ilya@igvita.com".to_owned()];
         Ok((
@@ -421,7 +419,7 @@ fn smtp_whitelist_refuses_unknown_recipients_at_the_proxy() {
 
 #[test]
 fn smtp_spam_filter_checks_each_message_off_the_reactor_before_the_server_sees_it() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let (server, record) = fake_smtp(r)?;
         Ok((
             addr_of(smtp_spam_filter::start(r, any_port(), server))?,
@@ -470,7 +468,7 @@ fn smtp_spam_filter_checks_each_message_off_the_reactor_before_the_server_sees_i
 
 #[test]
 fn http_proxy_routes_by_host_and_keeps_answers_in_order_across_keep_alive_and_pipelining() {
-    let running = spawn_reactor(|r| {
+    let running = ReactorThread::spawn(|r| {
         let a = appserver::start(r, any_port(), Duration::from_millis(30), "A")?;
         let b = app(r, "B")?;
         Ok((addr_of(http_proxy::start(r, any_port()))?, a, b))
@@ -513,8 +511,8 @@ fn http_proxy_routes_by_host_and_keeps_answers_in_order_across_keep_alive_and_pi
     );
 }
 
-fn balanced(strategy: Strategy) -> Running<(SocketAddr, ember::proxy::Stats)> {
-    spawn_reactor(move |r| {
+fn balanced(strategy: Strategy) -> ReactorThread<(SocketAddr, ember::proxy::Stats)> {
+    ReactorThread::spawn(move |r| {
         let backends = [app(r, "A")?, app(r, "B")?, app(r, "C")?];
         let proxy = balancing::start(r, any_port(), &backends, strategy)?;
         Ok((proxy.local_addr().unwrap(), proxy.stats().clone()))

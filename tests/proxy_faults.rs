@@ -1,4 +1,4 @@
-//! Fault injection: every toxic of `proxy_support::toxics` (latency, a bandwidth limit,
+//! Fault injection: every toxic of `support::toxics` (latency, a bandwidth limit,
 //! 1–7 byte segments, a reset of the request or of the answer midway, a black hole, a
 //! slow close, dropped SYNs), placed between the client and the proxy or between the
 //! proxy and a backend (the primary, and for duplex also the shadow), on each of the
@@ -13,7 +13,8 @@
 //! their baseline once the client is done, within a bounded wait. A toxic on the shadow's
 //! leg never changes what the client gets.
 
-mod proxy_support;
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
 
 use std::cell::RefCell;
 use std::io::{self, ErrorKind, Read, Write};
@@ -25,10 +26,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ember::proxy::{Backend, Finish, Options, Relay, SHADOW_CONNECT_ALLOWANCE, Setup, Stats};
-use ember::{ConnId, DEFAULT_HIGH_WATER, READ_CHUNK, Reactor, ReactorHandle};
+use ember::{ConnId, DEFAULT_HIGH_WATER, READ_CHUNK, Reactor};
 
-use proxy_support::toxics::{Toxic, ToxicProxy};
-use proxy_support::*;
+use support::IO_TIMEOUT;
+use support::backends::{Echo, serve};
+use support::clients::{connect, is_timeout, write_pattern};
+use support::pattern::Pattern;
+use support::reactor_thread::ReactorThread;
+use support::toxics::{Toxic, ToxicProxy};
 
 /// Bytes each client sends, and gets back from the echo: more than a shadow may queue
 /// while it connects (`SHADOW_CONNECT_ALLOWANCE`), so one that never connects is cut off…
@@ -165,8 +170,8 @@ fn start_proxy(
     primary: SocketAddr,
     shadow: SocketAddr,
     connected: mpsc::Sender<String>,
-) -> Running<(SocketAddr, Stats, Arc<Peaks>)> {
-    spawn_reactor(move |r| {
+) -> ReactorThread<(SocketAddr, Stats, Arc<Peaks>)> {
+    ReactorThread::spawn(move |r| {
         let shadows = Rc::new(RefCell::new(Vec::new()));
         let peaks = watch_peaks(r, Rc::clone(&shadows));
         let p = options().start(r, "127.0.0.1:0", move |conn| {
@@ -286,15 +291,7 @@ fn run_client(addr: SocketAddr, size: usize, seed: u64, patience: Duration) -> S
 }
 
 fn send(mut stream: TcpStream, size: usize, seed: u64) -> io::Result<()> {
-    let mut pattern = Pattern::new(seed);
-    let mut chunk = vec![0; 16 * 1024];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        pattern.fill(&mut chunk[..n]);
-        stream.write_all(&chunk[..n])?;
-        left -= n;
-    }
+    write_pattern(&mut stream, seed, size, 16 * 1024)?;
     stream.shutdown(Shutdown::Write)
 }
 
@@ -321,10 +318,6 @@ fn receive(stream: &mut TcpStream, seed: u64) -> (usize, End) {
     }
 }
 
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
-}
-
 fn check(seen: &Seen, expect: Expect, size: usize) {
     let closed = matches!(seen.end, End::Eof | End::Reset);
     let ok = match expect {
@@ -338,10 +331,6 @@ fn check(seen: &Seen, expect: Expect, size: usize) {
         ok,
         "expected {expect:?} of {size} bytes, the client saw {seen:?}"
     );
-}
-
-fn connections(handle: &ReactorHandle) -> usize {
-    on_reactor(handle, |r| r.connection_count())
 }
 
 /// Waits until `state` says done, polling; panics with its last detail after `SETTLE`.
@@ -370,7 +359,7 @@ fn cell(path: Path, leg: Leg, fault: Fault) {
     let (up, down) = fault.toxics();
     let toxic = |upstream| ToxicProxy::start(upstream, up.clone(), down.clone());
 
-    let backends = spawn_reactor(|r| Ok((serve(r, || Echo)?, serve(r, || Echo)?)));
+    let backends = ReactorThread::spawn(|r| Ok((serve(r, || Echo)?, serve(r, || Echo)?)));
     let (primary, shadow) = backends.value;
     let primary_toxic = (leg == Leg::Backend).then(|| toxic(primary));
     let shadow_toxic = (leg == Leg::Shadow).then(|| toxic(shadow));
@@ -382,10 +371,7 @@ fn cell(path: Path, leg: Leg, fault: Fault) {
     );
     let proxy_addr = proxy.value.0;
     let client_toxic = (leg == Leg::Client).then(|| toxic(proxy_addr));
-    let baseline = (
-        connections(&proxy.handle()),
-        connections(&backends.handle()),
-    );
+    let baseline = (proxy.connection_count(), backends.connection_count());
 
     let patience = match expect {
         Expect::Silence | Expect::NoConnect => PATIENCE,
@@ -413,7 +399,7 @@ fn cell(path: Path, leg: Leg, fault: Fault) {
     }
     drop((primary_toxic, shadow_toxic));
     settle("the backends' connections back to baseline", || {
-        let n = connections(&backends.handle());
+        let n = backends.connection_count();
         (
             n == baseline.1,
             format!("{n} open, baseline {}", baseline.1),
@@ -425,10 +411,10 @@ fn cell(path: Path, leg: Leg, fault: Fault) {
 /// checks that no queue in it grew past its bound: the high-water mark for clients and
 /// primaries, the shadow buffer (or the connect allowance, while a shadow is catching up
 /// with what was sent before it connected) for shadows, plus one read.
-fn proxy_back_to_baseline(proxy: &Running<(SocketAddr, Stats, Arc<Peaks>)>, baseline: usize) {
+fn proxy_back_to_baseline(proxy: &ReactorThread<(SocketAddr, Stats, Arc<Peaks>)>, baseline: usize) {
     let (_, stats, peaks) = &proxy.value;
     settle("the proxy's connections back to baseline", || {
-        let n = connections(&proxy.handle());
+        let n = proxy.connection_count();
         let done = n == baseline && stats.clients_active() == 0;
         (done, format!("{n} open, baseline {baseline}, {stats:?}"))
     });
@@ -534,7 +520,7 @@ fn last_bytes_before_a_reset_arriving_together(path: Path) {
         let _ = stream.read_to_end(&mut Vec::new());
     });
     let toxic = ToxicProxy::start(backend, Toxic::Pass, Toxic::ResetAfter(ANSWER));
-    let shadow = spawn_reactor(|r| serve(r, || Echo));
+    let shadow = ReactorThread::spawn(|r| serve(r, || Echo));
     let (connected_tx, connected) = mpsc::channel();
     let proxy = start_proxy(path, toxic.addr(), shadow.value, connected_tx);
     let mut client = connect(proxy.value.0);

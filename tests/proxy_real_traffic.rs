@@ -8,22 +8,30 @@
 //! The tests time things (round trips, throughput, timeouts), so they run one at a time
 //! (`one_at_a_time`), each under a watchdog.
 
-mod proxy_support;
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use ember::proxy::{Backend, Finish, Options, Relay, Setup, Stats};
 use ember::{Context, Handler};
 
-use proxy_support::toxics::{Toxic, ToxicProxy};
-use proxy_support::*;
+use support::IO_TIMEOUT;
+use support::backends::{Echo, serve};
+use support::child::{Child, EMBER_PROXY};
+use support::clients::{closed_port, connect, exchange, find, read_all, read_until, wait_until};
+use support::pattern::Pattern;
+use support::reactor_thread::ReactorThread;
+use support::sys::{raise_fd_limit, reset_on_close};
+use support::toxics::{Toxic, ToxicProxy};
+use support::watchdog::Watchdog;
 
 /// How often the threads of a [`StdServer`] look up from a blocking call to see whether
 /// to stop.
@@ -34,44 +42,19 @@ const TICK: Duration = Duration::from_millis(50);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Held for the whole of a test: the other tests of this file wait, and a watchdog aborts
-/// the run if the test is still going after `limit`.
+/// Held for the whole of a test: the other tests of this file wait, and the watchdog
+/// aborts the run if the test is still going after `limit`.
 struct TestGuard {
-    _watchdog: mpsc::Sender<()>,
+    _watchdog: Watchdog,
     _serial: MutexGuard<'static, ()>,
 }
 
-fn one_at_a_time(test: &'static str, limit: Duration) -> TestGuard {
+fn one_at_a_time(limit: Duration) -> TestGuard {
     let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let (disarm, armed) = mpsc::channel::<()>();
-    thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = armed.recv_timeout(limit) {
-            eprintln!("watchdog: {test} still running after {limit:?}; aborting");
-            std::process::abort();
-        }
-    });
     TestGuard {
-        _watchdog: disarm,
+        _watchdog: Watchdog::abort_after(limit),
         _serial: serial,
     }
-}
-
-/// Polls `cond` every millisecond until it holds; fails the test after `limit`. Returns
-/// how long it took.
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
-    start.elapsed()
-}
-
-fn connections<T>(running: &Running<T>) -> usize {
-    on_reactor(&running.handle(), |r| r.connection_count())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -99,8 +82,12 @@ fn relay_decides(setup: &mut Setup<'_, ()>) {
 }
 
 /// A proxy in front of `backend` on `path`; returns its address and stats.
-fn proxy_to(backend: SocketAddr, path: Path, options: Options) -> Running<(SocketAddr, Stats)> {
-    spawn_reactor(move |r| {
+fn proxy_to(
+    backend: SocketAddr,
+    path: Path,
+    options: Options,
+) -> ReactorThread<(SocketAddr, Stats)> {
+    ReactorThread::spawn(move |r| {
         let p = options.start(r, "127.0.0.1:0", move |conn| {
             match path {
                 Path::Relay => {
@@ -126,8 +113,8 @@ fn duplex_proxy(
     primary: SocketAddr,
     shadow: impl Fn() -> SocketAddr + 'static + Send,
     options: Options,
-) -> Running<(SocketAddr, Stats, Arc<AtomicUsize>)> {
-    spawn_reactor(move |r| {
+) -> ReactorThread<(SocketAddr, Stats, Arc<AtomicUsize>)> {
+    ReactorThread::spawn(move |r| {
         let peak = Arc::new(AtomicUsize::new(0));
         let seen = Arc::clone(&peak);
         r.add_periodic_timer(Duration::from_millis(1), move |r| {
@@ -287,8 +274,12 @@ const REQUEST: &[u8] = b"GET /item HTTP/1.1\r\nHost: backend\r\n\r\n";
 const HEADER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\n";
 const BODY: &[u8] = b"hello, world\n";
 const ROUND_TRIPS: usize = 300;
-/// Nagle holding the body for the client's delayed ACK costs 40 ms on Linux.
-const STALL: Duration = Duration::from_millis(15);
+/// Nagle holding the body for the client's delayed ACK costs 40 ms on Linux; a round
+/// trip this long is a stall (or, rarely, a busy machine descheduling someone).
+const STALL: Duration = Duration::from_millis(35);
+/// Stalls tolerated in `ROUND_TRIPS` for scheduling hiccups on a loaded 2-core machine;
+/// Nagle against a delayed ACK stalls nearly every round trip (299 of 300 before the fix).
+const HICCUPS: usize = ROUND_TRIPS / 100;
 
 /// Answers each request as nginx does: the header with one write(2), then the body with
 /// another, a moment later, so that the two leave as two segments and the proxy reads
@@ -329,10 +320,7 @@ fn keep_alive_round_trips(addr: SocketAddr) -> Vec<Duration> {
 
 #[test]
 fn a_keep_alive_client_never_waits_for_a_delayed_ack() {
-    let _guard = one_at_a_time(
-        "a_keep_alive_client_never_waits_for_a_delayed_ack",
-        Duration::from_secs(60),
-    );
+    let _guard = one_at_a_time(Duration::from_secs(60));
     let backend = two_write_backend();
     for path in [Path::Relay, Path::Hooks] {
         let proxy = proxy_to(backend.addr, path, Options::new());
@@ -347,9 +335,14 @@ fn a_keep_alive_client_never_waits_for_a_delayed_ack() {
             stalled.len()
         );
         assert!(
-            stalled.is_empty(),
+            stalled.len() <= HICCUPS,
             "{path:?}: {} of {ROUND_TRIPS} round trips took over {STALL:?} (the first: {stalls})",
             stalled.len(),
+        );
+        let median = times[ROUND_TRIPS / 2];
+        assert!(
+            median < Duration::from_millis(5),
+            "{path:?}: the median round trip took {median:?}"
         );
     }
 }
@@ -392,10 +385,7 @@ fn writes_then_resets() -> StdServer {
 
 #[test]
 fn bytes_a_backend_sent_before_its_reset_reach_the_client() {
-    let _guard = one_at_a_time(
-        "bytes_a_backend_sent_before_its_reset_reach_the_client",
-        Duration::from_secs(60),
-    );
+    let _guard = one_at_a_time(Duration::from_secs(60));
     let backend = writes_then_resets();
     let expected = Pattern::new(5).bytes(BEFORE_RESET);
     for path in [Path::Relay, Path::Hooks] {
@@ -444,18 +434,18 @@ fn client_half_closes_and_the_backend_goes_silent(path: Path) {
         path,
         Options::new().fin_timeout(Some(FIN_TIMEOUT)),
     );
-    assert_eq!(connections(&proxy), 0);
+    assert_eq!(proxy.connection_count(), 0);
     let mut client = connect(proxy.value.0);
     let start = Instant::now();
     client.write_all(b"request, then FIN").unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     wait_until("the client and its backend", FIN_SLACK, || {
-        connections(&proxy) == 2
+        proxy.connection_count() == 2
     });
     wait_until(
         "the descriptors to be released",
         FIN_TIMEOUT + FIN_SLACK,
-        || connections(&proxy) == 0,
+        || proxy.connection_count() == 0,
     );
     let released = start.elapsed();
     assert!(
@@ -490,7 +480,7 @@ fn backend_half_closes_and_the_client_goes_silent(path: Path) {
     wait_until(
         "the descriptors to be released",
         FIN_TIMEOUT + FIN_SLACK,
-        || connections(&proxy) == 0,
+        || proxy.connection_count() == 0,
     );
     let released = start.elapsed();
     assert!(
@@ -535,10 +525,7 @@ fn an_answer_streamed_after_the_clients_fin_arrives_whole(path: Path) {
 
 #[test]
 fn a_silent_half_closed_peer_releases_its_descriptors_after_the_fin_timeout() {
-    let _guard = one_at_a_time(
-        "a_silent_half_closed_peer_releases_its_descriptors_after_the_fin_timeout",
-        Duration::from_secs(60),
-    );
+    let _guard = one_at_a_time(Duration::from_secs(60));
     for path in [Path::Relay, Path::Hooks] {
         client_half_closes_and_the_backend_goes_silent(path);
         backend_half_closes_and_the_client_goes_silent(path);
@@ -618,7 +605,7 @@ fn churn_past_a_blackholed_shadow(kind: &str, shadow: SocketAddr, echo: SocketAd
     let settled = wait_until(
         "the proxy's connections back to none",
         SHADOW_TIMEOUT + Duration::from_secs(3),
-        || connections(&proxy) == 0,
+        || proxy.connection_count() == 0,
     );
     assert_eq!(stats.shadows_active(), 0, "{kind}: {stats:?}");
     eprintln!("{kind}: back to no connections {settled:?} after the last client");
@@ -626,12 +613,9 @@ fn churn_past_a_blackholed_shadow(kind: &str, shadow: SocketAddr, echo: SocketAd
 
 #[test]
 fn a_blackholed_shadow_under_connection_churn_leaves_the_primary_unharmed() {
-    let _guard = one_at_a_time(
-        "a_blackholed_shadow_under_connection_churn_leaves_the_primary_unharmed",
-        Duration::from_secs(90),
-    );
+    let _guard = one_at_a_time(Duration::from_secs(90));
     raise_fd_limit();
-    let backends = spawn_reactor(|r| serve(r, || Echo));
+    let backends = ReactorThread::spawn(|r| serve(r, || Echo));
     // Connects to it never complete: its accept queue is full and SYNs are dropped.
     let syn_drop = ToxicProxy::start(closed_port(), Toxic::SynDrop, Toxic::SynDrop);
     churn_past_a_blackholed_shadow("SYNs dropped", syn_drop.addr(), backends.value);
@@ -783,11 +767,8 @@ enum ShadowKind {
 
 #[test]
 fn a_flooding_shadow_does_not_take_the_loop() {
-    let _guard = one_at_a_time(
-        "a_flooding_shadow_does_not_take_the_loop",
-        Duration::from_secs(90),
-    );
-    let backends = spawn_reactor(|r| Ok((serve(r, || Echo)?, serve(r, || Sink)?)));
+    let _guard = one_at_a_time(Duration::from_secs(90));
+    let backends = ReactorThread::spawn(|r| Ok((serve(r, || Echo)?, serve(r, || Sink)?)));
     let (echo, healthy) = backends.value;
     let flood = flooding_shadow();
     let flooding = Arc::new(AtomicBool::new(false));
@@ -852,13 +833,10 @@ fn a_flooding_shadow_does_not_take_the_loop() {
 
 #[test]
 fn a_panicking_hook_closes_only_its_own_session() {
-    let _guard = one_at_a_time(
-        "a_panicking_hook_closes_only_its_own_session",
-        Duration::from_secs(60),
-    );
+    let _guard = one_at_a_time(Duration::from_secs(60));
     let panics = Arc::new(Mutex::new(Vec::<(bool, String)>::new()));
     let seen = Arc::clone(&panics);
-    let proxy = spawn_reactor(move |r| {
+    let proxy = ReactorThread::spawn(move |r| {
         r.set_error_handler(move |_, panic| {
             seen.lock()
                 .unwrap()
@@ -900,7 +878,7 @@ fn a_panicking_hook_closes_only_its_own_session() {
     wait_until(
         "the proxy's connections back to none",
         Duration::from_secs(5),
-        || connections(&proxy) == 0,
+        || proxy.connection_count() == 0,
     );
     let panics = panics.lock().unwrap().clone();
     assert_eq!(panics.len(), 1, "{panics:?}");
@@ -912,45 +890,6 @@ fn a_panicking_hook_closes_only_its_own_session() {
 
 // ---------------------------------------------------------------------------------------
 // 7. The binary, a closed stderr or stdout, SIGHUP, SIGUSR1.
-
-const BIN: &str = env!("CARGO_BIN_EXE_ember-proxy");
-
-/// A running `ember-proxy`, killed if still running when dropped.
-struct ProxyProcess(Child);
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl ProxyProcess {
-    fn signal(&self, signo: libc::c_int) {
-        // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
-        let rc = unsafe { libc::kill(self.0.id() as libc::pid_t, signo) };
-        assert_eq!(rc, 0, "kill");
-    }
-
-    fn assert_alive(&mut self, after: &str) {
-        let status = self.0.try_wait().unwrap();
-        assert!(
-            status.is_none(),
-            "ember-proxy exited after {after}: {status:?}"
-        );
-    }
-
-    fn exit_code(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "ember-proxy did not exit");
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
 
 /// The write end of a pipe whose read end is already closed.
 fn pipe_nobody_reads() -> Stdio {
@@ -979,29 +918,20 @@ fn round_trips(addr: SocketAddr, what: &str) {
 /// `-v`, stderr read for one line and then closed: every line after it meets EPIPE. Then
 /// SIGHUP and SIGUSR1, then SIGTERM.
 fn stderr_closed_then_sighup_and_sigusr1(echo: &str) {
-    let mut child = ProxyProcess(
-        Command::new(BIN)
-            .args(["-l", "127.0.0.1:0", "-r", echo, "-v", "--grace", "5"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut proxy = Command::new(EMBER_PROXY)
+        .args(["-l", "127.0.0.1:0", "-r", echo, "-v", "--grace", "5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(proxy.stderr.take().unwrap());
+    let mut child = Child::adopt(proxy);
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
     assert!(first.starts_with("ember-proxy: "), "{first:?}");
     drop(stderr);
-    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr: SocketAddr = line
-        .strip_prefix("ember-proxy: listening on ")
-        .and_then(|rest| rest.split(',').next())
-        .unwrap_or_else(|| panic!("no listening line: {line:?}"))
-        .parse()
-        .unwrap();
+    let addr = child.listening_addr(IO_TIMEOUT);
     round_trips(addr, "stderr closed");
     child.assert_alive("logging to a closed stderr");
     child.signal(libc::SIGHUP);
@@ -1011,35 +941,30 @@ fn stderr_closed_then_sighup_and_sigusr1(echo: &str) {
     round_trips(addr, "after SIGUSR1");
     child.assert_alive("SIGUSR1");
     child.signal(libc::SIGTERM);
-    assert_eq!(child.exit_code(), Some(0), "exit after SIGTERM");
-    drop(stdout);
+    assert_eq!(
+        child.wait_exit(IO_TIMEOUT).code(),
+        Some(0),
+        "exit after SIGTERM"
+    );
 }
 
 /// stdout: nobody reads it from the start, so the listening line meets EPIPE (the port
 /// is chosen here, then).
 fn stdout_closed_from_the_start(echo: &str) {
     let port = closed_port();
-    let mut child = ProxyProcess(
-        Command::new(BIN)
+    let mut child = Child::spawn(
+        Command::new(EMBER_PROXY)
             .args(["-l", &port.to_string(), "-r", echo])
-            .stdin(Stdio::null())
             .stdout(pipe_nobody_reads())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::piped()),
     );
-    let mut errors = child.0.stderr.take().unwrap();
-    let errors = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = errors.read_to_string(&mut s);
-        s
-    });
     let started = Instant::now();
     while TcpStream::connect(port).is_err() {
-        if child.0.try_wait().unwrap().is_some() {
+        if child.has_exited() {
+            child.wait_exit(IO_TIMEOUT);
             panic!(
                 "ember-proxy exited with its stdout closed: {}",
-                errors.join().unwrap()
+                child.stderr()
             );
         }
         assert!(
@@ -1051,18 +976,19 @@ fn stdout_closed_from_the_start(echo: &str) {
     round_trips(port, "stdout closed");
     child.assert_alive("writing to a closed stdout");
     child.signal(libc::SIGTERM);
-    assert_eq!(child.exit_code(), Some(0), "exit after SIGTERM");
-    let errors = errors.join().unwrap();
+    assert_eq!(
+        child.wait_exit(IO_TIMEOUT).code(),
+        Some(0),
+        "exit after SIGTERM"
+    );
+    let errors = child.stderr();
     assert!(!errors.contains("panicked"), "{errors}");
 }
 
 #[test]
 fn ember_proxy_keeps_serving_after_its_stderr_closes() {
-    let _guard = one_at_a_time(
-        "ember_proxy_keeps_serving_after_its_stderr_closes",
-        Duration::from_secs(60),
-    );
-    let backend = spawn_reactor(|r| serve(r, || Echo));
+    let _guard = one_at_a_time(Duration::from_secs(60));
+    let backend = ReactorThread::spawn(|r| serve(r, || Echo));
     let echo = backend.value.to_string();
     stderr_closed_then_sighup_and_sigusr1(&echo);
     stdout_closed_from_the_start(&echo);

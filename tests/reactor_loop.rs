@@ -3,63 +3,35 @@
 //! the defer pool, accept back-off on `EMFILE`, signal handling, and what happens to live
 //! connections when the loop ends.
 //!
-//! Every test body runs under [`within`], a watchdog that fails the test instead of letting a
-//! hung reactor hang the suite. Tests that need a process of their own (a low descriptor
-//! limit, signals) re-run this test binary with an `#[ignore]`d child test selected by name
-//! and a role in [`CHILD_ROLE`]; the parent talks to the child over its stdout and sockets.
+//! Every test runs under the support library's watchdog, which aborts the test binary,
+//! naming the test, instead of letting a hung reactor hang the suite. Tests that need a
+//! process of their own (a low descriptor limit, signals) re-run this test binary with an
+//! `#[ignore]`d child test selected by name and a role (`support::child`); the parent talks
+//! to the child over its stdout and sockets.
+
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitStatus, Stdio};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use ember::{Context, DeferPanic, Handler, Reactor, TimerId, UnbindReason};
 
+use support::backends::Echo;
+use support::child::{self, Child, MARK};
+use support::watchdog::Watchdog;
+
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// Runs `body` on its own thread and fails the test if it has not finished within `limit`
-/// (a hung loop must fail, not hang the suite). A panic in `body` is re-raised here.
-fn within<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let worker = thread::Builder::new()
-        .name("reactor-under-test".into())
-        .spawn(move || {
-            let _ = tx.send(body());
-        })
-        .expect("spawn the test body");
-    match rx.recv_timeout(limit) {
-        Ok(value) => {
-            let _ = worker.join();
-            value
-        }
-        Err(RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the body returned without sending its result"),
-        },
-        Err(RecvTimeoutError::Timeout) => {
-            panic!("watchdog: the test body was still running after {limit:?}")
-        }
-    }
-}
-
-/// Echoes every byte back.
-struct Echo;
-
-impl Handler for Echo {
-    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
-        cx.send_data(data);
-    }
-}
 
 /// The Linux id of the calling thread (for `/proc/self/task/<tid>`).
 fn current_tid() -> i32 {
@@ -93,182 +65,6 @@ fn wait_until_blocked_in_poll(tid: i32, limit: Duration) {
     }
 }
 
-/// Environment variable telling a re-executed test binary which child role to play.
-const CHILD_ROLE: &str = "EMBER_REACTOR_LOOP_CHILD";
-/// Child output meant for the parent: `@@ember <key> <value>`. Searched anywhere in a line,
-/// because libtest may print `test name ... ` on the same line first.
-const MARK: &str = "@@ember ";
-
-/// Whether this process is the child playing `role` (child tests return at once otherwise,
-/// so `--include-ignored` runs stay harmless).
-fn child_role_is(role: &str) -> bool {
-    std::env::var(CHILD_ROLE).as_deref() == Ok(role)
-}
-
-/// A re-executed copy of this test binary running one child test; killed when dropped.
-struct ChildProc {
-    child: std::process::Child,
-    /// Stdout lines (`None` once stdout closed), read on a helper thread.
-    lines: mpsc::Receiver<Option<String>>,
-    stderr: Arc<Mutex<String>>,
-    transcript: Vec<String>,
-    eof: bool,
-}
-
-impl ChildProc {
-    /// Runs child test `test` as `role`, with `RLIMIT_NOFILE` lowered to `nofile` if given.
-    fn spawn(test: &str, role: &str, nofile: Option<libc::rlim_t>) -> ChildProc {
-        let exe = std::env::current_exe().expect("path of this test binary");
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "--exact",
-            test,
-            "--nocapture",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ROLE, role)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        if let Some(limit) = nofile {
-            // SAFETY: the closure runs between fork and exec and only calls setrlimit(2),
-            // which is async-signal-safe, on a stack value.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let rl = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd.spawn().expect("spawn the child test process");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(Some(line)).is_err() {
-                    return;
-                }
-            }
-            let _ = tx.send(None);
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut child_err = child.stderr.take().expect("piped stderr");
-        let sink = Arc::clone(&stderr);
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = child_err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        ChildProc {
-            child,
-            lines,
-            stderr,
-            transcript: Vec::new(),
-            eof: false,
-        }
-    }
-
-    fn pid(&self) -> libc::pid_t {
-        libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t")
-    }
-
-    fn signal(&self, signo: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.pid(), signo) };
-        assert_eq!(rc, 0, "kill({}, {signo})", self.pid());
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "child stdout so far:\n{}\nchild stderr:\n{}",
-            self.transcript.join("\n"),
-            self.stderr.lock().unwrap()
-        )
-    }
-
-    /// The next marked line, as `(key, value)`; `None` once stdout has closed.
-    fn next_message(&mut self, deadline: Instant) -> Option<(String, String)> {
-        while !self.eof {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(Some(line)) => {
-                    self.transcript.push(line.clone());
-                    if let Some(at) = line.find(MARK) {
-                        let msg = &line[at + MARK.len()..];
-                        let (key, value) = msg.split_once(' ').unwrap_or((msg, ""));
-                        return Some((key.to_string(), value.trim().to_string()));
-                    }
-                }
-                Ok(None) | Err(RecvTimeoutError::Disconnected) => self.eof = true,
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("timed out waiting for the child\n{}", self.describe())
-                }
-            }
-        }
-        None
-    }
-
-    /// Waits for the next message with `key` (skipping others) and returns its value.
-    fn expect(&mut self, key: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.next_message(deadline) {
-                Some((k, value)) if k == key => return value,
-                Some(_) => {}
-                None => panic!(
-                    "the child's stdout closed before `{key}`\n{}",
-                    self.describe()
-                ),
-            }
-        }
-    }
-
-    /// Every message with `key` received so far without waiting; the last one's value.
-    fn latest(&mut self, key: &str) -> Option<String> {
-        let mut last = None;
-        while let Ok(Some(line)) = self.lines.try_recv() {
-            self.transcript.push(line.clone());
-            if let Some(at) = line.find(MARK) {
-                let msg = &line[at + MARK.len()..];
-                if let Some((k, v)) = msg.split_once(' ')
-                    && k == key
-                {
-                    last = Some(v.trim().to_string());
-                }
-            }
-        }
-        last
-    }
-
-    /// Reads stdout to its end (the child closes it by exiting), then reaps the child.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        while self.next_message(deadline).is_some() {}
-        self.child.wait().expect("wait for the child")
-    }
-}
-
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A process's CPU time so far (user + system, all threads), in clock ticks.
 fn cpu_ticks(pid: libc::pid_t) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/pid/stat");
@@ -299,87 +95,85 @@ fn ms(d: Duration) -> f64 {
 
 #[test]
 fn handle_stop_wakes_an_idle_loop_blocked_in_poll() {
-    within(Duration::from_secs(15), || {
-        let mut r = Reactor::new().unwrap();
-        let handle = r.handle();
-        let tid = current_tid();
-        let (idle_tx, idle_rx) = mpsc::channel();
-        // The last thing the loop does before it would block forever: nothing is pending.
-        r.next_tick(move |r| {
-            assert_eq!(r.timer_count(), 0, "the loop must have no timer to wake it");
-            assert_eq!(r.connection_count(), 0);
-            idle_tx.send(()).unwrap();
-        });
-        let stopper = thread::spawn(move || {
-            idle_rx.recv().expect("the loop ran its next tick");
-            wait_until_blocked_in_poll(tid, Duration::from_secs(5));
-            let stopped_at = Instant::now();
-            handle.stop();
-            stopped_at
-        });
-        r.run_loop().expect("run_loop");
-        let returned_at = Instant::now();
-        let stopped_at = stopper.join().expect("stopper thread");
-        assert!(r.is_stopping());
-        assert!(
-            returned_at >= stopped_at,
-            "run_loop returned before anyone stopped it"
-        );
-        assert!(
-            returned_at - stopped_at < Duration::from_secs(2),
-            "an idle loop took {:?} to notice a stop",
-            returned_at - stopped_at
-        );
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(15));
+    let mut r = Reactor::new().unwrap();
+    let handle = r.handle();
+    let tid = current_tid();
+    let (idle_tx, idle_rx) = mpsc::channel();
+    // The last thing the loop does before it would block forever: nothing is pending.
+    r.next_tick(move |r| {
+        assert_eq!(r.timer_count(), 0, "the loop must have no timer to wake it");
+        assert_eq!(r.connection_count(), 0);
+        idle_tx.send(()).unwrap();
     });
+    let stopper = thread::spawn(move || {
+        idle_rx.recv().expect("the loop ran its next tick");
+        wait_until_blocked_in_poll(tid, Duration::from_secs(5));
+        let stopped_at = Instant::now();
+        handle.stop();
+        stopped_at
+    });
+    r.run_loop().expect("run_loop");
+    let returned_at = Instant::now();
+    let stopped_at = stopper.join().expect("stopper thread");
+    assert!(r.is_stopping());
+    assert!(
+        returned_at >= stopped_at,
+        "run_loop returned before anyone stopped it"
+    );
+    assert!(
+        returned_at - stopped_at < Duration::from_secs(2),
+        "an idle loop took {:?} to notice a stop",
+        returned_at - stopped_at
+    );
 }
 
 #[test]
 fn handle_schedule_runs_closures_from_other_threads_on_the_reactor_thread() {
-    within(Duration::from_secs(15), || {
-        const THREADS: usize = 4;
-        const PER_THREAD: usize = 250;
-        let mut r = Reactor::new().unwrap();
-        let reactor_thread = thread::current().id();
-        let ran = Arc::new(AtomicUsize::new(0));
-        let (ran_on_tx, ran_on_rx) = mpsc::channel::<ThreadId>();
-        let tid = current_tid();
-        let senders: Vec<_> = (0..THREADS)
-            .map(|_| {
-                let handle = r.handle();
-                let ran = Arc::clone(&ran);
-                let ran_on_tx = ran_on_tx.clone();
-                thread::spawn(move || {
-                    // Half while the loop may be busy, half once it sleeps in poll.
-                    for i in 0..PER_THREAD {
-                        if i == PER_THREAD / 2 {
-                            wait_until_blocked_in_poll(tid, Duration::from_secs(5));
-                        }
-                        let ran = Arc::clone(&ran);
-                        let ran_on_tx = ran_on_tx.clone();
-                        handle.schedule(move |r| {
-                            ran_on_tx.send(thread::current().id()).unwrap();
-                            if ran.fetch_add(1, Ordering::SeqCst) + 1 == THREADS * PER_THREAD {
-                                r.stop();
-                            }
-                        });
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(15));
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 250;
+    let mut r = Reactor::new().unwrap();
+    let reactor_thread = thread::current().id();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let (ran_on_tx, ran_on_rx) = mpsc::channel::<ThreadId>();
+    let tid = current_tid();
+    let senders: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let handle = r.handle();
+            let ran = Arc::clone(&ran);
+            let ran_on_tx = ran_on_tx.clone();
+            thread::spawn(move || {
+                // Half while the loop may be busy, half once it sleeps in poll.
+                for i in 0..PER_THREAD {
+                    if i == PER_THREAD / 2 {
+                        wait_until_blocked_in_poll(tid, Duration::from_secs(5));
                     }
-                    thread::current().id()
-                })
+                    let ran = Arc::clone(&ran);
+                    let ran_on_tx = ran_on_tx.clone();
+                    handle.schedule(move |r| {
+                        ran_on_tx.send(thread::current().id()).unwrap();
+                        if ran.fetch_add(1, Ordering::SeqCst) + 1 == THREADS * PER_THREAD {
+                            r.stop();
+                        }
+                    });
+                }
+                thread::current().id()
             })
-            .collect();
-        drop(ran_on_tx);
-        r.run_loop().expect("run_loop");
-        let sender_threads: HashSet<ThreadId> =
-            senders.into_iter().map(|t| t.join().unwrap()).collect();
-        assert_eq!(ran.load(Ordering::SeqCst), THREADS * PER_THREAD);
-        let ran_on: Vec<ThreadId> = ran_on_rx.iter().collect();
-        assert_eq!(ran_on.len(), THREADS * PER_THREAD);
-        assert!(
-            ran_on.iter().all(|t| *t == reactor_thread),
-            "a scheduled closure ran off the reactor thread"
-        );
-        assert!(!sender_threads.contains(&reactor_thread));
-    });
+        })
+        .collect();
+    drop(ran_on_tx);
+    r.run_loop().expect("run_loop");
+    let sender_threads: HashSet<ThreadId> =
+        senders.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(ran.load(Ordering::SeqCst), THREADS * PER_THREAD);
+    let ran_on: Vec<ThreadId> = ran_on_rx.iter().collect();
+    assert_eq!(ran_on.len(), THREADS * PER_THREAD);
+    assert!(
+        ran_on.iter().all(|t| *t == reactor_thread),
+        "a scheduled closure ran off the reactor thread"
+    );
+    assert!(!sender_threads.contains(&reactor_thread));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -388,77 +182,70 @@ fn handle_schedule_runs_closures_from_other_threads_on_the_reactor_thread() {
 
 #[test]
 fn next_tick_runs_fifo_and_a_nested_next_tick_waits_for_a_later_tick() {
-    within(Duration::from_secs(15), || {
-        let mut r = Reactor::new().unwrap();
-        let log: Rc<RefCell<Vec<String>>> = Rc::default();
-        {
-            let log = Rc::clone(&log);
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(15));
+    let mut r = Reactor::new().unwrap();
+    let log: Rc<RefCell<Vec<String>>> = Rc::default();
+    {
+        let log = Rc::clone(&log);
+        r.next_tick(move |r| {
+            log.borrow_mut().push("first".into());
+            // A zero-delay timer fires in the timer step of the *next* tick, which comes
+            // before that tick's next-tick queue: it marks the tick boundary.
+            let l = Rc::clone(&log);
+            r.add_timer(Duration::ZERO, move |_| l.borrow_mut().push("timer".into()));
+            let l = Rc::clone(&log);
             r.next_tick(move |r| {
-                log.borrow_mut().push("first".into());
-                // A zero-delay timer fires in the timer step of the *next* tick, which comes
-                // before that tick's next-tick queue: it marks the tick boundary.
-                let l = Rc::clone(&log);
-                r.add_timer(Duration::ZERO, move |_| l.borrow_mut().push("timer".into()));
-                let l = Rc::clone(&log);
-                r.next_tick(move |r| {
-                    l.borrow_mut().push("nested".into());
-                    r.stop();
-                });
+                l.borrow_mut().push("nested".into());
+                r.stop();
             });
-        }
-        for i in 0..50 {
-            let log = Rc::clone(&log);
-            r.next_tick(move |_| log.borrow_mut().push(format!("t{i}")));
-        }
-        r.run_loop().expect("run_loop");
-        let mut expected = vec!["first".to_string()];
-        expected.extend((0..50).map(|i| format!("t{i}")));
-        expected.push("timer".into());
-        expected.push("nested".into());
-        assert_eq!(*log.borrow(), expected);
-    });
+        });
+    }
+    for i in 0..50 {
+        let log = Rc::clone(&log);
+        r.next_tick(move |_| log.borrow_mut().push(format!("t{i}")));
+    }
+    r.run_loop().expect("run_loop");
+    let mut expected = vec!["first".to_string()];
+    expected.extend((0..50).map(|i| format!("t{i}")));
+    expected.push("timer".into());
+    expected.push("nested".into());
+    assert_eq!(*log.borrow(), expected);
 }
 
 #[test]
 fn next_tick_chain_requeued_forever_does_not_starve_timers_or_other_threads() {
-    within(Duration::from_secs(15), || {
-        let mut r = Reactor::new().unwrap();
-        let handle = r.handle();
-        let spins = Rc::new(Cell::new(0u64));
-        let timer_fired = Rc::new(Cell::new(false));
-        let (tx, rx) = mpsc::channel::<()>();
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(15));
+    let mut r = Reactor::new().unwrap();
+    let handle = r.handle();
+    let spins = Rc::new(Cell::new(0u64));
+    let timer_fired = Rc::new(Cell::new(false));
+    let (tx, rx) = mpsc::channel::<()>();
 
-        fn spin(
-            r: &mut Reactor,
-            spins: Rc<Cell<u64>>,
-            fired: Rc<Cell<bool>>,
-            tx: mpsc::Sender<()>,
-        ) {
-            spins.set(spins.get() + 1);
-            if fired.get() {
-                // Ask another thread to stop us: its wake-up must get through a loop
-                // that always has more next-tick work.
-                let _ = tx.send(());
-            }
-            r.next_tick(move |r| spin(r, spins, fired, tx));
+    fn spin(r: &mut Reactor, spins: Rc<Cell<u64>>, fired: Rc<Cell<bool>>, tx: mpsc::Sender<()>) {
+        spins.set(spins.get() + 1);
+        if fired.get() {
+            // Ask another thread to stop us: its wake-up must get through a loop
+            // that always has more next-tick work.
+            let _ = tx.send(());
         }
-        {
-            let (spins, fired) = (Rc::clone(&spins), Rc::clone(&timer_fired));
-            r.next_tick(move |r| spin(r, spins, fired, tx));
-        }
-        {
-            let fired = Rc::clone(&timer_fired);
-            r.add_timer(Duration::from_millis(20), move |_| fired.set(true));
-        }
-        let stopper = thread::spawn(move || {
-            rx.recv().expect("the chain saw the timer fire");
-            handle.schedule(|r| r.stop());
-        });
-        r.run_loop().expect("run_loop");
-        stopper.join().unwrap();
-        assert!(timer_fired.get(), "the timer never fired");
-        assert!(spins.get() > 1, "the chain never ran");
+        r.next_tick(move |r| spin(r, spins, fired, tx));
+    }
+    {
+        let (spins, fired) = (Rc::clone(&spins), Rc::clone(&timer_fired));
+        r.next_tick(move |r| spin(r, spins, fired, tx));
+    }
+    {
+        let fired = Rc::clone(&timer_fired);
+        r.add_timer(Duration::from_millis(20), move |_| fired.set(true));
+    }
+    let stopper = thread::spawn(move || {
+        rx.recv().expect("the chain saw the timer fire");
+        handle.schedule(|r| r.stop());
     });
+    r.run_loop().expect("run_loop");
+    stopper.join().unwrap();
+    assert!(timer_fired.get(), "the timer never fired");
+    assert!(spins.get() > 1, "the chain never ran");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -467,226 +254,221 @@ fn next_tick_chain_requeued_forever_does_not_starve_timers_or_other_threads() {
 
 #[test]
 fn one_shot_timers_fire_in_deadline_order_not_insertion_order() {
-    within(Duration::from_secs(15), || {
-        let mut r = Reactor::new().unwrap();
-        let fired: Rc<RefCell<Vec<(u64, Instant)>>> = Rc::default();
-        let start = Instant::now();
-        for delay in [30u64, 10, 20] {
-            let fired = Rc::clone(&fired);
-            r.add_timer(Duration::from_millis(delay), move |r| {
-                fired.borrow_mut().push((delay, Instant::now()));
-                if fired.borrow().len() == 3 {
-                    r.stop();
-                }
-            });
-        }
-        assert_eq!(r.timer_count(), 3);
-        r.run_loop().expect("run_loop");
-        let fired = fired.borrow();
-        let order: Vec<u64> = fired.iter().map(|(d, _)| *d).collect();
-        assert_eq!(order, [10, 20, 30]);
-        for (delay, at) in fired.iter() {
-            assert!(
-                *at >= start + Duration::from_millis(*delay),
-                "the {delay} ms timer fired early, after {:?}",
-                *at - start
-            );
-        }
-        assert_eq!(r.timer_count(), 0);
-    });
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(15));
+    let mut r = Reactor::new().unwrap();
+    let fired: Rc<RefCell<Vec<(u64, Instant)>>> = Rc::default();
+    let start = Instant::now();
+    for delay in [30u64, 10, 20] {
+        let fired = Rc::clone(&fired);
+        r.add_timer(Duration::from_millis(delay), move |r| {
+            fired.borrow_mut().push((delay, Instant::now()));
+            if fired.borrow().len() == 3 {
+                r.stop();
+            }
+        });
+    }
+    assert_eq!(r.timer_count(), 3);
+    r.run_loop().expect("run_loop");
+    let fired = fired.borrow();
+    let order: Vec<u64> = fired.iter().map(|(d, _)| *d).collect();
+    assert_eq!(order, [10, 20, 30]);
+    for (delay, at) in fired.iter() {
+        assert!(
+            *at >= start + Duration::from_millis(*delay),
+            "the {delay} ms timer fired early, after {:?}",
+            *at - start
+        );
+    }
+    assert_eq!(r.timer_count(), 0);
 }
 
 #[test]
 fn cancelled_timer_never_fires_and_cancel_reports_true_only_once() {
-    within(Duration::from_secs(15), || {
-        let mut r = Reactor::new().unwrap();
-        let log: Rc<RefCell<Vec<&'static str>>> = Rc::default();
-        let push = |name: &'static str| {
-            let log = Rc::clone(&log);
-            move |_: &mut Reactor| log.borrow_mut().push(name)
-        };
-        let a = r.add_timer(Duration::from_millis(10), push("a"));
-        let b = r.add_timer(Duration::from_millis(20), push("b"));
-        let d = r.add_timer(Duration::from_millis(30), push("d"));
-        assert!(r.cancel_timer(b), "cancelling a pending timer");
-        assert!(!r.cancel_timer(b), "cancelling it a second time");
-        {
-            // Cancelling from inside another timer's callback, before it is due.
-            let log = Rc::clone(&log);
-            r.add_timer(Duration::from_millis(15), move |r| {
-                log.borrow_mut().push("c");
-                assert!(r.cancel_timer(d));
-                assert!(!r.cancel_timer(d));
-            });
-        }
-        {
-            let log = Rc::clone(&log);
-            r.add_timer(Duration::from_millis(50), move |r| {
-                log.borrow_mut().push("end");
-                assert!(
-                    !r.cancel_timer(a),
-                    "a timer that already fired is not pending"
-                );
-                r.stop();
-            });
-        }
-        r.run_loop().expect("run_loop");
-        assert_eq!(*log.borrow(), ["a", "c", "end"]);
-        assert_eq!(r.timer_count(), 0);
-    });
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(15));
+    let mut r = Reactor::new().unwrap();
+    let log: Rc<RefCell<Vec<&'static str>>> = Rc::default();
+    let push = |name: &'static str| {
+        let log = Rc::clone(&log);
+        move |_: &mut Reactor| log.borrow_mut().push(name)
+    };
+    let a = r.add_timer(Duration::from_millis(10), push("a"));
+    let b = r.add_timer(Duration::from_millis(20), push("b"));
+    let d = r.add_timer(Duration::from_millis(30), push("d"));
+    assert!(r.cancel_timer(b), "cancelling a pending timer");
+    assert!(!r.cancel_timer(b), "cancelling it a second time");
+    {
+        // Cancelling from inside another timer's callback, before it is due.
+        let log = Rc::clone(&log);
+        r.add_timer(Duration::from_millis(15), move |r| {
+            log.borrow_mut().push("c");
+            assert!(r.cancel_timer(d));
+            assert!(!r.cancel_timer(d));
+        });
+    }
+    {
+        let log = Rc::clone(&log);
+        r.add_timer(Duration::from_millis(50), move |r| {
+            log.borrow_mut().push("end");
+            assert!(
+                !r.cancel_timer(a),
+                "a timer that already fired is not pending"
+            );
+            r.stop();
+        });
+    }
+    r.run_loop().expect("run_loop");
+    assert_eq!(*log.borrow(), ["a", "c", "end"]);
+    assert_eq!(r.timer_count(), 0);
 }
 
 #[test]
 fn periodic_timer_cancels_itself_after_n_beats() {
-    within(Duration::from_secs(15), || {
-        const BEATS: u32 = 5;
-        let mut r = Reactor::new().unwrap();
-        let beats = Rc::new(Cell::new(0u32));
-        let own_id: Rc<Cell<Option<TimerId>>> = Rc::default();
-        let id = {
-            let (beats, own_id) = (Rc::clone(&beats), Rc::clone(&own_id));
-            r.add_periodic_timer(Duration::from_millis(5), move |r| {
-                beats.set(beats.get() + 1);
-                if beats.get() == BEATS {
-                    let id = own_id.get().expect("id stored before the first beat");
-                    assert!(
-                        r.cancel_timer(id),
-                        "a running periodic timer is cancellable"
-                    );
-                    assert!(!r.cancel_timer(id));
-                    // Ten more periods: a beat that still came would be counted.
-                    r.add_timer(Duration::from_millis(50), Reactor::stop);
-                }
-            })
-        };
-        own_id.set(Some(id));
-        r.run_loop().expect("run_loop");
-        assert_eq!(beats.get(), BEATS);
-        assert!(!r.cancel_timer(id));
-        assert_eq!(r.timer_count(), 0);
-    });
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(15));
+    const BEATS: u32 = 5;
+    let mut r = Reactor::new().unwrap();
+    let beats = Rc::new(Cell::new(0u32));
+    let own_id: Rc<Cell<Option<TimerId>>> = Rc::default();
+    let id = {
+        let (beats, own_id) = (Rc::clone(&beats), Rc::clone(&own_id));
+        r.add_periodic_timer(Duration::from_millis(5), move |r| {
+            beats.set(beats.get() + 1);
+            if beats.get() == BEATS {
+                let id = own_id.get().expect("id stored before the first beat");
+                assert!(
+                    r.cancel_timer(id),
+                    "a running periodic timer is cancellable"
+                );
+                assert!(!r.cancel_timer(id));
+                // Ten more periods: a beat that still came would be counted.
+                r.add_timer(Duration::from_millis(50), Reactor::stop);
+            }
+        })
+    };
+    own_id.set(Some(id));
+    r.run_loop().expect("run_loop");
+    assert_eq!(beats.get(), BEATS);
+    assert!(!r.cancel_timer(id));
+    assert_eq!(r.timer_count(), 0);
 }
 
 #[test]
 fn periodic_timer_keeps_a_fixed_grid_and_does_not_drift() {
-    within(Duration::from_secs(15), || {
-        const PERIOD: Duration = Duration::from_millis(10);
-        const BEATS: usize = 20;
-        // Each beat does 2.5 ms of work. A timer re-armed from "now" (after the callback,
-        // or from a late wake-up rounded up to the next whole millisecond by epoll) would
-        // fall behind by that much every beat; one on a fixed grid does not.
-        const WORK: Duration = Duration::from_micros(2_500);
-        let mut r = Reactor::new().unwrap();
-        let beats: Rc<RefCell<Vec<Instant>>> = Rc::default();
-        let start = Instant::now();
-        {
-            let beats = Rc::clone(&beats);
-            r.add_periodic_timer(PERIOD, move |r| {
-                beats.borrow_mut().push(Instant::now());
-                if beats.borrow().len() == BEATS {
-                    r.stop();
-                }
-                thread::sleep(WORK); // simulated slow callback, not synchronisation
-            });
-        }
-        r.run_loop().expect("run_loop");
-        let beats = beats.borrow();
-        assert_eq!(beats.len(), BEATS);
-        let p = ms(PERIOD);
-        // The k-th beat never comes before start + k periods (skipped beats only make it
-        // later).
-        for (k, at) in beats.iter().enumerate() {
-            let k = k as u32 + 1;
-            assert!(
-                *at >= start + PERIOD * k,
-                "beat {k} fired {:.2} ms early",
-                ms(start + PERIOD * k - *at)
-            );
-        }
-        // Lateness against the grid. A loaded machine may stall a beat by more than a
-        // period, and then the timer rightly skips the missed beats; so the grid slot of
-        // each beat is the previous slot plus the gap rounded to whole periods. Drift
-        // (a small delay every beat) never rounds up, so it accumulates here.
-        let mut slot = ((ms(beats[0] - start) / p).round() as i64).max(1);
-        let mut lateness = vec![ms(beats[0] - start) - slot as f64 * p];
-        for w in beats.windows(2) {
-            slot += ((ms(w[1] - w[0]) / p).round() as i64).max(1);
-            lateness.push(ms(w[1] - start) - slot as f64 * p);
-        }
-        let shown: Vec<f64> = lateness
-            .iter()
-            .map(|l| (l * 100.0).round() / 100.0)
-            .collect();
-        // The final beat is less than a period late. (A single late wake-up cannot break
-        // this: a gap of more than half a period extra rounds up to the next slot.)
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(15));
+    const PERIOD: Duration = Duration::from_millis(10);
+    const BEATS: usize = 20;
+    // Each beat does 2.5 ms of work. A timer re-armed from "now" (after the callback,
+    // or from a late wake-up rounded up to the next whole millisecond by epoll) would
+    // fall behind by that much every beat; one on a fixed grid does not.
+    const WORK: Duration = Duration::from_micros(2_500);
+    let mut r = Reactor::new().unwrap();
+    let beats: Rc<RefCell<Vec<Instant>>> = Rc::default();
+    let start = Instant::now();
+    {
+        let beats = Rc::clone(&beats);
+        r.add_periodic_timer(PERIOD, move |r| {
+            beats.borrow_mut().push(Instant::now());
+            if beats.borrow().len() == BEATS {
+                r.stop();
+            }
+            thread::sleep(WORK); // simulated slow callback, not synchronisation
+        });
+    }
+    r.run_loop().expect("run_loop");
+    let beats = beats.borrow();
+    assert_eq!(beats.len(), BEATS);
+    let p = ms(PERIOD);
+    // The k-th beat never comes before start + k periods (skipped beats only make it
+    // later).
+    for (k, at) in beats.iter().enumerate() {
+        let k = k as u32 + 1;
         assert!(
-            lateness[BEATS - 1] < p,
-            "the final beat is more than a period late: lateness per beat (ms) {shown:?}"
+            *at >= start + PERIOD * k,
+            "beat {k} fired {:.2} ms early",
+            ms(start + PERIOD * k - *at)
         );
-        // And the best of the last five beats is well within half a period, so one unlucky
-        // wake-up cannot fail the test while drifting by 0.4 ms or more per beat (16 beats
-        // at least before the window) would put all five past the bound.
-        let best_final = lateness[BEATS - 5..]
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min);
-        assert!(
-            best_final < p / 2.0,
-            "the timer drifted: lateness per beat (ms) {shown:?}"
-        );
-    });
+    }
+    // Lateness against the grid. A loaded machine may stall a beat by more than a
+    // period, and then the timer rightly skips the missed beats; so the grid slot of
+    // each beat is the previous slot plus the gap rounded to whole periods. Drift
+    // (a small delay every beat) never rounds up, so it accumulates here.
+    let mut slot = ((ms(beats[0] - start) / p).round() as i64).max(1);
+    let mut lateness = vec![ms(beats[0] - start) - slot as f64 * p];
+    for w in beats.windows(2) {
+        slot += ((ms(w[1] - w[0]) / p).round() as i64).max(1);
+        lateness.push(ms(w[1] - start) - slot as f64 * p);
+    }
+    let shown: Vec<f64> = lateness
+        .iter()
+        .map(|l| (l * 100.0).round() / 100.0)
+        .collect();
+    // The final beat is less than a period late. (A single late wake-up cannot break
+    // this: a gap of more than half a period extra rounds up to the next slot.)
+    assert!(
+        lateness[BEATS - 1] < p,
+        "the final beat is more than a period late: lateness per beat (ms) {shown:?}"
+    );
+    // And the best of the last five beats is well within half a period, so one unlucky
+    // wake-up cannot fail the test while drifting by 0.4 ms or more per beat (16 beats
+    // at least before the window) would put all five past the bound.
+    let best_final = lateness[BEATS - 5..]
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        best_final < p / 2.0,
+        "the timer drifted: lateness per beat (ms) {shown:?}"
+    );
 }
 
 #[test]
 fn ten_thousand_timers_half_cancelled_fire_in_deadline_order_quickly() {
-    within(Duration::from_secs(20), || {
-        const N: usize = 10_000;
-        let mut r = Reactor::new().unwrap();
-        let fired: Rc<RefCell<Vec<usize>>> = Rc::new(RefCell::new(Vec::with_capacity(N)));
-        // Each timer's true deadline lies within [lo, hi]: `Instant::now()` read just before
-        // and just after `add_timer`, plus its delay.
-        let mut bounds = Vec::with_capacity(N);
-        let mut ids = Vec::with_capacity(N);
-        let began = Instant::now();
-        for i in 0..N {
-            // 7919 is prime to 10,000, so the delays are a shuffled 0..100 ms in 10 µs steps.
-            let delay = Duration::from_micros((i * 7919 % N) as u64 * 10);
-            let fired = Rc::clone(&fired);
-            let lo = Instant::now() + delay;
-            ids.push(r.add_timer(delay, move |_| fired.borrow_mut().push(i)));
-            bounds.push((lo, Instant::now() + delay));
-        }
-        assert_eq!(r.timer_count(), N);
-        for id in ids.iter().skip(1).step_by(2) {
-            assert!(r.cancel_timer(*id));
-        }
-        assert_eq!(r.timer_count(), N / 2);
-        r.add_timer(Duration::from_millis(101), Reactor::stop);
-        r.run_loop().expect("run_loop");
-        let took = began.elapsed();
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(20));
+    const N: usize = 10_000;
+    let mut r = Reactor::new().unwrap();
+    let fired: Rc<RefCell<Vec<usize>>> = Rc::new(RefCell::new(Vec::with_capacity(N)));
+    // Each timer's true deadline lies within [lo, hi]: `Instant::now()` read just before
+    // and just after `add_timer`, plus its delay.
+    let mut bounds = Vec::with_capacity(N);
+    let mut ids = Vec::with_capacity(N);
+    let began = Instant::now();
+    for i in 0..N {
+        // 7919 is prime to 10,000, so the delays are a shuffled 0..100 ms in 10 µs steps.
+        let delay = Duration::from_micros((i * 7919 % N) as u64 * 10);
+        let fired = Rc::clone(&fired);
+        let lo = Instant::now() + delay;
+        ids.push(r.add_timer(delay, move |_| fired.borrow_mut().push(i)));
+        bounds.push((lo, Instant::now() + delay));
+    }
+    assert_eq!(r.timer_count(), N);
+    for id in ids.iter().skip(1).step_by(2) {
+        assert!(r.cancel_timer(*id));
+    }
+    assert_eq!(r.timer_count(), N / 2);
+    r.add_timer(Duration::from_millis(101), Reactor::stop);
+    r.run_loop().expect("run_loop");
+    let took = began.elapsed();
 
-        let fired = fired.borrow();
-        assert_eq!(fired.len(), N / 2, "every surviving timer fires once");
-        let distinct: HashSet<usize> = fired.iter().copied().collect();
-        assert_eq!(distinct.len(), N / 2, "no timer fires twice");
-        assert!(fired.iter().all(|i| i % 2 == 0), "a cancelled timer fired");
-        // In deadline order: a timer may only fire after another if its deadline can be
-        // the later one.
-        let mut latest_lo = bounds[fired[0]].0;
-        for pair in fired.windows(2) {
-            let (lo, hi) = bounds[pair[1]];
-            assert!(
-                hi >= latest_lo,
-                "timer {} fired after timer {} although it was due earlier",
-                pair[1],
-                pair[0]
-            );
-            latest_lo = latest_lo.max(lo);
-        }
-        assert_eq!(r.timer_count(), 0);
-        // The timers span 100 ms; bookkeeping for 10,000 of them must not add much.
-        assert!(took < Duration::from_secs(2), "took {took:?}");
-    });
+    let fired = fired.borrow();
+    assert_eq!(fired.len(), N / 2, "every surviving timer fires once");
+    let distinct: HashSet<usize> = fired.iter().copied().collect();
+    assert_eq!(distinct.len(), N / 2, "no timer fires twice");
+    assert!(fired.iter().all(|i| i % 2 == 0), "a cancelled timer fired");
+    // In deadline order: a timer may only fire after another if its deadline can be
+    // the later one.
+    let mut latest_lo = bounds[fired[0]].0;
+    for pair in fired.windows(2) {
+        let (lo, hi) = bounds[pair[1]];
+        assert!(
+            hi >= latest_lo,
+            "timer {} fired after timer {} although it was due earlier",
+            pair[1],
+            pair[0]
+        );
+        latest_lo = latest_lo.max(lo);
+    }
+    assert_eq!(r.timer_count(), 0);
+    // The timers span 100 ms; bookkeeping for 10,000 of them must not add much.
+    assert!(took < Duration::from_secs(2), "took {took:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -695,130 +477,128 @@ fn ten_thousand_timers_half_cancelled_fire_in_deadline_order_quickly() {
 
 #[test]
 fn defer_delivers_every_result_and_a_panic_on_the_reactor_thread() {
-    within(Duration::from_secs(20), || {
-        const JOBS: usize = 100;
-        const PANICS: usize = 37;
-        type Outcome = (usize, Result<(usize, ThreadId), DeferPanic>, ThreadId);
-        let mut r = Reactor::new().unwrap();
-        let reactor_thread = thread::current().id();
-        let outcomes: Rc<RefCell<Vec<Outcome>>> = Rc::default();
-        let after_panic: Rc<RefCell<Vec<&'static str>>> = Rc::default();
-        for i in 0..JOBS {
-            let outcomes = Rc::clone(&outcomes);
-            let after = Rc::clone(&after_panic);
-            r.defer(
-                move || {
-                    if i == PANICS {
-                        // Expected: the default panic hook prints this on stderr.
-                        panic!("deferred job {i} blew up on purpose");
-                    }
-                    (i * i, thread::current().id())
-                },
-                move |r, result| {
-                    outcomes
-                        .borrow_mut()
-                        .push((i, result, thread::current().id()));
-                    if outcomes.borrow().len() == JOBS {
-                        // The loop carries on after the panic: more deferred work and a
-                        // timer still run.
-                        r.defer(
-                            || 7,
-                            move |r, seven| {
-                                assert_eq!(seven, Ok(7));
-                                after.borrow_mut().push("defer");
-                                r.add_timer(Duration::from_millis(5), move |r| {
-                                    after.borrow_mut().push("timer");
-                                    r.stop();
-                                });
-                            },
-                        );
-                    }
-                },
-            );
-        }
-        assert_eq!(r.deferred_pending(), JOBS);
-        r.run_loop().expect("run_loop");
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(20));
+    const JOBS: usize = 100;
+    const PANICS: usize = 37;
+    type Outcome = (usize, Result<(usize, ThreadId), DeferPanic>, ThreadId);
+    let mut r = Reactor::new().unwrap();
+    let reactor_thread = thread::current().id();
+    let outcomes: Rc<RefCell<Vec<Outcome>>> = Rc::default();
+    let after_panic: Rc<RefCell<Vec<&'static str>>> = Rc::default();
+    for i in 0..JOBS {
+        let outcomes = Rc::clone(&outcomes);
+        let after = Rc::clone(&after_panic);
+        r.defer(
+            move || {
+                if i == PANICS {
+                    // Expected: the default panic hook prints this on stderr.
+                    panic!("deferred job {i} blew up on purpose");
+                }
+                (i * i, thread::current().id())
+            },
+            move |r, result| {
+                outcomes
+                    .borrow_mut()
+                    .push((i, result, thread::current().id()));
+                if outcomes.borrow().len() == JOBS {
+                    // The loop carries on after the panic: more deferred work and a
+                    // timer still run.
+                    r.defer(
+                        || 7,
+                        move |r, seven| {
+                            assert_eq!(seven, Ok(7));
+                            after.borrow_mut().push("defer");
+                            r.add_timer(Duration::from_millis(5), move |r| {
+                                after.borrow_mut().push("timer");
+                                r.stop();
+                            });
+                        },
+                    );
+                }
+            },
+        );
+    }
+    assert_eq!(r.deferred_pending(), JOBS);
+    r.run_loop().expect("run_loop");
 
-        let outcomes = outcomes.borrow();
-        assert_eq!(outcomes.len(), JOBS, "every callback runs");
-        let jobs: HashSet<usize> = outcomes.iter().map(|(i, ..)| *i).collect();
-        assert_eq!(jobs.len(), JOBS, "each callback runs exactly once");
-        for (i, result, ran_on) in outcomes.iter() {
+    let outcomes = outcomes.borrow();
+    assert_eq!(outcomes.len(), JOBS, "every callback runs");
+    let jobs: HashSet<usize> = outcomes.iter().map(|(i, ..)| *i).collect();
+    assert_eq!(jobs.len(), JOBS, "each callback runs exactly once");
+    for (i, result, ran_on) in outcomes.iter() {
+        assert_eq!(
+            *ran_on, reactor_thread,
+            "callback {i} ran off the reactor thread"
+        );
+        if *i == PANICS {
             assert_eq!(
-                *ran_on, reactor_thread,
-                "callback {i} ran off the reactor thread"
+                result.as_ref().unwrap_err(),
+                &DeferPanic {
+                    message: format!("deferred job {PANICS} blew up on purpose")
+                }
             );
-            if *i == PANICS {
-                assert_eq!(
-                    result.as_ref().unwrap_err(),
-                    &DeferPanic {
-                        message: format!("deferred job {PANICS} blew up on purpose")
-                    }
-                );
-            } else {
-                let (value, worked_on) = result.as_ref().expect("a job that did not panic");
-                assert_eq!(*value, i * i);
-                assert_ne!(*worked_on, reactor_thread, "work ran on the reactor thread");
-            }
+        } else {
+            let (value, worked_on) = result.as_ref().expect("a job that did not panic");
+            assert_eq!(*value, i * i);
+            assert_ne!(*worked_on, reactor_thread, "work ran on the reactor thread");
         }
-        assert_eq!(*after_panic.borrow(), ["defer", "timer"]);
-        assert_eq!(r.deferred_pending(), 0);
-    });
+    }
+    assert_eq!(*after_panic.borrow(), ["defer", "timer"]);
+    assert_eq!(r.deferred_pending(), 0);
 }
 
 #[test]
 fn defer_pool_size_is_configurable_and_work_runs_off_the_reactor_thread() {
-    within(Duration::from_secs(20), || {
-        const JOBS: usize = 12;
-        type Worked = (ThreadId, Option<String>);
-        let mut r = Reactor::new().unwrap();
-        r.set_defer_threads(2);
-        let reactor_thread = thread::current().id();
-        let results: Rc<RefCell<Vec<(Worked, ThreadId)>>> = Rc::default();
-        // The first two jobs wait for each other: only two threads running at once can
-        // finish them (with one thread this deadlocks and the watchdog fails the test).
-        let rendezvous = Arc::new(Barrier::new(2));
-        for i in 0..JOBS {
-            let rendezvous = Arc::clone(&rendezvous);
-            let results = Rc::clone(&results);
-            r.defer(
-                move || {
-                    if i < 2 {
-                        rendezvous.wait();
-                    }
-                    let me = thread::current();
-                    (me.id(), me.name().map(str::to_owned))
-                },
-                move |r, worked| {
-                    let worked = worked.expect("no job panics");
-                    results.borrow_mut().push((worked, thread::current().id()));
-                    if results.borrow().len() == JOBS {
-                        r.stop();
-                    }
-                },
-            );
-        }
-        r.run_loop().expect("run_loop");
-        let results = results.borrow();
-        assert_eq!(results.len(), JOBS);
-        let workers: HashSet<ThreadId> = results.iter().map(|((id, _), _)| *id).collect();
-        let names: HashSet<Option<String>> =
-            results.iter().map(|((_, name), _)| name.clone()).collect();
-        assert!(
-            !workers.contains(&reactor_thread),
-            "work ran on the reactor thread"
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(20));
+    const JOBS: usize = 12;
+    type Worked = (ThreadId, Option<String>);
+    let mut r = Reactor::new().unwrap();
+    r.set_defer_threads(2);
+    let reactor_thread = thread::current().id();
+    let results: Rc<RefCell<Vec<(Worked, ThreadId)>>> = Rc::default();
+    // The first two jobs wait for each other: only two threads running at once can
+    // finish them (with one thread this deadlocks and the watchdog fails the test).
+    let rendezvous = Arc::new(Barrier::new(2));
+    for i in 0..JOBS {
+        let rendezvous = Arc::clone(&rendezvous);
+        let results = Rc::clone(&results);
+        r.defer(
+            move || {
+                if i < 2 {
+                    rendezvous.wait();
+                }
+                let me = thread::current();
+                (me.id(), me.name().map(str::to_owned))
+            },
+            move |r, worked| {
+                let worked = worked.expect("no job panics");
+                results.borrow_mut().push((worked, thread::current().id()));
+                if results.borrow().len() == JOBS {
+                    r.stop();
+                }
+            },
         );
-        assert_eq!(workers.len(), 2, "a pool of two threads did the work");
-        let allowed: HashSet<Option<String>> = ["ember-defer-0", "ember-defer-1"]
-            .into_iter()
-            .map(|n| Some(n.to_string()))
-            .collect();
-        assert!(names.is_subset(&allowed), "pool threads: {names:?}");
-        assert!(
-            results.iter().all(|(_, cb)| *cb == reactor_thread),
-            "a callback ran off the reactor thread"
-        );
-    });
+    }
+    r.run_loop().expect("run_loop");
+    let results = results.borrow();
+    assert_eq!(results.len(), JOBS);
+    let workers: HashSet<ThreadId> = results.iter().map(|((id, _), _)| *id).collect();
+    let names: HashSet<Option<String>> =
+        results.iter().map(|((_, name), _)| name.clone()).collect();
+    assert!(
+        !workers.contains(&reactor_thread),
+        "work ran on the reactor thread"
+    );
+    assert_eq!(workers.len(), 2, "a pool of two threads did the work");
+    let allowed: HashSet<Option<String>> = ["ember-defer-0", "ember-defer-1"]
+        .into_iter()
+        .map(|n| Some(n.to_string()))
+        .collect();
+    assert!(names.is_subset(&allowed), "pool threads: {names:?}");
+    assert!(
+        results.iter().all(|(_, cb)| *cb == reactor_thread),
+        "a callback ran off the reactor thread"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -830,7 +610,7 @@ fn defer_pool_size_is_configurable_and_work_runs_off_the_reactor_thread() {
 #[test]
 #[ignore = "child process of accept_backs_off_on_emfile_without_spinning"]
 fn emfile_child_echo_server() {
-    if !child_role_is("emfile") {
+    if !child::role_is("emfile") {
         return;
     }
     let mut r = Reactor::new().unwrap();
@@ -862,83 +642,81 @@ fn parse_stats(value: &str) -> (u64, u64, u64) {
 
 #[test]
 fn accept_backs_off_on_emfile_without_spinning() {
-    within(Duration::from_secs(40), || {
-        const CLIENTS: usize = 64;
-        let mut child = ChildProc::spawn("emfile_child_echo_server", "emfile", Some(32));
-        let fds = child.expect("fds", Duration::from_secs(10));
-        let port: u16 = child
-            .expect("port", Duration::from_secs(10))
-            .parse()
-            .unwrap();
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(40));
+    const CLIENTS: usize = 64;
+    let mut child = Child::rerun_test("emfile_child_echo_server", "emfile", Some(32));
+    let fds = child.expect("fds", Duration::from_secs(10));
+    let port: u16 = child
+        .expect("port", Duration::from_secs(10))
+        .parse()
+        .unwrap();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
 
-        // More connections than the child has descriptors: it accepts until EMFILE, the
-        // rest wait in the listen backlog.
-        let clients: Vec<TcpStream> = (0..CLIENTS)
-            .map(|_| TcpStream::connect(addr).expect("connect (the backlog has room)"))
-            .collect();
-        let (accepted, backoffs) = loop {
-            let (accepted, backoffs, _) =
-                parse_stats(&child.expect("stats", Duration::from_secs(10)));
-            if backoffs >= 1 {
-                break (accepted, backoffs);
-            }
-        };
-        assert!(
-            accepted > 0 && (accepted as usize) < CLIENTS,
-            "accepted {accepted} of {CLIENTS} with 32 descriptors ({fds} open at start)"
-        );
-
-        // While exhausted, the child must sleep between attempts, not spin on accept.
-        let pid = child.pid();
-        let before = cpu_ticks(pid);
-        let window_start = Instant::now();
-        thread::sleep(Duration::from_secs(1)); // the measurement window
-        let cpu = (cpu_ticks(pid) - before) as f64
-            / clock_ticks_per_second()
-            / window_start.elapsed().as_secs_f64();
-        let (accepted_after, backoffs_after, _) = parse_stats(
-            &child
-                .latest("stats")
-                .unwrap_or_else(|| format!("{accepted} {backoffs} 0")),
-        );
-        assert!(
-            cpu < 0.3,
-            "the child used {:.0}% CPU while out of descriptors",
-            cpu * 100.0
-        );
-        assert_eq!(
-            accepted_after, accepted,
-            "nothing can be accepted while exhausted"
-        );
-        assert!(
-            backoffs_after > backoffs,
-            "the server stopped retrying ({backoffs} back-offs before the window, {backoffs_after} after)"
-        );
-        assert!(
-            backoffs_after - backoffs < 50,
-            "{} back-offs in one second is a spin, not a back-off",
-            backoffs_after - backoffs
-        );
-
-        // Free the descriptors: the backlog drains and a fresh client is served.
-        drop(clients);
-        let mut fresh = TcpStream::connect(addr).expect("connect after the descriptors freed");
-        fresh
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        fresh.write_all(b"served again").unwrap();
-        let mut echo = [0u8; 12];
-        fresh.read_exact(&mut echo).expect("echo after EMFILE");
-        assert_eq!(&echo, b"served again");
-        loop {
-            let (accepted, _, _) = parse_stats(&child.expect("stats", Duration::from_secs(10)));
-            if accepted as usize == CLIENTS + 1 {
-                break;
-            }
-            assert!(accepted as usize <= CLIENTS + 1);
+    // More connections than the child has descriptors: it accepts until EMFILE, the
+    // rest wait in the listen backlog.
+    let clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| TcpStream::connect(addr).expect("connect (the backlog has room)"))
+        .collect();
+    let (accepted, backoffs) = loop {
+        let (accepted, backoffs, _) = parse_stats(&child.expect("stats", Duration::from_secs(10)));
+        if backoffs >= 1 {
+            break (accepted, backoffs);
         }
-    });
+    };
+    assert!(
+        accepted > 0 && (accepted as usize) < CLIENTS,
+        "accepted {accepted} of {CLIENTS} with 32 descriptors ({fds} open at start)"
+    );
+
+    // While exhausted, the child must sleep between attempts, not spin on accept.
+    let pid = child.pid();
+    let before = cpu_ticks(pid);
+    let window_start = Instant::now();
+    thread::sleep(Duration::from_secs(1)); // the measurement window
+    let cpu = (cpu_ticks(pid) - before) as f64
+        / clock_ticks_per_second()
+        / window_start.elapsed().as_secs_f64();
+    let (accepted_after, backoffs_after, _) = parse_stats(
+        &child
+            .latest("stats")
+            .unwrap_or_else(|| format!("{accepted} {backoffs} 0")),
+    );
+    assert!(
+        cpu < 0.3,
+        "the child used {:.0}% CPU while out of descriptors",
+        cpu * 100.0
+    );
+    assert_eq!(
+        accepted_after, accepted,
+        "nothing can be accepted while exhausted"
+    );
+    assert!(
+        backoffs_after > backoffs,
+        "the server stopped retrying ({backoffs} back-offs before the window, {backoffs_after} after)"
+    );
+    assert!(
+        backoffs_after - backoffs < 50,
+        "{} back-offs in one second is a spin, not a back-off",
+        backoffs_after - backoffs
+    );
+
+    // Free the descriptors: the backlog drains and a fresh client is served.
+    drop(clients);
+    let mut fresh = TcpStream::connect(addr).expect("connect after the descriptors freed");
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    fresh.write_all(b"served again").unwrap();
+    let mut echo = [0u8; 12];
+    fresh.read_exact(&mut echo).expect("echo after EMFILE");
+    assert_eq!(&echo, b"served again");
+    loop {
+        let (accepted, _, _) = parse_stats(&child.expect("stats", Duration::from_secs(10)));
+        if accepted as usize == CLIENTS + 1 {
+            break;
+        }
+        assert!(accepted as usize <= CLIENTS + 1);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -950,7 +728,7 @@ fn accept_backs_off_on_emfile_without_spinning() {
 #[test]
 #[ignore = "child process of sighup_runs_its_handler_and_sigterm_stops_the_loop"]
 fn signal_child_reactor() {
-    if !child_role_is("signals") {
+    if !child::role_is("signals") {
         return;
     }
     struct Watched;
@@ -986,40 +764,39 @@ fn signal_child_reactor() {
 
 #[test]
 fn sighup_runs_its_handler_and_sigterm_stops_the_loop() {
-    within(Duration::from_secs(30), || {
-        let limit = Duration::from_secs(10);
-        let mut child = ChildProc::spawn("signal_child_reactor", "signals", None);
-        let port: u16 = child.expect("port", limit).parse().unwrap();
-        let mut conn = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
-        conn.set_read_timeout(Some(limit)).unwrap();
-        child.expect("accepted", limit);
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(30));
+    let limit = Duration::from_secs(10);
+    let mut child = Child::rerun_test("signal_child_reactor", "signals", None);
+    let port: u16 = child.expect("port", limit).parse().unwrap();
+    let mut conn = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    conn.set_read_timeout(Some(limit)).unwrap();
+    child.expect("accepted", limit);
 
-        child.signal(libc::SIGHUP);
-        assert_eq!(
-            child.expect("sighup", limit),
-            "1 1",
-            "handler ran, one connection"
-        );
-        // SIGHUP neither killed the process nor stopped the loop.
-        conn.write_all(b"still serving").unwrap();
-        let mut echo = [0u8; 13];
-        conn.read_exact(&mut echo).unwrap();
-        assert_eq!(&echo, b"still serving");
+    child.signal(libc::SIGHUP);
+    assert_eq!(
+        child.expect("sighup", limit),
+        "1 1",
+        "handler ran, one connection"
+    );
+    // SIGHUP neither killed the process nor stopped the loop.
+    conn.write_all(b"still serving").unwrap();
+    let mut echo = [0u8; 13];
+    conn.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"still serving");
 
-        child.signal(libc::SIGTERM);
-        assert_eq!(child.expect("unbind", limit), "ReactorStopped");
-        assert_eq!(child.expect("stopped", limit), "0", "connections left");
-        let status = child.wait_exit(limit);
-        assert!(
-            status.success(),
-            "child exited with {status}\n{}",
-            child.describe()
-        );
-        let mut rest = Vec::new();
-        conn.read_to_end(&mut rest)
-            .expect("the child closed the connection");
-        assert!(rest.is_empty());
-    });
+    child.signal(libc::SIGTERM);
+    assert_eq!(child.expect("unbind", limit), "ReactorStopped");
+    assert_eq!(child.expect("stopped", limit), "0", "connections left");
+    let status = child.wait_exit(limit);
+    assert!(
+        status.success(),
+        "child exited with {status}\n{}",
+        child.describe()
+    );
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest)
+        .expect("the child closed the connection");
+    assert!(rest.is_empty());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1085,61 +862,60 @@ impl Handler for Member {
 
 #[test]
 fn stop_unbinds_every_live_connection_exactly_once_with_reactor_stopped() {
-    within(Duration::from_secs(20), || {
-        const PAIRS: usize = 50;
-        let mut r = Reactor::new().unwrap();
-        let census: Rc<RefCell<Census>> = Rc::default();
-        let mut next = 0;
-        let server = {
-            let census = Rc::clone(&census);
-            r.start_server("127.0.0.1:0", move || {
-                next += 1;
-                Member {
-                    name: format!("accepted{next}"),
-                    census: Rc::clone(&census),
-                    reconnect: None,
-                    expect: PAIRS,
-                }
-            })
-            .unwrap()
-        };
-        let addr = r.server_addr(server).unwrap();
-        for i in 0..PAIRS {
-            let member = Member {
-                name: format!("outbound{i}"),
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(20));
+    const PAIRS: usize = 50;
+    let mut r = Reactor::new().unwrap();
+    let census: Rc<RefCell<Census>> = Rc::default();
+    let mut next = 0;
+    let server = {
+        let census = Rc::clone(&census);
+        r.start_server("127.0.0.1:0", move || {
+            next += 1;
+            Member {
+                name: format!("accepted{next}"),
                 census: Rc::clone(&census),
-                // One unbind opens a new connection while the loop is shutting down:
-                // that one must be unbound too.
-                reconnect: (i == 0).then_some(addr),
+                reconnect: None,
                 expect: PAIRS,
-            };
-            r.connect(addr, member).unwrap();
-        }
-        r.run_loop().expect("run_loop");
+            }
+        })
+        .unwrap()
+    };
+    let addr = r.server_addr(server).unwrap();
+    for i in 0..PAIRS {
+        let member = Member {
+            name: format!("outbound{i}"),
+            census: Rc::clone(&census),
+            // One unbind opens a new connection while the loop is shutting down:
+            // that one must be unbound too.
+            reconnect: (i == 0).then_some(addr),
+            expect: PAIRS,
+        };
+        r.connect(addr, member).unwrap();
+    }
+    r.run_loop().expect("run_loop");
 
-        let census = census.borrow();
-        assert_eq!(census.accepted, PAIRS);
-        assert_eq!(census.completed, PAIRS);
-        let names: HashSet<&str> = census.unbinds.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            census.unbinds.len(),
-            2 * PAIRS + 1,
-            "one unbind per connection (plus the late one)"
-        );
-        assert_eq!(
-            names.len(),
-            census.unbinds.len(),
-            "a connection unbound twice"
-        );
-        assert!(names.contains("late"));
-        for (name, reason) in &census.unbinds {
-            assert_eq!(*reason, UnbindReason::ReactorStopped, "{name}");
-        }
-        assert_eq!(r.connection_count(), 0);
-        assert!(r.connection_ids().is_empty());
-        let refused = TcpStream::connect(addr).expect_err("the server is closed");
-        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
-    });
+    let census = census.borrow();
+    assert_eq!(census.accepted, PAIRS);
+    assert_eq!(census.completed, PAIRS);
+    let names: HashSet<&str> = census.unbinds.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        census.unbinds.len(),
+        2 * PAIRS + 1,
+        "one unbind per connection (plus the late one)"
+    );
+    assert_eq!(
+        names.len(),
+        census.unbinds.len(),
+        "a connection unbound twice"
+    );
+    assert!(names.contains("late"));
+    for (name, reason) in &census.unbinds {
+        assert_eq!(*reason, UnbindReason::ReactorStopped, "{name}");
+    }
+    assert_eq!(r.connection_count(), 0);
+    assert!(r.connection_ids().is_empty());
+    let refused = TcpStream::connect(addr).expect_err("the server is closed");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
 }
 
 /// A peer that never reads: its kernel buffers fill and the other side's queue stays full.
@@ -1188,35 +964,34 @@ impl Handler for Flusher {
 
 #[test]
 fn stop_unbinds_a_connection_whose_close_after_writing_is_still_flushing() {
-    within(Duration::from_secs(20), || {
-        let mut r = Reactor::new().unwrap();
-        let log: Rc<RefCell<Vec<(&'static str, UnbindReason)>>> = Rc::default();
-        let server = {
-            let log = Rc::clone(&log);
-            r.start_server("127.0.0.1:0", move || Stalled {
-                log: Rc::clone(&log),
-            })
-            .unwrap()
-        };
-        let addr = r.server_addr(server).unwrap();
-        r.connect(
-            addr,
-            Flusher {
-                log: Rc::clone(&log),
-            },
-        )
-        .unwrap();
-        r.run_loop().expect("run_loop");
-        let mut log = log.borrow().clone();
-        log.sort_by_key(|(name, _)| *name);
-        assert_eq!(
-            log,
-            [
-                ("flusher", UnbindReason::ReactorStopped),
-                ("stalled", UnbindReason::ReactorStopped)
-            ],
-            "every live connection is unbound once when the loop ends"
-        );
-        assert_eq!(r.connection_count(), 0);
-    });
+    let _watchdog = Watchdog::abort_after(Duration::from_secs(20));
+    let mut r = Reactor::new().unwrap();
+    let log: Rc<RefCell<Vec<(&'static str, UnbindReason)>>> = Rc::default();
+    let server = {
+        let log = Rc::clone(&log);
+        r.start_server("127.0.0.1:0", move || Stalled {
+            log: Rc::clone(&log),
+        })
+        .unwrap()
+    };
+    let addr = r.server_addr(server).unwrap();
+    r.connect(
+        addr,
+        Flusher {
+            log: Rc::clone(&log),
+        },
+    )
+    .unwrap();
+    r.run_loop().expect("run_loop");
+    let mut log = log.borrow().clone();
+    log.sort_by_key(|(name, _)| *name);
+    assert_eq!(
+        log,
+        [
+            ("flusher", UnbindReason::ReactorStopped),
+            ("stalled", UnbindReason::ReactorStopped)
+        ],
+        "every live connection is unbound once when the loop ends"
+    );
+    assert_eq!(r.connection_count(), 0);
 }

@@ -1,29 +1,25 @@
 //! The descriptor-level relay (`proxy_incoming_to`): bytes cut through from one connection
 //! to another without handler calls, over real loopback sockets, with the splice path and
-//! with the copying path.
+//! with the copying path; and a relay started from inside `receive_data`.
 
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
+
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use ember::{ConnId, Context, Handler, PeerClosed, Reactor, UnbindReason};
+use ember::{ConnId, Context, Handler, PeerClosed, UnbindReason};
 
-/// A deterministic byte stream: the sender and the checker generate the same bytes.
-struct Pattern(u64);
-
-impl Pattern {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            let bytes = self.0.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
-}
+use support::pattern::Pattern;
+use support::reactor_thread::{ReactorThread, run_bounded};
+use support::sys::vm_rss;
 
 /// Front connection: on accept, connects to `backend` and relays its input there.
 struct Front {
@@ -88,7 +84,7 @@ impl Handler for Front {
 fn spawn_sink(listener: TcpListener, seed: u64) -> thread::JoinHandle<Result<u64, u64>> {
     thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
-        let mut expected = Pattern(seed);
+        let mut expected = Pattern::new(seed);
         let mut buf = vec![0u8; 256 * 1024];
         let mut want = vec![0u8; 256 * 1024];
         let mut total = 0u64;
@@ -97,61 +93,36 @@ fn spawn_sink(listener: TcpListener, seed: u64) -> thread::JoinHandle<Result<u64
             if n == 0 {
                 return Ok(total);
             }
-            // Keep the pattern in 8-byte steps: read in multiples of 8 where possible.
-            let mut got = n;
-            while got % 8 != 0 {
-                let m = conn.read(&mut buf[got..got + (8 - got % 8)]).unwrap();
-                if m == 0 {
-                    break;
-                }
-                got += m;
-            }
-            expected.fill(&mut want[..got]);
-            if buf[..got] != want[..got] {
-                let first = buf[..got]
-                    .iter()
-                    .zip(&want[..got])
-                    .position(|(a, b)| a != b);
+            expected.fill(&mut want[..n]);
+            if buf[..n] != want[..n] {
+                let first = buf[..n].iter().zip(&want[..n]).position(|(a, b)| a != b);
                 return Err(total + first.unwrap_or(0) as u64);
             }
-            total += got as u64;
+            total += n as u64;
         }
     })
 }
 
+/// A reactor thread serving `Front`s on a loopback port (its `value`), and their events.
 fn run_relay_reactor(
     backend: SocketAddr,
     splice: bool,
     bufsize: usize,
     length: Option<u64>,
-) -> (
-    SocketAddr,
-    mpsc::Receiver<Event>,
-    ember::ReactorHandle,
-    thread::JoinHandle<()>,
-) {
+) -> (ReactorThread<SocketAddr>, mpsc::Receiver<Event>) {
     let (tx, rx) = mpsc::channel();
-    let (addr_tx, addr_rx) = mpsc::channel();
-    let reactor = thread::spawn(move || {
-        Reactor::run(|r| {
-            r.set_splice(splice);
-            let report = tx.clone();
-            let server = r.start_server("127.0.0.1:0", move || Front {
-                backend,
-                bufsize,
-                length,
-                after: Vec::new(),
-                report: report.clone(),
-            })?;
-            addr_tx
-                .send((r.server_addr(server).unwrap(), r.handle()))
-                .unwrap();
-            Ok(())
-        })
-        .unwrap();
+    let relay = ReactorThread::spawn(move |r| {
+        r.set_splice(splice);
+        let server = r.start_server("127.0.0.1:0", move || Front {
+            backend,
+            bufsize,
+            length,
+            after: Vec::new(),
+            report: tx.clone(),
+        })?;
+        Ok(r.server_addr(server).unwrap())
     });
-    let (addr, handle) = addr_rx.recv().unwrap();
-    (addr, rx, handle, reactor)
+    (relay, rx)
 }
 
 fn relay_one_gib(splice: bool) {
@@ -159,10 +130,11 @@ fn relay_one_gib(splice: bool) {
     let sink = TcpListener::bind("127.0.0.1:0").unwrap();
     let backend = sink.local_addr().unwrap();
     let checker = spawn_sink(sink, 0x9E37_79B9_7F4A_7C15);
-    let (front, events, handle, reactor) = run_relay_reactor(backend, splice, 1 << 20, None);
+    let (relay, events) = run_relay_reactor(backend, splice, 1 << 20, None);
+    let front = relay.value;
 
     let mut client = TcpStream::connect(front).unwrap();
-    let mut pattern = Pattern(0x9E37_79B9_7F4A_7C15);
+    let mut pattern = Pattern::new(0x9E37_79B9_7F4A_7C15);
     let mut buf = vec![0u8; 1 << 20];
     let mut sent = 0u64;
     while sent < TOTAL {
@@ -193,8 +165,7 @@ fn relay_one_gib(splice: bool) {
             other => panic!("unexpected {other:?}"),
         }
     }
-    handle.stop();
-    reactor.join().unwrap();
+    relay.stop();
 }
 
 #[test]
@@ -221,10 +192,9 @@ fn length_relay_hands_the_rest_to_receive_data(splice: bool) {
         let more = conn.read(&mut extra);
         (got, more.map_err(|e| e.kind()))
     });
-    let (front, events, handle, reactor) =
-        run_relay_reactor(backend, splice, 64 * 1024, Some(100_000));
-    let mut payload = vec![0u8; 150_000];
-    Pattern(7).fill(&mut payload);
+    let (relay, events) = run_relay_reactor(backend, splice, 64 * 1024, Some(100_000));
+    let front = relay.value;
+    let payload = Pattern::new(7).bytes(150_000);
     let mut client = TcpStream::connect(front).unwrap();
     client.write_all(&payload).unwrap();
     client.shutdown(Shutdown::Write).unwrap();
@@ -249,8 +219,7 @@ fn length_relay_hands_the_rest_to_receive_data(splice: bool) {
     }
     assert_eq!(completed, Some(100_000));
     assert_eq!(rest.unwrap(), payload[100_000..]);
-    handle.stop();
-    reactor.join().unwrap();
+    relay.stop();
 }
 
 #[test]
@@ -261,15 +230,6 @@ fn length_relay_hands_exactly_the_remaining_bytes_to_receive_data_splice() {
 #[test]
 fn length_relay_hands_exactly_the_remaining_bytes_to_receive_data_copy() {
     length_relay_hands_the_rest_to_receive_data(false);
-}
-
-fn vm_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 fn relay_to_a_stalled_target_keeps_memory_bounded(splice: bool) {
@@ -293,8 +253,9 @@ fn relay_to_a_stalled_target_keeps_memory_bounded(splice: bool) {
             total += n;
         }
     });
-    let (front, _events, handle, reactor) = run_relay_reactor(backend, splice, 256 * 1024, None);
-    let before = vm_rss_kib();
+    let (relay, _events) = run_relay_reactor(backend, splice, 256 * 1024, None);
+    let front = relay.value;
+    let before = vm_rss() / 1024;
     let client = TcpStream::connect(front).unwrap();
     accepted_rx.recv().unwrap();
     // The client writes until the kernel buffers and the relay's bound are all full; a
@@ -323,7 +284,7 @@ fn relay_to_a_stalled_target_keeps_memory_bounded(splice: bool) {
         pushed < PUSHED,
         "the relay never pushed back ({pushed} bytes accepted)"
     );
-    let grown = vm_rss_kib().saturating_sub(before);
+    let grown = (vm_rss() / 1024).saturating_sub(before);
     assert!(
         grown < 24 * 1024,
         "process grew by {grown} KiB while the target was stalled (accepted {pushed} bytes)"
@@ -335,8 +296,7 @@ fn relay_to_a_stalled_target_keeps_memory_bounded(splice: bool) {
         pushed,
         "bytes lost after the stall"
     );
-    handle.stop();
-    reactor.join().unwrap();
+    relay.stop();
 }
 
 #[test]
@@ -347,4 +307,62 @@ fn relay_to_a_target_that_stops_reading_keeps_memory_bounded_splice() {
 #[test]
 fn relay_to_a_target_that_stops_reading_keeps_memory_bounded_copy() {
     relay_to_a_stalled_target_keeps_memory_bounded(false);
+}
+
+/// A plain connection for the relay to write to.
+struct Target;
+impl Handler for Target {}
+
+/// Starts relaying its input to `target` from its first `receive_data`; stops the reactor
+/// when it unbinds.
+struct StartsRelayOnFirstBytes {
+    target: ConnId,
+    handed_to_receive_data: Rc<RefCell<usize>>,
+}
+
+impl Handler for StartsRelayOnFirstBytes {
+    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+        let mut seen = self.handed_to_receive_data.borrow_mut();
+        if *seen == 0 {
+            assert!(cx.proxy_incoming_to(self.target, 1 << 20));
+        }
+        *seen += data.len();
+    }
+
+    fn unbind(&mut self, cx: &mut Context<'_>, _reason: UnbindReason) {
+        cx.stop();
+    }
+}
+
+#[test]
+fn a_relay_started_inside_receive_data_takes_every_later_read() {
+    let (mut source_peer, source) = UnixStream::pair().unwrap();
+    let (target, mut target_peer) = UnixStream::pair().unwrap();
+    source_peer.write_all(&[7u8; 100_000]).unwrap();
+    source_peer.shutdown(Shutdown::Write).unwrap();
+    let seen = Rc::new(RefCell::new(0));
+    run_bounded(Duration::from_secs(15), |r| {
+        let target_id = r.attach(target.as_raw_fd(), Target)?;
+        r.attach(
+            source.as_raw_fd(),
+            StartsRelayOnFirstBytes {
+                target: target_id,
+                handed_to_receive_data: Rc::clone(&seen),
+            },
+        )?;
+        Ok(())
+    });
+    target_peer.set_nonblocking(true).unwrap();
+    let mut relayed = Vec::new();
+    let _ = target_peer.read_to_end(&mut relayed);
+    let seen = *seen.borrow();
+    assert!(
+        seen <= ember::READ_CHUNK,
+        "receive_data got {seen} bytes after the relay began"
+    );
+    assert_eq!(
+        seen + relayed.len(),
+        100_000,
+        "bytes lost between handler and relay"
+    );
 }

@@ -1,18 +1,20 @@
 //! Stream behaviour over real loopback sockets: echo at scale, backpressure and memory,
-//! connect outcomes, timeouts, half-close, closing, Unix and IPv6, ids, pause/resume,
-//! fairness, resets and shutdown.
+//! connect outcomes, timeouts, half-close, closing (lingering with unread input), Unix and
+//! IPv6, ids, pause/resume, fairness, resets, shutdown, and connecting by host name.
 //!
 //! Every test is bounded: reactors on the test thread run under a watchdog, background
 //! reactors are stopped on drop, and std clients have read/write timeouts, so a bug fails
 //! a test instead of hanging it.
 
-mod common;
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -20,8 +22,17 @@ use std::sync::mpsc::{self, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{ReactorThread, Rng, connect_std, recv, run_bounded};
 use ember::{ConnId, Context, Handler, PeerClosed, Reactor, UnbindReason};
+
+use support::backends::Echo;
+use support::child;
+use support::clients::{closed_port, connect, read_all, recv};
+use support::pattern::Pattern;
+use support::reactor_thread::{ReactorThread, run_bounded};
+use support::sys::{
+    raise_fd_limit, reset_on_close, shrink_accept_queue, vm_rss,
+    wait_until_peer_kernel_has_everything,
+};
 
 const SECS_5: Duration = Duration::from_secs(5);
 const SECS_10: Duration = Duration::from_secs(10);
@@ -59,12 +70,17 @@ impl Handler for ReportingEcho {
 }
 
 /// Starts a `ReportingEcho` server on 127.0.0.1:0 in a background reactor.
-fn echo_server_thread() -> (ReactorThread, SocketAddr, mpsc::Receiver<ServerEvent>) {
+fn echo_server_thread() -> (
+    ReactorThread<SocketAddr>,
+    SocketAddr,
+    mpsc::Receiver<ServerEvent>,
+) {
     let (tx, rx) = mpsc::channel();
-    let (rt, addr) = ReactorThread::spawn(move |r| {
+    let rt = ReactorThread::spawn(move |r| {
         let id = r.start_server("127.0.0.1:0", move || ReportingEcho { events: tx.clone() })?;
         Ok(r.server_addr(id).expect("a TCP server has an address"))
     });
+    let addr = rt.value;
     (rt, addr, rx)
 }
 
@@ -79,15 +95,6 @@ fn expect_unbound(rx: &mpsc::Receiver<ServerEvent>) -> (ConnId, UnbindReason) {
     match recv(rx, SECS_10, "the server connection's unbind") {
         ServerEvent::Unbound(id, reason) => (id, reason),
         other => panic!("expected an unbind, got {other:?}"),
-    }
-}
-
-/// Plain echo for single-reactor tests.
-struct Echo;
-
-impl Handler for Echo {
-    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
-        cx.send_data(data);
     }
 }
 
@@ -229,7 +236,7 @@ fn start_fleet_client(r: &mut Reactor, server: SocketAddr, fleet: &Rc<RefCell<Fl
     let client = FleetClient {
         index,
         server,
-        payload: Rng::new(index as u64).bytes(FLEET_PAYLOAD),
+        payload: Pattern::new(index as u64).bytes(FLEET_PAYLOAD),
         received: 0,
         fleet: Rc::clone(fleet),
     };
@@ -297,17 +304,18 @@ impl Handler for FleetClient {
 
 #[test]
 fn thousand_concurrent_clients_each_echo_64k_byte_for_byte() {
-    common::raise_fd_limit();
+    raise_fd_limit();
     let peak = Arc::new(AtomicUsize::new(0));
     let (unbound_tx, unbound_rx) = mpsc::channel();
     let server_peak = Arc::clone(&peak);
-    let (server, addr) = ReactorThread::spawn(move |r| {
+    let server = ReactorThread::spawn(move |r| {
         let id = r.start_server("127.0.0.1:0", move || PeakEcho {
             peak: Arc::clone(&server_peak),
             unbound: unbound_tx.clone(),
         })?;
         Ok(r.server_addr(id).expect("a TCP server has an address"))
     });
+    let addr = server.value;
 
     let fleet = Rc::new(RefCell::new(FleetState::default()));
     let f = Rc::clone(&fleet);
@@ -390,7 +398,7 @@ enum FloodEvent {
 
 /// Sends `FLOOD_TOTAL` bytes, producing only while below the high-water mark.
 struct Flood {
-    rng: Rng,
+    pattern: Pattern,
     chunk: Vec<u8>,
     sent: usize,
     max_outbound: usize,
@@ -404,12 +412,12 @@ impl Flood {
     fn pump(&mut self, cx: &mut Context<'_>) {
         while self.sent < FLOOD_TOTAL && !cx.is_above_high_water() {
             let n = FLOOD_CHUNK.min(FLOOD_TOTAL - self.sent);
-            self.rng.fill(&mut self.chunk[..n]);
+            self.pattern.fill(&mut self.chunk[..n]);
             assert!(cx.send_data(&self.chunk[..n]));
             self.sent += n;
             self.max_outbound = self.max_outbound.max(cx.outbound_size());
         }
-        self.max_rss = self.max_rss.max(common::vm_rss());
+        self.max_rss = self.max_rss.max(vm_rss());
         if !self.reported_first_stop {
             self.reported_first_stop = true;
             let _ = self.events.send(FloodEvent::FirstStop {
@@ -451,17 +459,17 @@ impl Handler for Flood {
 #[test]
 fn peer_that_stops_reading_keeps_memory_bounded() {
     // RSS is per process: measure in a child process that runs only this test.
-    if !common::in_child_process() {
-        common::run_in_child_process(
+    if !child::role_is(child::ALONE) {
+        child::run_alone(
             "peer_that_stops_reading_keeps_memory_bounded",
             Duration::from_secs(50),
         );
         return;
     }
     let (tx, rx) = mpsc::channel();
-    let (server, addr) = ReactorThread::spawn(move |r| {
+    let server = ReactorThread::spawn(move |r| {
         let id = r.start_server("127.0.0.1:0", move || Flood {
-            rng: Rng::new(FLOOD_SEED),
+            pattern: Pattern::new(FLOOD_SEED),
             chunk: vec![0; FLOOD_CHUNK],
             sent: 0,
             max_outbound: 0,
@@ -472,11 +480,12 @@ fn peer_that_stops_reading_keeps_memory_bounded() {
         })?;
         Ok(r.server_addr(id).expect("a TCP server has an address"))
     });
-    let mut verifier = Rng::new(FLOOD_SEED);
+    let addr = server.value;
+    let mut verifier = Pattern::new(FLOOD_SEED);
     let mut buf = vec![0u8; 256 * 1024];
-    let baseline = common::vm_rss();
+    let baseline = vm_rss();
 
-    let mut client = connect_std(addr);
+    let mut client = connect(addr);
     let FloodEvent::FirstStop { sent, rss } = recv(&rx, SECS_10, "the producer to stall") else {
         panic!("expected the producer's first stop before its unbind");
     };
@@ -489,7 +498,7 @@ fn peer_that_stops_reading_keeps_memory_bounded() {
     let mut max_rss = rss;
     let window = Instant::now();
     while window.elapsed() < Duration::from_millis(300) {
-        max_rss = max_rss.max(common::vm_rss());
+        max_rss = max_rss.max(vm_rss());
         thread::sleep(Duration::from_millis(10));
     }
     let growth = max_rss.saturating_sub(baseline);
@@ -546,16 +555,69 @@ fn peer_that_stops_reading_keeps_memory_bounded() {
     server.stop();
 }
 
+/// Queues more than its high-water mark for a peer that never reads, so it is not read
+/// itself (read backpressure); then, on the next tick, raises its marks.
+struct ThrottledThenRaised {
+    read: usize,
+    expected: usize,
+    all_read: Rc<Cell<bool>>,
+}
+
+impl Handler for ThrottledThenRaised {
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        cx.send_data(&vec![0u8; 4 << 20]);
+        assert!(
+            cx.is_above_high_water(),
+            "setup: the queue must throttle reading"
+        );
+        let id = cx.id();
+        cx.next_tick(move |r| r.set_water_marks(id, 64 << 20, 32 << 20));
+    }
+
+    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+        self.read += data.len();
+        if self.read == self.expected {
+            self.all_read.set(true);
+            cx.stop();
+        }
+    }
+}
+
+#[test]
+fn raising_the_water_marks_of_a_throttled_connection_resumes_reading() {
+    const INPUT: usize = 100_000;
+    let (mut peer, server) = UnixStream::pair().unwrap();
+    // Everything the peer will ever send is already waiting: no later arrival will bring
+    // a new readable edge, so only the reactor's own bookkeeping can resume reading.
+    peer.write_all(&[1u8; INPUT]).unwrap();
+    let all_read = Rc::new(Cell::new(false));
+    run_bounded(Duration::from_secs(15), |r| {
+        r.attach(
+            server.as_raw_fd(),
+            ThrottledThenRaised {
+                read: 0,
+                expected: INPUT,
+                all_read: Rc::clone(&all_read),
+            },
+        )?;
+        Ok(())
+    });
+    assert!(
+        all_read.get(),
+        "reading stalled after the marks were raised"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. Refused connect
 // ---------------------------------------------------------------------------------------
 
 #[test]
 fn connect_to_closed_port_unbinds_refused_without_completing() {
-    let port = common::free_port();
+    let closed = closed_port();
     let (probe, log) = Probe::new(b"never sent", usize::MAX);
     let (reactor, timed_out) = run_bounded(SECS_10, move |r| {
-        r.connect(SocketAddr::from(([127, 0, 0, 1], port)), probe)?;
+        r.connect(closed, probe)?;
         Ok(())
     });
     let log = log.borrow();
@@ -723,9 +785,7 @@ fn comm_inactivity_timeout_closes_idle_connection_but_not_a_talking_one() {
 /// Returns `None` if this kernel does not make connects hang that way.
 fn listener_with_full_backlog() -> Option<(TcpListener, Vec<TcpStream>, SocketAddr)> {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    // Shrink the backlog to its minimum (listen again on a listening socket).
-    // SAFETY: listen(2) on a live listening descriptor.
-    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    shrink_accept_queue(&listener);
     let addr = listener.local_addr().unwrap();
     let mut queued = Vec::new();
     for _ in 0..16 {
@@ -857,7 +917,7 @@ impl RespondAfterFin {
 
 fn half_close_response(request: &[u8]) -> Vec<u8> {
     let mut response: Vec<u8> = request.iter().rev().copied().collect();
-    response.extend(Rng::new(7).bytes(RESPONSE_LEN));
+    response.extend(Pattern::new(7).bytes(RESPONSE_LEN));
     response
 }
 
@@ -889,7 +949,7 @@ impl Handler for RespondAfterFin {
 #[test]
 fn half_closed_peer_still_gets_whole_response_when_handler_keeps_writing() {
     let (tx, rx) = mpsc::channel();
-    let (server, addr) = ReactorThread::spawn(move |r| {
+    let server = ReactorThread::spawn(move |r| {
         let id = r.start_server("127.0.0.1:0", move || RespondAfterFin {
             request: Vec::new(),
             response: Vec::new(),
@@ -898,11 +958,12 @@ fn half_closed_peer_still_gets_whole_response_when_handler_keeps_writing() {
         })?;
         Ok(r.server_addr(id).unwrap())
     });
-    let request = Rng::new(6).bytes(REQUEST_LEN);
-    let mut client = connect_std(addr);
+    let addr = server.value;
+    let request = Pattern::new(6).bytes(REQUEST_LEN);
+    let mut client = connect(addr);
     client.write_all(&request).unwrap();
     client.shutdown(Shutdown::Write).unwrap();
-    let got = common::read_to_end(&mut client);
+    let got = read_all(&mut client);
     let HalfCloseEvent::PeerClosed { request: seen } = recv(&rx, SECS_10, "peer_closed") else {
         panic!("expected peer_closed first");
     };
@@ -920,12 +981,12 @@ fn half_closed_peer_still_gets_whole_response_when_handler_keeps_writing() {
 #[test]
 fn default_peer_closed_flushes_then_unbinds_peer_closed() {
     let (server, addr, events) = echo_server_thread();
-    let request = Rng::new(61).bytes(200 * 1024);
-    let mut client = connect_std(addr);
+    let request = Pattern::new(61).bytes(200 * 1024);
+    let mut client = connect(addr);
     let (id, _) = expect_accepted(&events);
     client.write_all(&request).unwrap();
     client.shutdown(Shutdown::Write).unwrap();
-    let got = common::read_to_end(&mut client);
+    let got = read_all(&mut client);
     assert_eq!(got.len(), request.len());
     assert!(got == request, "echo differs");
     assert_eq!(expect_unbound(&events), (id, UnbindReason::PeerClosed));
@@ -955,7 +1016,7 @@ struct SendThenClose {
 
 impl Handler for SendThenClose {
     fn post_init(&mut self, cx: &mut Context<'_>) {
-        assert!(cx.send_data(&Rng::new(70).bytes(self.len)));
+        assert!(cx.send_data(&Pattern::new(70).bytes(self.len)));
         let queued_at_close = cx.outbound_size();
         if self.after_writing {
             cx.close_after_writing();
@@ -984,9 +1045,14 @@ const CLOSE_PAYLOAD: usize = 16 * 1024 * 1024;
 /// anything yet) and how many bytes were queued when the server closed.
 fn connect_to_send_then_close(
     after_writing: bool,
-) -> (ReactorThread, TcpStream, mpsc::Receiver<CloseEvent>, usize) {
+) -> (
+    ReactorThread<SocketAddr>,
+    TcpStream,
+    mpsc::Receiver<CloseEvent>,
+    usize,
+) {
     let (tx, rx) = mpsc::channel();
-    let (rt, addr) = ReactorThread::spawn(move |r| {
+    let rt = ReactorThread::spawn(move |r| {
         let id = r.start_server("127.0.0.1:0", move || SendThenClose {
             len: CLOSE_PAYLOAD,
             after_writing,
@@ -994,7 +1060,8 @@ fn connect_to_send_then_close(
         })?;
         Ok(r.server_addr(id).unwrap())
     });
-    let client = connect_std(addr);
+    let addr = rt.value;
+    let client = connect(addr);
     let CloseEvent::Closing {
         queued_at_close,
         send_after_close_accepted,
@@ -1016,9 +1083,9 @@ fn connect_to_send_then_close(
 #[test]
 fn close_after_writing_delivers_every_queued_byte_before_closing() {
     let (server, mut client, events, _) = connect_to_send_then_close(true);
-    let got = common::read_to_end(&mut client);
+    let got = read_all(&mut client);
     assert_eq!(got.len(), CLOSE_PAYLOAD);
-    assert!(Rng::new(70).matches(&got), "bytes differ");
+    assert!(Pattern::new(70).matches(&got), "bytes differ");
     match recv(&events, SECS_10, "the server's unbind") {
         CloseEvent::Unbound(reason) => assert_eq!(reason, UnbindReason::ClosedByUs),
         other => panic!("expected the unbind, got {other:?}"),
@@ -1034,16 +1101,72 @@ fn close_drops_queued_bytes_and_unbinds_closed_by_us() {
         CloseEvent::Unbound(reason) => assert_eq!(reason, UnbindReason::ClosedByUs),
         other => panic!("expected the unbind, got {other:?}"),
     }
-    let got = common::read_to_end(&mut client);
+    let got = read_all(&mut client);
     assert!(
         got.len() <= CLOSE_PAYLOAD - queued_at_close,
         "got {} bytes although {queued_at_close} of {CLOSE_PAYLOAD} were still queued at close",
         got.len(),
     );
     assert!(
-        Rng::new(70).matches(&got),
+        Pattern::new(70).matches(&got),
         "the bytes that did arrive differ"
     );
+    server.stop();
+}
+
+/// Pauses at once, so its peer's input is never read; reports its id and its unbind.
+struct LeavesInputUnread {
+    accepted: Sender<ConnId>,
+    unbound: Sender<UnbindReason>,
+}
+
+impl Handler for LeavesInputUnread {
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        cx.pause();
+        let _ = self.accepted.send(cx.id());
+    }
+
+    fn unbind(&mut self, _cx: &mut Context<'_>, reason: UnbindReason) {
+        let _ = self.unbound.send(reason);
+    }
+}
+
+/// Closing after writing while the peer has sent input we never read must not reset the
+/// connection: the reset would destroy the response the peer has not read yet.
+#[test]
+fn close_after_writing_with_unread_input_delivers_everything_then_fin_not_reset() {
+    let (accepted_tx, accepted_rx) = mpsc::channel();
+    let (unbound_tx, unbound_rx) = mpsc::channel();
+    let server = ReactorThread::spawn(move |r| {
+        let id = r.start_server("127.0.0.1:0", move || LeavesInputUnread {
+            accepted: accepted_tx.clone(),
+            unbound: unbound_tx.clone(),
+        })?;
+        Ok(r.server_addr(id).unwrap())
+    });
+    let mut client = connect(server.value);
+    let id = accepted_rx.recv_timeout(SECS_10).unwrap();
+    // Input the server will never read, acknowledged by its kernel before it closes.
+    client.write_all(&[b'x'; 4096]).unwrap();
+    wait_until_peer_kernel_has_everything(&client, SECS_5);
+    let response = Pattern::new(253).bytes(200_000);
+    let sent = response.clone();
+    server.handle().schedule(move |r| {
+        assert!(r.send_to(id, &sent));
+        r.close_connection_after_writing(id);
+    });
+    let mut got = Vec::new();
+    client.set_read_timeout(Some(SECS_10)).unwrap();
+    let outcome = client.read_to_end(&mut got);
+    assert!(
+        outcome.is_ok(),
+        "expected FIN after the response, got {outcome:?}"
+    );
+    assert_eq!(got.len(), response.len());
+    assert!(got == response);
+    drop(client); // our FIN ends the server's lingering close
+    let reason = unbound_rx.recv_timeout(SECS_10).unwrap();
+    assert_eq!(reason, UnbindReason::ClosedByUs);
     server.stop();
 }
 
@@ -1062,7 +1185,7 @@ struct UnixOutcome {
 fn unix_socket_server_echoes_and_stop_server_removes_socket_file() {
     let path = std::env::temp_dir().join(format!("ember-streams-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let payload = Rng::new(8).bytes(256 * 1024);
+    let payload = Pattern::new(8).bytes(256 * 1024);
     let (mut probe, log) = Probe::new(&payload, payload.len());
     let outcome = Rc::new(RefCell::new(UnixOutcome::default()));
     let (p, out) = (path.clone(), Rc::clone(&outcome));
@@ -1147,7 +1270,7 @@ fn bind_connect_uses_chosen_local_address_and_port() {
     // The freed port can be taken by someone else before we bind it: retry a few times.
     let mut outcome = None;
     for _ in 0..5 {
-        let local = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+        let local = closed_port();
         let (probe, log) = Probe::new(b"from a chosen port", 18);
         let mut bind_error = None;
         let (_, timed_out) = run_bounded(SECS_10, |r| {
@@ -1189,12 +1312,12 @@ fn slot_of(id: ConnId) -> String {
 #[test]
 fn stale_id_after_slot_reuse_reaches_nothing() {
     let (server, addr, events) = echo_server_thread();
-    let first = connect_std(addr);
+    let first = connect(addr);
     let (old, _) = expect_accepted(&events);
     drop(first);
     assert_eq!(expect_unbound(&events), (old, UnbindReason::PeerClosed));
 
-    let mut second = connect_std(addr);
+    let mut second = connect(addr);
     let (new, _) = expect_accepted(&events);
     assert_ne!(old, new);
     assert_eq!(
@@ -1219,7 +1342,7 @@ fn stale_id_after_slot_reuse_reaches_nothing() {
     assert!(!handler, "with_handler reached a handler through an old id");
     assert!(!stale, "send_to(old id) claimed to queue bytes");
     assert!(fresh, "send_to(new id) failed");
-    assert_eq!(common::read_to_end(&mut second), b"fresh");
+    assert_eq!(read_all(&mut second), b"fresh");
     assert_eq!(expect_unbound(&events), (new, UnbindReason::ClosedByUs));
     server.stop();
 }
@@ -1271,24 +1394,25 @@ fn resume_delivers_everything_that_arrived_while_paused() {
     // Several read budgets' worth, so delivery after resume spans ticks.
     const LEN: usize = 1024 * 1024;
     let (tx, rx) = mpsc::channel();
-    let (server, addr) = ReactorThread::spawn(move |r| {
+    let server = ReactorThread::spawn(move |r| {
         let id = r.start_server("127.0.0.1:0", move || PausedSink {
             received: Vec::new(),
             events: tx.clone(),
         })?;
         Ok(r.server_addr(id).unwrap())
     });
-    let mut client = connect_std(addr);
+    let addr = server.value;
+    let mut client = connect(addr);
     let PauseEvent::Accepted(id) = recv(&rx, SECS_10, "the accept") else {
         panic!("expected the accept first");
     };
-    let payload = Rng::new(12).bytes(LEN);
+    let payload = Pattern::new(12).bytes(LEN);
     client.write_all(&payload).unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     // Every byte and the FIN now sit in the server's kernel buffer; the readiness edge
     // for them has been reported. A round trip through the loop makes sure the reactor
     // has seen that edge (while paused) before we resume.
-    common::wait_until_peer_kernel_has_everything(&client, SECS_5);
+    wait_until_peer_kernel_has_everything(&client, SECS_5);
     let (probe_tx, probe_rx) = mpsc::channel();
     server.handle().schedule(move |r| {
         let paused = r.is_paused(id);
@@ -1316,7 +1440,7 @@ fn resume_delivers_everything_that_arrived_while_paused() {
         PauseEvent::Unbound(reason) => assert_eq!(reason, UnbindReason::PeerClosed),
         other => panic!("expected the unbind, got {other:?}"),
     }
-    assert_eq!(common::read_to_end(&mut client), b"");
+    assert_eq!(read_all(&mut client), b"");
     server.stop();
 }
 
@@ -1374,7 +1498,7 @@ fn blasting_client_does_not_starve_a_small_echo() {
     let swallowed = Arc::new(AtomicU64::new(0));
     let (flowing_tx, flowing_rx) = mpsc::channel();
     let s = Arc::clone(&swallowed);
-    let (server, addr) = ReactorThread::spawn(move |r| {
+    let server = ReactorThread::spawn(move |r| {
         let id = r.start_server("127.0.0.1:0", move || SinkOrEcho {
             sink: None,
             swallowed: Arc::clone(&s),
@@ -1382,12 +1506,13 @@ fn blasting_client_does_not_starve_a_small_echo() {
         })?;
         Ok(r.server_addr(id).unwrap())
     });
+    let addr = server.value;
 
     let stop = Arc::new(AtomicBool::new(false));
     let stop_blaster = Arc::clone(&stop);
     let blaster = thread::spawn(move || {
-        let mut s = connect_std(addr);
-        let mut chunk = Rng::new(13).bytes(64 * 1024);
+        let mut s = connect(addr);
+        let mut chunk = Pattern::new(13).bytes(64 * 1024);
         chunk[0] = b'B';
         let mut sent = 0u64;
         while !stop_blaster.load(Ordering::SeqCst) {
@@ -1400,7 +1525,7 @@ fn blasting_client_does_not_starve_a_small_echo() {
 
     let before = swallowed.load(Ordering::SeqCst);
     let started = Instant::now();
-    let mut small = connect_std(addr);
+    let mut small = connect(addr);
     small.set_read_timeout(Some(SECS_5)).unwrap();
     let ping = b"ping: are you still there?";
     small.write_all(ping).unwrap();
@@ -1436,14 +1561,14 @@ fn blasting_client_does_not_starve_a_small_echo() {
 #[test]
 fn peer_reset_with_linger_zero_unbinds_reset() {
     let (server, addr, events) = echo_server_thread();
-    let mut client = connect_std(addr);
+    let mut client = connect(addr);
     let (id, _) = expect_accepted(&events);
     // A round trip: both sides established, nothing left unread anywhere.
     client.write_all(b"hello").unwrap();
     let mut echo = [0u8; 5];
     client.read_exact(&mut echo).unwrap();
     assert_eq!(&echo, b"hello");
-    common::set_linger_zero(&client);
+    reset_on_close(&client);
     drop(client); // RST, no FIN
     assert_eq!(expect_unbound(&events), (id, UnbindReason::Reset));
     server.stop();
@@ -1452,7 +1577,7 @@ fn peer_reset_with_linger_zero_unbinds_reset() {
 #[test]
 fn peer_closing_with_unread_data_unbinds_reset() {
     let (server, addr, events) = echo_server_thread();
-    let mut client = connect_std(addr);
+    let mut client = connect(addr);
     let (id, _) = expect_accepted(&events);
     client.write_all(b"echo me back").unwrap();
     // Make sure the echo sits unread in our kernel buffer before closing: the kernel
@@ -1587,7 +1712,7 @@ fn reactor_stop_unbinds_connection_still_flushing_close_after_writing() {
     let (reactor, timed_out) = run_bounded(SECS_10, |r| {
         let server = r.start_server("127.0.0.1:0", move || Flusher { log: Rc::clone(&l) })?;
         // A peer that never reads (connected through the backlog before the loop runs).
-        peer = Some(connect_std(r.server_addr(server).unwrap()));
+        peer = Some(connect(r.server_addr(server).unwrap()));
         Ok(())
     });
     let (queued, reasons) = &*log.borrow();
@@ -1667,4 +1792,44 @@ fn connect_host_resolves_localhost_and_reports_unresolvable_names() {
     );
     assert!(bad.received.is_empty());
     assert_eq!(bad.unbinds, vec![UnbindReason::Unresolvable]);
+}
+
+/// Queues a greeting and closes after writing it, both from `post_init`, while its host
+/// name is still resolving; stops the reactor when it unbinds.
+struct GreetThenClose(Rc<RefCell<Option<UnbindReason>>>);
+
+impl Handler for GreetThenClose {
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        cx.send_data(b"hello");
+        cx.close_after_writing();
+    }
+
+    fn unbind(&mut self, cx: &mut Context<'_>, reason: UnbindReason) {
+        *self.0.borrow_mut() = Some(reason);
+        cx.stop();
+    }
+}
+
+#[test]
+fn close_after_writing_while_a_name_resolves_still_connects_and_delivers() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(SECS_10)).unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap();
+        got
+    });
+    let reason = Rc::new(RefCell::new(None));
+    run_bounded(Duration::from_secs(15), |r| {
+        r.connect_host("localhost", port, GreetThenClose(Rc::clone(&reason)));
+        Ok(())
+    });
+    assert_eq!(server.join().unwrap(), b"hello");
+    assert!(
+        reason.borrow().as_ref().is_some_and(|r| r.is_orderly()),
+        "unbind said {:?}",
+        reason.borrow()
+    );
 }

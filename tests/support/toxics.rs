@@ -12,11 +12,14 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use super::clients::is_timeout;
+use super::pattern::Pattern;
+use super::sys::{shrink_accept_queue, try_reset_on_close, unacked_outbound};
 
 /// How often a blocked read or write looks up to see whether to stop.
 pub const TICK: Duration = Duration::from_millis(20);
@@ -181,9 +184,7 @@ impl Drop for Live {
 /// Shrinks the accept queue to one (listen backlog 0) and fills it with a connection
 /// that is never accepted; returns that connection.
 fn fill_accept_queue(listener: &TcpListener, addr: SocketAddr) -> TcpStream {
-    // SAFETY: listen(2) on a listening socket we own only changes its backlog.
-    let rc = unsafe { libc::listen(listener.as_raw_fd(), 0) };
-    assert_eq!(rc, 0, "listen(0): {}", io::Error::last_os_error());
+    shrink_accept_queue(listener);
     TcpStream::connect_timeout(&addr, Duration::from_secs(1)).expect("plug the accept queue")
 }
 
@@ -252,7 +253,7 @@ impl Conn {
     fn abort(&self, shared: &Shared) {
         self.aborted.store(true, Ordering::SeqCst);
         for socket in [&self.client, &self.server] {
-            set_linger_zero(socket);
+            let _ = try_reset_on_close(socket);
             // Wakes a blocked read (it returns 0); sends nothing.
             let _ = socket.shutdown(Shutdown::Read);
         }
@@ -280,8 +281,8 @@ struct Pump<'a> {
     /// Bytes passed on so far.
     sent: usize,
     started: Instant,
-    /// The slicer's xorshift state.
-    rng: u64,
+    /// Where the slicer draws its segment sizes from.
+    sizes: Pattern,
 }
 
 enum Next {
@@ -303,7 +304,7 @@ impl<'a> Pump<'a> {
             shared,
             sent: 0,
             started: Instant::now(),
-            rng: 0x9E37_79B9_7F4A_7C15 ^ direction as u64,
+            sizes: Pattern::new(direction as u64),
         }
     }
 
@@ -374,10 +375,7 @@ impl<'a> Pump<'a> {
     }
 
     fn next_random(&mut self) -> usize {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng as usize
+        self.sizes.next_u64() as usize
     }
 
     /// Writes all of `data`, looking up every `TICK` whether to give up.
@@ -416,7 +414,10 @@ impl<'a> Pump<'a> {
     /// for this, so it polls the send queue.
     fn wait_until_acknowledged(&self) {
         let deadline = Instant::now() + ACK_WAIT;
-        while unacknowledged(self.to) > 0 && Instant::now() < deadline && self.check().is_ok() {
+        while unacked_outbound(self.to).unwrap_or(0) > 0
+            && Instant::now() < deadline
+            && self.check().is_ok()
+        {
             thread::sleep(Duration::from_millis(1));
         }
     }
@@ -440,33 +441,4 @@ impl<'a> Pump<'a> {
             }
         }
     }
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
-}
-
-fn set_linger_zero(socket: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a live socket with a pointer to a properly sized linger value.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
-
-/// Bytes written on `socket` that the peer's kernel has not acknowledged (TIOCOUTQ).
-fn unacknowledged(socket: &TcpStream) -> usize {
-    let mut n: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ writes one c_int through the pointer.
-    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-    if rc == 0 { n as usize } else { 0 }
 }
