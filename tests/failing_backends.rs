@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ember::proxy::{
-    Backend, Balancer, Ejection, Finish, Lease, Options, Pool, Stats, Strategy, Target,
+    Backend, Balancer, Check, Ejection, Finish, Lease, Options, Pool, Stats, Strategy, Target,
 };
 
 use support::IO_TIMEOUT;
@@ -37,9 +37,22 @@ fn pool_proxy(
     ejection: Ejection,
     options: Options,
 ) -> ReactorThread<PoolProxy> {
+    checked_pool_proxy(targets, ejection, options, None)
+}
+
+/// [`pool_proxy`] with active health checks.
+fn checked_pool_proxy(
+    targets: Vec<SocketAddr>,
+    ejection: Ejection,
+    options: Options,
+    check: Option<Check>,
+) -> ReactorThread<PoolProxy> {
     ReactorThread::spawn(move |r| {
         let targets = targets.into_iter().map(Target::Tcp).collect();
         let pool = Pool::new(Balancer::new(targets, Strategy::RoundRobin), ejection);
+        if let Some(check) = check {
+            pool.start_checks(r, check);
+        }
         let server = options.start_with_state(
             r,
             "127.0.0.1:0",
@@ -204,4 +217,108 @@ fn a_backend_that_never_answers_meets_the_server_timeout() {
     assert!(answer.is_empty());
     assert!(waited >= timeout, "closed after {waited:?}");
     assert!(waited < timeout * 10, "closed only after {waited:?}");
+}
+
+/// Passive ejection off: only active checks may take a backend out.
+fn checks_only() -> Ejection {
+    Ejection {
+        fall: u32::MAX,
+        ..Ejection::default()
+    }
+}
+
+fn fast_check(http_path: Option<&str>) -> Check {
+    Check {
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(100),
+        http_path: http_path.map(str::to_owned),
+        rise: 2,
+        fall: 2,
+    }
+}
+
+/// Waits until `n` clients in a row went through without a retry: no client was sent
+/// to the dead backend, so the checks have it out of rotation.
+fn wait_until_no_client_is_retried(proxy: &ReactorThread<PoolProxy>, n: usize) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut clean = 0;
+    while clean < n {
+        assert!(
+            Instant::now() < deadline,
+            "the checks never took the backend out"
+        );
+        let before = proxy.value.stats.backends_retried();
+        assert_eq!(round_trip(proxy.value.addr, b"ping"), b"ping");
+        clean = if proxy.value.stats.backends_retried() == before {
+            clean + 1
+        } else {
+            0
+        };
+    }
+}
+
+#[test]
+fn a_refusing_backend_is_checked_out_of_rotation_and_back_in_when_it_answers() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let revived = listener.local_addr().unwrap();
+    drop(listener);
+    let live = StdEcho::start();
+    let proxy = checked_pool_proxy(
+        vec![revived, live.addr],
+        checks_only(),
+        Options::new(),
+        Some(fast_check(None)),
+    );
+    wait_until_no_client_is_retried(&proxy, 10);
+    // It comes back: after `rise` passed checks it gets clients again.
+    let back = StdEcho::on(TcpListener::bind(revived).expect("port still free"));
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while back.accepted() <= 2 * 2 {
+        // Its own checks connect too (rise = 2): wait for real clients beyond those.
+        assert!(Instant::now() < deadline, "the backend never came back");
+        assert_eq!(round_trip(proxy.value.addr, b"pong"), b"pong");
+    }
+}
+
+#[test]
+fn a_backend_that_never_answers_its_http_check_is_taken_out() {
+    const OK: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
+    // Accepts the check's connection and never says a word.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let blackhole = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    // Answers every request, checks included, with 200 OK.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let healthy = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.read(&mut [0u8; 1024]);
+            let _ = s.write_all(OK);
+        }
+    });
+    let proxy = checked_pool_proxy(
+        vec![blackhole, healthy],
+        checks_only(),
+        Options::new().server_timeout(Some(Duration::from_millis(300))),
+        Some(fast_check(Some("/health"))),
+    );
+    // Once the checks have it down, every client goes to the healthy backend.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut served_in_a_row = 0;
+    while served_in_a_row < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the blackhole stayed in rotation"
+        );
+        served_in_a_row = if round_trip(proxy.value.addr, b"GET / HTTP/1.0\r\n\r\n") == OK {
+            served_in_a_row + 1
+        } else {
+            0
+        };
+    }
 }

@@ -5,7 +5,11 @@
 //! `backoff` and doubles (up to `max_backoff`) each time it fails again right after
 //! coming back; one successful connect puts it back for good. When the back-off is over
 //! the backend is eligible again: the next client tries it, and that connect decides.
-//! This module only keeps the score; the [`Pool`](super::Pool) asks and logs.
+//!
+//! Active checks (HAProxy's `check`, see `probe.rs`) add a second verdict: `fall`
+//! consecutive failed checks take a backend down, `rise` consecutive passed checks bring
+//! it up; a backend is in rotation only while neither verdict has it out. This module
+//! only keeps the score; the [`Pool`](super::Pool) asks and logs.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -38,10 +42,16 @@ pub enum Change {
     Down(Duration),
     /// Back in rotation.
     Up,
+    /// Out of rotation: active checks failed `fall` times in a row.
+    CheckedDown,
 }
 
 #[derive(Default)]
 struct Score {
+    /// Active checks have it down (`fall` failed checks; `rise` passed ones end it).
+    checked_down: Cell<bool>,
+    /// Consecutive check results that point away from the current verdict.
+    check_streak: Cell<u32>,
     /// Consecutive failed connects.
     failures: Cell<u32>,
     /// Out of rotation until then.
@@ -66,9 +76,37 @@ impl Health {
 
     /// Whether backend `i` takes new clients at `now`.
     pub(crate) fn in_rotation(&self, i: usize, now: Instant) -> bool {
-        self.scores
-            .get(i)
-            .is_some_and(|s| s.out_until.get().is_none_or(|until| now >= until))
+        self.scores.get(i).is_some_and(|s| {
+            !s.checked_down.get() && s.out_until.get().is_none_or(|until| now >= until)
+        })
+    }
+
+    /// An active check of backend `i` passed (`true`) or failed; `rise`/`fall` are how
+    /// many in a row change its state.
+    pub(crate) fn checked(&self, i: usize, passed: bool, rise: u32, fall: u32) -> Option<Change> {
+        let score = self.scores.get(i)?;
+        if passed != score.checked_down.get() {
+            score.check_streak.set(0); // agrees with the current verdict
+            return None;
+        }
+        let streak = score.check_streak.get() + 1;
+        score.check_streak.set(streak);
+        if passed && streak >= rise.max(1) {
+            score.checked_down.set(false);
+            score.check_streak.set(0);
+            // A backend the checks found alive is worth a try now, whatever the
+            // passive back-off said.
+            score.failures.set(0);
+            score.out_until.set(None);
+            score.next_backoff.set(Duration::ZERO);
+            Some(Change::Up)
+        } else if !passed && streak >= fall.max(1) {
+            score.checked_down.set(true);
+            score.check_streak.set(0);
+            Some(Change::CheckedDown)
+        } else {
+            None
+        }
     }
 
     /// A connect to backend `i` failed at `now`.
@@ -125,6 +163,25 @@ mod tests {
         assert!(health.in_rotation(0, t0 + Duration::from_secs(10)));
         assert_eq!(health.connect_succeeded(0), Some(Change::Up));
         assert_eq!(health.connect_succeeded(0), None);
+    }
+
+    #[test]
+    fn checks_take_a_backend_down_after_fall_and_up_after_rise() {
+        let health = Health::new(1, Ejection::default());
+        let now = Instant::now();
+        assert_eq!(health.checked(0, false, 2, 3), None);
+        assert_eq!(
+            health.checked(0, true, 2, 3),
+            None,
+            "a pass breaks the streak"
+        );
+        assert_eq!(health.checked(0, false, 2, 3), None);
+        assert_eq!(health.checked(0, false, 2, 3), None);
+        assert_eq!(health.checked(0, false, 2, 3), Some(Change::CheckedDown));
+        assert!(!health.in_rotation(0, now));
+        assert_eq!(health.checked(0, true, 2, 3), None);
+        assert_eq!(health.checked(0, true, 2, 3), Some(Change::Up));
+        assert!(health.in_rotation(0, now));
     }
 
     #[test]

@@ -62,6 +62,7 @@ mod dispatch;
 mod health;
 mod hooks;
 mod pool;
+mod probe;
 mod server;
 mod session;
 mod stats;
@@ -72,6 +73,7 @@ pub use dispatch::Dispatch;
 pub use health::{Change, Ejection};
 pub use hooks::{Finish, Relay};
 pub use pool::Pool;
+pub use probe::Check;
 pub use server::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_FIN_TIMEOUT, DEFAULT_RELAY_BUFSIZE, DEFAULT_SHADOW_BUFFER,
     DEFAULT_SHADOW_CONNECT_TIMEOUT, DEFAULT_SHADOW_DRAIN_TIMEOUT, Options, ProxyServer,

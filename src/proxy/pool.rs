@@ -24,16 +24,18 @@
 //! .unwrap();
 //! ```
 
+use std::cell::Cell;
 use std::fmt;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use crate::UnbindReason;
+use crate::{Reactor, TimerId, UnbindReason};
 
 use super::balance::{Balancer, Lease};
 use super::dispatch::Dispatch;
 use super::health::{Change, Ejection, Health};
+use super::probe::{self, Check};
 use super::target::Target;
 
 type ChangeLog = Box<dyn Fn(&Target, Change)>;
@@ -93,12 +95,62 @@ impl Pool {
         &self.0.balancer
     }
 
+    /// Starts active health checks of every backend (HAProxy's `check`): a first round
+    /// now, then one every `check.interval`. `check.fall` failed checks in a row take a
+    /// backend out of rotation, `check.rise` passed ones bring it back (logged like any
+    /// change). Cancel the returned timer to stop them.
+    pub fn start_checks(&self, r: &mut Reactor, check: Check) -> TimerId {
+        let round = CheckRound {
+            pool: Rc::clone(&self.0),
+            running: Rc::new(
+                (0..self.0.balancer.targets().len())
+                    .map(|_| Cell::new(false))
+                    .collect(),
+            ),
+            interval: check.interval,
+            check: Rc::new(check),
+        };
+        round.run(r);
+        let interval = round.interval;
+        r.add_periodic_timer(interval, move |r| round.run(r))
+    }
+
     /// What to hang on each [`Backend`](super::Backend) opened from this pool, with
     /// [`Backend::retries`](super::Backend::retries): it scores every connect, and sends
     /// a retry to another backend in rotation (or the same one if it is the only one
     /// left), or gives up when none is.
     pub fn dispatch(&self) -> Rc<dyn Dispatch> {
         Rc::clone(&self.0) as Rc<dyn Dispatch>
+    }
+}
+
+/// One round of active checks: a probe per backend not already being probed.
+struct CheckRound {
+    pool: Rc<Inner>,
+    /// A probe of backend `i` is still running.
+    running: Rc<Vec<Cell<bool>>>,
+    check: Rc<Check>,
+    interval: std::time::Duration,
+}
+
+impl CheckRound {
+    fn run(&self, r: &mut Reactor) {
+        for (i, target) in self.pool.balancer.targets().iter().enumerate() {
+            if self.running[i].replace(true) {
+                continue;
+            }
+            let (pool, running, check) = (
+                Rc::clone(&self.pool),
+                Rc::clone(&self.running),
+                Rc::clone(&self.check),
+            );
+            let verdict = Box::new(move |_: &mut Reactor, passed: bool| {
+                running[i].set(false);
+                let change = pool.health.checked(i, passed, check.rise, check.fall);
+                pool.changed(&pool.balancer.targets()[i], change);
+            });
+            probe::probe(r, target, &self.check, verdict);
+        }
     }
 }
 

@@ -48,6 +48,14 @@ every byte the clients send, and their answers are discarded.
                                     timed out), each on another -b backend in rotation;
                                     what the client sent is replayed (default 3)
       --connect-timeout SECONDS     How long a backend connect may take (default 5)
+      --check                       Health-check every -r/-b backend with a TCP connect;
+                                    a backend that fails --fall checks in a row gets no
+                                    new clients until it passes --rise in a row
+      --check-http PATH             Check with `GET PATH` instead (2xx/3xx is up);
+                                    implies --check
+      --check-interval SECONDS      Time between checks (default 2)
+      --rise N                      Passed checks that bring a backend up (default 2)
+      --fall N                      Failed checks that take a backend down (default 3)
       --client-timeout SECONDS      Close a client idle this long (default 60; 0: never)
       --server-timeout SECONDS      Close a backend idle this long (default 60; 0: never)
       --fin-timeout SECONDS         How long a connection may idle once one side has
@@ -68,6 +76,8 @@ Example: ember-proxy -l 8080 -r localhost:8081 -d localhost:8082,localhost:8083 
 
 /// What the command line asks for.
 #[derive(Debug)]
+// Parsed once at startup: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// `-h`: usage on stdout, exit 0.
     Help,
@@ -109,6 +119,8 @@ pub struct RunArgs {
     /// `None`: half-closed connections wait forever.
     pub fin_timeout: Option<Duration>,
     pub retries: u32,
+    /// `--check`/`--check-http`: active health checks.
+    pub check: Option<ember::proxy::Check>,
     pub connect_timeout: Duration,
     /// `None`: idle clients are never closed.
     pub client_timeout: Option<Duration>,
@@ -136,6 +148,10 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("", "--grace"),
     ("", "--fin-timeout"),
     ("", "--retries"),
+    ("", "--check-http"),
+    ("", "--check-interval"),
+    ("", "--rise"),
+    ("", "--fall"),
     ("", "--connect-timeout"),
     ("", "--client-timeout"),
     ("", "--server-timeout"),
@@ -167,6 +183,12 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     return Err(format!("{flag} takes no value"));
                 }
                 seen.no_splice = true;
+            }
+            "--check" => {
+                if inline.is_some() {
+                    return Err(format!("{flag} takes no value"));
+                }
+                seen.check = true;
             }
             _ if is_value_flag(flag) => {
                 let value = match inline {
@@ -236,7 +258,9 @@ fn placeholder(flag: &str) -> &'static str {
         "--shadow-buffer" | "--shadow-max-memory" => "BYTES",
         "--grace" | "--fin-timeout" | "--connect-timeout" | "--client-timeout"
         | "--server-timeout" => "SECONDS",
-        "--retries" => "N",
+        "--retries" | "--rise" | "--fall" => "N",
+        "--check-http" => "PATH",
+        "--check-interval" => "SECONDS",
         "--shadow-max-conns" => "N",
         "--requests" => "N",
         _ => "a value",
@@ -255,6 +279,11 @@ struct Seen {
     grace: Option<String>,
     fin_timeout: Option<String>,
     retries: Option<String>,
+    check: bool,
+    check_http: Option<String>,
+    check_interval: Option<String>,
+    rise: Option<String>,
+    fall: Option<String>,
     connect_timeout: Option<String>,
     client_timeout: Option<String>,
     server_timeout: Option<String>,
@@ -277,6 +306,10 @@ impl Seen {
             "--grace" => &mut self.grace,
             "--fin-timeout" => &mut self.fin_timeout,
             "--retries" => &mut self.retries,
+            "--check-http" => &mut self.check_http,
+            "--check-interval" => &mut self.check_interval,
+            "--rise" => &mut self.rise,
+            "--fall" => &mut self.fall,
             "--connect-timeout" => &mut self.connect_timeout,
             "--client-timeout" => &mut self.client_timeout,
             "--server-timeout" => &mut self.server_timeout,
@@ -300,6 +333,7 @@ impl Seen {
         if self.requests.is_some() {
             return Err("--requests belongs to `ember-proxy demo`".into());
         }
+        let check = self.check()?;
         let listen = self.listen.ok_or("missing -l/--listen [HOST:]PORT")?;
         check_listen(&listen)?;
         let upstream = match (self.relay, self.socket, self.balance) {
@@ -380,6 +414,7 @@ impl Seen {
             shadow_max_conns,
             shadow_max_memory,
             retries,
+            check,
             connect_timeout,
             client_timeout,
             server_timeout,
@@ -398,6 +433,11 @@ impl Seen {
             (self.grace.is_some(), "--grace"),
             (self.fin_timeout.is_some(), "--fin-timeout"),
             (self.retries.is_some(), "--retries"),
+            (self.check, "--check"),
+            (self.check_http.is_some(), "--check-http"),
+            (self.check_interval.is_some(), "--check-interval"),
+            (self.rise.is_some(), "--rise"),
+            (self.fall.is_some(), "--fall"),
             (self.connect_timeout.is_some(), "--connect-timeout"),
             (self.client_timeout.is_some(), "--client-timeout"),
             (self.server_timeout.is_some(), "--server-timeout"),
@@ -522,6 +562,49 @@ fn parse_size(s: &str, flag: &str) -> Result<usize, String> {
         .and_then(|n| n.checked_mul(multiplier))
         .filter(|&n| n > 0)
         .ok_or_else(|| format!("{flag} `{s}` is not a size (like 4M)"))
+}
+
+impl Seen {
+    /// `--check`, `--check-http`, `--check-interval`, `--rise`, `--fall`.
+    fn check(&self) -> Result<Option<ember::proxy::Check>, String> {
+        let tuning = [
+            (self.check_interval.is_some(), "--check-interval"),
+            (self.rise.is_some(), "--rise"),
+            (self.fall.is_some(), "--fall"),
+        ];
+        if !self.check && self.check_http.is_none() {
+            if let Some((_, flag)) = tuning.iter().find(|(given, _)| *given) {
+                return Err(format!("{flag} needs --check or --check-http"));
+            }
+            return Ok(None);
+        }
+        let mut check = ember::proxy::Check::default();
+        if let Some(path) = &self.check_http {
+            if !path.starts_with('/') || path.contains(char::is_whitespace) {
+                return Err(format!("--check-http `{path}` is not a path like /health"));
+            }
+            check.http_path = Some(path.clone());
+        }
+        if let Some(s) = &self.check_interval {
+            check.interval = Some(parse_seconds(s, "--check-interval")?)
+                .filter(|d| !d.is_zero())
+                .ok_or("--check-interval must be more than 0")?;
+            check.timeout = check.interval;
+        }
+        for (value, flag, slot) in [
+            (&self.rise, "--rise", &mut check.rise),
+            (&self.fall, "--fall", &mut check.fall),
+        ] {
+            if let Some(n) = value {
+                *slot = n
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| format!("{flag} `{n}` is not a number from 1 to 100"))?;
+            }
+        }
+        Ok(Some(check))
+    }
 }
 
 /// A timeout flag where 0 means "never": `None`.
@@ -655,6 +738,35 @@ mod tests {
             let e = balance(value).unwrap_err();
             assert!(e.contains(why), "{value}: {e}");
         }
+    }
+
+    #[test]
+    fn failing_backend_flags_parse_with_production_defaults() {
+        let r = run("-l 1 -b a:1,b:2");
+        assert_eq!(r.retries, 3);
+        assert_eq!(r.connect_timeout, Duration::from_secs(5));
+        assert_eq!(r.client_timeout, Some(Duration::from_secs(60)));
+        assert!(r.check.is_none());
+        let r = run(
+            "-l 1 -b a:1,b:2 --retries 0 --client-timeout 0 --check-http /health --check-interval 0.5 --rise 1 --fall 4",
+        );
+        assert_eq!(r.retries, 0);
+        assert_eq!(r.client_timeout, None, "0 means never");
+        let check = r.check.expect("--check-http implies --check");
+        assert_eq!(check.http_path.as_deref(), Some("/health"));
+        assert_eq!(check.interval, Duration::from_millis(500));
+        assert_eq!((check.rise, check.fall), (1, 4));
+        assert!(
+            run("-l 1 -r a:1 --check")
+                .check
+                .is_some_and(|c| c.http_path.is_none())
+        );
+        assert!(error("-l 1 -r a:1 --rise 2").contains("needs --check"));
+        assert!(error("-l 1 -r a:1 --check --fall 0").contains("from 1 to 100"));
+        assert!(error("-l 1 -r a:1 --check-http health").contains("not a path"));
+        assert!(error("-l 1 -r a:1 --retries many").contains("--retries"));
+        assert!(error("-l 1 -r a:1 --connect-timeout 0").contains("more than 0"));
+        assert!(error("-l 1 -r a:1 --check=yes").contains("takes no value"));
     }
 
     #[test]

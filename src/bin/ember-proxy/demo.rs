@@ -109,6 +109,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             grace: Duration::ZERO,
             splice: true,
             retries: crate::args::DEFAULT_RETRIES,
+            check: None,
             timeouts: String::new(),
         };
         let proxy = plan.start(r)?;

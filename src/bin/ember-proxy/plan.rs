@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ember::proxy::{
-    Backend, Balancer, Change, Ejection, Finish, Lease, Options, Pool, ProxyServer, Session,
+    Backend, Balancer, Change, Check, Ejection, Finish, Lease, Options, Pool, ProxyServer, Session,
     Strategy, Target,
 };
 use ember::{Reactor, UnbindReason};
@@ -38,6 +38,8 @@ pub struct Plan {
     pub grace: Duration,
     pub splice: bool,
     pub retries: u32,
+    /// Active health checks of the relay backends, if asked for.
+    pub check: Option<Check>,
     /// For the startup line: what the timeouts are.
     pub timeouts: String,
 }
@@ -82,6 +84,7 @@ impl Plan {
             grace: run.grace,
             splice: run.splice,
             retries: run.retries,
+            check: run.check.clone(),
             timeouts: format!(
                 "timeouts connect {}, client {}, server {}, fin {}; retries {}",
                 seconds(Some(run.connect_timeout)),
@@ -147,6 +150,9 @@ impl Plan {
             }
         };
         let pool = Pool::logging(balancer, Ejection::default(), log_change);
+        if let Some(check) = &self.check {
+            pool.start_checks(r, check.clone());
+        }
         let verbose = self.options.is_verbose();
         options.start_with_state(
             r,
@@ -182,6 +188,9 @@ fn log_change(target: &Target, change: Change) {
         Change::Down(out_for) => say(format_args!(
             "backend {target} is DOWN (connects keep failing); out of rotation for {}",
             seconds(Some(out_for))
+        )),
+        Change::CheckedDown => say(format_args!(
+            "backend {target} is DOWN (health checks fail)"
         )),
         Change::Up => say(format_args!("backend {target} is UP again")),
     }
