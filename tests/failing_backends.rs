@@ -322,3 +322,60 @@ fn a_backend_that_never_answers_its_http_check_is_taken_out() {
         };
     }
 }
+
+#[test]
+fn the_connection_limit_holds_clients_in_the_backlog_and_serves_them_all() {
+    const LIMIT: usize = 10;
+    const CLIENTS: usize = 20;
+    // A slow backend: each answer takes 50 ms, so the clients overlap.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let slow = listener.local_addr().unwrap();
+    let live = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (now_live, most) = (Arc::clone(&live), Arc::clone(&peak));
+    thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            let (now_live, most) = (Arc::clone(&now_live), Arc::clone(&most));
+            thread::spawn(move || {
+                let mut s = s;
+                most.fetch_max(
+                    now_live.fetch_add(1, Ordering::SeqCst) + 1,
+                    Ordering::SeqCst,
+                );
+                let mut request = [0u8; 4];
+                let ok = s.read_exact(&mut request).is_ok();
+                thread::sleep(Duration::from_millis(50));
+                if ok {
+                    let _ = s.write_all(&request);
+                }
+                now_live.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let proxy = pool_proxy(
+        vec![slow],
+        Ejection::default(),
+        Options::new().max_connections(LIMIT),
+    );
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let addr = proxy.value.addr;
+            thread::spawn(move || round_trip(addr, b"ping"))
+        })
+        .collect();
+    let stats = proxy.value.stats.clone();
+    let mut most_clients = 0;
+    while clients.iter().any(|c| !c.is_finished()) {
+        most_clients = most_clients.max(stats.clients_active());
+        thread::yield_now();
+    }
+    for client in clients {
+        assert_eq!(client.join().unwrap(), b"ping", "every client served");
+    }
+    assert!(
+        most_clients <= LIMIT as u64,
+        "{most_clients} clients at once"
+    );
+    assert!(peak.load(Ordering::SeqCst) <= LIMIT, "the backend saw more");
+    assert_eq!(stats.clients_accepted(), CLIENTS as u64);
+}

@@ -228,7 +228,7 @@ impl<S: 'static> Handler for Client<S> {
         }
         cx.set_half_close_timeout(config.options.fin_timeout);
         cx.set_comm_inactivity_timeout(config.options.client_timeout);
-        config.stats.client_accepted();
+        config.client_arrived(cx);
         if config.verbose() {
             match cx.peer_addr() {
                 Some(peer) => config.log(format_args!("client {peer} connected")),
@@ -277,7 +277,7 @@ impl<S: 'static> Handler for Client<S> {
 
     fn unbind(&mut self, cx: &mut Context<'_>, reason: UnbindReason) {
         let config = Rc::clone(&self.core.config);
-        config.stats.client_gone();
+        config.client_left(cx);
         // What the descriptor relay carried from this client (`relay_client`).
         config.stats.relayed_from_client(cx.proxied_bytes());
         config.log(format_args!("client {} gone: {reason}", cx.id()));

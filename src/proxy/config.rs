@@ -2,11 +2,15 @@
 //! [`Options`], its [`Stats`], the limits derived from them once at start (how many
 //! shadows may be open at once, what each one reserves), and the verbose log.
 //!
-//! Built once per server (`server.rs`), then only read: a client or backend holds an
-//! `Rc<Config>` and never changes it.
+//! Built once per server (`server.rs`), then only read (but for the server's id, learnt
+//! once it listens): a client or backend holds an `Rc<Config>`. It also owns the
+//! connection limit (`Options::max_connections`): pausing and resuming accepts.
 
+use std::cell::Cell;
 use std::fmt;
 use std::io::{self, Write};
+
+use crate::{Reactor, ServerId};
 
 use super::server::{Options, SHADOW_CONNECT_ALLOWANCE};
 use super::stats::Stats;
@@ -20,6 +24,8 @@ pub(crate) struct Config {
     pub(crate) shadow_reservation: usize,
     /// Shadows beyond this many open at once are skipped (see `max_shadows`).
     pub(crate) max_shadows: usize,
+    /// The listening server, once started (for pausing accepts at the connection limit).
+    pub(crate) server: Cell<Option<ServerId>>,
 }
 
 impl Config {
@@ -30,6 +36,30 @@ impl Config {
             shadow_reservation,
             options,
             stats,
+            server: Cell::new(None),
+        }
+    }
+
+    /// A client arrived: at the connection limit, stop accepting (new clients wait in
+    /// the kernel's backlog, as with HAProxy's `maxconn`).
+    pub(crate) fn client_arrived(&self, r: &mut Reactor) {
+        self.stats.client_accepted();
+        if let (Some(max), Some(server)) = (self.options.max_connections, self.server.get())
+            && self.stats.clients_active() >= max as u64
+            && r.pause_accepting(server)
+        {
+            self.log(format_args!("{max} clients: the limit; new ones wait"));
+        }
+    }
+
+    /// A client left: below the limit again, accept again.
+    pub(crate) fn client_left(&self, r: &mut Reactor) {
+        self.stats.client_gone();
+        if let (Some(max), Some(server)) = (self.options.max_connections, self.server.get())
+            && self.stats.clients_active() < max as u64
+            && r.is_accepting_paused(server)
+        {
+            r.resume_accepting(server);
         }
     }
 

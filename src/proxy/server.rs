@@ -54,6 +54,7 @@ pub struct Options {
     pub(crate) shadow_connect_timeout: Duration,
     pub(crate) client_timeout: Option<Duration>,
     pub(crate) server_timeout: Option<Duration>,
+    pub(crate) max_connections: Option<usize>,
 }
 
 impl Default for Options {
@@ -73,6 +74,7 @@ impl Default for Options {
             shadow_connect_timeout: DEFAULT_SHADOW_CONNECT_TIMEOUT,
             client_timeout: None,
             server_timeout: None,
+            max_connections: None,
         }
     }
 }
@@ -121,6 +123,14 @@ impl Options {
     /// The pending-connect timeout for backends (the reactor's default otherwise, 20 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Options {
         self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// At most `n` clients at once (HAProxy's `maxconn`): at the limit the proxy stops
+    /// accepting, so new clients wait in the kernel's listen backlog (1024 by default)
+    /// and are accepted as others leave. Default: no limit.
+    pub fn max_connections(mut self, n: usize) -> Options {
+        self.max_connections = Some(n.max(1));
         self
     }
 
@@ -218,9 +228,11 @@ impl Options {
         let stats = Stats::default();
         let config = Rc::new(Config::new(self, stats.clone()));
         let setup: SharedSetup<S> = Rc::new(RefCell::new(setup));
+        let shared = Rc::clone(&config);
         let id = r.start_server(addr, move || {
-            Client::new(Rc::clone(&config), Rc::clone(&setup), init())
+            Client::new(Rc::clone(&shared), Rc::clone(&setup), init())
         })?;
+        config.server.set(Some(id));
         Ok(ProxyServer {
             id,
             local_addr: r.server_addr(id),

@@ -135,7 +135,7 @@ impl Reactor {
                 }
                 TimerTask::ConnectTimeout(conn) => self.connect_timed_out(conn),
                 TimerTask::Inactivity(conn) => self.inactivity_check(conn),
-                TimerTask::ResumeAccept(server) => self.resume_accepting(server),
+                TimerTask::ResumeAccept(server) => self.backoff_over(server),
                 TimerTask::ChildExitPoll => self.poll_exiting_children(),
                 TimerTask::Linger(conn) => self.linger_expired(conn),
                 TimerTask::HalfClose(conn) => self.half_close_check(conn),

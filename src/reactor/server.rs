@@ -44,6 +44,8 @@ pub(crate) struct Server {
     /// Accepting is suspended until this timer fires.
     resume_timer: Option<TimerId>,
     unix_path: Option<PathBuf>,
+    /// `pause_accepting`: new connections wait in the kernel's backlog.
+    paused: bool,
     accepted: u64,
     backoffs: u64,
 }
@@ -95,6 +97,7 @@ impl Reactor {
             backoff: Duration::ZERO,
             resume_timer: None,
             unix_path,
+            paused: false,
             accepted: 0,
             backoffs: 0,
         }));
@@ -143,6 +146,30 @@ impl Reactor {
         true
     }
 
+    /// Stops accepting on `id`: new connections wait in the kernel's listen backlog (a
+    /// connection limit, like HAProxy's `maxconn`), until [`resume_accepting`]. Returns
+    /// whether the server exists.
+    ///
+    /// [`resume_accepting`]: Self::resume_accepting
+    pub fn pause_accepting(&mut self, id: ServerId) -> bool {
+        self.server_mut(id).map(|s| s.paused = true).is_some()
+    }
+
+    /// Accepts again on a server paused with [`pause_accepting`](Self::pause_accepting);
+    /// connections waiting in the backlog are accepted next tick.
+    pub fn resume_accepting(&mut self, id: ServerId) {
+        if let Some(server) = self.server_mut(id)
+            && std::mem::replace(&mut server.paused, false)
+        {
+            self.carry_over.add(id.slot, id.serial);
+        }
+    }
+
+    /// Whether `id` is paused with [`pause_accepting`](Self::pause_accepting).
+    pub fn is_accepting_paused(&self, id: ServerId) -> bool {
+        self.server(id).is_some_and(|s| s.paused)
+    }
+
     fn server(&self, id: ServerId) -> Option<&Server> {
         match self.descriptors.get(id.slot) {
             Some(Descriptor::Server(s)) if s.serial == id.serial => Some(s),
@@ -164,7 +191,7 @@ impl Reactor {
             let Some(server) = self.server_mut(id) else {
                 return;
             };
-            if server.resume_timer.is_some() {
+            if server.resume_timer.is_some() || server.paused {
                 return;
             }
             match server.listener.accept() {
@@ -209,7 +236,7 @@ impl Reactor {
     }
 
     /// A back-off timer fired: try accepting again.
-    pub(crate) fn resume_accepting(&mut self, id: ServerId) {
+    pub(crate) fn backoff_over(&mut self, id: ServerId) {
         if let Some(server) = self.server_mut(id) {
             server.resume_timer = None;
             self.accept_some(id.slot, id.serial);

@@ -48,6 +48,8 @@ every byte the clients send, and their answers are discarded.
                                     timed out), each on another -b backend in rotation;
                                     what the client sent is replayed (default 3)
       --connect-timeout SECONDS     How long a backend connect may take (default 5)
+      --max-conn N                  At most N clients at once; more wait in the kernel's
+                                    backlog until others leave (default: no limit)
       --check                       Health-check every -r/-b backend with a TCP connect;
                                     a backend that fails --fall checks in a row gets no
                                     new clients until it passes --rise in a row
@@ -119,6 +121,7 @@ pub struct RunArgs {
     /// `None`: half-closed connections wait forever.
     pub fin_timeout: Option<Duration>,
     pub retries: u32,
+    pub max_conn: Option<usize>,
     /// `--check`/`--check-http`: active health checks.
     pub check: Option<ember::proxy::Check>,
     pub connect_timeout: Duration,
@@ -148,6 +151,7 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("", "--grace"),
     ("", "--fin-timeout"),
     ("", "--retries"),
+    ("", "--max-conn"),
     ("", "--check-http"),
     ("", "--check-interval"),
     ("", "--rise"),
@@ -258,7 +262,7 @@ fn placeholder(flag: &str) -> &'static str {
         "--shadow-buffer" | "--shadow-max-memory" => "BYTES",
         "--grace" | "--fin-timeout" | "--connect-timeout" | "--client-timeout"
         | "--server-timeout" => "SECONDS",
-        "--retries" | "--rise" | "--fall" => "N",
+        "--retries" | "--rise" | "--fall" | "--max-conn" => "N",
         "--check-http" => "PATH",
         "--check-interval" => "SECONDS",
         "--shadow-max-conns" => "N",
@@ -279,6 +283,7 @@ struct Seen {
     grace: Option<String>,
     fin_timeout: Option<String>,
     retries: Option<String>,
+    max_conn: Option<String>,
     check: bool,
     check_http: Option<String>,
     check_interval: Option<String>,
@@ -306,6 +311,7 @@ impl Seen {
             "--grace" => &mut self.grace,
             "--fin-timeout" => &mut self.fin_timeout,
             "--retries" => &mut self.retries,
+            "--max-conn" => &mut self.max_conn,
             "--check-http" => &mut self.check_http,
             "--check-interval" => &mut self.check_interval,
             "--rise" => &mut self.rise,
@@ -391,6 +397,15 @@ impl Seen {
                 .ok_or_else(|| format!("--retries `{n}` is not a number from 0 to 100"))?,
             None => DEFAULT_RETRIES,
         };
+        let max_conn = match &self.max_conn {
+            Some(n) => Some(
+                n.parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--max-conn `{n}` is not a number of clients"))?,
+            ),
+            None => None,
+        };
         let shadow_max_conns =
             match &self.shadow_max_conns {
                 Some(n) => Some(n.parse::<usize>().map_err(|_| {
@@ -414,6 +429,7 @@ impl Seen {
             shadow_max_conns,
             shadow_max_memory,
             retries,
+            max_conn,
             check,
             connect_timeout,
             client_timeout,
@@ -433,6 +449,7 @@ impl Seen {
             (self.grace.is_some(), "--grace"),
             (self.fin_timeout.is_some(), "--fin-timeout"),
             (self.retries.is_some(), "--retries"),
+            (self.max_conn.is_some(), "--max-conn"),
             (self.check, "--check"),
             (self.check_http.is_some(), "--check-http"),
             (self.check_interval.is_some(), "--check-interval"),

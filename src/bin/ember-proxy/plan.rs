@@ -76,6 +76,9 @@ impl Plan {
         if let Some(bytes) = run.shadow_max_memory {
             options = options.shadow_max_memory(bytes);
         }
+        if let Some(n) = run.max_conn {
+            options = options.max_connections(n);
+        }
         Ok(Plan {
             listen,
             relay,
