@@ -379,3 +379,48 @@ fn the_connection_limit_holds_clients_in_the_backlog_and_serves_them_all() {
     assert!(peak.load(Ordering::SeqCst) <= LIMIT, "the backend saw more");
     assert_eq!(stats.clients_accepted(), CLIENTS as u64);
 }
+
+#[test]
+fn a_dead_shadow_leaves_the_rotation_and_is_skipped_not_retried() {
+    let live = StdEcho::start();
+    let dead_shadow = closed_port();
+    let proxy = ReactorThread::spawn(move |r| {
+        let one = |addr| Balancer::new(vec![Target::Tcp(addr)], Strategy::RoundRobin);
+        let shadow_pool = Pool::new(one(dead_shadow), Ejection::default());
+        let server = Options::new().start(r, "127.0.0.1:0", move |conn| {
+            conn.server("relay", Backend::tcp(live.addr).relay_server());
+            let shadow = Backend::tcp(dead_shadow)
+                .shadow()
+                .dispatch(shadow_pool.dispatch());
+            conn.server("shadow", shadow);
+            conn.on_finish(|_, name, _| {
+                if name == "relay" {
+                    Finish::Close
+                } else {
+                    Finish::Keep
+                }
+            });
+        })?;
+        Ok(PoolProxy {
+            addr: server.local_addr().unwrap(),
+            stats: server.stats().clone(),
+        })
+    });
+    for i in 0..20 {
+        let request = format!("request {i}");
+        assert_eq!(
+            round_trip(proxy.value.addr, request.as_bytes()),
+            request.as_bytes(),
+            "the primary answers whatever the shadow does"
+        );
+    }
+    let stats = &proxy.value.stats;
+    // Three refused connects take it out; the other clients skip it without a connect
+    // (a client or two may pick it before a refusal is scored: refusals are async).
+    let tried = 20 - stats.shadows_skipped();
+    assert!(
+        (3..=6).contains(&tried),
+        "{tried} shadow connects tried: {stats:?}"
+    );
+    assert_eq!(stats.backends_retried(), 0);
+}

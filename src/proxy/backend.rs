@@ -48,6 +48,24 @@ pub(crate) fn open<S: 'static>(
         ));
         return None;
     }
+    let unavailable = match (&spec.dispatch, &spec.target) {
+        (Some(dispatch), Ok(target)) => !dispatch.available(target),
+        _ => false,
+    };
+    if unavailable && spec.shadow {
+        // A shadow whose target is out of rotation is never tried at the client's expense.
+        core.config.stats.shadow_skipped();
+        core.config
+            .log(format_args!("shadow `{name}` skipped: its backend is down"));
+        return None;
+    }
+    if unavailable {
+        core.config.log(format_args!(
+            "server `{name}` not opened: its backend is down"
+        ));
+        report_unreachable::<S>(r, core, name.into(), false, UnbindReason::Refused);
+        return None;
+    }
     core.config.stats.backend_opened();
     let handler = BackendConn::<S> {
         client: core.client,
@@ -131,6 +149,7 @@ pub(crate) fn open<S: 'static>(
         replay: retrying.then(Vec::new),
         relay_client_on_connect: wants_relay_client && retrying,
         spec,
+        connected: false,
     });
     Some(id)
 }

@@ -68,6 +68,7 @@ impl<S: 'static> Client<S> {
         };
         let backend = &mut self.core.backends[i];
         backend.replay = None; // connected: a failure from here on is not retried
+        backend.connected = true;
         if let (Some(dispatch), Ok(target)) = (&backend.spec.dispatch, &backend.spec.target) {
             dispatch.connected(target);
         }
@@ -149,8 +150,7 @@ impl<S: 'static> Client<S> {
         if self.core.relay_server == Some(id) {
             self.core.relay_server = None;
         }
-        let never_connected = backend.replay.is_some();
-        if never_connected && is_connect_failure(&reason) && self.retry(cx, &backend, &reason) {
+        if !backend.connected && is_connect_failure(&reason) && self.retry(cx, &backend, &reason) {
             return;
         }
         self.finish(cx, &backend.name, backend.shadow, reason);

@@ -35,6 +35,8 @@ pub(crate) struct BackendEntry {
     pub(crate) forgiven: usize,
     /// How it was opened: what a retry reopens, and who hears how the connect ends.
     pub(crate) spec: Backend,
+    /// Its connect has completed.
+    pub(crate) connected: bool,
     /// While a backend with retries is still connecting: everything sent to it, to
     /// replay to the next try if this one fails. `None` once connected (or without
     /// retries). Bounded like the backend's queue it mirrors: the client is paused when

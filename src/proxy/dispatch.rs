@@ -21,6 +21,14 @@ pub trait Dispatch {
     /// unresolvable before it ever connected). Returns where the next try should go
     /// (the same target, another one: a redispatch), or `None` to give up now.
     fn failed(&self, target: &Target, reason: &UnbindReason) -> Option<Target>;
+
+    /// Whether `target` takes new connections now. A shadow whose target does not is
+    /// skipped (counted in [`Stats::shadows_skipped`](super::Stats::shadows_skipped)); a
+    /// primary reports [`UnbindReason::Refused`] to `on_finish` without a connect.
+    fn available(&self, target: &Target) -> bool {
+        let _ = target;
+        true
+    }
 }
 
 impl fmt::Debug for dyn Dispatch {

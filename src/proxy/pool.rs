@@ -173,6 +173,11 @@ impl Dispatch for Inner {
         }
     }
 
+    fn available(&self, target: &Target) -> bool {
+        self.index_of(target)
+            .is_some_and(|i| self.health.in_rotation(i, Instant::now()))
+    }
+
     fn failed(&self, target: &Target, _reason: &UnbindReason) -> Option<Target> {
         let i = self.index_of(target)?;
         let now = Instant::now();

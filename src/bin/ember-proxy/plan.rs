@@ -129,7 +129,12 @@ impl Plan {
     /// Starts the proxy on `r`.
     pub fn start(&self, r: &mut Reactor) -> io::Result<ProxyServer> {
         r.set_splice(self.splice);
-        let duplex = self.duplex.clone();
+        let duplex = shadow_pools(&self.duplex);
+        if let Some(check) = &self.check {
+            for pool in &duplex {
+                pool.start_checks(r, check.clone());
+            }
+        }
         // Alone, the relay takes both directions on the cut-through path; with shadows,
         // the client's bytes are copied to every backend, so only the answers are.
         let cut_through = duplex.is_empty();
@@ -220,9 +225,23 @@ fn with_relay_paths(relay: Backend, cut_through: bool) -> Backend {
     }
 }
 
-fn open_shadows<S: 'static>(conn: &mut Session<'_, S>, duplex: &[SocketAddr]) {
-    for (i, addr) in duplex.iter().enumerate() {
-        conn.server(&format!("duplex_{i}"), Backend::tcp(*addr).shadow());
+/// One pool per shadow: its failed connects (and checks, with `--check`) take it out of
+/// rotation, and a shadow out of rotation is skipped, never tried at the client's expense.
+fn shadow_pools(duplex: &[SocketAddr]) -> Vec<Pool> {
+    duplex
+        .iter()
+        .map(|addr| {
+            let one = Balancer::new(vec![Target::Tcp(*addr)], Strategy::RoundRobin);
+            Pool::logging(one, Ejection::default(), log_change)
+        })
+        .collect()
+}
+
+fn open_shadows<S: 'static>(conn: &mut Session<'_, S>, shadows: &[Pool]) {
+    for (i, pool) in shadows.iter().enumerate() {
+        let target = pool.balancer().targets()[0].clone();
+        let shadow = Backend::new(target).shadow().dispatch(pool.dispatch());
+        conn.server(&format!("duplex_{i}"), shadow);
     }
 }
 
