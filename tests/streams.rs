@@ -1794,6 +1794,37 @@ fn connect_host_resolves_localhost_and_reports_unresolvable_names() {
     assert_eq!(bad.unbinds, vec![UnbindReason::Unresolvable]);
 }
 
+#[test]
+fn connect_any_tries_each_address_until_one_accepts() {
+    let refused = [closed_port(), closed_port()];
+    let (mut good, good_log) = Probe::new(b"third time lucky", 16);
+    let (mut bad, bad_log) = Probe::new(b"nobody home", usize::MAX);
+    let unbound = Rc::new(std::cell::Cell::new(0));
+    for probe in [&mut good, &mut bad] {
+        let unbound = Rc::clone(&unbound);
+        probe.stop_on_unbind = false;
+        probe.on_unbind = Some(Box::new(move |r| {
+            unbound.set(unbound.get() + 1);
+            if unbound.get() == 2 {
+                r.stop();
+            }
+        }));
+    }
+    let (_, timed_out) = run_bounded(Duration::from_secs(15), |r| {
+        let server = r.start_server("127.0.0.1:0", || Echo)?;
+        let live = r.server_addr(server).unwrap();
+        r.connect_any(&[refused[0], refused[1], live], good);
+        r.connect_any(&refused, bad);
+        Ok(())
+    });
+    let (good, bad) = (good_log.borrow(), bad_log.borrow());
+    assert!(!timed_out, "good: {good:?}, bad: {bad:?}");
+    assert_eq!(good.completed, 1, "connected to the third address");
+    assert_eq!(good.received, b"third time lucky");
+    assert_eq!(bad.completed, 0);
+    assert_eq!(bad.unbinds, vec![UnbindReason::Refused]);
+}
+
 /// Queues a greeting and closes after writing it, both from `post_init`, while its host
 /// name is still resolving; stops the reactor when it unbinds.
 struct GreetThenClose(Rc<RefCell<Option<UnbindReason>>>);

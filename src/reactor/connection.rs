@@ -85,6 +85,9 @@ pub(crate) struct Connection {
     pub(crate) reads_per_event: usize,
     /// Input is thrown away unread (in the kernel where possible); `receive_data` never runs.
     pub(crate) discard_input: bool,
+    /// Addresses a host name resolved to that were not tried yet (`connect_host`): a
+    /// connect that fails moves on to the next.
+    pub(crate) untried_addrs: Vec<std::net::SocketAddr>,
 }
 
 impl Connection {
@@ -121,6 +124,7 @@ impl Connection {
             half_close_timer: None,
             reads_per_event: READS_PER_EVENT,
             discard_input: false,
+            untried_addrs: Vec::new(),
         }
     }
 
@@ -265,7 +269,11 @@ impl Reactor {
                 self.notify(id, |h, cx| h.connection_completed(cx));
                 self.flush(id);
             }
-            Err(e) => self.close_now(id, UnbindReason::from_io_error(&e)),
+            Err(e) => {
+                if self.connect_next_address(id).is_err() {
+                    self.close_now(id, UnbindReason::from_io_error(&e));
+                }
+            }
         }
     }
 

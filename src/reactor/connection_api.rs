@@ -44,6 +44,18 @@ impl Reactor {
         self.open_outbound(socket::tcp_connect(remote, Some(local)), Box::new(handler))
     }
 
+    /// Connects to the first of `addrs` that accepts, trying them in order: a connect
+    /// that fails (refused, unreachable) moves on to the next; `unbind` reports the last
+    /// failure. What [`connect_host`](Self::connect_host) does with every address a name
+    /// resolves to.
+    pub fn connect_any<H: Handler>(&mut self, addrs: &[SocketAddr], handler: H) -> ConnId {
+        let id = self
+            .adopt(None, Box::new(handler), Life::resolving())
+            .expect("adopting a connection without a socket cannot fail");
+        self.resolved(id, addrs.to_vec());
+        id
+    }
+
     /// Opens a Unix-domain stream connection to the socket at `path`.
     pub fn connect_unix<H: Handler>(
         &mut self,
@@ -56,6 +68,8 @@ impl Reactor {
     /// Connects to `host:port`, resolving `host` on the defer pool so the reactor thread
     /// never blocks on DNS. The connection exists at once (data sent now is queued); a
     /// name that does not resolve ends in `unbind` with [`UnbindReason::Unresolvable`].
+    /// Every address the name resolves to is tried in turn (IPv6 and IPv4, in the
+    /// resolver's order) until one accepts; `unbind` reports the last one's failure.
     pub fn connect_host<H: Handler>(&mut self, host: &str, port: u16, handler: H) -> ConnId {
         let id = self
             .adopt(None, Box::new(handler), Life::resolving())
@@ -68,43 +82,72 @@ impl Reactor {
                     .map(|a| a.collect::<Vec<_>>())
             },
             move |r, resolved| {
-                let addr = match resolved {
-                    Ok(Ok(addrs)) => addrs.first().copied(),
-                    _ => None,
+                let addrs = match resolved {
+                    Ok(Ok(addrs)) => addrs,
+                    _ => Vec::new(),
                 };
-                r.resolved(id, addr);
+                r.resolved(id, addrs);
             },
         );
         id
     }
 
-    fn resolved(&mut self, id: ConnId, addr: Option<SocketAddr>) {
-        let Some(conn) = self.conn(id) else { return };
+    fn resolved(&mut self, id: ConnId, addrs: Vec<SocketAddr>) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         // A close-after-writing still wants its queue delivered: connect anyway.
         if !matches!(conn.life, Life::Resolving { .. }) {
             return;
         }
-        let Some(addr) = addr else {
+        if addrs.is_empty() {
             self.close_now(id, UnbindReason::Unresolvable);
             return;
-        };
-        let nodelay = self.defaults.nodelay;
-        let result = socket::tcp_connect(addr, None).and_then(|mut s| {
-            s.register(self.poll.registry(), mio::Token(id.slot))?;
-            if nodelay {
-                let _ = s.set_nodelay(true);
-            }
-            Ok(s)
-        });
-        match result {
-            Ok(stream) => {
-                if let Some(conn) = self.conn_mut(id) {
-                    conn.stream = Some(stream);
-                    conn.life.resolved();
-                }
-            }
-            Err(e) => self.close_now(id, UnbindReason::from_io_error(&e)),
         }
+        conn.untried_addrs = addrs;
+        conn.life.resolved();
+        if let Err(reason) = self.connect_next_address(id) {
+            // Every address failed at once (unreachable, out of descriptors...).
+            self.close_now(id, reason);
+        }
+    }
+
+    /// Replaces a resolved connection's socket with one connecting to its next untried
+    /// address. `Err` if none is left, with the last attempt's reason (`Refused` if
+    /// there was none to try).
+    pub(crate) fn connect_next_address(&mut self, id: ConnId) -> Result<(), UnbindReason> {
+        let nodelay = self.defaults.nodelay;
+        let Reactor {
+            descriptors, poll, ..
+        } = self;
+        let Some(super::Descriptor::Conn(conn)) = descriptors.get_mut(id.slot) else {
+            return Err(UnbindReason::ClosedByUs);
+        };
+        if conn.serial != id.serial {
+            return Err(UnbindReason::ClosedByUs);
+        }
+        let mut last = UnbindReason::Refused;
+        while !conn.untried_addrs.is_empty() {
+            let addr = conn.untried_addrs.remove(0);
+            if let Some(mut old) = conn.stream.take() {
+                old.deregister(poll.registry());
+            }
+            let attempt = socket::tcp_connect(addr, None).and_then(|mut s| {
+                s.register(poll.registry(), mio::Token(id.slot))?;
+                if nodelay {
+                    let _ = s.set_nodelay(true);
+                }
+                Ok(s)
+            });
+            match attempt {
+                Ok(stream) => {
+                    conn.stream = Some(stream);
+                    return Ok(());
+                }
+                Err(e) => last = UnbindReason::from_io_error(&e),
+            }
+        }
+        Err(last)
     }
 
     fn open_outbound(
