@@ -50,7 +50,7 @@ every byte the clients send, and their answers are discarded.
       --connect-timeout SECONDS     How long a backend connect may take (default 5)
       --max-conn N                  At most N clients at once; more wait in the kernel's
                                     backlog until others leave (default: no limit)
-      --check                       Health-check every -r/-b backend with a TCP connect;
+      --check                       Health-check every -r/-b/-d backend with a TCP connect;
                                     a backend that fails --fall checks in a row gets no
                                     new clients until it passes --rise in a row
       --check-http PATH             Check with `GET PATH` instead (2xx/3xx is up);
@@ -62,8 +62,8 @@ every byte the clients send, and their answers are discarded.
       --server-timeout SECONDS      Close a backend idle this long (default 60; 0: never)
       --fin-timeout SECONDS         How long a connection may idle once one side has
                                     sent FIN (default 5; 0 waits forever)
-      --grace SECONDS               On SIGINT/SIGTERM, how long live connections may take
-                                    to finish (default 10)
+      --grace SECONDS               On SIGINT/SIGTERM, how long live clients may take to
+                                    finish (default 10)
       --no-splice                   Relay by copying through user space instead of
                                     splice(2) (for comparison; splice is the default)
   -v, --verbose                     Log connections and backend events on stderr
