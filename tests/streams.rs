@@ -1795,6 +1795,52 @@ fn connect_host_resolves_localhost_and_reports_unresolvable_names() {
 }
 
 #[test]
+fn connect_host_remembers_a_name_for_the_resolve_interval() {
+    // (lookups made by the second connect, both connects completed)
+    fn second_connect_lookups(interval: Duration) -> (usize, usize) {
+        let completed = Rc::new(std::cell::Cell::new(0));
+        let lookups = Rc::new(std::cell::Cell::new(usize::MAX));
+        struct Count(Rc<std::cell::Cell<usize>>);
+        impl Handler for Count {
+            fn connection_completed(&mut self, cx: &mut Context<'_>) {
+                self.0.set(self.0.get() + 1);
+                cx.close();
+            }
+        }
+        let (done, seen) = (Rc::clone(&completed), Rc::clone(&lookups));
+        let (_, timed_out) = run_bounded(Duration::from_secs(15), move |r| {
+            r.set_resolve_interval(interval);
+            let server = r.start_server("127.0.0.1:0", || Echo)?;
+            let port = r.server_addr(server).unwrap().port();
+            r.connect_host("localhost", port, Count(Rc::clone(&done)));
+            let done = Rc::clone(&done);
+            r.add_periodic_timer(Duration::from_millis(1), move |r| {
+                if done.get() == 1 && seen.get() == usize::MAX {
+                    // The first answer is in: connect again and count the lookups it starts.
+                    r.connect_host("localhost", port, Count(Rc::clone(&done)));
+                    seen.set(r.deferred_pending());
+                } else if done.get() == 2 {
+                    r.stop();
+                }
+            });
+            Ok(())
+        });
+        assert!(!timed_out);
+        (lookups.get(), completed.get())
+    }
+    assert_eq!(
+        second_connect_lookups(Duration::from_secs(30)),
+        (0, 2),
+        "a remembered name connects without a lookup"
+    );
+    assert_eq!(
+        second_connect_lookups(Duration::ZERO),
+        (1, 2),
+        "interval zero looks up on every connect"
+    );
+}
+
+#[test]
 fn connect_any_tries_each_address_until_one_accepts() {
     let refused = [closed_port(), closed_port()];
     let (mut good, good_log) = Probe::new(b"third time lucky", 16);

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::lifecycle::Life;
+use super::resolver::Lookup;
 use super::{Reactor, TimerTask};
 use crate::addr::IntoSocketAddr;
 use crate::handler::{Handler, UnbindReason};
@@ -74,21 +75,16 @@ impl Reactor {
         let id = self
             .adopt(None, Box::new(handler), Life::resolving())
             .expect("adopting a connection without a socket cannot fail");
-        let host = host.to_owned();
-        self.defer(
-            // (host, port) also takes IPv6 literals such as "::1", unbracketed.
-            move || {
-                std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
-                    .map(|a| a.collect::<Vec<_>>())
-            },
-            move |r, resolved| {
-                let addrs = match resolved {
-                    Ok(Ok(addrs)) => addrs,
-                    _ => Vec::new(),
-                };
-                r.resolved(id, addrs);
-            },
-        );
+        match self.resolver.lookup(host, port, self.now) {
+            Lookup::Known(addrs) => self.resolved(id, addrs),
+            Lookup::Stale(addrs) => {
+                self.resolved(id, addrs);
+                self.resolve_in_background(host, port, |_, _| {});
+            }
+            Lookup::Unknown => {
+                self.resolve_in_background(host, port, move |r, addrs| r.resolved(id, addrs));
+            }
+        }
         id
     }
 

@@ -26,6 +26,7 @@ mod panics;
 mod process;
 mod queues;
 mod relay;
+mod resolver;
 mod scheduling;
 mod server;
 mod signals;
@@ -48,6 +49,7 @@ use crate::timers::TimerQueue;
 pub(crate) use connection::Connection;
 pub use panics::CallbackPanic;
 use queues::{CarryOver, PendingCloses};
+pub use resolver::DEFAULT_RESOLVE_INTERVAL;
 pub use scheduling::TimerAction;
 use scheduling::TimerTask;
 pub(crate) use server::Server;
@@ -234,6 +236,8 @@ pub struct Reactor {
     signals: signals::Signals,
     /// The inotify instance, opened on the first `watch_file` (`file_watch.rs`).
     file_watches: Option<file_watch::Inotify>,
+    /// Host names `connect_host` resolved, and for how long they are trusted (`resolver.rs`).
+    resolver: resolver::Resolver,
 }
 
 impl Reactor {
@@ -270,6 +274,7 @@ impl Reactor {
             children: process::Children::default(),
             signals: signals::Signals::default(),
             file_watches: None,
+            resolver: resolver::Resolver::default(),
         })
     }
 
