@@ -8,7 +8,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ember::proxy::{DEFAULT_FIN_TIMEOUT, DEFAULT_SHADOW_BUFFER, Strategy, parse_port};
+use ember::proxy::{DEFAULT_FIN_TIMEOUT, DEFAULT_SHADOW_BUFFER, Strategy, Target, parse_port};
 
 /// Retries of a failed backend connect (HAProxy's default).
 pub const DEFAULT_RETRIES: u32 = 3;
@@ -48,6 +48,9 @@ every byte the clients send, and their answers are discarded.
                                     timed out), each on another -b backend in rotation;
                                     what the client sent is replayed (default 3)
       --connect-timeout SECONDS     How long a backend connect may take (default 5)
+      --resolve-interval SECONDS    How long a backend name's addresses are used before
+                                    they are looked up again, in the background (default
+                                    30; 0: on every connect)
       --max-conn N                  At most N clients at once; more wait in the kernel's
                                     backlog until others leave (default: no limit)
       --check                       Health-check every -r/-b/-d backend with a TCP connect;
@@ -121,6 +124,7 @@ pub struct RunArgs {
     /// `None`: half-closed connections wait forever.
     pub fin_timeout: Option<Duration>,
     pub retries: u32,
+    pub resolve_interval: Duration,
     pub max_conn: Option<usize>,
     /// `--check`/`--check-http`: active health checks.
     pub check: Option<ember::proxy::Check>,
@@ -152,6 +156,7 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("", "--fin-timeout"),
     ("", "--retries"),
     ("", "--max-conn"),
+    ("", "--resolve-interval"),
     ("", "--check-http"),
     ("", "--check-interval"),
     ("", "--rise"),
@@ -264,7 +269,7 @@ fn placeholder(flag: &str) -> &'static str {
         | "--server-timeout" => "SECONDS",
         "--retries" | "--rise" | "--fall" | "--max-conn" => "N",
         "--check-http" => "PATH",
-        "--check-interval" => "SECONDS",
+        "--check-interval" | "--resolve-interval" => "SECONDS",
         "--shadow-max-conns" => "N",
         "--requests" => "N",
         _ => "a value",
@@ -284,6 +289,7 @@ struct Seen {
     fin_timeout: Option<String>,
     retries: Option<String>,
     max_conn: Option<String>,
+    resolve_interval: Option<String>,
     check: bool,
     check_http: Option<String>,
     check_interval: Option<String>,
@@ -312,6 +318,7 @@ impl Seen {
             "--fin-timeout" => &mut self.fin_timeout,
             "--retries" => &mut self.retries,
             "--max-conn" => &mut self.max_conn,
+            "--resolve-interval" => &mut self.resolve_interval,
             "--check-http" => &mut self.check_http,
             "--check-interval" => &mut self.check_interval,
             "--rise" => &mut self.rise,
@@ -397,6 +404,10 @@ impl Seen {
                 .ok_or_else(|| format!("--retries `{n}` is not a number from 0 to 100"))?,
             None => DEFAULT_RETRIES,
         };
+        let resolve_interval = match &self.resolve_interval {
+            Some(s) => parse_seconds(s, "--resolve-interval")?,
+            None => ember::DEFAULT_RESOLVE_INTERVAL,
+        };
         let max_conn = match &self.max_conn {
             Some(n) => Some(
                 n.parse::<usize>()
@@ -429,6 +440,7 @@ impl Seen {
             shadow_max_conns,
             shadow_max_memory,
             retries,
+            resolve_interval,
             max_conn,
             check,
             connect_timeout,
@@ -450,6 +462,7 @@ impl Seen {
             (self.fin_timeout.is_some(), "--fin-timeout"),
             (self.retries.is_some(), "--retries"),
             (self.max_conn.is_some(), "--max-conn"),
+            (self.resolve_interval.is_some(), "--resolve-interval"),
             (self.check, "--check"),
             (self.check_http.is_some(), "--check-http"),
             (self.check_interval.is_some(), "--check-interval"),
@@ -655,6 +668,20 @@ pub fn resolve_listen(s: &str) -> Result<SocketAddr, String> {
     resolve(s, "--listen")
 }
 
+/// A relay or shadow target: a numeric address as it is, a name checked to resolve now
+/// (blocking; before the reactor starts) and kept as a name.
+pub fn resolve_target(s: &str, flag: &str) -> Result<Target, String> {
+    let target = Target::parse(s).map_err(|e| format!("{flag} `{s}`: {e}"))?;
+    match target {
+        Target::Tcp(_) => {}
+        Target::Host(..) => {
+            resolve(s, flag)?;
+        }
+        Target::Unix(_) => return Err(format!("{flag} `{s}` is not HOST:PORT")),
+    }
+    Ok(target)
+}
+
 /// Resolves HOST:PORT once (blocking; before the reactor starts).
 pub fn resolve(s: &str, flag: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
@@ -784,6 +811,27 @@ mod tests {
         assert!(error("-l 1 -r a:1 --retries many").contains("--retries"));
         assert!(error("-l 1 -r a:1 --connect-timeout 0").contains("more than 0"));
         assert!(error("-l 1 -r a:1 --check=yes").contains("takes no value"));
+    }
+
+    #[test]
+    fn backend_names_stay_names_once_they_resolve() {
+        assert_eq!(
+            resolve_target("localhost:8081", "--relay"),
+            Ok(Target::Host("localhost".into(), 8081))
+        );
+        assert_eq!(
+            resolve_target("127.0.0.1:8081", "--relay"),
+            Ok(Target::Tcp("127.0.0.1:8081".parse().unwrap()))
+        );
+        assert!(
+            resolve_target("no-such-host.invalid:1", "--relay")
+                .unwrap_err()
+                .contains("cannot resolve")
+        );
+        assert_eq!(
+            run("-l 1 -r a:1 --resolve-interval 0").resolve_interval,
+            Duration::ZERO
+        );
     }
 
     #[test]

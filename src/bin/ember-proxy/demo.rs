@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ember::proxy::Options;
+use ember::proxy::{Options, Target};
 use ember::{Context, Handler, Reactor, ReactorHandle};
 
 use crate::args::DemoArgs;
@@ -103,13 +103,14 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         let shadow = r.server_addr(shadow).expect("TCP servers have an address");
         let plan = Plan {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            relay: Relay::Tcp(prod),
-            duplex: vec![shadow],
+            relay: Relay::Tcp(Target::Tcp(prod)),
+            duplex: vec![Target::Tcp(shadow)],
             options: Options::new().verbose(verbose),
             grace: Duration::ZERO,
             splice: true,
             retries: crate::args::DEFAULT_RETRIES,
             check: None,
+            resolve_interval: ember::DEFAULT_RESOLVE_INTERVAL,
             timeouts: String::new(),
         };
         let proxy = plan.start(r)?;

@@ -19,13 +19,15 @@ use ember::{Reactor, UnbindReason};
 
 use crate::args::{self, RunArgs, Upstream};
 
-/// Where clients go, resolved.
+/// Where clients go. A name was checked to resolve at start, and stays a name: the
+/// reactor resolves it again in the background every `--resolve-interval`, and tries every
+/// address it has.
 #[derive(Debug)]
 pub enum Relay {
-    Tcp(SocketAddr),
+    Tcp(Target),
     Unix(PathBuf),
     /// Each backend with its weight.
-    Balance(Vec<(SocketAddr, u32)>, Strategy),
+    Balance(Vec<(Target, u32)>, Strategy),
 }
 
 /// A proxy ready to start.
@@ -33,13 +35,15 @@ pub enum Relay {
 pub struct Plan {
     pub listen: SocketAddr,
     pub relay: Relay,
-    pub duplex: Vec<SocketAddr>,
+    pub duplex: Vec<Target>,
     pub options: Options,
     pub grace: Duration,
     pub splice: bool,
     pub retries: u32,
     /// Active health checks of the relay backends, if asked for.
     pub check: Option<Check>,
+    /// How long a backend name's addresses are trusted before they are looked up again.
+    pub resolve_interval: Duration,
     /// For the startup line: what the timeouts are.
     pub timeouts: String,
 }
@@ -48,12 +52,12 @@ impl Plan {
     pub fn resolve(run: &RunArgs) -> Result<Plan, String> {
         let listen = args::resolve_listen(&run.listen)?;
         let relay = match &run.upstream {
-            Upstream::Relay(target) => Relay::Tcp(args::resolve(target, "--relay")?),
+            Upstream::Relay(target) => Relay::Tcp(args::resolve_target(target, "--relay")?),
             Upstream::Socket(path) => Relay::Unix(path.clone()),
             Upstream::Balance(members, strategy) => Relay::Balance(
                 members
                     .iter()
-                    .map(|m| Ok((args::resolve(&m.target, "--balance")?, m.weight)))
+                    .map(|m| Ok((args::resolve_target(&m.target, "--balance")?, m.weight)))
                     .collect::<Result<_, String>>()?,
                 *strategy,
             ),
@@ -61,7 +65,7 @@ impl Plan {
         let duplex = run
             .duplex
             .iter()
-            .map(|t| args::resolve(t, "--duplex"))
+            .map(|t| args::resolve_target(t, "--duplex"))
             .collect::<Result<_, _>>()?;
         let mut options = Options::new()
             .verbose(run.verbose)
@@ -88,6 +92,7 @@ impl Plan {
             splice: run.splice,
             retries: run.retries,
             check: run.check.clone(),
+            resolve_interval: run.resolve_interval,
             timeouts: format!(
                 "timeouts connect {}, client {}, server {}, fin {}; retries {}",
                 seconds(Some(run.connect_timeout)),
@@ -102,15 +107,15 @@ impl Plan {
     /// One line for stdout: where the proxy listens and where it sends what.
     pub fn describe(&self, bound: SocketAddr) -> String {
         let relay = match &self.relay {
-            Relay::Tcp(addr) => format!("relay {addr}"),
+            Relay::Tcp(target) => format!("relay {target}"),
             Relay::Unix(path) => format!("relay unix:{}", path.display()),
             Relay::Balance(addrs, strategy) => format!(
                 "balance {} ({strategy})",
                 addrs
                     .iter()
-                    .map(|&(addr, weight)| match weight {
-                        1 => addr.to_string(),
-                        _ => format!("{addr} weight={weight}"),
+                    .map(|(target, weight)| match weight {
+                        1 => target.to_string(),
+                        _ => format!("{target} weight={weight}"),
                     })
                     .collect::<Vec<_>>()
                     .join(",")
@@ -129,6 +134,7 @@ impl Plan {
     /// Starts the proxy on `r`.
     pub fn start(&self, r: &mut Reactor) -> io::Result<ProxyServer> {
         r.set_splice(self.splice);
+        r.set_resolve_interval(self.resolve_interval);
         let duplex = shadow_pools(&self.duplex);
         if let Some(check) = &self.check {
             for pool in &duplex {
@@ -150,10 +156,10 @@ impl Plan {
                     conn.on_finish(relay_decides);
                 });
             }
-            Relay::Tcp(addr) => Balancer::new(vec![Target::Tcp(*addr)], Strategy::RoundRobin),
-            Relay::Balance(addrs, strategy) => {
-                let targets = addrs.iter().map(|&(a, _)| Target::Tcp(a)).collect();
-                let weights = addrs.iter().map(|&(_, w)| w).collect();
+            Relay::Tcp(target) => Balancer::new(vec![target.clone()], Strategy::RoundRobin),
+            Relay::Balance(members, strategy) => {
+                let targets = members.iter().map(|(t, _)| t.clone()).collect();
+                let weights = members.iter().map(|&(_, w)| w).collect();
                 Balancer::with_weights(targets, weights, *strategy)
             }
         };
@@ -227,11 +233,11 @@ fn with_relay_paths(relay: Backend, cut_through: bool) -> Backend {
 
 /// One pool per shadow: its failed connects (and checks, with `--check`) take it out of
 /// rotation, and a shadow out of rotation is skipped, never tried at the client's expense.
-fn shadow_pools(duplex: &[SocketAddr]) -> Vec<Pool> {
+fn shadow_pools(duplex: &[Target]) -> Vec<Pool> {
     duplex
         .iter()
-        .map(|addr| {
-            let one = Balancer::new(vec![Target::Tcp(*addr)], Strategy::RoundRobin);
+        .map(|target| {
+            let one = Balancer::new(vec![target.clone()], Strategy::RoundRobin);
             Pool::logging(one, Ejection::default(), log_change)
         })
         .collect()
