@@ -70,7 +70,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxies import commit, kill_group, log, port_open, tool, versions, wait_port, write_csv  # noqa: E402
+from proxies import commit, ensure_tools, kill_group, log, port_open, tool, versions, wait_port, write_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_PORT = 18200  # backends 18201-18203, ember-proxy 18210, HAProxy 18211
@@ -106,15 +106,6 @@ function done(summary, latency, requests)
                          latency:percentile(99), latency.max, summary.requests))
 end
 """
-
-
-def ensure_tools():
-    missing = [pkg for name, pkg in PACKAGES.items() if not shutil.which(name) and not Path(f"/usr/sbin/{name}").exists()]
-    if missing:
-        log(f"installing with apt-get: {' '.join(missing)}")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
 def spawn(cmd, **kw):
@@ -502,7 +493,7 @@ def ember_binary(args, workdir):
 
 def main():
     args = parse_args()
-    ensure_tools()
+    ensure_tools(PACKAGES)
     workdir = Path(tempfile.mkdtemp(prefix="ember-failover-"))
     workdir.chmod(0o755)  # nginx workers do not run as root and must read the body
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks on SIGTERM too

@@ -92,8 +92,10 @@ def log(msg):
 
 # --- tools and processes -----------------------------------------------------------------
 
-def ensure_tools():
-    missing = [pkg for name, pkg in PACKAGES.items() if not shutil.which(name) and not Path(f"/usr/sbin/{name}").exists()]
+def ensure_tools(packages=None):
+    """apt-installs the packages of `packages` (command name -> package) that are missing."""
+    packages = PACKAGES if packages is None else packages
+    missing = [pkg for name, pkg in packages.items() if not shutil.which(name) and not Path(f"/usr/sbin/{name}").exists()]
     if missing:
         log(f"installing with apt-get: {' '.join(missing)}")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")

@@ -1745,6 +1745,21 @@ fn reactor_stop_unbinds_connection_still_flushing_close_after_writing() {
 // 16. connect_host
 // ---------------------------------------------------------------------------------------
 
+/// Makes the reactor stop once both probes have unbound (and neither stop it alone).
+fn stop_once_both_unbound(good: &mut Probe, bad: &mut Probe) {
+    let unbound = Rc::new(std::cell::Cell::new(0));
+    for probe in [good, bad] {
+        let unbound = Rc::clone(&unbound);
+        probe.stop_on_unbind = false;
+        probe.on_unbind = Some(Box::new(move |r| {
+            unbound.set(unbound.get() + 1);
+            if unbound.get() == 2 {
+                r.stop();
+            }
+        }));
+    }
+}
+
 #[test]
 fn connect_host_resolves_localhost_and_reports_unresolvable_names() {
     // Listen on whatever "localhost" resolves to first, as connect_host will use that.
@@ -1757,19 +1772,9 @@ fn connect_host_resolves_localhost_and_reports_unresolvable_names() {
     // Both send from post_init, before their names are resolved: the bytes are queued.
     let (mut good, good_log) = Probe::new(b"hello localhost", 15);
     let (mut bad, bad_log) = Probe::new(b"queued before resolving", usize::MAX);
-    // Stop once both clients have unbound.
-    let unbound = Rc::new(std::cell::Cell::new(0));
-    for probe in [&mut good, &mut bad] {
-        let unbound = Rc::clone(&unbound);
-        probe.send_early = true;
-        probe.stop_on_unbind = false;
-        probe.on_unbind = Some(Box::new(move |r| {
-            unbound.set(unbound.get() + 1);
-            if unbound.get() == 2 {
-                r.stop();
-            }
-        }));
-    }
+    good.send_early = true;
+    bad.send_early = true;
+    stop_once_both_unbound(&mut good, &mut bad);
     let (_, timed_out) = run_bounded(Duration::from_secs(15), |r| {
         r.set_defer_threads(2);
         let server = r.start_server((localhost, 0), || Echo)?;
@@ -1845,17 +1850,7 @@ fn connect_any_tries_each_address_until_one_accepts() {
     let refused = [closed_port(), closed_port()];
     let (mut good, good_log) = Probe::new(b"third time lucky", 16);
     let (mut bad, bad_log) = Probe::new(b"nobody home", usize::MAX);
-    let unbound = Rc::new(std::cell::Cell::new(0));
-    for probe in [&mut good, &mut bad] {
-        let unbound = Rc::clone(&unbound);
-        probe.stop_on_unbind = false;
-        probe.on_unbind = Some(Box::new(move |r| {
-            unbound.set(unbound.get() + 1);
-            if unbound.get() == 2 {
-                r.stop();
-            }
-        }));
-    }
+    stop_once_both_unbound(&mut good, &mut bad);
     let (_, timed_out) = run_bounded(Duration::from_secs(15), |r| {
         let server = r.start_server("127.0.0.1:0", || Echo)?;
         let live = r.server_addr(server).unwrap();

@@ -476,8 +476,11 @@ impl Reactor {
         if conn.pending_out() > 0 {
             return;
         }
-        let unread_input = conn.has_unread_input();
-        match conn.life.queue_emptied(unread_input) {
+        let stream = conn.stream.as_ref();
+        let emptied = conn
+            .life
+            .queue_emptied(|| stream.is_some_and(Stream::has_unread_input));
+        match emptied {
             OnEmptied::Nothing => {}
             OnEmptied::Close(reason) => self.close_now(id, reason),
             OnEmptied::Linger(reason) => self.linger(id, reason),

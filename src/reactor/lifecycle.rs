@@ -276,14 +276,15 @@ impl Life {
         Some(linger_timer)
     }
 
-    /// The outbound queue is empty. `unread_input`: the socket holds bytes we never read.
-    pub(crate) fn queue_emptied(&mut self, unread_input: bool) -> OnEmptied {
+    /// The outbound queue is empty. `unread_input` says whether the socket holds bytes we
+    /// never read; it costs a system call, so it is asked only by a close after writing.
+    pub(crate) fn queue_emptied(&mut self, unread_input: impl FnOnce() -> bool) -> OnEmptied {
         let Life::Open { read, write } = self else {
             return OnEmptied::Nothing;
         };
         match write {
             WriteHalf::CloseAfterFlush(reason) => {
-                if unread_input && *read == ReadHalf::Open {
+                if *read == ReadHalf::Open && unread_input() {
                     OnEmptied::Linger(reason.clone())
                 } else {
                     OnEmptied::Close(reason.clone())
@@ -394,7 +395,7 @@ mod tests {
         assert!(life.may_flush(), "the queue is written once connected");
         assert!(!life.may_read());
         assert_eq!(
-            life.queue_emptied(false),
+            life.queue_emptied(|| false),
             OnEmptied::Close(UnbindReason::ClosedByUs)
         );
     }
@@ -409,7 +410,7 @@ mod tests {
         life.connected();
         assert!(life.may_read(), "a half-close keeps reading");
         assert_eq!(
-            life.queue_emptied(false),
+            life.queue_emptied(|| false),
             OnEmptied::SendFin { then_close: false }
         );
         assert!(life.is_half_closed());
@@ -428,7 +429,7 @@ mod tests {
         life.close_write();
         assert_eq!(life.peer_eof(), OnEof::Wait, "our FIN is still queued");
         assert_eq!(
-            life.queue_emptied(false),
+            life.queue_emptied(|| false),
             OnEmptied::SendFin { then_close: true }
         );
     }
@@ -438,7 +439,7 @@ mod tests {
         let mut life = open();
         life.close_after_writing(UnbindReason::ClosedByUs);
         assert_eq!(
-            life.queue_emptied(true),
+            life.queue_emptied(|| true),
             OnEmptied::Linger(UnbindReason::ClosedByUs)
         );
         life.linger(UnbindReason::ClosedByUs, timer());
