@@ -42,6 +42,7 @@
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 mod addr;
+pub mod admin;
 mod buffer;
 mod defer;
 mod handler;
@@ -60,7 +61,7 @@ pub use id::{ConnId, ServerId, TimerId};
 pub use limits::raise_descriptor_limit;
 pub use reactor::{
     ACCEPTS_PER_EVENT, CallbackPanic, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HIGH_WATER,
-    DEFAULT_LOW_WATER, DEFAULT_RESOLVE_INTERVAL, READ_CHUNK, READS_PER_EVENT, Reactor, TimerAction,
-    Unreachable,
+    DEFAULT_LOW_WATER, DEFAULT_RESOLVE_INTERVAL, LocalHandle, READ_CHUNK, READS_PER_EVENT, Reactor,
+    TimerAction, Unreachable,
 };
 pub use remote::ReactorHandle;

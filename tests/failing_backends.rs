@@ -8,8 +8,8 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,8 @@ use ember::proxy::{
 
 use support::IO_TIMEOUT;
 use support::backends::StdEcho;
-use support::clients::closed_port;
+use support::child::EmberProxy;
+use support::clients::{closed_port, recv, wait_until};
 use support::pattern::Pattern;
 use support::reactor_thread::ReactorThread;
 
@@ -423,4 +424,146 @@ fn a_dead_shadow_leaves_the_rotation_and_is_skipped_not_retried() {
         "{tried} shadow connects tried: {stats:?}"
     );
     assert_eq!(stats.backends_retried(), 0);
+}
+
+/// A backend on a std thread that hands each connection, once its 4-byte request is in,
+/// to the test, which answers when it likes. Counts connections open now and at most.
+struct HeldBackend {
+    addr: SocketAddr,
+    requests: mpsc::Receiver<(TcpStream, [u8; 4])>,
+    live: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+impl HeldBackend {
+    fn start() -> HeldBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, requests) = mpsc::channel();
+        let live = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (now_live, most) = (Arc::clone(&live), Arc::clone(&peak));
+        thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                most.fetch_max(
+                    now_live.fetch_add(1, Ordering::SeqCst) + 1,
+                    Ordering::SeqCst,
+                );
+                let mut request = [0u8; 4];
+                s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                if s.read_exact(&mut request).is_ok() && tx.send((s, request)).is_err() {
+                    return;
+                }
+            }
+        });
+        HeldBackend {
+            addr,
+            requests,
+            live,
+            peak,
+        }
+    }
+
+    /// The next request to arrive (panics if none does in time).
+    fn next(&self) -> (TcpStream, [u8; 4]) {
+        recv(&self.requests, IO_TIMEOUT, "a request at the backend")
+    }
+
+    /// Answers a held request with its own bytes and closes the connection.
+    fn answer(&self, (mut s, request): (TcpStream, [u8; 4])) {
+        s.write_all(&request).unwrap();
+        drop(s);
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn nothing_arrives(&self, within: Duration) -> bool {
+        self.requests.recv_timeout(within).is_err()
+    }
+}
+
+/// Connects through `addr` and sends a 4-byte request; the answer is read later.
+fn send_request(addr: SocketAddr, request: &[u8; 4]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(request).unwrap();
+    s
+}
+
+fn answer_of(mut s: TcpStream) -> Vec<u8> {
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    answer
+}
+
+#[test]
+fn per_backend_maxconn_queues_clients_until_a_slot_frees() {
+    let (a, b) = (HeldBackend::start(), HeldBackend::start());
+    let proxy = EmberProxy::start(&[
+        "-b",
+        &format!("{} maxconn=1,{} maxconn=2", a.addr, b.addr),
+        "--strategy",
+        "least-conn",
+    ]);
+    // Three clients fill both backends' slots.
+    let mut clients: Vec<Option<TcpStream>> = (0..3u8)
+        .map(|i| Some(send_request(proxy.addr, &[b'r', b'e', b'q', b'0' + i])))
+        .collect();
+    let held_a = a.next();
+    let mut held_b = vec![b.next(), b.next()];
+    // Two more wait in the proxy's queue: neither backend sees them.
+    clients.push(Some(send_request(proxy.addr, b"req3")));
+    clients.push(Some(send_request(proxy.addr, b"req4")));
+    let quiet = Duration::from_millis(300);
+    assert!(a.nothing_arrives(quiet) && b.nothing_arrives(quiet));
+    // Answers a held request; its client reads the answer and leaves, freeing the slot.
+    let finish = |backend: &HeldBackend,
+                  held: (TcpStream, [u8; 4]),
+                  clients: &mut Vec<Option<TcpStream>>| {
+        let request = held.1;
+        backend.answer(held);
+        let client = clients[usize::from(request[3] - b'0')].take().unwrap();
+        assert_eq!(answer_of(client), request, "the answer to its own request");
+    };
+    // A slot on A frees: the first waiter takes it; the second still waits.
+    finish(&a, held_a, &mut clients);
+    let next_at_a = a.next();
+    assert_eq!(&next_at_a.1, b"req3", "first come, first served");
+    assert!(b.nothing_arrives(quiet));
+    // A slot on B frees: the second waiter takes it.
+    finish(&b, held_b.remove(0), &mut clients);
+    let next_at_b = b.next();
+    assert_eq!(&next_at_b.1, b"req4");
+    finish(&a, next_at_a, &mut clients);
+    finish(&b, next_at_b, &mut clients);
+    finish(&b, held_b.remove(0), &mut clients);
+    assert_eq!(a.peak.load(Ordering::SeqCst), 1, "A's maxconn held");
+    assert_eq!(b.peak.load(Ordering::SeqCst), 2, "B's maxconn held");
+}
+
+#[test]
+fn a_client_queued_past_the_queue_timeout_is_closed_and_logged() {
+    let backend = HeldBackend::start();
+    let mut proxy = EmberProxy::start(&[
+        "-b",
+        &format!("{} maxconn=1", backend.addr),
+        "--queue-timeout",
+        "0.3",
+    ]);
+    let holder = send_request(proxy.addr, b"hold");
+    let held = backend.next();
+    let started = Instant::now();
+    let late = send_request(proxy.addr, b"late");
+    assert_eq!(answer_of(late), b"", "closed without an answer");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    wait_until("the queue timeout's log line", IO_TIMEOUT, || {
+        proxy
+            .child
+            .stderr()
+            .contains("no backend slot came free within the queue timeout")
+    });
+    // The client holding the slot is untouched, and the late one never reached the backend.
+    backend.answer(held);
+    assert_eq!(answer_of(holder), b"hold");
+    assert!(backend.nothing_arrives(Duration::from_millis(100)));
+    proxy.child.assert_alive("a queue timeout");
 }

@@ -1017,3 +1017,32 @@ fn a_shadow_whose_answers_are_recorded_still_never_reaches_the_client() {
     let answers = answers.lock().unwrap().join("");
     assert!(answers.contains("prod=prod:3"), "{answers}");
 }
+
+/// Answers each connection with the address it came from, then closes.
+struct SaysYourAddress;
+
+impl Handler for SaysYourAddress {
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        let peer = cx
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        cx.send_data(peer.as_bytes());
+        cx.close_after_writing();
+    }
+}
+
+#[test]
+fn a_named_backend_connects_from_the_bound_source_address() {
+    let running = ReactorThread::spawn(|r| {
+        let backend = serve(r, || SaysYourAddress)?;
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            // `localhost` may resolve to ::1 first: an IPv4 source skips it.
+            let named = Backend::host("localhost", backend.port())
+                .bind(SocketAddr::from(([127, 0, 0, 2], 0)));
+            conn.server("named", named);
+        })?;
+        Ok(p.local_addr().unwrap())
+    });
+    assert_eq!(exchange(running.value, b""), b"127.0.0.2");
+}

@@ -80,7 +80,10 @@ pub(crate) fn open<S: 'static>(
             Some(local) => r.bind_connect(local, *addr, handler),
             None => r.connect(*addr, handler),
         },
-        Ok(Target::Host(host, port)) => Ok(r.connect_host(host, *port, handler)),
+        Ok(Target::Host(host, port)) => Ok(match spec.bind {
+            Some(local) => r.bind_connect_host(local, host, *port, handler),
+            None => r.connect_host(host, *port, handler),
+        }),
         Ok(Target::Unix(path)) => r.connect_unix(path, handler),
         Err(e) => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,

@@ -8,7 +8,7 @@
 //! gone. [`Balancer::pick_among`] picks only among the backends a caller (a health check,
 //! say) allows.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::cmp::Ordering;
 use std::fmt;
 use std::net::IpAddr;
@@ -80,6 +80,8 @@ struct Pool {
     /// target listed twice gets one share: give it a weight instead).
     keys: Vec<u64>,
     rng: Cell<u64>,
+    /// Told the index of each lease released (a [`Pool`](super::Pool) wakes its queue).
+    on_release: OnceCell<Box<dyn Fn(usize)>>,
 }
 
 /// A list of backends, their weights and a strategy. Clones share the same counters.
@@ -148,6 +150,7 @@ impl Balancer {
             targets,
             weights,
             strategy,
+            on_release: OnceCell::new(),
             next: Cell::new(0),
             rng: Cell::new(seed),
         }))
@@ -210,6 +213,12 @@ impl Balancer {
             balancer: self.clone(),
             index,
         })
+    }
+
+    /// Calls `released(index)` whenever a lease is dropped, from then on. Only the first
+    /// call takes effect (a pool installs it when it first queues a client).
+    pub(crate) fn on_release(&self, released: impl Fn(usize) + 'static) {
+        let _ = self.0.on_release.set(Box::new(released));
     }
 
     /// The backends, in the order given.
@@ -363,6 +372,9 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let count = &self.balancer.0.active[self.index];
         count.set(count.get().saturating_sub(1));
+        if let Some(released) = self.balancer.0.on_release.get() {
+            released(self.index);
+        }
     }
 }
 

@@ -57,6 +57,15 @@ impl<S: 'static> Client<S> {
     /// Runs the callback of a deferred job or timer a hook started.
     pub(crate) fn run_job(&mut self, cx: &mut Context<'_>, job: impl FnOnce(&mut Session<'_, S>)) {
         self.core.job_finished();
+        self.run_in_session(cx, job);
+    }
+
+    /// Runs `job` with this client's session, as a hook (a `SessionHandle` came back).
+    pub(crate) fn run_in_session(
+        &mut self,
+        cx: &mut Context<'_>,
+        job: impl FnOnce(&mut Session<'_, S>),
+    ) {
         let (mut session, _) = self.session(cx);
         job(&mut session);
         self.core.after_hook(cx);

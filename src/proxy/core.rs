@@ -70,6 +70,8 @@ pub(crate) struct Core {
     pub(crate) close_when_done: bool,
     /// Primary backends are paused because the client's queue is above its high-water mark.
     pub(crate) backends_paused: bool,
+    /// A hook paused the client (`Session::pause_client`) until it resumes it.
+    pub(crate) parked: bool,
 }
 
 impl Core {
@@ -86,6 +88,7 @@ impl Core {
             outstanding: 0,
             close_when_done: false,
             backends_paused: false,
+            parked: false,
         }
     }
 
@@ -189,10 +192,11 @@ impl Core {
         }
     }
 
-    /// Whether the client must not be read now: a primary backend's queue or its own is
-    /// above the high-water mark, or too many jobs are waiting.
+    /// Whether the client must not be read now: a hook paused it, a primary backend's
+    /// queue or its own is above the high-water mark, or too many jobs are waiting.
     fn client_must_wait(&self, r: &Reactor) -> bool {
-        r.is_above_high_water(self.client)
+        self.parked
+            || r.is_above_high_water(self.client)
             || self.outstanding > MAX_OUTSTANDING_JOBS
             || self.primaries().any(|b| r.is_above_high_water(b.id))
     }

@@ -72,13 +72,13 @@ pub use balance::{Balancer, Lease, Strategy};
 pub use dispatch::Dispatch;
 pub use health::{Change, Ejection};
 pub use hooks::{Finish, Relay};
-pub use pool::Pool;
+pub use pool::{DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT, Pool, Refused};
 pub use probe::Check;
 pub use server::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_FIN_TIMEOUT, DEFAULT_RELAY_BUFSIZE, DEFAULT_SHADOW_BUFFER,
     DEFAULT_SHADOW_CONNECT_TIMEOUT, DEFAULT_SHADOW_DRAIN_TIMEOUT, Options, ProxyServer,
     SHADOW_CONNECT_ALLOWANCE, start, start_with_state,
 };
-pub use session::{Session, SessionTimer, Setup};
+pub use session::{Session, SessionHandle, SessionTimer, Setup};
 pub use stats::Stats;
 pub use target::{Backend, Target, TargetError, parse_port};

@@ -24,13 +24,14 @@
 //! .unwrap();
 //! ```
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::IpAddr;
-use std::rc::Rc;
-use std::time::Instant;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
 
-use crate::{Reactor, TimerId, UnbindReason};
+use crate::{LocalHandle, Reactor, TimerId, UnbindReason};
 
 use super::balance::{Balancer, Lease};
 use super::dispatch::Dispatch;
@@ -40,10 +41,57 @@ use super::target::Target;
 
 type ChangeLog = Box<dyn Fn(&Target, Change)>;
 
+/// How long a client waits in a pool's queue for a free slot by default (HAProxy's
+/// `timeout queue`; it falls back to the connect timeout, 5 s in most configurations).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many clients a pool's queue holds by default; beyond that a client is refused at
+/// once instead of waiting.
+pub const DEFAULT_QUEUE_LENGTH: usize = 4096;
+
+/// Why a pool gave a client no backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Every backend is out of rotation.
+    AllDown,
+    /// Every backend in rotation is at its connection limit and the queue is full.
+    QueueFull,
+    /// The client waited the queue timeout and no slot came free.
+    TimedOut,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refused::AllDown => "every backend is down",
+            Refused::QueueFull => "every backend is full and the queue is full",
+            Refused::TimedOut => "no backend slot came free within the queue timeout",
+        })
+    }
+}
+
+/// What a queued client hears: its lease, or why there is none.
+type Waiter = Box<dyn FnOnce(&mut Reactor, Result<Lease, Refused>)>;
+
+/// Clients waiting for a backend under its connection limit, first come first served.
+struct Queue {
+    waiting: RefCell<VecDeque<(Instant, Waiter)>>,
+    timeout: Duration,
+    capacity: usize,
+    /// Set once the first client waits: how a released lease (or a backend back in
+    /// rotation) schedules a look at the queue, and the pool to look at.
+    ticks: OnceCell<(LocalHandle, Weak<Inner>)>,
+    /// A look at the queue is already scheduled for the end of this tick.
+    wake_pending: Cell<bool>,
+}
+
 struct Inner {
     balancer: Balancer,
     health: Health,
     on_change: Option<ChangeLog>,
+    /// `limits[i]`: the most clients backend `i` takes at once (HAProxy's `maxconn`).
+    limits: Vec<Option<usize>>,
+    queue: Queue,
 }
 
 /// Backends in rotation, shared by every client of a proxy (clones share the state).
@@ -67,22 +115,141 @@ impl Pool {
     }
 
     fn with_log(balancer: Balancer, ejection: Ejection, on_change: Option<ChangeLog>) -> Pool {
-        let health = Health::new(balancer.targets().len(), ejection);
+        let n = balancer.targets().len();
         Pool(Rc::new(Inner {
+            health: Health::new(n, ejection),
             balancer,
-            health,
             on_change,
+            limits: vec![None; n],
+            queue: Queue {
+                waiting: RefCell::new(VecDeque::new()),
+                timeout: DEFAULT_QUEUE_TIMEOUT,
+                capacity: DEFAULT_QUEUE_LENGTH,
+                ticks: OnceCell::new(),
+                wake_pending: Cell::new(false),
+            },
         }))
     }
 
-    /// A backend in rotation for a client from `client` (the address matters to the
-    /// `source` strategy), or `None` when every backend is out.
+    /// Caps how many clients each backend takes at once (HAProxy's per-server
+    /// `maxconn`): `limits[i]` for backend `i`, `None` for no cap. A client that finds
+    /// every backend in rotation at its cap can [`wait`](Self::wait) for a free slot.
+    ///
+    /// # Panics
+    /// If there is not one limit per backend, or the pool was already cloned.
+    pub fn max_connections(mut self, limits: Vec<Option<usize>>) -> Pool {
+        let inner = Rc::get_mut(&mut self.0).expect("limit a pool before sharing it");
+        assert_eq!(limits.len(), inner.limits.len(), "one limit per backend");
+        inner.limits = limits;
+        self
+    }
+
+    /// How long a client may [`wait`](Self::wait) for a free slot (default
+    /// [`DEFAULT_QUEUE_TIMEOUT`]) and how many may wait at once (default
+    /// [`DEFAULT_QUEUE_LENGTH`]).
+    ///
+    /// # Panics
+    /// If the pool was already cloned.
+    pub fn queue(mut self, timeout: Duration, capacity: usize) -> Pool {
+        let inner = Rc::get_mut(&mut self.0).expect("configure a pool before sharing it");
+        inner.queue.timeout = timeout;
+        inner.queue.capacity = capacity;
+        self
+    }
+
+    /// A backend in rotation and under its connection limit for a client from `client`
+    /// (the address matters to the `source` strategy), or `None` when there is none, or
+    /// when clients are already [`wait`](Self::wait)ing (they come first).
     pub fn pick(&self, client: Option<IpAddr>) -> Option<Lease> {
-        let now = Instant::now();
-        let health = &self.0.health;
-        self.0
-            .balancer
-            .pick_among(client, |i| health.in_rotation(i, now))
+        if !self.0.queue.waiting.borrow().is_empty() {
+            return None;
+        }
+        self.0.pick_free(client, None)
+    }
+
+    /// After [`pick`](Self::pick) found nothing: queues a client from `client` for the
+    /// next backend slot to come free, in arrival order. `then` runs on the reactor
+    /// with a lease as soon as one is free, or with [`Refused::TimedOut`] after the
+    /// queue timeout (or [`Refused::AllDown`] if every backend leaves the rotation
+    /// meanwhile). Returns at once, without queueing, if every backend is out of
+    /// rotation or the queue is full.
+    ///
+    /// ```no_run
+    /// use ember::Reactor;
+    /// use ember::proxy::{self, Backend, Balancer, Ejection, Lease, Pool, Strategy, Target};
+    ///
+    /// Reactor::run(|r| {
+    ///     let targets = vec![Target::parse("127.0.0.1:8081").unwrap()];
+    ///     let pool = Pool::new(Balancer::new(targets, Strategy::RoundRobin), Ejection::default())
+    ///         .max_connections(vec![Some(100)]);
+    ///     proxy::start_with_state(r, "0.0.0.0:8080", || None::<Lease>, move |conn| {
+    ///         let open = |conn: &mut proxy::Session<'_, Option<Lease>>, lease: Lease| {
+    ///             conn.server("app", Backend::new(lease.target().clone()));
+    ///             *conn.state() = Some(lease);
+    ///         };
+    ///         if let Some(lease) = pool.pick(None) {
+    ///             return open(conn, lease);
+    ///         }
+    ///         let handle = conn.handle();
+    ///         let queued = pool.wait(conn.reactor(), None, move |r, outcome| {
+    ///             handle.run(r, |conn| match outcome {
+    ///                 Ok(lease) => {
+    ///                     conn.resume_client();
+    ///                     open(conn, lease);
+    ///                 }
+    ///                 Err(_) => conn.close(),
+    ///             });
+    ///         });
+    ///         match queued {
+    ///             Ok(()) => conn.pause_client(), // nothing is read until a slot is free
+    ///             Err(_) => conn.close(),
+    ///         }
+    ///     })?;
+    ///     r.stop_on_signals()
+    /// })
+    /// .unwrap();
+    /// ```
+    pub fn wait(
+        &self,
+        r: &mut Reactor,
+        client: Option<IpAddr>,
+        then: impl FnOnce(&mut Reactor, Result<Lease, Refused>) + 'static,
+    ) -> Result<(), Refused> {
+        let _ = client; // a queued client takes any free slot, as in HAProxy's backend queue
+        if self.0.none_in_rotation() {
+            return Err(Refused::AllDown);
+        }
+        let queue = &self.0.queue;
+        if queue.waiting.borrow().len() >= queue.capacity {
+            return Err(Refused::QueueFull);
+        }
+        if queue.ticks.get().is_none() {
+            let _ = queue.ticks.set((r.local_handle(), Rc::downgrade(&self.0)));
+            let pool = Rc::downgrade(&self.0);
+            self.0.balancer.on_release(move |_| {
+                if let Some(pool) = pool.upgrade() {
+                    pool.wake();
+                }
+            });
+        }
+        queue
+            .waiting
+            .borrow_mut()
+            .push_back((Instant::now() + queue.timeout, Box::new(then)));
+        let pool = Rc::downgrade(&self.0);
+        r.add_timer(queue.timeout, move |r| {
+            if let Some(pool) = pool.upgrade() {
+                pool.serve_queue(r);
+            }
+        });
+        // A slot may already be free (the queue was ahead of this client's pick).
+        self.0.wake();
+        Ok(())
+    }
+
+    /// Clients waiting for a free slot now.
+    pub fn queued(&self) -> usize {
+        self.0.queue.waiting.borrow().len()
     }
 
     /// Whether backend `index` takes new clients now.
@@ -160,8 +327,77 @@ impl Inner {
     }
 
     fn changed(&self, target: &Target, change: Option<Change>) {
+        if change == Some(Change::Up) {
+            self.wake(); // a backend back in rotation has room for waiting clients
+        }
         if let (Some(change), Some(log)) = (change, &self.on_change) {
             log(target, change);
+        }
+    }
+
+    /// Schedules a look at the queue for the end of this tick, once however many leases
+    /// are released in it.
+    fn wake(&self) {
+        let queue = &self.queue;
+        if queue.waiting.borrow().is_empty() || queue.wake_pending.get() {
+            return;
+        }
+        if let Some((ticks, me)) = queue.ticks.get() {
+            queue.wake_pending.set(true);
+            let me = me.clone();
+            ticks.next_tick(move |r| {
+                if let Some(pool) = me.upgrade() {
+                    pool.queue.wake_pending.set(false);
+                    pool.serve_queue(r);
+                }
+            });
+        }
+    }
+
+    /// Backend `i` is under its connection limit.
+    fn has_room(&self, i: usize) -> bool {
+        self.limits[i].is_none_or(|limit| self.balancer.active(i) < limit)
+    }
+
+    /// A lease on a backend in rotation with room, other than `except`.
+    fn pick_free(&self, client: Option<IpAddr>, except: Option<usize>) -> Option<Lease> {
+        let now = Instant::now();
+        self.balancer.pick_among(client, |i| {
+            Some(i) != except && self.health.in_rotation(i, now) && self.has_room(i)
+        })
+    }
+
+    fn none_in_rotation(&self) -> bool {
+        let now = Instant::now();
+        (0..self.limits.len()).all(|i| !self.health.in_rotation(i, now))
+    }
+
+    /// Hands free slots to waiting clients in order, and turns away those whose time is
+    /// up (or all of them, if every backend has left the rotation). The queue is never
+    /// borrowed while a client's callback runs: the callback may drop its lease (a
+    /// client gone meanwhile), which wakes the queue again.
+    fn serve_queue(&self, r: &mut Reactor) {
+        loop {
+            let now = Instant::now();
+            let outcome = {
+                let mut waiting = self.queue.waiting.borrow_mut();
+                let Some((deadline, _)) = waiting.front() else {
+                    return;
+                };
+                let outcome = if self.none_in_rotation() {
+                    Err(Refused::AllDown)
+                } else if let Some(lease) = self.pick_free(None, None) {
+                    Ok(lease)
+                } else if *deadline <= now {
+                    Err(Refused::TimedOut)
+                } else {
+                    return;
+                };
+                let (_, then) = waiting.pop_front().expect("a front entry was just seen");
+                (then, outcome)
+            };
+            let (then, outcome) = outcome;
+            then(r, outcome);
         }
     }
 }
@@ -182,10 +418,9 @@ impl Dispatch for Inner {
         let i = self.index_of(target)?;
         let now = Instant::now();
         self.changed(target, self.health.connect_failed(i, now));
-        let elsewhere = self
-            .balancer
-            .pick_among(None, |j| j != i && self.health.in_rotation(j, now));
-        match elsewhere {
+        // The client's lease stays on the backend it was first given: a retry elsewhere
+        // is not counted against that backend's limit.
+        match self.pick_free(None, Some(i)) {
             Some(lease) => Some(lease.target().clone()),
             None => self.health.in_rotation(i, now).then(|| target.clone()),
         }

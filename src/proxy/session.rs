@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
@@ -155,6 +156,70 @@ impl<S: 'static> Session<'_, S> {
     /// The reactor, for anything else (timers, other connections, stop).
     pub fn reactor(&mut self) -> &mut Reactor {
         self.reactor
+    }
+
+    /// Stops reading the client until [`resume_client`](Self::resume_client): what it
+    /// sends waits in the kernel (and backpressure reaches it through TCP). For a setup
+    /// that must wait for something before it opens a backend (a free slot, say), so
+    /// that no byte arrives with nowhere to go.
+    pub fn pause_client(&mut self) {
+        self.core.parked = true;
+        if !self.reactor.is_paused(self.core.client) {
+            self.reactor.pause_connection(self.core.client);
+        }
+    }
+
+    /// Reads the client again after [`pause_client`](Self::pause_client), unless
+    /// backpressure still holds it back.
+    pub fn resume_client(&mut self) {
+        self.core.parked = false;
+        self.core.maybe_resume_client(self.reactor);
+    }
+
+    /// A handle to come back to this session later from anywhere on the reactor thread
+    /// (a pool's queue, another client's hook): see [`SessionHandle::run`].
+    pub fn handle(&self) -> SessionHandle<S> {
+        SessionHandle {
+            client: self.core.client,
+            state: PhantomData,
+        }
+    }
+}
+
+/// A way back into one client's session from outside its hooks, on the reactor thread.
+/// Unlike [`Session::defer`] and [`Session::add_timer`], holding one does not hold the
+/// client's FIN back.
+pub struct SessionHandle<S> {
+    client: ConnId,
+    state: PhantomData<fn(S)>,
+}
+
+impl<S: 'static> SessionHandle<S> {
+    /// Runs `job` with the session, as a hook; returns `false` (without running it) if
+    /// the client is gone or is in a hook right now.
+    pub fn run(&self, r: &mut Reactor, job: impl FnOnce(&mut Session<'_, S>)) -> bool {
+        r.with_handler::<Client<S>, _>(self.client, move |c, cx| c.run_in_session(cx, job))
+            .is_ok()
+    }
+
+    /// The client's connection id.
+    pub fn client_id(&self) -> ConnId {
+        self.client
+    }
+}
+
+impl<S> Clone for SessionHandle<S> {
+    fn clone(&self) -> Self {
+        SessionHandle {
+            client: self.client,
+            state: PhantomData,
+        }
+    }
+}
+
+impl<S> fmt::Debug for SessionHandle<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SessionHandle").field(&self.client).finish()
     }
 }
 

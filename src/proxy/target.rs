@@ -151,7 +151,8 @@ impl Backend {
 
     /// Binds the outgoing socket to `local` before connecting: a chosen source address,
     /// port, or both (em-proxy's `:bind_host`/`:bind_port`; port 0 lets the kernel
-    /// choose). Applies to numeric TCP targets.
+    /// choose). Applies to TCP targets, numeric or named (a name's addresses of the other
+    /// family are skipped).
     pub fn bind(mut self, local: SocketAddr) -> Backend {
         self.bind = Some(local);
         self

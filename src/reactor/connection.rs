@@ -88,6 +88,8 @@ pub(crate) struct Connection {
     /// Addresses a host name resolved to that were not tried yet (`connect_host`): a
     /// connect that fails moves on to the next.
     pub(crate) untried_addrs: Vec<std::net::SocketAddr>,
+    /// The local address each of those attempts binds to first (`bind_connect_host`).
+    pub(crate) bind_to: Option<std::net::SocketAddr>,
 }
 
 impl Connection {
@@ -125,6 +127,7 @@ impl Connection {
             reads_per_event: READS_PER_EVENT,
             discard_input: false,
             untried_addrs: Vec::new(),
+            bind_to: None,
         }
     }
 

@@ -72,9 +72,36 @@ impl Reactor {
     /// Every address the name resolves to is tried in turn (IPv6 and IPv4, in the
     /// resolver's order) until one accepts; `unbind` reports the last one's failure.
     pub fn connect_host<H: Handler>(&mut self, host: &str, port: u16, handler: H) -> ConnId {
+        self.open_to_host(None, host, port, Box::new(handler))
+    }
+
+    /// Like [`connect_host`](Self::connect_host), but each attempt binds its socket to
+    /// `local` first (a chosen source address and/or port), and only the addresses of
+    /// `local`'s family are tried; a name with none ends in `unbind` with
+    /// [`UnbindReason::Unresolvable`].
+    pub fn bind_connect_host<H: Handler>(
+        &mut self,
+        local: SocketAddr,
+        host: &str,
+        port: u16,
+        handler: H,
+    ) -> ConnId {
+        self.open_to_host(Some(local), host, port, Box::new(handler))
+    }
+
+    fn open_to_host(
+        &mut self,
+        local: Option<SocketAddr>,
+        host: &str,
+        port: u16,
+        handler: Box<dyn Handler>,
+    ) -> ConnId {
         let id = self
-            .adopt(None, Box::new(handler), Life::resolving())
+            .adopt(None, handler, Life::resolving())
             .expect("adopting a connection without a socket cannot fail");
+        if let Some(conn) = self.conn_mut(id) {
+            conn.bind_to = local;
+        }
         match self.resolver.lookup(host, port, self.now) {
             Lookup::Known(addrs) => self.resolved(id, addrs),
             Lookup::Stale(addrs) => {
@@ -95,6 +122,10 @@ impl Reactor {
         // A close-after-writing still wants its queue delivered: connect anyway.
         if !matches!(conn.life, Life::Resolving { .. }) {
             return;
+        }
+        let mut addrs = addrs;
+        if let Some(local) = conn.bind_to {
+            addrs.retain(|a| a.is_ipv4() == local.is_ipv4());
         }
         if addrs.is_empty() {
             self.close_now(id, UnbindReason::Unresolvable);
@@ -128,7 +159,7 @@ impl Reactor {
             if let Some(mut old) = conn.stream.take() {
                 old.deregister(poll.registry());
             }
-            let attempt = socket::tcp_connect(addr, None).and_then(|mut s| {
+            let attempt = socket::tcp_connect(addr, conn.bind_to).and_then(|mut s| {
                 s.register(poll.registry(), mio::Token(id.slot))?;
                 if nodelay {
                     let _ = s.set_nodelay(true);

@@ -48,7 +48,8 @@ use crate::timers::TimerQueue;
 
 pub(crate) use connection::Connection;
 pub use panics::CallbackPanic;
-use queues::{CarryOver, PendingCloses};
+pub use queues::LocalHandle;
+use queues::{CarryOver, NextTicks, PendingCloses};
 pub use resolver::DEFAULT_RESOLVE_INTERVAL;
 pub use scheduling::TimerAction;
 use scheduling::TimerTask;
@@ -194,7 +195,7 @@ pub struct Reactor {
     /// One-shot and periodic timers, user and internal (timeouts, back-off, polls).
     timers: TimerQueue<TimerTask>,
     /// Closures for the end of this tick (`next_tick`); ones they add wait a tick.
-    next_ticks: Vec<Task>,
+    next_ticks: NextTicks,
     /// Descriptors to continue next tick without a new edge.
     carry_over: CarryOver,
     /// Descriptors whose close is due; `reap` unbinds them between the steps of a tick.
@@ -251,7 +252,7 @@ impl Reactor {
             descriptors: Slab::new(),
             next_serial: 1,
             timers: TimerQueue::default(),
-            next_ticks: Vec::new(),
+            next_ticks: NextTicks::default(),
             carry_over: CarryOver::default(),
             pending_close: PendingCloses::default(),
             stopping: false,
@@ -321,7 +322,13 @@ impl Reactor {
 
     /// Runs `task` at the start of the next tick's tail, after I/O and timers.
     pub fn next_tick(&mut self, task: impl FnOnce(&mut Reactor) + 'static) {
-        self.next_ticks.push(Box::new(task));
+        self.next_ticks.add(Box::new(task));
+    }
+
+    /// A same-thread handle that can add next-tick closures without a `&mut Reactor`
+    /// (from a `Drop`, say); see [`LocalHandle`].
+    pub fn local_handle(&self) -> LocalHandle {
+        LocalHandle(self.next_ticks.clone())
     }
 
     /// The number of live connections (servers not counted).
@@ -409,7 +416,7 @@ impl Reactor {
         self.reap();
         self.run_timers();
         self.reap();
-        let ticks = std::mem::take(&mut self.next_ticks);
+        let ticks = self.next_ticks.take();
         for task in ticks {
             self.contain(None, task);
         }
@@ -617,7 +624,7 @@ impl Reactor {
         for id in servers {
             self.stop_server(id);
         }
-        self.next_ticks.clear();
+        drop(self.next_ticks.take());
     }
 }
 

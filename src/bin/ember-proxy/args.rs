@@ -19,7 +19,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub const USAGE: &str = "\
-Usage: ember-proxy -l [HOST:]PORT (-r HOST:PORT | -s PATH | -b HOST:PORT[ weight=N],...) [options]
+Usage: ember-proxy -l [HOST:]PORT (-r HOST:PORT | -s PATH | -b HOST:PORT[ weight=N][ maxconn=N],...) [options]
        ember-proxy demo [-n REQUESTS]
 
 A transparent proxy: clients are answered from the relay; duplex backends get a copy of
@@ -30,8 +30,12 @@ every byte the clients send, and their answers are discarded.
   -s, --socket PATH                 Relay endpoint: a Unix socket
   -d, --duplex HOST:PORT[,...]      Backends to duplex the traffic to (answers discarded)
   -b, --balance HOST:PORT,...       Relay each client to one of these instead of one relay;
-                                    an entry may carry a weight (default 1, up to 1000):
-                                    -b '10.0.0.1:80 weight=3,10.0.0.2:80'
+                                    an entry may carry a weight (default 1, up to 1000)
+                                    and a cap on its clients at once (maxconn; beyond it
+                                    clients queue): -b '10.0.0.1:80 weight=3 maxconn=100,
+                                    10.0.0.2:80'
+      --queue-timeout SECONDS       How long a client waits for a backend under its
+                                    maxconn before it is closed (default 5)
       --strategy NAME               How --balance picks, weights honoured: round-robin
                                     (default; weighted, interleaved), least-conn, random,
                                     p2c (the less loaded of two random picks) or source
@@ -101,16 +105,21 @@ pub enum Upstream {
 }
 
 /// One `-b` entry: `HOST:PORT`, then options as `key=value` separated by spaces
-/// (`10.0.0.1:80 weight=3`). An address never holds a space or `=`, so an IPv6 literal
+/// (`10.0.0.1:80 weight=3 maxconn=100`). An address never holds a space or `=`, so an IPv6 literal
 /// (`[::1]:80 weight=2`) parses the same way.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Member {
     pub target: String,
     pub weight: u32,
+    /// `maxconn=N`: at most N clients at once on this backend; more wait in the queue.
+    pub max_conn: Option<usize>,
 }
 
 /// The highest `weight=` accepted.
 pub const MAX_WEIGHT: u32 = 1000;
+
+/// The highest per-backend `maxconn=` accepted.
+pub const MAX_MAXCONN: usize = 1_000_000;
 
 #[derive(Debug)]
 pub struct RunArgs {
@@ -129,6 +138,8 @@ pub struct RunArgs {
     /// `--check`/`--check-http`: active health checks.
     pub check: Option<ember::proxy::Check>,
     pub connect_timeout: Duration,
+    /// How long a client waits for a backend under its `maxconn=`.
+    pub queue_timeout: Duration,
     /// `None`: idle clients are never closed.
     pub client_timeout: Option<Duration>,
     /// `None`: idle backends are never closed.
@@ -162,6 +173,7 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("", "--rise"),
     ("", "--fall"),
     ("", "--connect-timeout"),
+    ("", "--queue-timeout"),
     ("", "--client-timeout"),
     ("", "--server-timeout"),
     ("", "--shadow-max-conns"),
@@ -262,11 +274,11 @@ fn placeholder(flag: &str) -> &'static str {
         "--relay" => "HOST:PORT",
         "--socket" => "PATH",
         "--duplex" => "HOST:PORT[,HOST:PORT...]",
-        "--balance" => "HOST:PORT[ weight=N][,HOST:PORT...]",
+        "--balance" => "HOST:PORT[ weight=N][ maxconn=N][,HOST:PORT...]",
         "--strategy" => "round-robin, least-conn, random, p2c or source",
         "--shadow-buffer" | "--shadow-max-memory" => "BYTES",
-        "--grace" | "--fin-timeout" | "--connect-timeout" | "--client-timeout"
-        | "--server-timeout" => "SECONDS",
+        "--grace" | "--fin-timeout" | "--connect-timeout" | "--queue-timeout"
+        | "--client-timeout" | "--server-timeout" => "SECONDS",
         "--retries" | "--rise" | "--fall" | "--max-conn" => "N",
         "--check-http" => "PATH",
         "--check-interval" | "--resolve-interval" => "SECONDS",
@@ -296,6 +308,7 @@ struct Seen {
     rise: Option<String>,
     fall: Option<String>,
     connect_timeout: Option<String>,
+    queue_timeout: Option<String>,
     client_timeout: Option<String>,
     server_timeout: Option<String>,
     shadow_max_conns: Option<String>,
@@ -324,6 +337,7 @@ impl Seen {
             "--rise" => &mut self.rise,
             "--fall" => &mut self.fall,
             "--connect-timeout" => &mut self.connect_timeout,
+            "--queue-timeout" => &mut self.queue_timeout,
             "--client-timeout" => &mut self.client_timeout,
             "--server-timeout" => &mut self.server_timeout,
             "--shadow-max-conns" => &mut self.shadow_max_conns,
@@ -396,6 +410,10 @@ impl Seen {
                 .ok_or("--connect-timeout must be more than 0")?,
             None => DEFAULT_CONNECT_TIMEOUT,
         };
+        let queue_timeout = match &self.queue_timeout {
+            Some(s) => parse_seconds(s, "--queue-timeout")?,
+            None => ember::proxy::DEFAULT_QUEUE_TIMEOUT,
+        };
         let retries = match &self.retries {
             Some(n) => n
                 .parse::<u32>()
@@ -444,6 +462,7 @@ impl Seen {
             max_conn,
             check,
             connect_timeout,
+            queue_timeout,
             client_timeout,
             server_timeout,
         }))
@@ -469,6 +488,7 @@ impl Seen {
             (self.rise.is_some(), "--rise"),
             (self.fall.is_some(), "--fall"),
             (self.connect_timeout.is_some(), "--connect-timeout"),
+            (self.queue_timeout.is_some(), "--queue-timeout"),
             (self.client_timeout.is_some(), "--client-timeout"),
             (self.server_timeout.is_some(), "--server-timeout"),
             (self.shadow_max_conns.is_some(), "--shadow-max-conns"),
@@ -508,7 +528,7 @@ fn split_list(list: &str, flag: &str) -> Result<Vec<String>, String> {
     Ok(items)
 }
 
-/// `-b`'s list: `HOST:PORT[ weight=N]`, comma-separated.
+/// `-b`'s list: `HOST:PORT[ weight=N][ maxconn=N]`, comma-separated.
 fn parse_members(list: &str) -> Result<Vec<Member>, String> {
     let mut members = Vec::new();
     for entry in list.split(',') {
@@ -517,36 +537,34 @@ fn parse_members(list: &str) -> Result<Vec<Member>, String> {
             return Err(format!("--balance `{list}` has an empty entry"));
         };
         check_host_port(target, "--balance")?;
-        let mut weight = None;
+        let entry = entry.trim();
+        let (mut weight, mut max_conn) = (None, None);
         for option in words {
-            match option.split_once('=') {
-                Some(("weight", n)) if weight.is_none() => {
-                    weight = Some(
-                        n.parse::<u32>()
-                            .ok()
-                            .filter(|w| (1..=MAX_WEIGHT).contains(w))
-                            .ok_or_else(|| {
-                                format!(
-                                    "--balance `{}`: weight `{n}` is not a whole number from 1 to {MAX_WEIGHT}",
-                                    entry.trim()
-                                )
-                            })?,
-                    );
-                }
-                Some(("weight", _)) => {
-                    return Err(format!("--balance `{}`: weight given twice", entry.trim()));
-                }
+            let (key, value) = option.split_once('=').unwrap_or((option, ""));
+            let (slot, range) = match key {
+                "weight" => (&mut weight, 1..=MAX_WEIGHT as usize),
+                "maxconn" => (&mut max_conn, 1..=MAX_MAXCONN),
                 _ => {
                     return Err(format!(
-                        "--balance `{}`: unknown option `{option}` (weight=N)",
-                        entry.trim()
+                        "--balance `{entry}`: unknown option `{option}` (weight=N, maxconn=N)"
                     ));
                 }
+            };
+            if slot.is_some() {
+                return Err(format!("--balance `{entry}`: {key} given twice"));
             }
+            let n = value.parse::<usize>().ok().filter(|n| range.contains(n));
+            *slot = Some(n.ok_or_else(|| {
+                format!(
+                    "--balance `{entry}`: {key} `{value}` is not a whole number from 1 to {}",
+                    range.end()
+                )
+            })?);
         }
         members.push(Member {
             target: target.to_owned(),
-            weight: weight.unwrap_or(1),
+            weight: weight.map_or(1, |w| w as u32),
+            max_conn,
         });
     }
     Ok(members)
@@ -736,7 +754,7 @@ mod tests {
         assert_eq!(r.shadow_buffer, 64 * 1024);
         let r = run("-l 1 -b a:1,[::1]:2 --strategy p2c");
         assert!(matches!(r.upstream, Upstream::Balance(ref l, Strategy::P2c)
-            if l[1] == Member { target: "[::1]:2".into(), weight: 1 }));
+            if l[1] == Member { target: "[::1]:2".into(), weight: 1, max_conn: None }));
     }
 
     fn balance(value: &str) -> Result<Vec<Member>, String> {
@@ -755,10 +773,24 @@ mod tests {
         let member = |target: &str, weight| Member {
             target: target.into(),
             weight,
+            max_conn: None,
         };
         assert_eq!(
             balance("10.0.0.1:80 weight=3,10.0.0.2:80").unwrap(),
             [member("10.0.0.1:80", 3), member("10.0.0.2:80", 1)]
+        );
+        assert_eq!(
+            balance("10.0.0.1:80 maxconn=100 weight=3,10.0.0.2:80 maxconn=7").unwrap(),
+            [
+                Member {
+                    max_conn: Some(100),
+                    ..member("10.0.0.1:80", 3)
+                },
+                Member {
+                    max_conn: Some(7),
+                    ..member("10.0.0.2:80", 1)
+                }
+            ]
         );
         assert_eq!(
             balance(" [::1]:80  weight=2 , app.internal:8080 weight=1000").unwrap(),
@@ -773,7 +805,13 @@ mod tests {
             ("a:1 weight=1001", "from 1 to 1000"),
             ("a:1 weight=x", "from 1 to 1000"),
             ("a:1 weight=2 weight=3", "given twice"),
-            ("a:1 maxconn=5", "unknown option `maxconn=5`"),
+            (
+                "a:1 maxconn=0",
+                "maxconn `0` is not a whole number from 1 to 1000000",
+            ),
+            ("a:1 maxconn=5 maxconn=6", "maxconn given twice"),
+            ("a:1 weight", "weight `` is not a whole number"),
+            ("a:1 max=5", "unknown option `max=5`"),
             ("a:1 3", "unknown option `3`"),
             ("a:1, ,b:2", "empty entry"),
             ("weight=3 a:1", "not HOST:PORT"),

@@ -109,6 +109,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             grace: Duration::ZERO,
             splice: true,
             retries: crate::args::DEFAULT_RETRIES,
+            queue_timeout: ember::proxy::DEFAULT_QUEUE_TIMEOUT,
             check: None,
             resolve_interval: ember::DEFAULT_RESOLVE_INTERVAL,
             timeouts: String::new(),

@@ -9,11 +9,12 @@
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Duration;
 
 use ember::proxy::{
-    Backend, Balancer, Change, Check, Ejection, Finish, Lease, Options, Pool, ProxyServer, Session,
-    Strategy, Target,
+    Backend, Balancer, Change, Check, DEFAULT_QUEUE_LENGTH, Ejection, Finish, Lease, Options, Pool,
+    ProxyServer, Refused, Session, Strategy, Target,
 };
 use ember::{Reactor, UnbindReason};
 
@@ -26,8 +27,16 @@ use crate::args::{self, RunArgs, Upstream};
 pub enum Relay {
     Tcp(Target),
     Unix(PathBuf),
-    /// Each backend with its weight.
-    Balance(Vec<(Target, u32)>, Strategy),
+    Balance(Vec<Member>, Strategy),
+}
+
+/// One `-b` backend, its name kept.
+#[derive(Debug)]
+pub struct Member {
+    pub target: Target,
+    pub weight: u32,
+    /// At most this many clients at once; more wait in the pool's queue.
+    pub max_conn: Option<usize>,
 }
 
 /// A proxy ready to start.
@@ -40,6 +49,8 @@ pub struct Plan {
     pub grace: Duration,
     pub splice: bool,
     pub retries: u32,
+    /// How long a client waits for a backend under its `maxconn`.
+    pub queue_timeout: Duration,
     /// Active health checks of the relay backends, if asked for.
     pub check: Option<Check>,
     /// How long a backend name's addresses are trusted before they are looked up again.
@@ -57,7 +68,13 @@ impl Plan {
             Upstream::Balance(members, strategy) => Relay::Balance(
                 members
                     .iter()
-                    .map(|m| Ok((args::resolve_target(&m.target, "--balance")?, m.weight)))
+                    .map(|m| {
+                        Ok(Member {
+                            target: args::resolve_target(&m.target, "--balance")?,
+                            weight: m.weight,
+                            max_conn: m.max_conn,
+                        })
+                    })
                     .collect::<Result<_, String>>()?,
                 *strategy,
             ),
@@ -91,6 +108,7 @@ impl Plan {
             grace: run.grace,
             splice: run.splice,
             retries: run.retries,
+            queue_timeout: run.queue_timeout,
             check: run.check.clone(),
             resolve_interval: run.resolve_interval,
             timeouts: format!(
@@ -113,9 +131,15 @@ impl Plan {
                 "balance {} ({strategy})",
                 addrs
                     .iter()
-                    .map(|(target, weight)| match weight {
-                        1 => target.to_string(),
-                        _ => format!("{target} weight={weight}"),
+                    .map(|m| {
+                        let mut entry = m.target.to_string();
+                        if m.weight != 1 {
+                            entry.push_str(&format!(" weight={}", m.weight));
+                        }
+                        if let Some(n) = m.max_conn {
+                            entry.push_str(&format!(" maxconn={n}"));
+                        }
+                        entry
                     })
                     .collect::<Vec<_>>()
                     .join(",")
@@ -158,42 +182,85 @@ impl Plan {
             }
             Relay::Tcp(target) => Balancer::new(vec![target.clone()], Strategy::RoundRobin),
             Relay::Balance(members, strategy) => {
-                let targets = members.iter().map(|(t, _)| t.clone()).collect();
-                let weights = members.iter().map(|&(_, w)| w).collect();
+                let targets = members.iter().map(|m| m.target.clone()).collect();
+                let weights = members.iter().map(|m| m.weight).collect();
                 Balancer::with_weights(targets, weights, *strategy)
             }
         };
-        let pool = Pool::logging(balancer, Ejection::default(), log_change);
+        let limits = match &self.relay {
+            Relay::Balance(members, _) => members.iter().map(|m| m.max_conn).collect(),
+            _ => vec![None],
+        };
+        let pool = Pool::logging(balancer, Ejection::default(), log_change)
+            .max_connections(limits)
+            .queue(self.queue_timeout, DEFAULT_QUEUE_LENGTH);
         if let Some(check) = &self.check {
             pool.start_checks(r, check.clone());
         }
-        let verbose = self.options.is_verbose();
+        let relay = Rc::new(RelaySpec {
+            retries,
+            pool: pool.clone(),
+            cut_through,
+            duplex,
+        });
         options.start_with_state(
             r,
             self.listen,
             || None::<Lease>,
             move |conn| {
-                // The client's IP is what `--strategy source` hashes.
-                let Some(lease) = pool.pick(conn.peer().map(|a| a.ip())) else {
-                    if verbose {
-                        say(format_args!(
-                            "client {} closed: every backend is down",
-                            conn.client_id()
-                        ));
-                    }
-                    conn.close();
-                    return;
-                };
-                let relay = Backend::new(lease.target().clone())
-                    .retries(retries)
-                    .dispatch(pool.dispatch());
-                conn.server("relay", with_relay_paths(relay, cut_through));
-                *conn.state() = Some(lease);
-                open_shadows(conn, &duplex);
                 conn.on_finish(relay_decides);
+                let client = conn.peer().map(|a| a.ip());
+                if let Some(lease) = pool.pick(client) {
+                    open_relay(conn, lease, &relay);
+                    return;
+                }
+                // Every backend in rotation is at its maxconn (or down): wait for a slot,
+                // unread, or go now.
+                let (handle, relay) = (conn.handle(), Rc::clone(&relay));
+                let queued = pool.wait(conn.reactor(), client, move |r, outcome| {
+                    handle.run(r, |conn| match outcome {
+                        Ok(lease) => {
+                            conn.resume_client();
+                            open_relay(conn, lease, &relay);
+                        }
+                        Err(refused) => refuse(conn, refused),
+                    });
+                });
+                match queued {
+                    Ok(()) => conn.pause_client(),
+                    Err(refused) => refuse(conn, refused),
+                }
             },
         )
     }
+}
+
+/// What every client of a pool gets once it has a backend: the relay (with its retries
+/// and redispatch) and the shadows.
+struct RelaySpec {
+    retries: u32,
+    pool: Pool,
+    cut_through: bool,
+    duplex: Vec<Pool>,
+}
+
+fn open_relay(conn: &mut Session<'_, Option<Lease>>, lease: Lease, spec: &RelaySpec) {
+    let relay = Backend::new(lease.target().clone())
+        .retries(spec.retries)
+        .dispatch(spec.pool.dispatch());
+    conn.server("relay", with_relay_paths(relay, spec.cut_through));
+    *conn.state() = Some(lease);
+    open_shadows(conn, &spec.duplex);
+}
+
+/// No backend for this client: one line, verbose or not (rate-limited by the reasons'
+/// nature: every backend down is logged once per change too), and close.
+fn refuse<S: 'static>(conn: &mut Session<'_, S>, refused: Refused) {
+    say(format_args!(
+        "client {} closed: {refused}",
+        conn.client_id()
+    ));
+    conn.close();
 }
 
 /// A backend left or rejoined the rotation: one line, verbose or not.
