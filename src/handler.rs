@@ -191,6 +191,31 @@ impl UnbindReason {
     }
 }
 
+impl UnbindReason {
+    /// A short fixed name for the reason, for logs a machine reads: `peer_closed`,
+    /// `reset`, `refused`, `connect_timeout`, `inactivity_timeout`, `unresolvable`,
+    /// `closed_by_us`, `reactor_stopped`, `detached`, `process_exited`, `file_gone`,
+    /// `io_error`, `panicked`, `half_close_timeout`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UnbindReason::PeerClosed => "peer_closed",
+            UnbindReason::Reset => "reset",
+            UnbindReason::Refused => "refused",
+            UnbindReason::ConnectTimeout => "connect_timeout",
+            UnbindReason::InactivityTimeout => "inactivity_timeout",
+            UnbindReason::Unresolvable => "unresolvable",
+            UnbindReason::ClosedByUs => "closed_by_us",
+            UnbindReason::ReactorStopped => "reactor_stopped",
+            UnbindReason::Detached => "detached",
+            UnbindReason::ProcessExited(_) => "process_exited",
+            UnbindReason::FileGone => "file_gone",
+            UnbindReason::Error(_) => "io_error",
+            UnbindReason::Panicked(_) => "panicked",
+            UnbindReason::HalfCloseTimeout => "half_close_timeout",
+        }
+    }
+}
+
 impl fmt::Display for UnbindReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

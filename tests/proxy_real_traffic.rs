@@ -929,7 +929,7 @@ fn stderr_closed_then_sighup_and_sigusr1(echo: &str) {
     let mut child = Child::adopt(proxy);
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
-    assert!(first.starts_with("ember-proxy: "), "{first:?}");
+    assert!(first.contains("ember-proxy"), "{first:?}");
     drop(stderr);
     let addr = child.listening_addr(IO_TIMEOUT);
     round_trips(addr, "stderr closed");

@@ -13,12 +13,14 @@
 use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::rc::Rc;
+use std::time::Instant;
 
 use crate::{ConnId, Context, Handler, PeerClosed, Reactor, TimerId, UnbindReason, Unreachable};
 
 use super::client::Client;
 use super::config::Config;
 use super::core::{BackendEntry, Core};
+use super::record::BackendRecord;
 use super::target::{Backend, Target};
 
 /// Opens backend `name` for the client `core` belongs to. See `Session::server`.
@@ -32,7 +34,7 @@ pub(crate) fn open<S: 'static>(
         return None;
     }
     if core.by_name(name).is_some() {
-        core.config.log(format_args!(
+        core.warn(format_args!(
             "server `{name}` not opened: a live backend already has that name"
         ));
         return None;
@@ -41,7 +43,7 @@ pub(crate) fn open<S: 'static>(
         // Memory and descriptors for shadows are capped across all clients: past the cap
         // a session simply goes without, and the primary never notices.
         core.config.stats.shadow_skipped();
-        core.config.log(format_args!(
+        core.event(format_args!(
             "shadow `{name}` skipped: {} shadows open, the limit (skipped so far: {})",
             core.config.max_shadows,
             core.config.stats.shadows_skipped()
@@ -55,15 +57,14 @@ pub(crate) fn open<S: 'static>(
     if unavailable && spec.shadow {
         // A shadow whose target is out of rotation is never tried at the client's expense.
         core.config.stats.shadow_skipped();
-        core.config
-            .log(format_args!("shadow `{name}` skipped: its backend is down"));
+        core.event(format_args!("shadow `{name}` skipped: its backend is down"));
         return None;
     }
     if unavailable {
-        core.config.log(format_args!(
+        core.event(format_args!(
             "server `{name}` not opened: its backend is down"
         ));
-        report_unreachable::<S>(r, core, name.into(), false, UnbindReason::Refused);
+        report_unreachable::<S>(r, core, name, &spec, UnbindReason::Refused);
         return None;
     }
     core.config.stats.backend_opened();
@@ -97,15 +98,13 @@ pub(crate) fn open<S: 'static>(
                 Err(_) => UnbindReason::Unresolvable,
                 Ok(_) => UnbindReason::from_io_error(&e),
             };
-            core.config
-                .log(format_args!("server `{name}` could not be opened: {e}"));
-            report_unreachable::<S>(r, core, name.into(), spec.shadow, reason);
+            core.warn(format_args!("server `{name}` could not be opened: {e}"));
+            report_unreachable::<S>(r, core, name, &spec, reason);
             return None;
         }
     };
     if let Ok(target) = &spec.target {
-        core.config
-            .log(format_args!("server `{name}` opening to {target}"));
+        core.event(format_args!("server `{name}` opening to {target}"));
     }
     if spec.shadow {
         core.config.stats.shadow_opened();
@@ -153,19 +152,40 @@ pub(crate) fn open<S: 'static>(
         relay_client_on_connect: wants_relay_client && retrying,
         spec,
         connected: false,
+        opened_at: Instant::now(),
+        connect_time: None,
+        retries: 0,
+        bytes_sent: 0,
+        bytes_received: 0,
+        cut_off: false,
     });
     Some(id)
 }
 
 /// A backend that never got a connection reports through `on_finish` on the next tick,
-/// never from inside the hook that asked for it.
+/// never from inside the hook that asked for it (and goes in the session's record now).
 fn report_unreachable<S: 'static>(
     r: &mut Reactor,
     core: &mut Core,
-    name: Rc<str>,
-    shadow: bool,
+    name: &str,
+    spec: &Backend,
     reason: UnbindReason,
 ) {
+    let (name, shadow): (Rc<str>, bool) = (name.into(), spec.shadow);
+    core.record.backends.push(BackendRecord {
+        name: name.to_string(),
+        target: match &spec.target {
+            Ok(target) => target.to_string(),
+            Err(e) => e.to_string(),
+        },
+        shadow,
+        retries: 0,
+        connect_time: None,
+        bytes_sent: 0,
+        bytes_received: 0,
+        end: reason.clone(),
+        cut_off: false,
+    });
     core.config.stats.backend_failed();
     core.job_started(r);
     let client = core.client;

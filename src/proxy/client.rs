@@ -78,6 +78,8 @@ impl<S: 'static> Client<S> {
         let backend = &mut self.core.backends[i];
         backend.replay = None; // connected: a failure from here on is not retried
         backend.connected = true;
+        let took = backend.opened_at.elapsed();
+        backend.connect_time = Some(took);
         if let (Some(dispatch), Ok(target)) = (&backend.spec.dispatch, &backend.spec.target) {
             dispatch.connected(target);
         }
@@ -89,9 +91,10 @@ impl<S: 'static> Client<S> {
             self.core.relay_client = Some(id);
         }
         let name = Rc::clone(&self.core.backends[i].name);
-        self.core
-            .config
-            .log(format_args!("server `{name}` connected"));
+        self.core.event(format_args!(
+            "server `{name}` connected in {:.1} ms",
+            took.as_secs_f64() * 1000.0
+        ));
         let (mut session, hooks) = self.session(cx);
         if let Some(hook) = hooks.on_connect.as_mut() {
             hook(&mut session, &name);
@@ -106,6 +109,7 @@ impl<S: 'static> Client<S> {
         let Some(i) = self.core.by_id(id) else {
             return true;
         };
+        self.core.backends[i].bytes_received += data.len() as u64;
         let backend = &self.core.backends[i];
         let (name, shadow) = (Rc::clone(&backend.name), backend.shadow);
         // A `relay_server` backend the descriptor relay does not carry (not the only
@@ -136,9 +140,7 @@ impl<S: 'static> Client<S> {
     pub(crate) fn backend_sent_fin(&mut self, cx: &mut Context<'_>, id: ConnId) {
         if let Some(i) = self.core.by_id(id) {
             let name = &self.core.backends[i].name;
-            self.core
-                .config
-                .log(format_args!("server `{name}` sent FIN"));
+            self.core.event(format_args!("server `{name}` sent FIN"));
         }
         self.core.backend_sent_fin(cx, id);
     }
@@ -153,14 +155,22 @@ impl<S: 'static> Client<S> {
             return;
         };
         let backend = self.core.backends.remove(i);
+        // A connect that failed may be retried: it goes in the record only if not.
+        let may_retry = !backend.connected && is_connect_failure(&reason);
+        if !may_retry {
+            self.core.retire(cx, &backend, &reason);
+        }
         if self.core.relay_client == Some(id) {
             self.core.relay_client = None;
         }
         if self.core.relay_server == Some(id) {
             self.core.relay_server = None;
         }
-        if !backend.connected && is_connect_failure(&reason) && self.retry(cx, &backend, &reason) {
-            return;
+        if may_retry {
+            if self.retry(cx, &backend, &reason) {
+                return;
+            }
+            self.core.retire(cx, &backend, &reason);
         }
         self.finish(cx, &backend.name, backend.shadow, reason);
     }
@@ -190,7 +200,7 @@ impl<S: 'static> Client<S> {
         }
         let name = &failed.name;
         let left = spec.retries - 1;
-        self.core.config.log(format_args!(
+        self.core.warn(format_args!(
             "server `{name}` at {target} failed to connect ({reason}); retrying at {next} ({left} retries left)"
         ));
         self.core.config.stats.backend_retried();
@@ -199,6 +209,9 @@ impl<S: 'static> Client<S> {
             return false;
         };
         if let Some(i) = self.core.by_id(id) {
+            let next_try = &mut self.core.backends[i];
+            next_try.retries = failed.retries + 1;
+            next_try.opened_at = failed.opened_at;
             self.core.send_to_backend(cx, i, replay);
         }
         self.core.after_hook(cx);
@@ -214,8 +227,7 @@ impl<S: 'static> Client<S> {
         reason: UnbindReason,
     ) {
         self.core
-            .config
-            .log(format_args!("server `{name}` finished: {reason}"));
+            .event(format_args!("server `{name}` finished: {reason}"));
         let (mut session, hooks) = self.session(cx);
         let finish = match hooks.on_finish.as_mut() {
             Some(hook) => hook(&mut session, name, reason),
@@ -238,11 +250,15 @@ impl<S: 'static> Handler for Client<S> {
         cx.set_half_close_timeout(config.options.fin_timeout);
         cx.set_comm_inactivity_timeout(config.options.client_timeout);
         config.client_arrived(cx);
-        if config.verbose() {
-            match cx.peer_addr() {
-                Some(peer) => config.log(format_args!("client {peer} connected")),
-                None => config.log(format_args!("client {} connected", cx.id())),
-            }
+        self.core.session = config.next_session();
+        let record = &mut self.core.record;
+        record.client = cx.peer_addr();
+        record.listener = cx.local_addr();
+        match record.client {
+            Some(peer) => self.core.event(format_args!("client {peer} connected")),
+            None => self
+                .core
+                .event(format_args!("client {} connected", cx.id())),
         }
         // Setups never nest: a client is accepted by the loop, never inside a callback.
         let setup = Rc::clone(&self.setup);
@@ -253,6 +269,7 @@ impl<S: 'static> Handler for Client<S> {
 
     fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
         self.core.config.stats.read_from_client(data.len());
+        self.core.record.bytes_from_client += data.len() as u64;
         if let Some(i) = self.core.relay_client.and_then(|id| self.core.by_id(id)) {
             // The reactor refused the descriptor relay: copy, still without `on_data`.
             self.core.send_to_backend(cx, i, data);
@@ -272,9 +289,7 @@ impl<S: 'static> Handler for Client<S> {
 
     fn peer_closed(&mut self, cx: &mut Context<'_>) -> PeerClosed {
         self.core.client_eof = true;
-        self.core
-            .config
-            .log(format_args!("client {} sent FIN", cx.id()));
+        self.core.event(format_args!("client sent FIN"));
         self.core.after_hook(cx);
         PeerClosed::KeepWriting
     }
@@ -288,8 +303,10 @@ impl<S: 'static> Handler for Client<S> {
         let config = Rc::clone(&self.core.config);
         config.client_left(cx);
         // What the descriptor relay carried from this client (`relay_client`).
-        config.stats.relayed_from_client(cx.proxied_bytes());
-        config.log(format_args!("client {} gone: {reason}", cx.id()));
+        let relayed = cx.proxied_bytes();
+        config.stats.relayed_from_client(relayed);
+        self.core.record.bytes_from_client += relayed;
+        self.core.event(format_args!("client gone: {reason}"));
         for backend in std::mem::take(&mut self.core.backends) {
             let _ = cx.with_handler::<BackendConn<S>, _>(backend.id, |b, bcx| b.detach(bcx));
             // As in em-proxy, every backend gets its `on_finish`: one still attached when
@@ -300,7 +317,12 @@ impl<S: 'static> Handler for Client<S> {
             } else {
                 UnbindReason::ClosedByUs
             };
+            self.core.retire(cx, &backend, &reason);
             self.finish(cx, &backend.name, backend.shadow, reason);
+        }
+        if let Some(log) = &config.options.session_log {
+            let record = self.core.record.finish(self.core.session, reason);
+            (log.0)(&record);
         }
     }
 }

@@ -8,12 +8,15 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::io::{self, Write};
+use std::time::Duration;
+
+use log::Level;
 
 use crate::{Reactor, ServerId};
 
 use super::server::{Options, SHADOW_CONNECT_ALLOWANCE};
 use super::stats::Stats;
+use super::throttle::Throttle;
 
 /// What every client and backend of one proxy server shares.
 pub(crate) struct Config {
@@ -26,6 +29,10 @@ pub(crate) struct Config {
     pub(crate) max_shadows: usize,
     /// The listening server, once started (for pausing accepts at the connection limit).
     pub(crate) server: Cell<Option<ServerId>>,
+    /// Sessions started so far: the last session id handed out.
+    sessions: Cell<u64>,
+    /// The budget for warnings.
+    warnings: Throttle,
 }
 
 impl Config {
@@ -37,6 +44,8 @@ impl Config {
             options,
             stats,
             server: Cell::new(None),
+            sessions: Cell::new(0),
+            warnings: Throttle::new(WARNINGS_PER_SECOND, Duration::from_secs(1)),
         }
     }
 
@@ -48,7 +57,7 @@ impl Config {
             && self.stats.clients_active() >= max as u64
             && r.pause_accepting(server)
         {
-            self.log(format_args!("{max} clients: the limit; new ones wait"));
+            log::info!(target: LOG_TARGET, "{}: {max} clients, the limit: new ones wait in the backlog", self.options.label);
         }
     }
 
@@ -63,18 +72,51 @@ impl Config {
         }
     }
 
-    pub(crate) fn verbose(&self) -> bool {
-        self.options.verbose
+    /// The next client's session id (1 for the first).
+    pub(crate) fn next_session(&self) -> u64 {
+        let id = self.sessions.get() + 1;
+        self.sessions.set(id);
+        id
     }
 
-    /// One line on stderr, in verbose mode only. A closed or full stderr loses the line,
-    /// never the proxy.
-    pub(crate) fn log(&self, line: fmt::Arguments<'_>) {
-        if self.options.verbose {
-            let _ = writeln!(io::stderr().lock(), "{}: {line}", self.options.label);
+    /// A routine event of session `session` (connected, FIN, finished): logged at `Info`
+    /// when the server is verbose, at `Debug` otherwise.
+    pub(crate) fn event(&self, session: u64, line: fmt::Arguments<'_>) {
+        let level = if self.options.verbose {
+            Level::Info
+        } else {
+            Level::Debug
+        };
+        if log::log_enabled!(target: LOG_TARGET, level) {
+            log::log!(target: LOG_TARGET, level, "{} #{session}: {line}", self.options.label);
+        }
+    }
+
+    /// Something an operator must see without asking (a backend failing, a shadow cut
+    /// off): logged at `Warn`, at most [`WARNINGS_PER_SECOND`] a second; the lines over
+    /// that are counted and the count goes out with the next one.
+    pub(crate) fn warn(&self, session: Option<u64>, line: fmt::Arguments<'_>) {
+        if !log::log_enabled!(target: LOG_TARGET, Level::Warn) {
+            return;
+        }
+        let Some(suppressed) = self.warnings.admit() else {
+            return;
+        };
+        let label = &self.options.label;
+        let session = session.map(|id| format!(" #{id}")).unwrap_or_default();
+        if suppressed > 0 {
+            log::warn!(target: LOG_TARGET, "{label}{session}: {line} ({suppressed} more warnings were not logged)");
+        } else {
+            log::warn!(target: LOG_TARGET, "{label}{session}: {line}");
         }
     }
 }
+
+/// The `log` target of every line the proxy library writes.
+pub const LOG_TARGET: &str = "ember::proxy";
+
+/// How many warnings a proxy server logs per second at most (see `Config::warn`).
+pub const WARNINGS_PER_SECOND: u32 = 10;
 
 /// How many shadows, each reserving `reservation` bytes, may be open at once, from the
 /// limits or their defaults.

@@ -8,12 +8,15 @@
 //! `Client<S>` wraps this with the hooks. Everything here acts through the public
 //! reactor API on connection ids; nothing here calls a hook.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::{ConnId, Reactor};
+use crate::{ConnId, Reactor, UnbindReason};
 
 use super::config::Config;
 use super::hooks::{Finish, Relay};
+use super::record::{BackendRecord, SessionRecord};
 use super::target::Backend;
 
 /// How many deferred jobs and timers one client may have waiting before it stops being
@@ -45,10 +48,69 @@ pub(crate) struct BackendEntry {
     /// Take the client's bytes through the descriptor relay once connected (a
     /// `relay_client` backend with retries copies until then, so it can replay).
     pub(crate) relay_client_on_connect: bool,
+    /// When its first try started (a retry keeps it): connect times count retries.
+    pub(crate) opened_at: Instant,
+    /// How long the connect took, once it succeeded.
+    pub(crate) connect_time: Option<Duration>,
+    /// Retries made before this try.
+    pub(crate) retries: u32,
+    /// Bytes copied to it (the descriptor relay's are added when it ends).
+    pub(crate) bytes_sent: u64,
+    /// Bytes copied from it (likewise).
+    pub(crate) bytes_received: u64,
+    /// A shadow cut off for falling behind.
+    pub(crate) cut_off: bool,
+}
+
+/// The session's record while it runs (see `record.rs`).
+pub(crate) struct Tally {
+    pub(crate) started: Instant,
+    pub(crate) started_at: SystemTime,
+    pub(crate) client: Option<SocketAddr>,
+    pub(crate) listener: Option<SocketAddr>,
+    pub(crate) bytes_from_client: u64,
+    pub(crate) bytes_to_client: u64,
+    /// Backends done so far.
+    pub(crate) backends: Vec<BackendRecord>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            client: None,
+            listener: None,
+            bytes_from_client: 0,
+            bytes_to_client: 0,
+            backends: Vec::new(),
+        }
+    }
+}
+
+impl Tally {
+    /// The finished record, for a session `id` whose client ended with `end`.
+    pub(crate) fn finish(&mut self, id: u64, end: UnbindReason) -> SessionRecord {
+        SessionRecord {
+            id,
+            client: self.client,
+            listener: self.listener,
+            started: self.started_at,
+            duration: self.started.elapsed(),
+            bytes_from_client: self.bytes_from_client,
+            bytes_to_client: self.bytes_to_client,
+            client_end: end,
+            backends: std::mem::take(&mut self.backends),
+        }
+    }
 }
 
 pub(crate) struct Core {
     pub(crate) client: ConnId,
+    /// The session's id in log lines (`#id`) and its record.
+    pub(crate) session: u64,
+    /// What the access log will say about the session, filled in as it runs.
+    pub(crate) record: Tally,
     pub(crate) config: Rc<Config>,
     pub(crate) backends: Vec<BackendEntry>,
     /// The backend that takes the client's bytes unchanged (`relay_client`).
@@ -89,7 +151,48 @@ impl Core {
             close_when_done: false,
             backends_paused: false,
             parked: false,
+            session: 0,
+            record: Tally::default(),
         }
+    }
+
+    /// A routine event of this session, for the log (see `Config::event`).
+    pub(crate) fn event(&self, line: std::fmt::Arguments<'_>) {
+        self.config.event(self.session, line);
+    }
+
+    /// A warning about this session, for the log (see `Config::warn`).
+    pub(crate) fn warn(&self, line: std::fmt::Arguments<'_>) {
+        self.config.warn(Some(self.session), line);
+    }
+
+    /// Backend entry `backend` is done (ended, or the client left while it was open):
+    /// its part of the session's record, with what the descriptor relay carried for it.
+    pub(crate) fn retire(&mut self, r: &Reactor, backend: &BackendEntry, end: &UnbindReason) {
+        let from_backend = r.proxied_bytes(backend.id);
+        let to_backend = if self.relay_client == Some(backend.id) {
+            r.proxied_bytes(self.client)
+        } else {
+            0
+        };
+        if !backend.shadow {
+            self.record.bytes_to_client += from_backend;
+        }
+        let target = match &backend.spec.target {
+            Ok(target) => target.to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.record.backends.push(BackendRecord {
+            name: backend.name.to_string(),
+            target,
+            shadow: backend.shadow,
+            retries: backend.retries,
+            connect_time: backend.connect_time,
+            bytes_sent: backend.bytes_sent + to_backend,
+            bytes_received: backend.bytes_received + from_backend,
+            end: end.clone(),
+            cut_off: backend.cut_off,
+        });
     }
 
     /// The position in `backends` of the backend with connection id `id`.
@@ -144,6 +247,7 @@ impl Core {
         if !r.send_to(backend.id, data) {
             return; // closing or gone; its unbind will report it
         }
+        backend.bytes_sent += data.len() as u64;
         if let Some(replay) = backend.replay.as_mut() {
             replay.extend_from_slice(data);
         }
@@ -159,12 +263,16 @@ impl Core {
             stats.shadow_queue(queued);
             if queued > limit {
                 r.close_connection(backend.id);
+                backend.cut_off = true;
                 stats.shadow_cut_off();
-                self.config.log(format_args!(
-                    "shadow `{}` cut off: {queued} bytes waiting, limit {limit} (cut-offs so far: {})",
-                    backend.name,
-                    stats.shadow_cutoffs()
-                ));
+                self.config.warn(
+                    Some(self.session),
+                    format_args!(
+                        "shadow `{}` cut off: {queued} bytes waiting, limit {limit} (cut-offs so far: {})",
+                        backend.name,
+                        stats.shadow_cutoffs()
+                    ),
+                );
             }
         } else if r.is_above_high_water(backend.id) {
             self.pause_client(r);
@@ -178,6 +286,7 @@ impl Core {
         if !r.send_to(self.client, data) {
             return false;
         }
+        self.record.bytes_to_client += data.len() as u64;
         self.config.stats.queued_for_client(data.len());
         if r.is_above_high_water(self.client) {
             self.pause_backends(r);

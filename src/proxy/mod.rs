@@ -63,17 +63,21 @@ mod health;
 mod hooks;
 mod pool;
 mod probe;
+mod record;
 mod server;
 mod session;
 mod stats;
 mod target;
+mod throttle;
 
 pub use balance::{Balancer, Lease, Strategy};
+pub use config::{LOG_TARGET, WARNINGS_PER_SECOND};
 pub use dispatch::Dispatch;
 pub use health::{Change, Ejection};
 pub use hooks::{Finish, Relay};
 pub use pool::{DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT, Pool, Refused};
 pub use probe::Check;
+pub use record::{BackendRecord, SessionRecord};
 pub use server::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_FIN_TIMEOUT, DEFAULT_RELAY_BUFSIZE, DEFAULT_SHADOW_BUFFER,
     DEFAULT_SHADOW_CONNECT_TIMEOUT, DEFAULT_SHADOW_DRAIN_TIMEOUT, Options, ProxyServer,
@@ -82,3 +86,4 @@ pub use server::{
 pub use session::{Session, SessionHandle, SessionTimer, Setup};
 pub use stats::Stats;
 pub use target::{Backend, Target, TargetError, parse_port};
+pub use throttle::Throttle;

@@ -7,15 +7,18 @@
 //! shares with its clients and backends is `config.rs`.
 
 use std::cell::RefCell;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{IntoSocketAddr, Reactor, ServerId};
 
 use super::client::Client;
 use super::config::Config;
+use super::record::SessionRecord;
 use super::session::{Setup, SharedSetup};
 use super::stats::Stats;
 
@@ -55,6 +58,17 @@ pub struct Options {
     pub(crate) client_timeout: Option<Duration>,
     pub(crate) server_timeout: Option<Duration>,
     pub(crate) max_connections: Option<usize>,
+    pub(crate) session_log: Option<SessionLog>,
+}
+
+/// What [`Options::on_session_end`] calls.
+#[derive(Clone)]
+pub(crate) struct SessionLog(pub(crate) Arc<dyn Fn(&SessionRecord) + Send + Sync>);
+
+impl fmt::Debug for SessionLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionLog")
+    }
 }
 
 impl Default for Options {
@@ -75,6 +89,7 @@ impl Default for Options {
             client_timeout: None,
             server_timeout: None,
             max_connections: None,
+            session_log: None,
         }
     }
 }
@@ -202,6 +217,19 @@ impl Options {
     /// up its descriptor quickly.
     pub fn shadow_connect_timeout(mut self, timeout: Duration) -> Options {
         self.shadow_connect_timeout = timeout;
+        self
+    }
+
+    /// Calls `log` with each client session's [`SessionRecord`] when the client is gone:
+    /// the facts of an access-log line (addresses, backends and retries, connect time,
+    /// bytes each way, duration, how every side ended, shadow outcomes). It runs on the
+    /// reactor thread: hand the record off (format it into a buffer), don't block.
+    /// (`Send + Sync` so that `Options` stay `Send`: build them on any thread.)
+    pub fn on_session_end(
+        mut self,
+        log: impl Fn(&SessionRecord) + Send + Sync + 'static,
+    ) -> Options {
+        self.session_log = Some(SessionLog(Arc::new(log)));
         self
     }
 

@@ -153,6 +153,13 @@ impl<S: 'static> Session<'_, S> {
         true
     }
 
+    /// This session's id: 1 for the server's first client, then in order of arrival;
+    /// every log line about the session says `#id`, and its
+    /// [`SessionRecord`](super::SessionRecord) carries it.
+    pub fn session_id(&self) -> u64 {
+        self.core.session
+    }
+
     /// The reactor, for anything else (timers, other connections, stop).
     pub fn reactor(&mut self) -> &mut Reactor {
         self.reactor

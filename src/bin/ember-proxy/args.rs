@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use ember::proxy::{DEFAULT_FIN_TIMEOUT, DEFAULT_SHADOW_BUFFER, Strategy, Target, parse_port};
 
+use crate::access;
+use crate::logging::AccessLog;
+
 /// Retries of a failed backend connect (HAProxy's default).
 pub const DEFAULT_RETRIES: u32 = 3;
 /// How long a backend connect may take (HAProxy configurations commonly use 5 s).
@@ -73,7 +76,11 @@ every byte the clients send, and their answers are discarded.
                                     finish (default 10)
       --no-splice                   Relay by copying through user space instead of
                                     splice(2) (for comparison; splice is the default)
-  -v, --verbose                     Log connections and backend events on stderr
+      --access-log PATH             Where the access log goes: one line per client session
+                                    (a file, appended to and reopened on SIGUSR1; `-`:
+                                    stderr, the default; `off`)
+      --log-format FORMAT           text (key=value pairs, the default) or json
+  -v, --verbose                     Also log every connection and backend event
   -h, --help                        Show this help
 
   demo                              Start a prod and a shadow HTTP app and a duplex proxy in
@@ -144,6 +151,8 @@ pub struct RunArgs {
     pub client_timeout: Option<Duration>,
     /// `None`: idle backends are never closed.
     pub server_timeout: Option<Duration>,
+    pub access_log: AccessLog,
+    pub log_format: access::Format,
     pub shadow_max_conns: Option<usize>,
     pub shadow_max_memory: Option<usize>,
 }
@@ -178,6 +187,8 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("", "--server-timeout"),
     ("", "--shadow-max-conns"),
     ("", "--shadow-max-memory"),
+    ("", "--access-log"),
+    ("", "--log-format"),
     ("-n", "--requests"),
 ];
 
@@ -284,6 +295,8 @@ fn placeholder(flag: &str) -> &'static str {
         "--check-interval" | "--resolve-interval" => "SECONDS",
         "--shadow-max-conns" => "N",
         "--requests" => "N",
+        "--access-log" => "PATH, - or off",
+        "--log-format" => "text or json",
         _ => "a value",
     }
 }
@@ -309,6 +322,8 @@ struct Seen {
     fall: Option<String>,
     connect_timeout: Option<String>,
     queue_timeout: Option<String>,
+    access_log: Option<String>,
+    log_format: Option<String>,
     client_timeout: Option<String>,
     server_timeout: Option<String>,
     shadow_max_conns: Option<String>,
@@ -338,6 +353,8 @@ impl Seen {
             "--fall" => &mut self.fall,
             "--connect-timeout" => &mut self.connect_timeout,
             "--queue-timeout" => &mut self.queue_timeout,
+            "--access-log" => &mut self.access_log,
+            "--log-format" => &mut self.log_format,
             "--client-timeout" => &mut self.client_timeout,
             "--server-timeout" => &mut self.server_timeout,
             "--shadow-max-conns" => &mut self.shadow_max_conns,
@@ -410,6 +427,18 @@ impl Seen {
                 .ok_or("--connect-timeout must be more than 0")?,
             None => DEFAULT_CONNECT_TIMEOUT,
         };
+        let access_log = match self.access_log.as_deref() {
+            None | Some("-") => AccessLog::Stderr,
+            Some("off") => AccessLog::Off,
+            Some(path) => AccessLog::File(PathBuf::from(path)),
+        };
+        let log_format = match self.log_format.as_deref() {
+            None | Some("text") => access::Format::Text,
+            Some("json") => access::Format::Json,
+            Some(other) => {
+                return Err(format!("--log-format `{other}` is not text or json"));
+            }
+        };
         let queue_timeout = match &self.queue_timeout {
             Some(s) => parse_seconds(s, "--queue-timeout")?,
             None => ember::proxy::DEFAULT_QUEUE_TIMEOUT,
@@ -465,6 +494,8 @@ impl Seen {
             queue_timeout,
             client_timeout,
             server_timeout,
+            access_log,
+            log_format,
         }))
     }
 
@@ -489,6 +520,8 @@ impl Seen {
             (self.fall.is_some(), "--fall"),
             (self.connect_timeout.is_some(), "--connect-timeout"),
             (self.queue_timeout.is_some(), "--queue-timeout"),
+            (self.access_log.is_some(), "--access-log"),
+            (self.log_format.is_some(), "--log-format"),
             (self.client_timeout.is_some(), "--client-timeout"),
             (self.server_timeout.is_some(), "--server-timeout"),
             (self.shadow_max_conns.is_some(), "--shadow-max-conns"),

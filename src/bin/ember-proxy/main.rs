@@ -5,8 +5,10 @@
 //! does not resolve, a port in use), 2 a usage mistake. Every failure is one line on
 //! stderr.
 
+mod access;
 mod args;
 mod demo;
+mod logging;
 mod plan;
 
 use std::cell::Cell;
@@ -19,6 +21,8 @@ use ember::proxy::Stats;
 use ember::{Reactor, ServerId};
 
 use args::{Command, RunArgs, USAGE};
+use log::LevelFilter;
+use logging::LogWriter;
 use plan::Plan;
 
 /// A line on stdout. Unlike `println!`, a closed or broken stdout (a pipe whose reader
@@ -54,7 +58,18 @@ fn main() -> ExitCode {
             say_err!("{USAGE}");
             ExitCode::from(2)
         }
-        Ok(Command::Demo(demo)) => demo::run(&demo),
+        Ok(Command::Demo(demo)) => {
+            // The demo reports by itself; -v adds the proxy's own lines.
+            let writer = LogWriter::start(&logging::AccessLog::Off).ok();
+            if let (true, Some(writer)) = (demo.verbose, &writer) {
+                logging::install(writer.handle(), LevelFilter::Info);
+            }
+            let code = demo::run(&demo);
+            if let Some(writer) = writer {
+                writer.finish();
+            }
+            code
+        }
         Ok(Command::Run(run)) => match serve(&run) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -70,24 +85,36 @@ fn main() -> ExitCode {
 }
 
 fn serve(run: &RunArgs) -> Result<(), String> {
-    let plan = Plan::resolve(run)?;
+    let mut plan = Plan::resolve(run)?;
+    let writer = LogWriter::start(&run.access_log).map_err(|e| e.to_string())?;
+    let log = writer.handle();
+    logging::install(log.clone(), LevelFilter::Info);
+    if log.wants_access() {
+        let (log, format) = (log.clone(), run.log_format);
+        plan.options = plan
+            .options
+            .clone()
+            .on_session_end(move |record| log.access(access::line(record, format)));
+    }
     // Two descriptors per client: the usual soft limit of 1024 would cap us near 500.
     match ember::raise_descriptor_limit() {
-        Ok(limit) if run.verbose => say_err!("ember-proxy: descriptor limit {limit}"),
+        Ok(limit) if run.verbose => log::info!("ember-proxy: descriptor limit {limit}"),
         Ok(_) => {}
-        Err(e) => say_err!("ember-proxy: cannot raise the descriptor limit: {e}"),
+        Err(e) => log::warn!("ember-proxy: cannot raise the descriptor limit: {e}"),
     }
-    Reactor::run(|r| {
+    let served = Reactor::run(|r| {
         let server = plan.start(r)?;
         let bound = server.local_addr().unwrap_or(plan.listen);
         say_out!("{}", plan.describe(bound));
-        // A closed terminal (SIGHUP) or logrotate (SIGUSR1) must not stop the proxy.
-        for signo in [libc::SIGHUP, libc::SIGUSR1] {
-            r.on_signal(signo, |_| {})?;
-        }
+        // A closed terminal (SIGHUP) must not stop the proxy; logrotate's SIGUSR1 reopens
+        // the access log.
+        r.on_signal(libc::SIGHUP, |_| {})?;
+        r.on_signal(libc::SIGUSR1, move |_| log.reopen())?;
         stop_gracefully_on_signals(r, server.id(), server.stats().clone(), plan.grace)
     })
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string());
+    writer.finish();
+    served
 }
 
 /// SIGINT/SIGTERM: stop accepting, let live client sessions finish for up to `grace`,
@@ -114,7 +141,7 @@ fn stop_gracefully_on_signals(
                 r.stop();
                 return;
             }
-            say_err!(
+            log::info!(
                 "ember-proxy: stopping: not accepting; waiting up to {:.1}s for {live} client(s)",
                 grace.as_secs_f64()
             );

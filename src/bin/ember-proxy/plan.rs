@@ -6,7 +6,7 @@
 //! backend that keeps failing leaves the rotation for a while (one log line each way),
 //! and with every backend out a new client is closed at once.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ember::proxy::{
     Backend, Balancer, Change, Check, DEFAULT_QUEUE_LENGTH, Ejection, Finish, Lease, Options, Pool,
-    ProxyServer, Refused, Session, Strategy, Target,
+    ProxyServer, Refused, Session, Strategy, Target, Throttle, WARNINGS_PER_SECOND,
 };
 use ember::{Reactor, UnbindReason};
 
@@ -202,6 +202,7 @@ impl Plan {
             pool: pool.clone(),
             cut_through,
             duplex,
+            refusals: Throttle::new(WARNINGS_PER_SECOND, Duration::from_secs(1)),
         });
         options.start_with_state(
             r,
@@ -216,19 +217,19 @@ impl Plan {
                 }
                 // Every backend in rotation is at its maxconn (or down): wait for a slot,
                 // unread, or go now.
-                let (handle, relay) = (conn.handle(), Rc::clone(&relay));
+                let (handle, waiting) = (conn.handle(), Rc::clone(&relay));
                 let queued = pool.wait(conn.reactor(), client, move |r, outcome| {
                     handle.run(r, |conn| match outcome {
                         Ok(lease) => {
                             conn.resume_client();
-                            open_relay(conn, lease, &relay);
+                            open_relay(conn, lease, &waiting);
                         }
-                        Err(refused) => refuse(conn, refused),
+                        Err(refused) => refuse(conn, refused, &waiting.refusals),
                     });
                 });
                 match queued {
                     Ok(()) => conn.pause_client(),
-                    Err(refused) => refuse(conn, refused),
+                    Err(refused) => refuse(conn, refused, &relay.refusals),
                 }
             },
         )
@@ -242,6 +243,8 @@ struct RelaySpec {
     pool: Pool,
     cut_through: bool,
     duplex: Vec<Pool>,
+    /// The budget for "client refused" lines.
+    refusals: Throttle,
 }
 
 fn open_relay(conn: &mut Session<'_, Option<Lease>>, lease: Lease, spec: &RelaySpec) {
@@ -253,33 +256,33 @@ fn open_relay(conn: &mut Session<'_, Option<Lease>>, lease: Lease, spec: &RelayS
     open_shadows(conn, &spec.duplex);
 }
 
-/// No backend for this client: one line, verbose or not (rate-limited by the reasons'
-/// nature: every backend down is logged once per change too), and close.
-fn refuse<S: 'static>(conn: &mut Session<'_, S>, refused: Refused) {
-    say(format_args!(
-        "client {} closed: {refused}",
-        conn.client_id()
-    ));
+/// No backend for this client: close it, with a warning (at most
+/// [`WARNINGS_PER_SECOND`] a second: with every backend down, every client is refused).
+fn refuse<S: 'static>(conn: &mut Session<'_, S>, refused: Refused, warnings: &Throttle) {
+    if let Some(suppressed) = warnings.admit() {
+        let more = match suppressed {
+            0 => String::new(),
+            n => format!(" ({n} more clients refused meanwhile)"),
+        };
+        let client = conn.peer().map_or_else(|| "-".into(), |a| a.to_string());
+        let id = conn.session_id();
+        log::warn!("ember-proxy #{id}: client {client} closed: {refused}{more}");
+    }
     conn.close();
 }
 
 /// A backend left or rejoined the rotation: one line, verbose or not.
 fn log_change(target: &Target, change: Change) {
     match change {
-        Change::Down(out_for) => say(format_args!(
-            "backend {target} is DOWN (connects keep failing); out of rotation for {}",
+        Change::Down(out_for) => log::warn!(
+            "ember-proxy: backend {target} is DOWN (connects keep failing); out of rotation for {}",
             seconds(Some(out_for))
-        )),
-        Change::CheckedDown => say(format_args!(
-            "backend {target} is DOWN (health checks fail)"
-        )),
-        Change::Up => say(format_args!("backend {target} is UP again")),
+        ),
+        Change::CheckedDown => {
+            log::warn!("ember-proxy: backend {target} is DOWN (health checks fail)")
+        }
+        Change::Up => log::warn!("ember-proxy: backend {target} is UP again"),
     }
-}
-
-/// One line on stderr; a closed stderr loses it, never the proxy.
-fn say(line: std::fmt::Arguments<'_>) {
-    let _ = writeln!(io::stderr().lock(), "ember-proxy: {line}");
 }
 
 /// `5s`, `0.2s`, or `never`.

@@ -1,0 +1,293 @@
+//! Where the binary's lines go. Diagnostics (the `log` facade: the library's lines and
+//! the binary's own) go to stderr, one line each with an RFC 3339 UTC timestamp and a
+//! level; access-log lines (one per client session) go to stderr, a file, or nowhere.
+//!
+//! The reactor never writes itself: it hands each line to one writer thread through a
+//! bounded channel and moves on. A full channel (a disk or a pipe that stopped taking
+//! bytes) drops the line and counts it; the count is written once the writer catches up.
+//! The writer flushes whenever it has nothing queued, so a quiet proxy's log is on disk
+//! at once and a busy one's is written in large chunks. SIGUSR1 asks it to reopen the
+//! access-log file (what logrotate sends after it renamed the old one).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::{self, JoinHandle};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{LevelFilter, Log, Metadata, Record};
+
+/// Lines waiting for the writer at most; beyond, lines are dropped (and counted).
+const QUEUE_LINES: usize = 16 * 1024;
+
+/// Where access-log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLog {
+    Stderr,
+    File(PathBuf),
+    Off,
+}
+
+enum Message {
+    Diagnostic(String),
+    Access(String),
+    Reopen,
+    Stop,
+}
+
+/// The sending side: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct LogHandle {
+    tx: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+    access: bool,
+}
+
+impl LogHandle {
+    /// A diagnostic line (already formatted, without its newline).
+    pub fn diagnostic(&self, line: String) {
+        self.send(Message::Diagnostic(line));
+    }
+
+    /// An access-log line, unless the access log is off.
+    pub fn access(&self, line: String) {
+        if self.access {
+            self.send(Message::Access(line));
+        }
+    }
+
+    /// Whether access-log lines are wanted at all (skip formatting them if not).
+    pub fn wants_access(&self) -> bool {
+        self.access
+    }
+
+    /// Reopen the access-log file (SIGUSR1).
+    pub fn reopen(&self) {
+        self.send(Message::Reopen);
+    }
+
+    fn send(&self, message: Message) {
+        match self.tx.try_send(message) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// The writer thread; [`finish`](Self::finish) writes what is queued and stops it.
+pub struct LogWriter {
+    handle: LogHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    /// Starts the writer. Opening the access-log file is checked here, so a path that
+    /// can't be written is an error at start, not a silent loss.
+    pub fn start(access: &AccessLog) -> io::Result<LogWriter> {
+        let file = match access {
+            AccessLog::File(path) => Some(open_append(path)?),
+            _ => None,
+        };
+        let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            stderr: BufWriter::new(io::stderr()),
+            access: match (access, file) {
+                (AccessLog::File(path), Some(file)) => Some((path.clone(), BufWriter::new(file))),
+                _ => None,
+            },
+            dropped: Arc::clone(&dropped),
+        };
+        let thread = thread::Builder::new()
+            .name("ember-proxy log".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(LogWriter {
+            handle: LogHandle {
+                tx,
+                dropped,
+                access: *access != AccessLog::Off,
+            },
+            thread: Some(thread),
+        })
+    }
+
+    pub fn handle(&self) -> LogHandle {
+        self.handle.clone()
+    }
+
+    /// Writes everything queued, then stops the thread.
+    pub fn finish(mut self) {
+        // Blocking here is fine: the reactor is done.
+        let _ = self.handle.tx.send(Message::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Writer {
+    stderr: BufWriter<io::Stderr>,
+    /// The access-log file and its path (`None`: access lines go to stderr).
+    access: Option<(PathBuf, BufWriter<File>)>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Message>) {
+        loop {
+            let message = match rx.try_recv() {
+                Ok(message) => message,
+                Err(_) => {
+                    // Nothing queued: a good moment to flush, then wait.
+                    self.flush();
+                    match rx.recv() {
+                        Ok(message) => message,
+                        Err(_) => break,
+                    }
+                }
+            };
+            match message {
+                Message::Diagnostic(line) => {
+                    let _ = writeln!(self.stderr, "{line}");
+                }
+                Message::Access(line) => match &mut self.access {
+                    Some((_, file)) => {
+                        let _ = writeln!(file, "{line}");
+                    }
+                    None => {
+                        let _ = writeln!(self.stderr, "{line}");
+                    }
+                },
+                Message::Reopen => self.reopen(),
+                Message::Stop => break,
+            }
+            let dropped = self.dropped.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                let _ = writeln!(
+                    self.stderr,
+                    "{} WARN  ember-proxy: {dropped} log lines dropped: the log could not keep up",
+                    rfc3339(SystemTime::now())
+                );
+            }
+        }
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        let _ = self.stderr.flush();
+        if let Some((_, file)) = &mut self.access {
+            let _ = file.flush();
+        }
+    }
+
+    fn reopen(&mut self) {
+        let Some((path, file)) = &mut self.access else {
+            return;
+        };
+        let _ = file.flush();
+        match open_append(path) {
+            Ok(new) => *file = BufWriter::new(new),
+            Err(e) => {
+                let _ = writeln!(
+                    self.stderr,
+                    "{} ERROR ember-proxy: cannot reopen the access log {}: {e}; still writing to the old file",
+                    rfc3339(SystemTime::now()),
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+fn open_append(path: &PathBuf) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("access log {}: {e}", path.display())))
+}
+
+/// The `log` facade's backend: every line through the writer thread.
+struct Logger {
+    handle: LogHandle,
+    level: LevelFilter,
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if self.enabled(record.metadata()) {
+            self.handle.diagnostic(format!(
+                "{} {:<5} {}",
+                rfc3339(SystemTime::now()),
+                record.level(),
+                record.args()
+            ));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Routes the `log` facade to `handle` for lines at `level` and above.
+pub fn install(handle: LogHandle, level: LevelFilter) {
+    // Once per process: the logger lives as long as the process does.
+    let logger: &'static Logger = Box::leak(Box::new(Logger { handle, level }));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// `2026-11-30T12:00:00.123Z`: RFC 3339, UTC, milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, day_secs) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        day_secs / 3600,
+        day_secs / 60 % 60,
+        day_secs % 60,
+        since.subsec_millis()
+    )
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March first
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let at = |secs: f64| rfc3339(UNIX_EPOCH + Duration::from_secs_f64(secs));
+        assert_eq!(at(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400.0), "2000-02-29T00:00:00.000Z");
+        assert_eq!(at(1_796_040_000.5), "2026-11-30T12:00:00.500Z");
+        assert_eq!(at(4_102_444_799.999), "2099-12-31T23:59:59.999Z");
+    }
+}
