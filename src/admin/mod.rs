@@ -88,6 +88,7 @@ mod exposition;
 mod histogram;
 mod message;
 mod parse;
+mod process;
 mod routes;
 mod server;
 mod stats;
@@ -96,6 +97,7 @@ pub use exposition::{Exposition, PROMETHEUS_CONTENT_TYPE, Value};
 pub use histogram::{DEFAULT_BUCKETS, Histogram};
 pub use message::{Request, Response};
 pub use parse::MAX_HEADERS;
+pub use process::expose_process;
 pub use routes::Routes;
 pub use server::{
     AdminServer, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BODY,

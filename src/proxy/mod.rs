@@ -75,7 +75,7 @@ pub use config::{LOG_TARGET, WARNINGS_PER_SECOND};
 pub use dispatch::Dispatch;
 pub use health::{Change, Ejection};
 pub use hooks::{Finish, Relay};
-pub use pool::{DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT, Pool, Refused};
+pub use pool::{BackendStatus, DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT, Pool, Refused};
 pub use probe::Check;
 pub use record::{BackendRecord, SessionRecord};
 pub use server::{

@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::IpAddr;
 use std::rc::{Rc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::{LocalHandle, Reactor, TimerId, UnbindReason};
 
@@ -85,10 +85,40 @@ struct Queue {
     wake_pending: Cell<bool>,
 }
 
+/// What a pool counts about one backend, for a status page.
+#[derive(Default)]
+struct Counters {
+    connects: Cell<u64>,
+    failures: Cell<u64>,
+    last_check: Cell<Option<(SystemTime, bool)>>,
+}
+
+/// One backend of a pool as a status page shows it ([`Pool::status`]).
+#[derive(Clone, Debug)]
+pub struct BackendStatus {
+    /// Where it is.
+    pub target: Target,
+    /// In rotation: takes new clients.
+    pub up: bool,
+    /// Clients it has now (live leases).
+    pub active: usize,
+    /// Its weight.
+    pub weight: u32,
+    /// Its connection limit, if any.
+    pub max_connections: Option<usize>,
+    /// Connects to it that succeeded.
+    pub connects: u64,
+    /// Connects to it that failed (refused, timed out, reset before connecting).
+    pub connect_failures: u64,
+    /// When its last active check ended, and whether it passed.
+    pub last_check: Option<(SystemTime, bool)>,
+}
+
 struct Inner {
     balancer: Balancer,
     health: Health,
     on_change: Option<ChangeLog>,
+    counters: Vec<Counters>,
     /// `limits[i]`: the most clients backend `i` takes at once (HAProxy's `maxconn`).
     limits: Vec<Option<usize>>,
     queue: Queue,
@@ -118,6 +148,7 @@ impl Pool {
         let n = balancer.targets().len();
         Pool(Rc::new(Inner {
             health: Health::new(n, ejection),
+            counters: (0..n).map(|_| Counters::default()).collect(),
             balancer,
             on_change,
             limits: vec![None; n],
@@ -252,6 +283,25 @@ impl Pool {
         self.0.queue.waiting.borrow().len()
     }
 
+    /// Every backend's state and counts, in the order given.
+    pub fn status(&self) -> Vec<BackendStatus> {
+        let now = Instant::now();
+        let inner = &self.0;
+        let targets = inner.balancer.targets();
+        (0..targets.len())
+            .map(|i| BackendStatus {
+                target: targets[i].clone(),
+                up: inner.health.in_rotation(i, now),
+                active: inner.balancer.active(i),
+                weight: inner.balancer.weight(i),
+                max_connections: inner.limits[i],
+                connects: inner.counters[i].connects.get(),
+                connect_failures: inner.counters[i].failures.get(),
+                last_check: inner.counters[i].last_check.get(),
+            })
+            .collect()
+    }
+
     /// Whether backend `index` takes new clients now.
     pub fn in_rotation(&self, index: usize) -> bool {
         self.0.health.in_rotation(index, Instant::now())
@@ -313,6 +363,9 @@ impl CheckRound {
             );
             let verdict = Box::new(move |_: &mut Reactor, passed: bool| {
                 running[i].set(false);
+                pool.counters[i]
+                    .last_check
+                    .set(Some((SystemTime::now(), passed)));
                 let change = pool.health.checked(i, passed, check.rise, check.fall);
                 pool.changed(&pool.balancer.targets()[i], change);
             });
@@ -402,9 +455,14 @@ impl Inner {
     }
 }
 
+fn bump(counter: &Cell<u64>) {
+    counter.set(counter.get() + 1);
+}
+
 impl Dispatch for Inner {
     fn connected(&self, target: &Target) {
         if let Some(i) = self.index_of(target) {
+            bump(&self.counters[i].connects);
             self.changed(target, self.health.connect_succeeded(i));
         }
     }
@@ -416,6 +474,7 @@ impl Dispatch for Inner {
 
     fn failed(&self, target: &Target, _reason: &UnbindReason) -> Option<Target> {
         let i = self.index_of(target)?;
+        bump(&self.counters[i].failures);
         let now = Instant::now();
         self.changed(target, self.health.connect_failed(i, now));
         // The client's lease stays on the backend it was first given: a retry elsewhere

@@ -47,3 +47,22 @@ pub(crate) fn physical_memory() -> Option<u64> {
     }
     Some((pages as u64).saturating_mul(page_size as u64))
 }
+
+/// User plus system CPU time this process has used, all its threads counted.
+pub(crate) fn cpu_time() -> io::Result<std::time::Duration> {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage into the live struct we pass.
+    syscall!(getrusage(libc::RUSAGE_SELF, &mut usage))?;
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Ok(std::time::Duration::from_micros(
+        micros(usage.ru_utime) + micros(usage.ru_stime),
+    ))
+}
+
+/// The size of a memory page in bytes (4096 if it cannot be read).
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 } else { 4096 }
+}

@@ -76,6 +76,8 @@ every byte the clients send, and their answers are discarded.
                                     finish (default 10)
       --no-splice                   Relay by copying through user space instead of
                                     splice(2) (for comparison; splice is the default)
+      --admin HOST:PORT             Serve /metrics (Prometheus), /stats (a live page) and
+                                    /health (503 while draining) on this address
       --access-log PATH             Where the access log goes: one line per client session
                                     (a file, appended to and reopened on SIGUSR1; `-`:
                                     stderr, the default; `off`)
@@ -153,6 +155,8 @@ pub struct RunArgs {
     pub server_timeout: Option<Duration>,
     pub access_log: AccessLog,
     pub log_format: access::Format,
+    /// `--admin`: where /metrics, /stats and /health are served.
+    pub admin: Option<SocketAddr>,
     pub shadow_max_conns: Option<usize>,
     pub shadow_max_memory: Option<usize>,
 }
@@ -189,6 +193,7 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("", "--shadow-max-memory"),
     ("", "--access-log"),
     ("", "--log-format"),
+    ("", "--admin"),
     ("-n", "--requests"),
 ];
 
@@ -296,6 +301,7 @@ fn placeholder(flag: &str) -> &'static str {
         "--shadow-max-conns" => "N",
         "--requests" => "N",
         "--access-log" => "PATH, - or off",
+        "--admin" => "HOST:PORT",
         "--log-format" => "text or json",
         _ => "a value",
     }
@@ -324,6 +330,7 @@ struct Seen {
     queue_timeout: Option<String>,
     access_log: Option<String>,
     log_format: Option<String>,
+    admin: Option<String>,
     client_timeout: Option<String>,
     server_timeout: Option<String>,
     shadow_max_conns: Option<String>,
@@ -355,6 +362,7 @@ impl Seen {
             "--queue-timeout" => &mut self.queue_timeout,
             "--access-log" => &mut self.access_log,
             "--log-format" => &mut self.log_format,
+            "--admin" => &mut self.admin,
             "--client-timeout" => &mut self.client_timeout,
             "--server-timeout" => &mut self.server_timeout,
             "--shadow-max-conns" => &mut self.shadow_max_conns,
@@ -439,6 +447,10 @@ impl Seen {
                 return Err(format!("--log-format `{other}` is not text or json"));
             }
         };
+        let admin = match &self.admin {
+            Some(addr) => Some(resolve(addr, "--admin")?),
+            None => None,
+        };
         let queue_timeout = match &self.queue_timeout {
             Some(s) => parse_seconds(s, "--queue-timeout")?,
             None => ember::proxy::DEFAULT_QUEUE_TIMEOUT,
@@ -496,6 +508,7 @@ impl Seen {
             server_timeout,
             access_log,
             log_format,
+            admin,
         }))
     }
 
@@ -522,6 +535,7 @@ impl Seen {
             (self.queue_timeout.is_some(), "--queue-timeout"),
             (self.access_log.is_some(), "--access-log"),
             (self.log_format.is_some(), "--log-format"),
+            (self.admin.is_some(), "--admin"),
             (self.client_timeout.is_some(), "--client-timeout"),
             (self.server_timeout.is_some(), "--server-timeout"),
             (self.shadow_max_conns.is_some(), "--shadow-max-conns"),

@@ -114,7 +114,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             resolve_interval: ember::DEFAULT_RESOLVE_INTERVAL,
             timeouts: String::new(),
         };
-        let proxy = plan.start(r)?;
+        let proxy = plan.start(r)?.server;
         let proxy = proxy.local_addr().expect("TCP servers have an address");
         let reactor = r.handle();
         let _ = tx.send(Addresses {

@@ -10,11 +10,13 @@ mod args;
 mod demo;
 mod logging;
 mod plan;
+mod status;
 
 use std::cell::Cell;
-use std::io::Write;
+use std::io::{self, Write};
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ember::proxy::Stats;
@@ -24,6 +26,7 @@ use args::{Command, RunArgs, USAGE};
 use log::LevelFilter;
 use logging::LogWriter;
 use plan::Plan;
+use status::Observed;
 
 /// A line on stdout. Unlike `println!`, a closed or broken stdout (a pipe whose reader
 /// has gone) loses the line instead of panicking and taking every client with it.
@@ -89,12 +92,15 @@ fn serve(run: &RunArgs) -> Result<(), String> {
     let writer = LogWriter::start(&run.access_log).map_err(|e| e.to_string())?;
     let log = writer.handle();
     logging::install(log.clone(), LevelFilter::Info);
-    if log.wants_access() {
-        let (log, format) = (log.clone(), run.log_format);
-        plan.options = plan
-            .options
-            .clone()
-            .on_session_end(move |record| log.access(access::line(record, format)));
+    let observed = Arc::new(Observed::default());
+    if log.wants_access() || run.admin.is_some() {
+        let (log, format, observed) = (log.clone(), run.log_format, Arc::clone(&observed));
+        plan.options = plan.options.clone().on_session_end(move |record| {
+            observed.session_ended(record);
+            if log.wants_access() {
+                log.access(access::line(record, format));
+            }
+        });
     }
     // Two descriptors per client: the usual soft limit of 1024 would cap us near 500.
     match ember::raise_descriptor_limit() {
@@ -103,14 +109,29 @@ fn serve(run: &RunArgs) -> Result<(), String> {
         Err(e) => log::warn!("ember-proxy: cannot raise the descriptor limit: {e}"),
     }
     let served = Reactor::run(|r| {
-        let server = plan.start(r)?;
+        let started = plan.start(r)?;
+        let server = started.server;
         let bound = server.local_addr().unwrap_or(plan.listen);
         say_out!("{}", plan.describe(bound));
+        let draining = Rc::new(Cell::new(false));
+        if let Some(addr) = run.admin {
+            let routes = status::routes(status::Sources {
+                stats: server.stats().clone(),
+                pools: started.pools,
+                observed,
+                draining: Rc::clone(&draining),
+                started: Instant::now(),
+            });
+            let admin = ember::admin::serve(r, addr, routes)
+                .map_err(|e| io::Error::new(e.kind(), format!("--admin {addr}: {e}")))?;
+            let at = admin.local_addr().unwrap_or(addr);
+            say_out!("ember-proxy: admin on http://{at}/ (/metrics, /stats, /health)");
+        }
         // A closed terminal (SIGHUP) must not stop the proxy; logrotate's SIGUSR1 reopens
         // the access log.
         r.on_signal(libc::SIGHUP, |_| {})?;
         r.on_signal(libc::SIGUSR1, move |_| log.reopen())?;
-        stop_gracefully_on_signals(r, server.id(), server.stats().clone(), plan.grace)
+        stop_gracefully_on_signals(r, server.id(), server.stats().clone(), plan.grace, draining)
     })
     .map_err(|e| e.to_string());
     writer.finish();
@@ -125,8 +146,8 @@ fn stop_gracefully_on_signals(
     server: ServerId,
     stats: Stats,
     grace: Duration,
+    draining: Rc<Cell<bool>>,
 ) -> std::io::Result<()> {
-    let draining = Rc::new(Cell::new(false));
     for signo in [libc::SIGINT, libc::SIGTERM] {
         let draining = Rc::clone(&draining);
         let stats = stats.clone();

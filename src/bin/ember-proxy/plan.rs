@@ -156,10 +156,15 @@ impl Plan {
     }
 
     /// Starts the proxy on `r`.
-    pub fn start(&self, r: &mut Reactor) -> io::Result<ProxyServer> {
+    pub fn start(&self, r: &mut Reactor) -> io::Result<Started> {
         r.set_splice(self.splice);
         r.set_resolve_interval(self.resolve_interval);
         let duplex = shadow_pools(&self.duplex);
+        let mut pools: Vec<(String, Pool)> = duplex
+            .iter()
+            .enumerate()
+            .map(|(i, pool)| (format!("duplex_{i}"), pool.clone()))
+            .collect();
         if let Some(check) = &self.check {
             for pool in &duplex {
                 pool.start_checks(r, check.clone());
@@ -174,11 +179,12 @@ impl Plan {
             Relay::Unix(path) => {
                 // One socket, no pool: retries go to the same path.
                 let relay = with_relay_paths(Backend::unix(path).retries(retries), cut_through);
-                return options.start(r, self.listen, move |conn| {
+                let server = options.start(r, self.listen, move |conn| {
                     conn.server("relay", relay.clone());
                     open_shadows(conn, &duplex);
                     conn.on_finish(relay_decides);
-                });
+                })?;
+                return Ok(Started { server, pools });
             }
             Relay::Tcp(target) => Balancer::new(vec![target.clone()], Strategy::RoundRobin),
             Relay::Balance(members, strategy) => {
@@ -197,6 +203,7 @@ impl Plan {
         if let Some(check) = &self.check {
             pool.start_checks(r, check.clone());
         }
+        pools.insert(0, ("relay".into(), pool.clone()));
         let relay = Rc::new(RelaySpec {
             retries,
             pool: pool.clone(),
@@ -204,7 +211,7 @@ impl Plan {
             duplex,
             refusals: Throttle::new(WARNINGS_PER_SECOND, Duration::from_secs(1)),
         });
-        options.start_with_state(
+        let server = options.start_with_state(
             r,
             self.listen,
             || None::<Lease>,
@@ -232,8 +239,16 @@ impl Plan {
                     Err(refused) => refuse(conn, refused, &relay.refusals),
                 }
             },
-        )
+        )?;
+        Ok(Started { server, pools })
     }
+}
+
+/// A started proxy: its server, and its pools by role (`relay`, `duplex_N`) for the
+/// status page.
+pub struct Started {
+    pub server: ProxyServer,
+    pub pools: Vec<(String, Pool)>,
 }
 
 /// What every client of a pool gets once it has a backend: the relay (with its retries
