@@ -63,6 +63,7 @@ mod health;
 mod hooks;
 mod pool;
 mod probe;
+pub mod proxy_protocol;
 mod record;
 mod server;
 mod session;

@@ -59,6 +59,13 @@ pub struct Options {
     pub(crate) server_timeout: Option<Duration>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) session_log: Option<SessionLog>,
+    pub(crate) stats: Option<Stats>,
+}
+
+/// Where a proxy server's listener comes from.
+enum Listening {
+    Bind(SocketAddr),
+    Adopt(std::net::TcpListener),
 }
 
 /// What [`Options::on_session_end`] calls.
@@ -90,6 +97,7 @@ impl Default for Options {
             server_timeout: None,
             max_connections: None,
             session_log: None,
+            stats: None,
         }
     }
 }
@@ -233,6 +241,13 @@ impl Options {
         self
     }
 
+    /// Counts into `stats` instead of a fresh set of counters: several servers (one per
+    /// worker thread, say) sharing one `Stats` report their sum.
+    pub fn stats(mut self, stats: Stats) -> Options {
+        self.stats = Some(stats);
+        self
+    }
+
     /// Starts a proxy on `addr`; `setup` runs for every accepted client, the way
     /// em-proxy's `Proxy.start` block does.
     pub fn start(
@@ -250,16 +265,42 @@ impl Options {
         self,
         r: &mut Reactor,
         addr: impl IntoSocketAddr,
+        init: impl FnMut() -> S + 'static,
+        setup: impl FnMut(&mut Setup<'_, S>) + 'static,
+    ) -> io::Result<ProxyServer> {
+        let addr = addr.into_socket_addr()?;
+        self.start_listening(r, Listening::Bind(addr), init, setup)
+    }
+
+    /// [`start_with_state`](Self::start_with_state) on a socket that is already
+    /// listening (passed by systemd's socket activation, say; see
+    /// [`Reactor::attach_server`]).
+    pub fn start_on<S: 'static>(
+        self,
+        r: &mut Reactor,
+        listener: std::net::TcpListener,
+        init: impl FnMut() -> S + 'static,
+        setup: impl FnMut(&mut Setup<'_, S>) + 'static,
+    ) -> io::Result<ProxyServer> {
+        self.start_listening(r, Listening::Adopt(listener), init, setup)
+    }
+
+    fn start_listening<S: 'static>(
+        self,
+        r: &mut Reactor,
+        listening: Listening,
         mut init: impl FnMut() -> S + 'static,
         setup: impl FnMut(&mut Setup<'_, S>) + 'static,
     ) -> io::Result<ProxyServer> {
-        let stats = Stats::default();
+        let stats = self.stats.clone().unwrap_or_default();
         let config = Rc::new(Config::new(self, stats.clone()));
         let setup: SharedSetup<S> = Rc::new(RefCell::new(setup));
         let shared = Rc::clone(&config);
-        let id = r.start_server(addr, move || {
-            Client::new(Rc::clone(&shared), Rc::clone(&setup), init())
-        })?;
+        let factory = move || Client::new(Rc::clone(&shared), Rc::clone(&setup), init());
+        let id = match listening {
+            Listening::Bind(addr) => r.start_server(addr, factory)?,
+            Listening::Adopt(listener) => r.attach_server(listener, factory)?,
+        };
         config.server.set(Some(id));
         Ok(ProxyServer {
             id,

@@ -64,6 +64,20 @@ impl Reactor {
         self.add_server(listener, None, Box::new(move || Box::new(factory())))
     }
 
+    /// Adopts a TCP socket that is already listening (EventMachine's `attach_server`): one
+    /// passed by systemd socket activation (`LISTEN_FDS`), inherited from a parent, or
+    /// bound with options of the caller's own. It is made non-blocking; the reactor owns
+    /// it from now on and closes it in `stop_server`.
+    pub fn attach_server<H: Handler>(
+        &mut self,
+        listener: std::net::TcpListener,
+        mut factory: impl FnMut() -> H + 'static,
+    ) -> io::Result<ServerId> {
+        listener.set_nonblocking(true)?;
+        let listener = Listener::Tcp(mio::net::TcpListener::from_std(listener));
+        self.add_server(listener, None, Box::new(move || Box::new(factory())))
+    }
+
     /// Listens on a Unix-domain socket at `path` (removed again by `stop_server`).
     pub fn start_unix_server<H: Handler>(
         &mut self,

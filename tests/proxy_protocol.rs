@@ -1,0 +1,326 @@
+//! A real HAProxy in front of a std listener: the header its `send-proxy` and
+//! `send-proxy-v2` put before a relayed connection is what `proxy_protocol::parse` reads, and byte
+//! for byte what `proxy_protocol::v1_header` / `proxy_protocol::v2_header` write for the same two ends.
+//!
+//! HAProxy is found on `PATH` or at `/usr/sbin/haproxy` (`.ci/run` installs Debian's
+//! package); without it the tests fail, saying so.
+
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ember::proxy::proxy_protocol::{self, Parsed, ProxyHeader};
+use support::IO_TIMEOUT;
+use support::child::Child;
+use support::clients::{closed_port, read_until};
+use support::watchdog::Watchdog;
+
+/// The longest any test here may take before the watchdog aborts the binary.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// The haproxy binary, on `PATH` or where Debian puts it (`/usr/sbin`, not always on a
+/// user's `PATH`). Always `Some`: without haproxy the test fails here, saying so.
+fn haproxy_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .map(|dir| dir.join("haproxy"))
+        .chain([PathBuf::from("/usr/sbin/haproxy")])
+        .find(|candidate| candidate.is_file());
+    assert!(
+        found.is_some(),
+        "haproxy is not installed (not on PATH nor /usr/sbin): `apt-get install haproxy` (.ci/run does)"
+    );
+    found
+}
+
+/// A running `haproxy -db` relaying one frontend to `server`; killed and reaped, and its
+/// config directory removed, when dropped.
+struct Haproxy {
+    child: Child,
+    frontend: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Haproxy {
+    /// Starts `binary` with a frontend on a free loopback port that runs `frontend_rules`,
+    /// and one backend server line, `server s1 {server}`.
+    fn start(binary: &PathBuf, frontend_rules: &str, server: &str) -> Haproxy {
+        let frontend = closed_port();
+        let test = thread::current()
+            .name()
+            .unwrap_or("test")
+            .replace("::", "-");
+        let dir = std::env::temp_dir().join(format!(
+            "ember-proxy-protocol-{}-{test}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n    nbthread 1\n\
+                 defaults\n    mode tcp\n    timeout connect 5s\n    \
+                 timeout client 30s\n    timeout server 30s\n\
+                 frontend fe\n    bind {frontend}\n    {frontend_rules}\n    \
+                 default_backend be\n\
+                 backend be\n    server s1 {server}\n"
+            ),
+        )
+        .unwrap();
+        let child = Child::spawn(
+            Command::new(binary)
+                .arg("-db")
+                .arg("-f")
+                .arg(&config)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
+        Haproxy {
+            child,
+            frontend,
+            dir,
+        }
+    }
+
+    /// A client connection through the frontend, retried until haproxy listens: the first
+    /// connection that succeeds is the only one haproxy relays.
+    fn connect(&mut self) -> TcpStream {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            match TcpStream::connect(self.frontend) {
+                Ok(stream) => {
+                    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                    return stream;
+                }
+                Err(e) => {
+                    assert!(
+                        !self.child.has_exited(),
+                        "haproxy exited ({e} connecting)\n{}",
+                        self.child.describe()
+                    );
+                    assert!(
+                        Instant::now() < deadline,
+                        "haproxy not listening on {} after {IO_TIMEOUT:?}: {e}\n{}",
+                        self.frontend,
+                        self.child.describe()
+                    );
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+}
+
+impl Haproxy {
+    /// The next connection haproxy opens to `backend`, its reads bounded; panics with
+    /// haproxy's output if none comes within [`IO_TIMEOUT`].
+    fn accept_on(&mut self, backend: &TcpListener) -> TcpStream {
+        backend.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            match backend.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                    return stream;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "haproxy opened no connection to the backend in {IO_TIMEOUT:?}\n{}",
+                        self.child.describe()
+                    );
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("accept on the backend: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What the backend got for one client relayed by haproxy.
+struct Relayed {
+    /// Everything up to and including the client's `hello`.
+    received: Vec<u8>,
+    /// The client's end of its connection to haproxy.
+    client: SocketAddr,
+    /// The frontend the client connected to.
+    frontend: SocketAddr,
+}
+
+/// Runs haproxy with `frontend_rules` and `server s1 BACKEND {server_options}`, sends
+/// `hello` through it, and returns what the backend read. `None` if there is no haproxy.
+fn relay_hello(frontend_rules: &str, server_options: &str) -> Option<Relayed> {
+    let binary = haproxy_binary()?;
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!("{} {server_options}", backend.local_addr().unwrap());
+    let mut haproxy = Haproxy::start(&binary, frontend_rules, &server);
+    let mut client = haproxy.connect();
+    client.write_all(b"hello").unwrap();
+    let mut relayed = haproxy.accept_on(&backend);
+    let received = read_until(&mut relayed, b"hello");
+    Some(Relayed {
+        received,
+        client: client.local_addr().unwrap(),
+        frontend: haproxy.frontend,
+    })
+}
+
+/// `received` is a header that parses to `want` and is byte for byte `written` (ember's),
+/// then `hello`; every shorter prefix of the header parses as `Incomplete`.
+fn assert_header(received: &[u8], want: ProxyHeader, written: &[u8]) {
+    let text = String::from_utf8_lossy(received);
+    let Parsed::Done { header, consumed } = proxy_protocol::parse(received) else {
+        panic!(
+            "haproxy wrote {text:?}, parsed as {:?}",
+            proxy_protocol::parse(received)
+        );
+    };
+    assert_eq!(header, want, "haproxy wrote {text:?}");
+    assert_eq!(&received[consumed..], b"hello");
+    assert_eq!(
+        &received[..consumed],
+        written,
+        "haproxy wrote {text:?}, ember writes {:?}",
+        String::from_utf8_lossy(written)
+    );
+    for len in 0..consumed {
+        assert_eq!(proxy_protocol::parse(&received[..len]), Parsed::Incomplete);
+    }
+}
+
+fn from(source: SocketAddr, destination: SocketAddr, version: u8) -> ProxyHeader {
+    ProxyHeader {
+        source: Some(source),
+        destination: Some(destination),
+        version,
+    }
+}
+
+#[test]
+fn haproxy_send_proxy_writes_what_v1_header_writes() {
+    let _watchdog = Watchdog::abort_after(TEST_LIMIT);
+    let Some(r) = relay_hello("", "send-proxy") else {
+        return;
+    };
+    assert!(r.received.starts_with(b"PROXY TCP4 127.0.0.1 127.0.0.1 "));
+    let written = proxy_protocol::v1_header(r.client, r.frontend);
+    assert_header(&r.received, from(r.client, r.frontend, 1), &written);
+}
+
+#[test]
+fn haproxy_send_proxy_v2_writes_what_v2_header_writes() {
+    let _watchdog = Watchdog::abort_after(TEST_LIMIT);
+    let Some(r) = relay_hello("", "send-proxy-v2") else {
+        return;
+    };
+    let written = proxy_protocol::v2_header(r.client, r.frontend);
+    assert_header(&r.received, from(r.client, r.frontend, 2), &written);
+}
+
+#[test]
+fn haproxy_writes_ipv6_ends_as_tcp6() {
+    let _watchdog = Watchdog::abort_after(TEST_LIMIT);
+    // set-src and set-dst keep the ports; no IPv6 loopback needed.
+    let rules = "tcp-request connection set-src ipv6(2001:db8::1)\n    \
+                 tcp-request connection set-dst ipv6(2001:db8::2)";
+    for (option, version) in [("send-proxy", 1), ("send-proxy-v2", 2)] {
+        let Some(r) = relay_hello(rules, option) else {
+            return;
+        };
+        let source = SocketAddr::new("2001:db8::1".parse().unwrap(), r.client.port());
+        let destination = SocketAddr::new("2001:db8::2".parse().unwrap(), r.frontend.port());
+        let written = match version {
+            1 => proxy_protocol::v1_header(source, destination),
+            _ => proxy_protocol::v2_header(source, destination),
+        };
+        assert_header(&r.received, from(source, destination, version), &written);
+    }
+}
+
+#[test]
+fn haproxy_maps_an_ipv4_client_to_ipv6_when_the_destination_is_ipv6() {
+    let _watchdog = Watchdog::abort_after(TEST_LIMIT);
+    let rules = "tcp-request connection set-dst ipv6(2001:db8::2)";
+    for (option, version) in [("send-proxy", 1), ("send-proxy-v2", 2)] {
+        let Some(r) = relay_hello(rules, option) else {
+            return;
+        };
+        let destination = SocketAddr::new("2001:db8::2".parse().unwrap(), r.frontend.port());
+        // Written from the IPv4 client: ember maps it as haproxy does.
+        let written = match version {
+            1 => proxy_protocol::v1_header(r.client, destination),
+            _ => proxy_protocol::v2_header(r.client, destination),
+        };
+        let std::net::IpAddr::V4(client_ip) = r.client.ip() else {
+            panic!("an IPv4 client: {}", r.client);
+        };
+        let mapped = SocketAddr::new(client_ip.to_ipv6_mapped().into(), r.client.port());
+        assert_header(&r.received, from(mapped, destination, version), &written);
+    }
+}
+
+#[test]
+fn haproxy_writes_ipv4_compatible_addresses_in_dotted_form_as_v1_header_does() {
+    let _watchdog = Watchdog::abort_after(TEST_LIMIT);
+    let rules = "tcp-request connection set-dst ipv6(::1.2.3.4)";
+    let Some(r) = relay_hello(rules, "send-proxy") else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&r.received);
+    assert!(text.contains(" ::1.2.3.4 "), "{text:?}");
+    let destination = SocketAddr::new("::1.2.3.4".parse().unwrap(), r.frontend.port());
+    let std::net::IpAddr::V4(client_ip) = r.client.ip() else {
+        panic!("an IPv4 client: {}", r.client);
+    };
+    let mapped = SocketAddr::new(client_ip.to_ipv6_mapped().into(), r.client.port());
+    let written = proxy_protocol::v1_header(r.client, destination);
+    assert_header(&r.received, from(mapped, destination, 1), &written);
+}
+
+#[test]
+fn haproxy_health_checks_on_a_send_proxy_v2_server_send_v2_local_header() {
+    let _watchdog = Watchdog::abort_after(TEST_LIMIT);
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!(
+        "{} send-proxy-v2 check inter 100ms",
+        backend.local_addr().unwrap()
+    );
+    let mut haproxy = Haproxy::start(&binary, "", &server);
+    // No client: the first connection is a health check.
+    let mut check = haproxy.accept_on(&backend);
+    let mut received = Vec::new();
+    let mut buf = [0; 64];
+    while matches!(proxy_protocol::parse(&received), Parsed::Incomplete) {
+        let n = check.read(&mut buf).unwrap();
+        assert!(n > 0, "the check closed after {received:?}");
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(received, proxy_protocol::v2_local_header());
+    let local = ProxyHeader {
+        source: None,
+        destination: None,
+        version: 2,
+    };
+    let done = Parsed::Done {
+        header: local,
+        consumed: 16,
+    };
+    assert_eq!(proxy_protocol::parse(&received), done);
+}
