@@ -2,6 +2,11 @@
 //! `send-proxy-v2` put before a relayed connection is what `proxy_protocol::parse` reads, and byte
 //! for byte what `proxy_protocol::v1_header` / `proxy_protocol::v2_header` write for the same two ends.
 //!
+//! Then ember itself: `Backend::send_proxy` puts the header first on every backend
+//! connection (the cut-through relay and retries included), `Options::accept_proxy` reads
+//! one from each client (byte by byte, garbage closed) and passes the real client on, and
+//! a real HAProxy's `send-proxy`/`send-proxy-v2` in front of ember is understood.
+//!
 //! HAProxy is found on `PATH` or at `/usr/sbin/haproxy` (`.ci/run` installs Debian's
 //! package); without it the tests fail, saying so.
 
@@ -15,10 +20,14 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ember::UnbindReason;
 use ember::proxy::proxy_protocol::{self, Parsed, ProxyHeader};
+use ember::proxy::{Backend, Dispatch, Finish, Options, Target};
 use support::IO_TIMEOUT;
 use support::child::Child;
 use support::clients::{closed_port, read_until};
+use support::pattern::Pattern;
+use support::reactor_thread::ReactorThread;
 use support::watchdog::Watchdog;
 
 /// The longest any test here may take before the watchdog aborts the binary.
@@ -323,4 +332,173 @@ fn haproxy_health_checks_on_a_send_proxy_v2_server_send_v2_local_header() {
         consumed: 16,
     };
     assert_eq!(proxy_protocol::parse(&received), done);
+}
+
+// ---------------------------------------------------------------------------------------
+// ember sending and accepting headers.
+
+/// A proxy on its own reactor thread: every client to `backend` (relayed cut-through,
+/// with `retries`), each backend connection starting with a `version` header; with
+/// `accept`, clients must start with a header themselves.
+fn ember_proxy(
+    backend: Vec<SocketAddr>,
+    version: proxy_protocol::Version,
+    accept: bool,
+) -> ReactorThread<SocketAddr> {
+    ReactorThread::spawn(move |r| {
+        let mut targets = backend.into_iter();
+        let first = targets.next().unwrap();
+        let then: Vec<SocketAddr> = targets.collect();
+        let server = Options::new()
+            .accept_proxy(accept)
+            .start(r, "127.0.0.1:0", move |conn| {
+                // The first target; a failed connect is retried on the next one.
+                let next = then.clone();
+                let backend = Backend::tcp(first)
+                    .send_proxy(version)
+                    .retries(next.len() as u32)
+                    .dispatch(std::rc::Rc::new(InTurn(std::cell::RefCell::new(next))))
+                    .relay_client()
+                    .relay_server();
+                conn.server("app", backend);
+                conn.on_finish(|_, _, _| Finish::Close);
+            })?;
+        Ok(server.local_addr().unwrap())
+    })
+}
+
+/// Retries go to the next address of a list.
+struct InTurn(std::cell::RefCell<Vec<SocketAddr>>);
+
+impl Dispatch for InTurn {
+    fn failed(&self, _: &Target, _: &UnbindReason) -> Option<Target> {
+        let mut left = self.0.borrow_mut();
+        (!left.is_empty()).then(|| Target::Tcp(left.remove(0)))
+    }
+}
+
+/// Reads from `s` until a whole PROXY header and `payload` after it are in.
+fn read_header_then(s: &mut TcpStream, payload: &[u8]) -> (ProxyHeader, Vec<u8>) {
+    let received = read_until(s, payload);
+    match proxy_protocol::parse(&received) {
+        Parsed::Done { header, consumed } => (header, received[consumed..].to_vec()),
+        other => panic!("{other:?} from {:?}", String::from_utf8_lossy(&received)),
+    }
+}
+
+fn accept_one(backend: &TcpListener) -> TcpStream {
+    let (s, _) = backend.accept().unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+#[test]
+fn ember_sends_the_header_first_even_on_the_cut_through_relay_and_after_a_retry() {
+    let _watchdog = Watchdog::abort_after(TEST_LIMIT);
+    for version in [proxy_protocol::Version::V1, proxy_protocol::Version::V2] {
+        let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+        // The first try is refused; the retry reaches `backend`.
+        let proxy = ember_proxy(
+            vec![closed_port(), backend.local_addr().unwrap()],
+            version,
+            false,
+        );
+        let mut client = TcpStream::connect(proxy.value).unwrap();
+        let payload = Pattern::new(3).bytes(200_000);
+        client.write_all(&payload).unwrap();
+        let mut relayed = accept_one(&backend);
+        let (header, rest) = read_header_then(&mut relayed, &payload[payload.len() - 64..]);
+        assert_eq!(header.source, Some(client.local_addr().unwrap()));
+        assert_eq!(header.destination, Some(proxy.value));
+        assert!(
+            rest == payload,
+            "{version:?}: the payload follows the header, whole"
+        );
+        // And back.
+        relayed.write_all(b"answer").unwrap();
+        drop(relayed);
+        client.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        assert_eq!(read_until(&mut client, b"answer"), b"answer");
+    }
+}
+
+#[test]
+fn ember_accepts_a_header_and_passes_the_real_client_on() {
+    let _watchdog = Watchdog::abort_after(TEST_LIMIT);
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = ember_proxy(
+        vec![backend.local_addr().unwrap()],
+        proxy_protocol::Version::V2,
+        true,
+    );
+    let real: SocketAddr = "203.0.113.7:4242".parse().unwrap();
+    let public: SocketAddr = "198.51.100.1:443".parse().unwrap();
+    let mut client = TcpStream::connect(proxy.value).unwrap();
+    // The upstream's header, one byte at a time, then the payload in the same write as
+    // its last byte.
+    let header = proxy_protocol::v1_header(real, public);
+    for byte in &header[..header.len() - 1] {
+        client.write_all(&[*byte]).unwrap();
+    }
+    client
+        .write_all(&[&header[header.len() - 1..], b"payload"].concat())
+        .unwrap();
+    let mut relayed = accept_one(&backend);
+    let (passed_on, rest) = read_header_then(&mut relayed, b"payload");
+    assert_eq!(passed_on.source, Some(real));
+    assert_eq!(passed_on.destination, Some(public));
+    assert_eq!(rest, b"payload");
+}
+
+#[test]
+fn ember_closes_a_client_without_a_header_and_serves_the_next() {
+    let _watchdog = Watchdog::abort_after(TEST_LIMIT);
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = ember_proxy(
+        vec![backend.local_addr().unwrap()],
+        proxy_protocol::Version::V1,
+        true,
+    );
+    let mut garbage = TcpStream::connect(proxy.value).unwrap();
+    garbage.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = garbage.read_to_end(&mut answer); // closed: EOF or reset
+    assert!(answer.is_empty());
+    let mut good = TcpStream::connect(proxy.value).unwrap();
+    let real: SocketAddr = "192.0.2.9:1000".parse().unwrap();
+    good.write_all(&proxy_protocol::v2_header(real, proxy.value))
+        .unwrap();
+    good.write_all(b"next").unwrap();
+    let mut relayed = accept_one(&backend);
+    let (header, rest) = read_header_then(&mut relayed, b"next");
+    assert_eq!(header.source, Some(real));
+    assert_eq!(rest, b"next");
+}
+
+#[test]
+fn haproxy_send_proxy_in_front_of_ember_accept_proxy() {
+    let _watchdog = Watchdog::abort_after(TEST_LIMIT);
+    let binary = haproxy_binary().unwrap();
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ember = ember_proxy(
+        vec![backend.local_addr().unwrap()],
+        proxy_protocol::Version::V1,
+        true,
+    );
+    for option in ["send-proxy", "send-proxy-v2"] {
+        let mut haproxy = Haproxy::start(&binary, "", &format!("{} {option}", ember.value));
+        let mut client = haproxy.connect();
+        client.write_all(b"hello").unwrap();
+        let mut relayed = accept_one(&backend);
+        let (header, rest) = read_header_then(&mut relayed, b"hello");
+        // ember saw through haproxy: the header it sends on names the real client.
+        assert_eq!(
+            header.source,
+            Some(client.local_addr().unwrap()),
+            "{option}"
+        );
+        assert_eq!(header.destination, Some(haproxy.frontend), "{option}");
+        assert_eq!(rest, b"hello");
+    }
 }

@@ -106,6 +106,12 @@ pub(crate) fn open<S: 'static>(
     if let Ok(target) = &spec.target {
         core.event(format_args!("server `{name}` opening to {target}"));
     }
+    if let (Some(version), Some(client), Some(listener)) =
+        (spec.send_proxy, core.record.client, core.record.listener)
+    {
+        // First in the queue, before any byte of the client's, on every try.
+        r.send_to(id, &version.header(client, listener));
+    }
     if spec.shadow {
         core.config.stats.shadow_opened();
     }

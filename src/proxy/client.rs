@@ -15,6 +15,7 @@ use super::config::Config;
 use super::core::{BackendEntry, Core};
 use super::dispatch::is_connect_failure;
 use super::hooks::Finish;
+use super::proxy_protocol::{self, Parsed};
 use super::session::{Hooks, Session, Setup, SharedSetup};
 
 pub(crate) struct Client<S> {
@@ -52,6 +53,54 @@ impl<S: 'static> Client<S> {
             },
             hooks,
         )
+    }
+
+    /// Runs the user's setup for this client: it names the backends and installs hooks.
+    fn run_setup(&mut self, cx: &mut Context<'_>) {
+        // Setups never nest: a client is accepted by the loop, never inside a callback.
+        let setup = Rc::clone(&self.setup);
+        let (session, hooks) = self.session(cx);
+        (*setup.borrow_mut())(&mut Setup { session, hooks });
+        self.core.after_hook(cx);
+    }
+
+    /// With `accept_proxy`: gathers the client's first bytes until they make a PROXY
+    /// header, then takes the addresses it names, runs the setup and hands on whatever
+    /// followed the header. Anything else closes the client.
+    fn read_proxy_header(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+        let Some(received) = self.core.pending_header.as_mut() else {
+            return;
+        };
+        received.extend_from_slice(data);
+        match proxy_protocol::parse(received) {
+            Parsed::Incomplete => {}
+            Parsed::Invalid(e) => {
+                self.core.pending_header = None;
+                let peer = self.core.record.client.map(|a| a.to_string());
+                self.core.warn(format_args!(
+                    "client {} closed: no PROXY protocol header ({e})",
+                    peer.as_deref().unwrap_or("-")
+                ));
+                cx.close();
+            }
+            Parsed::Done { header, consumed } => {
+                let rest = received.split_off(consumed);
+                self.core.pending_header = None;
+                let record = &mut self.core.record;
+                let via = record.client;
+                // A LOCAL header (the balancer's own health check) names no one: keep ours.
+                record.client = header.source.or(record.client);
+                record.listener = header.destination.or(record.listener);
+                if let (Some(client), Some(via)) = (self.core.record.client, via) {
+                    self.core
+                        .event(format_args!("client {client} (PROXY header from {via})"));
+                }
+                self.run_setup(cx);
+                if !rest.is_empty() {
+                    self.receive_data(cx, &rest);
+                }
+            }
+        }
     }
 
     /// Runs the callback of a deferred job or timer a hook started.
@@ -260,14 +309,19 @@ impl<S: 'static> Handler for Client<S> {
                 .core
                 .event(format_args!("client {} connected", cx.id())),
         }
-        // Setups never nest: a client is accepted by the loop, never inside a callback.
-        let setup = Rc::clone(&self.setup);
-        let (session, hooks) = self.session(cx);
-        (*setup.borrow_mut())(&mut Setup { session, hooks });
-        self.core.after_hook(cx);
+        if config.options.accept_proxy {
+            // The setup waits for the PROXY header: it may use the client's address.
+            self.core.pending_header = Some(Vec::new());
+            return;
+        }
+        self.run_setup(cx);
     }
 
     fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+        if self.core.pending_header.is_some() {
+            self.read_proxy_header(cx, data);
+            return;
+        }
         self.core.config.stats.read_from_client(data.len());
         self.core.record.bytes_from_client += data.len() as u64;
         if let Some(i) = self.core.relay_client.and_then(|id| self.core.by_id(id)) {

@@ -134,6 +134,9 @@ pub(crate) struct Core {
     pub(crate) backends_paused: bool,
     /// A hook paused the client (`Session::pause_client`) until it resumes it.
     pub(crate) parked: bool,
+    /// With `accept_proxy`, until the PROXY header is in: what the client sent so far.
+    /// The setup has not run yet.
+    pub(crate) pending_header: Option<Vec<u8>>,
 }
 
 impl Core {
@@ -151,6 +154,7 @@ impl Core {
             close_when_done: false,
             backends_paused: false,
             parked: false,
+            pending_header: None,
             session: 0,
             record: Tally::default(),
         }

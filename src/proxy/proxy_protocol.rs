@@ -77,6 +77,26 @@ const TCP_OVER_IPV6: u8 = AF_INET6 << 4 | STREAM;
 const IPV4_BLOCK_LEN: u16 = 4 + 4 + 2 + 2;
 const IPV6_BLOCK_LEN: u16 = 16 + 16 + 2 + 2;
 
+/// Which version of the header a sender writes (HAProxy's `send-proxy` or
+/// `send-proxy-v2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// The text line (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl Version {
+    /// The header of this version for a connection from `source` to `destination`.
+    pub fn header(self, source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+        match self {
+            Version::V1 => v1_header(source, destination),
+            Version::V2 => v2_header(source, destination),
+        }
+    }
+}
+
 /// The v1 line HAProxy's `send-proxy` writes for a client at `source` that connected to
 /// `destination`: `PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n`. `TCP6` unless both
 /// are IPv4, with an IPv4 end mapped to IPv6 (see the module docs).

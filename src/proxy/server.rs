@@ -60,6 +60,7 @@ pub struct Options {
     pub(crate) max_connections: Option<usize>,
     pub(crate) session_log: Option<SessionLog>,
     pub(crate) stats: Option<Stats>,
+    pub(crate) accept_proxy: bool,
 }
 
 /// Where a proxy server's listener comes from.
@@ -98,6 +99,7 @@ impl Default for Options {
             max_connections: None,
             session_log: None,
             stats: None,
+            accept_proxy: false,
         }
     }
 }
@@ -238,6 +240,17 @@ impl Options {
         log: impl Fn(&SessionRecord) + Send + Sync + 'static,
     ) -> Options {
         self.session_log = Some(SessionLog(Arc::new(log)));
+        self
+    }
+
+    /// Every client must start with a PROXY protocol header, v1 or v2 (HAProxy's
+    /// `accept-proxy`: the proxy sits behind a balancer that sends one). The setup runs
+    /// once the header is in, and the client's address everywhere (`peer`, `sock`, logs,
+    /// `source` balancing, headers sent on with [`Backend::send_proxy`](super::Backend::send_proxy))
+    /// is the header's. A client whose first bytes are not a valid header is closed with
+    /// a warning; one that sends nothing meets the client timeout.
+    pub fn accept_proxy(mut self, on: bool) -> Options {
+        self.accept_proxy = on;
         self
     }
 

@@ -48,14 +48,17 @@ impl<S: 'static> Session<'_, S> {
         self.core.client
     }
 
-    /// The client's address (em-proxy's `peer`).
+    /// The client's address (em-proxy's `peer`): the one a PROXY header gave, with
+    /// [`Options::accept_proxy`](super::Options::accept_proxy).
     pub fn peer(&self) -> Option<SocketAddr> {
-        self.reactor.peer_addr(self.core.client)
+        self.core.record.client
     }
 
-    /// The local address the client connected to (em-proxy's `sock`).
+    /// The local address the client connected to (em-proxy's `sock`); with
+    /// [`Options::accept_proxy`](super::Options::accept_proxy), the destination the
+    /// PROXY header gave.
     pub fn sock(&self) -> Option<SocketAddr> {
-        self.reactor.local_addr(self.core.client)
+        self.core.record.listener
     }
 
     /// Sends bytes to the client. Returns `false` if it is closing or gone.

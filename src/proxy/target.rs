@@ -8,6 +8,7 @@
 use std::rc::Rc;
 
 use super::dispatch::Dispatch;
+use super::proxy_protocol;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,6 +116,8 @@ pub struct Backend {
     /// Connect failures that are retried before `on_finish` hears of one.
     pub(crate) retries: u32,
     pub(crate) dispatch: Option<Rc<dyn Dispatch>>,
+    /// Start the connection with a PROXY protocol header of this version.
+    pub(crate) send_proxy: Option<proxy_protocol::Version>,
 }
 
 impl Backend {
@@ -128,6 +131,7 @@ impl Backend {
             shadow: false,
             retries: 0,
             dispatch: None,
+            send_proxy: None,
         }
     }
 
@@ -209,6 +213,16 @@ impl Backend {
             target: Ok(target),
             ..self.clone()
         }
+    }
+
+    /// Starts the connection with a PROXY protocol header (HAProxy's `send-proxy` /
+    /// `send-proxy-v2`) telling the backend the client's address and the address it
+    /// connected to (those an upstream's header gave, with
+    /// [`Options::accept_proxy`](super::Options::accept_proxy)). The header goes first,
+    /// on every try of a retried connect.
+    pub fn send_proxy(mut self, version: proxy_protocol::Version) -> Backend {
+        self.send_proxy = Some(version);
+        self
     }
 
     /// The target, or why the string it was made from names none.
