@@ -69,6 +69,12 @@ fn loads(balancer: &Balancer) -> Vec<usize> {
         .collect()
 }
 
+/// Addresses as they are typed: `127.0.0.1:3000, 127.0.0.1:3001`.
+fn list(addrs: &[SocketAddr]) -> String {
+    let addrs: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+    addrs.join(", ")
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let listen = args.first().map_or("0.0.0.0:9999", String::as_str);
@@ -94,13 +100,11 @@ fn main() {
                 let addr = SocketAddr::from(([127, 0, 0, 1], 3000 + i as u16));
                 backends.push(appserver::start(r, addr, Duration::ZERO, label)?);
             }
-            println!("started appservers on {backends:?}");
+            println!("started appservers on {}", list(&backends));
         }
         let proxy = start(r, listen, &backends, strategy)?;
-        println!(
-            "balancing on {:?} over {backends:?} ({strategy})",
-            proxy.local_addr()
-        );
+        let bound = proxy.local_addr().unwrap_or(listen);
+        println!("balancing on {bound} over {} ({strategy})", list(&backends));
         r.stop_on_signals()
     });
     if let Err(e) = result {

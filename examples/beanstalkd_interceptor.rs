@@ -106,10 +106,8 @@ fn main() {
     let backend = support::addr_arg(&args, 1, "127.0.0.1:11301", USAGE);
     let result = Reactor::run(|r| {
         let proxy = start(r, listen, backend)?;
-        println!(
-            "beanstalkd_interceptor on {:?} → {backend}",
-            proxy.local_addr()
-        );
+        let bound = proxy.local_addr().unwrap_or(listen);
+        println!("beanstalkd_interceptor on {bound} → {backend}");
         r.stop_on_signals()
     });
     if let Err(e) = result {

@@ -188,7 +188,8 @@ fn main() {
     };
     let result = Reactor::run(|r| {
         let proxy = start(r, listen)?;
-        println!("http_proxy listening on {:?}", proxy.local_addr());
+        let bound = proxy.local_addr().unwrap_or(listen);
+        println!("http_proxy listening on {bound}");
         r.stop_on_signals()
     });
     if let Err(e) = result {

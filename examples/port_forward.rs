@@ -41,7 +41,8 @@ fn main() {
     let backend = support::addr_arg(&args, 1, "127.0.0.1:8081", USAGE);
     let result = Reactor::run(|r| {
         let proxy = start(r, listen, backend)?;
-        println!("port_forward on {:?} → {backend}", proxy.local_addr());
+        let bound = proxy.local_addr().unwrap_or(listen);
+        println!("port_forward on {bound} → {backend}");
         r.stop_on_signals()
     });
     if let Err(e) = result {

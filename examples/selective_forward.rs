@@ -74,10 +74,8 @@ fn main() {
     let test = support::addr_arg(&args, 2, "127.0.0.1:8082", USAGE);
     let result = Reactor::run(|r| {
         let proxy = start(r, listen, prod, test)?;
-        println!(
-            "selective_forward on {:?}: prod {prod}, test {test}",
-            proxy.local_addr()
-        );
+        let bound = proxy.local_addr().unwrap_or(listen);
+        println!("selective_forward on {bound}: prod {prod}, test {test}");
         r.stop_on_signals()
     });
     if let Err(e) = result {

@@ -147,7 +147,8 @@ fn main() {
     let backend = support::addr_arg(&args, 1, "127.0.0.1:2525", USAGE);
     let result = Reactor::run(|r| {
         let proxy = start(r, listen, backend)?;
-        println!("smtp_spam_filter on {:?} → {backend}", proxy.local_addr());
+        let bound = proxy.local_addr().unwrap_or(listen);
+        println!("smtp_spam_filter on {bound} → {backend}");
         r.stop_on_signals()
     });
     if let Err(e) = result {

@@ -60,10 +60,9 @@ fn main() {
     };
     let result = Reactor::run(|r| {
         let proxy = start(r, listen, backend, allowed.clone())?;
-        println!(
-            "smtp_whitelist on {:?} → {backend}, allowing {allowed:?}",
-            proxy.local_addr()
-        );
+        let bound = proxy.local_addr().unwrap_or(listen);
+        let allowing = allowed.join(", ");
+        println!("smtp_whitelist on {bound} → {backend}, allowing {allowing}");
         r.stop_on_signals()
     });
     if let Err(e) = result {

@@ -49,6 +49,8 @@ mod handler;
 mod id;
 mod limits;
 pub mod proxy;
+#[doc = include_str!("../docs/proxy.md")]
+pub mod proxy_guide {}
 mod reactor;
 mod remote;
 mod sys;

@@ -63,12 +63,80 @@ fn help_prints_the_usage_and_exits_0() {
 }
 
 #[test]
+fn version_prints_the_package_version_and_exits_0() {
+    for flag in ["-V", "--version"] {
+        let (code, stdout, stderr) = run(&[flag]);
+        assert_eq!(code, 0, "{flag}: {stderr}");
+        assert_eq!(
+            stdout,
+            format!("ember-proxy {}\n", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+        assert!(stderr.is_empty(), "{flag}: {stderr}");
+    }
+}
+
+#[test]
+fn combined_short_flags_start_the_proxy() {
+    let backend = ReactorThread::spawn(|r| serve(r, || Echo));
+    let relay = backend.value.to_string();
+    for cluster in [
+        vec!["-vl", "127.0.0.1:0", "-r", &relay],
+        vec!["-vl127.0.0.1:0", "-r", &relay],
+    ] {
+        let mut child = Child::spawn(
+            Command::new(EMBER_PROXY)
+                .args(&cluster)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
+        let addr = child.listening_addr(IO_TIMEOUT);
+        assert_eq!(exchange(addr, b"clustered"), b"clustered", "{cluster:?}");
+        // `-v` took effect too: the session's events are logged.
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while !child.stderr().contains("connected") {
+            assert!(
+                Instant::now() < deadline,
+                "{cluster:?}: no verbose log: {}",
+                child.stderr()
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+#[test]
+fn sizes_that_are_not_sizes_are_named_with_what_a_size_is() {
+    for value in ["0", "-1"] {
+        let (code, stdout, stderr) = run(&[
+            "-l",
+            "127.0.0.1:0",
+            "-r",
+            "127.0.0.1:1",
+            "--shadow-buffer",
+            value,
+        ]);
+        assert_eq!(code, 2, "{value}: {stderr}");
+        assert!(stdout.is_empty(), "{value}: {stdout}");
+        assert_eq!(
+            stderr,
+            format!(
+                "ember-proxy: --shadow-buffer `{value}` is not a size: give bytes with an \
+                 optional K, M or G suffix, at least 1 (see ember-proxy --help)\n"
+            )
+        );
+    }
+}
+
+#[test]
 fn every_mistake_is_one_clear_line_and_a_nonzero_exit() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["--bogus"], 2, "unknown flag `--bogus`"),
         (vec!["-x"], 2, "unknown flag `-x`"),
+        (vec!["-vx"], 2, "unknown flag `-x` in `-vx`"),
+        (vec!["-r", "127.0.0.1:1", "-vl"], 2, "-l needs a value"),
         (vec!["-é"], 2, "unknown flag `-é`"),
         (vec!["-lé"], 2, "`é` is not a port number"),
         (
@@ -112,6 +180,11 @@ fn every_mistake_is_one_clear_line_and_a_nonzero_exit() {
             vec!["-l", "8080", "-r", "a:1", "--grace", "soon"],
             2,
             "not a number of seconds",
+        ),
+        (
+            vec!["-l", "8080", "-r", "a:1", "--grace", "-1"],
+            2,
+            "--grace `-1` is not a number of seconds, like 5 or 0.2",
         ),
         (
             vec!["-l", "8080", "-r", "a:1", "stray"],

@@ -1,6 +1,10 @@
 //! The command line: em-proxy's flags (`-l`, `-r`, `-s`, `-d`, `-v`, `-h`) plus ember's
-//! (`--balance`, `--strategy`, `--shadow-buffer`, `--grace`, `demo`). Parsing only;
+//! (`--balance`, `--strategy`, `--shadow-buffer`, `--grace`, `-V`, `demo`). Parsing only;
 //! names are resolved later, in `resolve`, before the reactor starts.
+//!
+//! Short flags combine as getopt's do: `-vl 8080` and `-vl8080` are `-v -l 8080`. A value
+//! that starts with `-` and a digit (`--retries -1`) is taken as the value, so the flag
+//! can say what is wrong with it instead of "needs a value".
 //!
 //! Every mistake becomes one `Err(String)` that `main` prints as a single line.
 
@@ -28,7 +32,8 @@ Usage: ember-proxy -l [HOST:]PORT (-r HOST:PORT | -s PATH | -b HOST:PORT[ weight
 A transparent proxy: clients are answered from the relay; duplex backends get a copy of
 every byte the clients send, and their answers are discarded.
 
-  -l, --listen [HOST:]PORT          Address to listen on (HOST defaults to 0.0.0.0)
+  -l, --listen [HOST:]PORT          Address to listen on; a bare PORT listens on all
+                                    interfaces (0.0.0.0), 127.0.0.1:PORT on loopback only
   -r, --relay HOST:PORT             Relay endpoint: answers the clients
   -s, --socket PATH                 Relay endpoint: a Unix socket
   -d, --duplex HOST:PORT[,...]      Backends to duplex the traffic to (answers discarded)
@@ -84,12 +89,14 @@ every byte the clients send, and their answers are discarded.
       --log-format FORMAT           text (key=value pairs, the default) or json
   -v, --verbose                     Also log every connection and backend event
   -h, --help                        Show this help
+  -V, --version                     Show the version
 
   demo                              Start a prod and a shadow HTTP app and a duplex proxy in
                                     front of them in this process, send requests through it
                                     and direct, and report what each side saw
   -n, --requests N                  Requests per path in the demo (default 200)
 
+Short flags combine as in getopt: -vl 8080 and -vl8080 are -v -l 8080.
 Example: ember-proxy -l 8080 -r localhost:8081 -d localhost:8082,localhost:8083 -v";
 
 /// What the command line asks for.
@@ -99,6 +106,8 @@ Example: ember-proxy -l 8080 -r localhost:8081 -d localhost:8082,localhost:8083 
 pub enum Command {
     /// `-h`: usage on stdout, exit 0.
     Help,
+    /// `-V`: `ember-proxy VERSION` on stdout, exit 0.
+    Version,
     /// No arguments: usage on stderr, exit 2 (em-proxy prints its help).
     Usage,
     Run(RunArgs),
@@ -197,6 +206,15 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("-n", "--requests"),
 ];
 
+/// The flags that take no value, by every name they answer to.
+const SWITCHES: &[(&str, &str)] = &[
+    ("-h", "--help"),
+    ("-V", "--version"),
+    ("-v", "--verbose"),
+    ("", "--no-splice"),
+    ("", "--check"),
+];
+
 pub fn parse(args: &[String]) -> Result<Command, String> {
     if args.is_empty() {
         return Ok(Command::Usage);
@@ -206,69 +224,94 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut seen = Seen::default();
     let mut iter = rest.iter();
     while let Some(arg) = iter.next() {
-        let (flag, inline) = split_flag(arg);
-        match flag {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-v" | "--verbose" => {
-                if inline.is_some() {
-                    return Err(format!("{flag} takes no value"));
+        for (flag, inline) in flags_in(arg)? {
+            let flag = flag.as_str();
+            if is_switch(flag) && inline.is_some() {
+                return Err(format!("{flag} takes no value"));
+            }
+            match flag {
+                "-h" | "--help" => return Ok(Command::Help),
+                "-V" | "--version" => return Ok(Command::Version),
+                "-v" | "--verbose" => seen.verbose = true,
+                "--no-splice" => seen.no_splice = true,
+                "--check" => seen.check = true,
+                _ if is_value_flag(flag) => {
+                    let value = match inline {
+                        Some(v) => v,
+                        None => iter
+                            .next()
+                            .filter(|v| is_value(v))
+                            .map(String::as_str)
+                            .ok_or_else(|| {
+                                format!("{flag} needs a value ({})", placeholder(flag))
+                            })?,
+                    };
+                    if value.is_empty() {
+                        return Err(format!("{flag} needs a value ({})", placeholder(flag)));
+                    }
+                    seen.set(long_name(flag), value.to_owned())?;
                 }
-                seen.verbose = true;
-            }
-            "--no-splice" => {
-                if inline.is_some() {
-                    return Err(format!("{flag} takes no value"));
+                _ if arg.starts_with('-') && arg.len() > 1 => {
+                    return Err(format!("unknown flag `{arg}`"));
                 }
-                seen.no_splice = true;
+                _ if arg == "demo" => return Err("`demo` must come first".into()),
+                _ => return Err(format!("unexpected argument `{arg}`")),
             }
-            "--check" => {
-                if inline.is_some() {
-                    return Err(format!("{flag} takes no value"));
-                }
-                seen.check = true;
-            }
-            _ if is_value_flag(flag) => {
-                let value = match inline {
-                    Some(v) => v.to_owned(),
-                    None => iter
-                        .next()
-                        .filter(|v| !v.starts_with('-') || v.len() == 1)
-                        .cloned()
-                        .ok_or_else(|| format!("{flag} needs a value ({})", placeholder(flag)))?,
-                };
-                if value.is_empty() {
-                    return Err(format!("{flag} needs a value ({})", placeholder(flag)));
-                }
-                seen.set(long_name(flag), value)?;
-            }
-            _ if arg.starts_with('-') && arg.len() > 1 => {
-                return Err(format!("unknown flag `{arg}`"));
-            }
-            _ if arg == "demo" => return Err("`demo` must come first".into()),
-            _ => return Err(format!("unexpected argument `{arg}`")),
         }
     }
     if demo { seen.demo() } else { seen.run() }
 }
 
-/// `--flag=value` and `-lVALUE` carry their value inline.
-fn split_flag(arg: &str) -> (&str, Option<&str>) {
+/// The flags one argument holds, each with the value it carries inline, if any:
+/// `--flag`, `--flag=value`, or a getopt cluster of short flags. In a cluster every
+/// letter is a flag until one that takes a value, which takes the rest of the cluster
+/// (`-vl8080`) or, if nothing is left, the next argument (`-vl 8080`). Anything else
+/// (`-`, `demo`, a stray word) comes back as it is, for `parse` to name.
+fn flags_in(arg: &str) -> Result<Vec<(String, Option<&str>)>, String> {
     if let Some((flag, value)) = arg.split_once('=')
         && flag.starts_with("--")
     {
-        return (flag, Some(value));
+        return Ok(vec![(flag.to_owned(), Some(value))]);
     }
-    // `split_at_checked`: a multi-byte character right after the dash (`-é`) is an
-    // unknown flag, not a panic.
-    if arg.len() > 2
-        && arg.starts_with('-')
-        && !arg.starts_with("--")
-        && let Some((flag, value)) = arg.split_at_checked(2)
-        && is_value_flag(flag)
-    {
-        return (flag, Some(value));
+    let Some(letters) = arg
+        .strip_prefix('-')
+        .filter(|letters| !letters.is_empty() && !letters.starts_with('-'))
+    else {
+        return Ok(vec![(arg.to_owned(), None)]);
+    };
+    let mut flags = Vec::new();
+    // By character, not byte: a multi-byte letter (`-é`) is an unknown flag, not a panic.
+    for (at, letter) in letters.char_indices() {
+        let flag = format!("-{letter}");
+        if is_value_flag(&flag) {
+            let value = &letters[at + letter.len_utf8()..];
+            flags.push((flag, Some(value).filter(|v| !v.is_empty())));
+            return Ok(flags);
+        }
+        if !is_switch(&flag) {
+            return Err(if flag == arg {
+                format!("unknown flag `{flag}`")
+            } else {
+                format!("unknown flag `{flag}` in `{arg}`")
+            });
+        }
+        flags.push((flag, None));
     }
-    (arg, None)
+    Ok(flags)
+}
+
+/// Whether the argument after a flag is that flag's value: anything but another flag.
+/// `-` is a value (`--access-log -`), and so is a negative number (`--retries -1`), which
+/// the flag then rejects by name.
+fn is_value(arg: &str) -> bool {
+    let mut chars = arg.chars();
+    chars.next() != Some('-') || matches!(chars.next(), None | Some('0'..='9'))
+}
+
+fn is_switch(flag: &str) -> bool {
+    SWITCHES
+        .iter()
+        .any(|(short, long)| (!short.is_empty() && flag == *short) || flag == *long)
 }
 
 fn is_value_flag(flag: &str) -> bool {
@@ -432,7 +475,7 @@ impl Seen {
         let connect_timeout = match &self.connect_timeout {
             Some(s) => Some(parse_seconds(s, "--connect-timeout")?)
                 .filter(|d| !d.is_zero())
-                .ok_or("--connect-timeout must be more than 0")?,
+                .ok_or("--connect-timeout must be more than 0 seconds")?,
             None => DEFAULT_CONNECT_TIMEOUT,
         };
         let access_log = match self.access_log.as_deref() {
@@ -468,21 +511,17 @@ impl Seen {
             None => ember::DEFAULT_RESOLVE_INTERVAL,
         };
         let max_conn = match &self.max_conn {
-            Some(n) => Some(
-                n.parse::<usize>()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("--max-conn `{n}` is not a number of clients"))?,
-            ),
+            Some(n) => Some(n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                format!("--max-conn `{n}` is not a number of clients, at least 1")
+            })?),
             None => None,
         };
-        let shadow_max_conns =
-            match &self.shadow_max_conns {
-                Some(n) => Some(n.parse::<usize>().map_err(|_| {
-                    format!("--shadow-max-conns `{n}` is not a number of connections")
-                })?),
-                None => None,
-            };
+        let shadow_max_conns = match &self.shadow_max_conns {
+            Some(n) => Some(n.parse::<usize>().map_err(|_| {
+                format!("--shadow-max-conns `{n}` is not a number of connections, 0 or more")
+            })?),
+            None => None,
+        };
         let shadow_max_memory = match &self.shadow_max_memory {
             Some(s) => Some(parse_size(s, "--shadow-max-memory")?),
             None => None,
@@ -639,7 +678,13 @@ fn check_listen(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// BYTES: a whole number with an optional K, M or G suffix (powers of 1024), at least 1.
 fn parse_size(s: &str, flag: &str) -> Result<usize, String> {
+    let not_a_size = || {
+        format!(
+            "{flag} `{s}` is not a size: give bytes with an optional K, M or G suffix, at least 1"
+        )
+    };
     let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => s.split_at(i),
         None => (s, ""),
@@ -649,14 +694,15 @@ fn parse_size(s: &str, flag: &str) -> Result<usize, String> {
         "K" | "KB" | "KIB" => 1 << 10,
         "M" | "MB" | "MIB" => 1 << 20,
         "G" | "GB" | "GIB" => 1 << 30,
-        _ => return Err(format!("{flag} `{s}` is not a size (like 4M)")),
+        _ => return Err(not_a_size()),
     };
-    digits
+    let n = digits
         .parse::<usize>()
         .ok()
-        .and_then(|n| n.checked_mul(multiplier))
         .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{flag} `{s}` is not a size (like 4M)"))
+        .ok_or_else(not_a_size)?;
+    n.checked_mul(multiplier)
+        .ok_or_else(|| format!("{flag} `{s}` is more bytes than this machine can address"))
 }
 
 impl Seen {
@@ -683,7 +729,7 @@ impl Seen {
         if let Some(s) = &self.check_interval {
             check.interval = Some(parse_seconds(s, "--check-interval")?)
                 .filter(|d| !d.is_zero())
-                .ok_or("--check-interval must be more than 0")?;
+                .ok_or("--check-interval must be more than 0 seconds")?;
             check.timeout = check.interval;
         }
         for (value, flag, slot) in [
@@ -709,17 +755,30 @@ fn optional_seconds(
     default: Duration,
 ) -> Result<Option<Duration>, String> {
     match value {
-        Some(s) => Ok(Some(parse_seconds(s, flag)?).filter(|d| !d.is_zero())),
+        Some(s) => {
+            let timeout = parse_seconds(s, flag).map_err(|e| format!("{e}; 0 means never"))?;
+            Ok(Some(timeout).filter(|d| !d.is_zero()))
+        }
         None => Ok(Some(default)),
     }
 }
 
+/// The longest any SECONDS flag accepts: a day.
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// SECONDS: a number, fractions allowed, from 0 to a day.
 fn parse_seconds(s: &str, flag: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
+    let seconds = s
+        .parse::<f64>()
         .ok()
-        .filter(|x| x.is_finite() && (0.0..=86_400.0).contains(x))
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{flag} `{s}` is not a number of seconds"))
+        .filter(|x| x.is_finite() && *x >= 0.0)
+        .ok_or_else(|| format!("{flag} `{s}` is not a number of seconds, like 5 or 0.2"))?;
+    if seconds > MAX_SECONDS {
+        return Err(format!(
+            "{flag} `{s}` is more than a day ({MAX_SECONDS} seconds)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Resolves `[HOST:]PORT` for listening (blocking; before the reactor starts).
@@ -941,5 +1000,184 @@ mod tests {
         assert!(error("-l 1 -b a:1 --strategy fastest").contains("p2c or source"));
         assert!(matches!(parse(&[]), Ok(Command::Usage)));
         assert!(matches!(parse(&args("-l 1 -h")), Ok(Command::Help)));
+    }
+
+    #[test]
+    fn the_usage_names_every_flag_and_where_a_bare_port_listens() {
+        let usage = USAGE.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            usage.contains("a bare PORT listens on all interfaces (0.0.0.0)"),
+            "{USAGE}"
+        );
+        for (short, long) in VALUE_FLAGS.iter().chain(SWITCHES) {
+            let named = if short.is_empty() {
+                long.to_string()
+            } else {
+                format!("{short}, {long}")
+            };
+            assert!(usage.contains(&named), "the usage lacks {named}");
+        }
+    }
+
+    #[test]
+    fn version_flags_ask_for_the_version_wherever_they_stand() {
+        for line in ["-V", "--version", "-l 1 -r a:1 --version", "-vV", "demo -V"] {
+            assert!(matches!(parse(&args(line)), Ok(Command::Version)), "{line}");
+        }
+        assert!(error("--version=2").contains("--version takes no value"));
+    }
+
+    #[test]
+    fn short_flags_combine_as_in_getopt() {
+        for line in [
+            "-vl 8080 -r a:1",
+            "-vl8080 -r a:1",
+            "-vvl8080 -ra:1",
+            "-r a:1 -vl 8080",
+        ] {
+            let r = run(line);
+            assert!(r.verbose, "{line}");
+            assert_eq!(r.listen, "8080", "{line}");
+            assert!(
+                matches!(r.upstream, Upstream::Relay(ref h) if h == "a:1"),
+                "{line}"
+            );
+        }
+        // The value flag takes the rest of the cluster, letters and all.
+        assert_eq!(run("-l1 -vd a:1,b:2 -r c:3").duplex, ["a:1", "b:2"]);
+        assert!(matches!(parse(&args("-vh")), Ok(Command::Help)));
+        assert!(matches!(
+            parse(&args("demo -vn 5")),
+            Ok(Command::Demo(DemoArgs {
+                requests: 5,
+                verbose: true
+            }))
+        ));
+        assert_eq!(error("-vx -l 1 -r a:1"), "unknown flag `-x` in `-vx`");
+        assert_eq!(error("-xv -l 1 -r a:1"), "unknown flag `-x` in `-xv`");
+        assert_eq!(error("-vé"), "unknown flag `-é` in `-vé`");
+        assert_eq!(error("-é"), "unknown flag `-é`");
+        assert!(error("-r a:1 -vl").contains("-l needs a value"));
+        assert!(error("-r a:1 -vl -d b:1").contains("-l needs a value"));
+        // Only the last letter may take a value: `-lv` is `-l v`.
+        assert!(error("-lv -r a:1").contains("`v` is not a port number"));
+    }
+
+    #[test]
+    fn sizes_durations_and_counts_say_what_they_accept() {
+        let size_hint = "give bytes with an optional K, M or G suffix, at least 1";
+        let seconds_hint = "is not a number of seconds, like 5 or 0.2";
+        for (flags, want) in [
+            (
+                "--shadow-buffer 0",
+                format!("--shadow-buffer `0` is not a size: {size_hint}"),
+            ),
+            (
+                "--shadow-buffer -1",
+                format!("--shadow-buffer `-1` is not a size: {size_hint}"),
+            ),
+            (
+                "--shadow-buffer 4X",
+                format!("--shadow-buffer `4X` is not a size: {size_hint}"),
+            ),
+            (
+                "--shadow-buffer M",
+                format!("--shadow-buffer `M` is not a size: {size_hint}"),
+            ),
+            (
+                "--shadow-max-memory 0K",
+                format!("--shadow-max-memory `0K` is not a size: {size_hint}"),
+            ),
+            (
+                "--shadow-buffer 99999999999999999G",
+                "--shadow-buffer `99999999999999999G` is more bytes than this machine can address"
+                    .into(),
+            ),
+            ("--grace -1", format!("--grace `-1` {seconds_hint}")),
+            ("--grace soon", format!("--grace `soon` {seconds_hint}")),
+            ("--grace inf", format!("--grace `inf` {seconds_hint}")),
+            (
+                "--grace 90000",
+                "--grace `90000` is more than a day (86400 seconds)".into(),
+            ),
+            (
+                "--connect-timeout -2",
+                format!("--connect-timeout `-2` {seconds_hint}"),
+            ),
+            (
+                "--connect-timeout 0",
+                "--connect-timeout must be more than 0 seconds".into(),
+            ),
+            (
+                "--queue-timeout -1",
+                format!("--queue-timeout `-1` {seconds_hint}"),
+            ),
+            (
+                "--resolve-interval -1",
+                format!("--resolve-interval `-1` {seconds_hint}"),
+            ),
+            (
+                "--client-timeout -1",
+                format!("--client-timeout `-1` {seconds_hint}; 0 means never"),
+            ),
+            (
+                "--server-timeout x",
+                format!("--server-timeout `x` {seconds_hint}; 0 means never"),
+            ),
+            (
+                "--fin-timeout -0.5",
+                format!("--fin-timeout `-0.5` {seconds_hint}; 0 means never"),
+            ),
+            (
+                "--check --check-interval -1",
+                format!("--check-interval `-1` {seconds_hint}"),
+            ),
+            (
+                "--check --check-interval 0",
+                "--check-interval must be more than 0 seconds".into(),
+            ),
+            (
+                "--retries -1",
+                "--retries `-1` is not a number from 0 to 100".into(),
+            ),
+            (
+                "--max-conn 0",
+                "--max-conn `0` is not a number of clients, at least 1".into(),
+            ),
+            (
+                "--max-conn -5",
+                "--max-conn `-5` is not a number of clients, at least 1".into(),
+            ),
+            (
+                "--shadow-max-conns -1",
+                "--shadow-max-conns `-1` is not a number of connections, 0 or more".into(),
+            ),
+            (
+                "--check --rise -1",
+                "--rise `-1` is not a number from 1 to 100".into(),
+            ),
+            (
+                "--check --fall 0",
+                "--fall `0` is not a number from 1 to 100".into(),
+            ),
+        ] {
+            assert_eq!(error(&format!("-l 1 -r a:1 {flags}")), want, "{flags}");
+        }
+        assert_eq!(
+            error("demo -n -1"),
+            "--requests `-1` is not a number from 1 to 1000000"
+        );
+        // A flag after a value flag is still a missing value, and `-` is still a value.
+        assert!(error("-l 1 -r a:1 --grace --check").contains("--grace needs a value (SECONDS)"));
+        assert!(error("-l 1 -r a:1 --grace -x").contains("--grace needs a value"));
+        assert!(matches!(
+            run("-l 1 -r a:1 --access-log -").access_log,
+            AccessLog::Stderr
+        ));
+        assert_eq!(run("-l 1 -r a:1 --shadow-buffer 1").shadow_buffer, 1);
+        assert_eq!(
+            run("-l 1 -r a:1 --grace 0.2").grace,
+            Duration::from_millis(200)
+        );
     }
 }

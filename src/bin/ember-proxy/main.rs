@@ -57,6 +57,10 @@ fn main() -> ExitCode {
             say_out!("{USAGE}");
             ExitCode::SUCCESS
         }
+        Ok(Command::Version) => {
+            say_out!("ember-proxy {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
         Ok(Command::Usage) => {
             say_err!("{USAGE}");
             ExitCode::from(2)
