@@ -112,6 +112,12 @@ pub trait Handler: Any {
         let _ = cx;
     }
 
+    /// The TLS handshake started with `start_tls_*` is done; [`Reactor::tls_info`] says
+    /// what it settled (EventMachine's `ssl_handshake_completed`).
+    fn tls_handshake_completed(&mut self, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
+
     /// The connection is gone, for `reason`. Runs exactly once per connection. The
     /// connection can no longer send; the rest of the reactor is still available.
     fn unbind(&mut self, cx: &mut Context<'_>, reason: UnbindReason) {
@@ -163,6 +169,10 @@ pub enum UnbindReason {
     /// One direction had ended (a FIN either way) and no byte then moved in the other
     /// for the half-close timeout ([`Context::set_half_close_timeout`]).
     HalfCloseTimeout,
+    /// TLS failed: the handshake (a certificate that does not verify, no protocol in
+    /// common, an alert from the peer, the handshake timeout) or a record; what went
+    /// wrong, as rustls says it.
+    TlsFailed(Arc<str>),
 }
 
 impl UnbindReason {
@@ -212,6 +222,7 @@ impl UnbindReason {
             UnbindReason::Error(_) => "io_error",
             UnbindReason::Panicked(_) => "panicked",
             UnbindReason::HalfCloseTimeout => "half_close_timeout",
+            UnbindReason::TlsFailed(_) => "tls_failed",
         }
     }
 }
@@ -233,6 +244,7 @@ impl fmt::Display for UnbindReason {
             UnbindReason::Error(kind) => write!(f, "I/O error: {kind}"),
             UnbindReason::Panicked(message) => write!(f, "a callback panicked: {message}"),
             UnbindReason::HalfCloseTimeout => f.write_str("half-closed and idle too long"),
+            UnbindReason::TlsFailed(why) => write!(f, "TLS failed: {why}"),
         }
     }
 }
@@ -263,6 +275,28 @@ impl<'r> Context<'r> {
     /// `false` if the connection is closing or gone and the bytes were dropped.
     pub fn send_data(&mut self, data: &[u8]) -> bool {
         self.reactor.send_to(self.id, data)
+    }
+
+    /// Starts TLS as the server on this connection (see
+    /// [`Reactor::start_tls_server`]); plaintext keeps flowing through `receive_data`
+    /// and `send_data`.
+    pub fn start_tls_server(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
+        self.reactor.start_tls_server(self.id, config)
+    }
+
+    /// Starts TLS as the client on this connection, verifying the server under
+    /// `server_name` as `config` says (see [`Reactor::start_tls_client`]).
+    pub fn start_tls_client(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<()> {
+        self.reactor.start_tls_client(self.id, config, server_name)
+    }
+
+    /// What this connection's TLS handshake settled ([`Reactor::tls_info`]).
+    pub fn tls_info(&self) -> Option<crate::tls::TlsInfo> {
+        self.reactor.tls_info(self.id)
     }
 
     /// Closes now, dropping anything still queued; unbind follows at the end of the tick.

@@ -90,6 +90,9 @@ pub(crate) struct Connection {
     pub(crate) untried_addrs: Vec<std::net::SocketAddr>,
     /// The local address each of those attempts binds to first (`bind_connect_host`).
     pub(crate) bind_to: Option<std::net::SocketAddr>,
+    /// TLS, once `start_tls_*` ran: what is read is ciphertext for it, what is sent
+    /// plaintext for it (see `tls.rs`).
+    pub(crate) tls: Option<Box<super::tls::TlsLayer>>,
 }
 
 impl Connection {
@@ -128,12 +131,15 @@ impl Connection {
             discard_input: false,
             untried_addrs: Vec::new(),
             bind_to: None,
+            tls: None,
         }
     }
 
     /// Bytes accepted for this connection and not yet written: queue plus splice pipe.
     pub(crate) fn pending_out(&self) -> usize {
-        self.outbound.len() + self.pipe.as_ref().map_or(0, |p| p.len)
+        self.outbound.len()
+            + self.pipe.as_ref().map_or(0, |p| p.len)
+            + self.tls.as_ref().map_or(0, |t| t.held())
     }
 
     pub(crate) fn is_lingering(&self) -> bool {
@@ -339,6 +345,12 @@ impl Reactor {
                     if conn.is_lingering() || discard {
                         continue; // input after our close, or input nobody wants
                     }
+                    if conn.tls.is_some() {
+                        if !self.tls_received(id, n) {
+                            return;
+                        }
+                        continue;
+                    }
                     let buf = std::mem::take(&mut self.read_buf);
                     self.notify(id, |h, cx| h.receive_data(cx, &buf[..n]));
                     self.read_buf = buf;
@@ -411,13 +423,24 @@ impl Reactor {
         self.after_write_progress(id);
     }
 
-    /// Queues `data`, writing straight to the socket when nothing is queued ahead of it.
+    /// Queues `data` from the handler: through TLS if the connection speaks it.
     pub(crate) fn enqueue(&mut self, id: ConnId, data: &[u8]) -> bool {
+        if self.conn(id).is_some_and(|c| c.tls.is_some()) {
+            return self.tls_send(id, data);
+        }
+        self.enqueue_raw(id, data)
+    }
+
+    /// Queues bytes for the wire as they are, writing straight to the socket when nothing
+    /// is queued ahead of them. TLS's own records (the rest of a handshake, its
+    /// close_notify) are still taken while the write half is ending.
+    pub(crate) fn enqueue_raw(&mut self, id: ConnId, data: &[u8]) -> bool {
         let now = self.now;
         let Some(conn) = self.conn_mut(id) else {
             return false;
         };
-        if !conn.life.accepts_output() {
+        let tls_while_ending = conn.tls.is_some() && conn.life.ends_writing();
+        if !conn.life.accepts_output() && !tls_while_ending {
             return false;
         }
         let mut rest = data;
@@ -479,6 +502,14 @@ impl Reactor {
         if conn.pending_out() > 0 {
             return;
         }
+        if conn.life.ends_writing() && conn.tls.is_some() && self.tls_close_notify(id) {
+            // Our FIN waits for the close_notify ahead of it.
+            self.flush(id);
+            return;
+        }
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         let stream = conn.stream.as_ref();
         let emptied = conn
             .life
@@ -681,7 +712,9 @@ impl Reactor {
             }
         }
         let linger_timer = conn.life.linger_timer();
+        let handshake_timer = conn.tls.as_mut().and_then(|t| t.take_handshake_timer());
         for timer in [
+            handshake_timer,
             conn.connect_timer,
             conn.inactivity.map(|(_, t)| t),
             linger_timer,

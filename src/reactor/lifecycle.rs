@@ -276,6 +276,18 @@ impl Life {
         Some(linger_timer)
     }
 
+    /// Whether the write half ends once the queue is written (a FIN or a close is due):
+    /// TLS puts its close_notify ahead of that.
+    pub(crate) fn ends_writing(&self) -> bool {
+        matches!(
+            self,
+            Life::Open {
+                write: WriteHalf::FinAfterFlush | WriteHalf::CloseAfterFlush(_),
+                ..
+            }
+        )
+    }
+
     /// The outbound queue is empty. `unread_input` says whether the socket holds bytes we
     /// never read; it costs a system call, so it is asked only by a close after writing.
     pub(crate) fn queue_emptied(&mut self, unread_input: impl FnOnce() -> bool) -> OnEmptied {

@@ -30,6 +30,7 @@ mod resolver;
 mod scheduling;
 mod server;
 mod signals;
+mod tls;
 
 use std::any::Any;
 use std::fmt;
@@ -54,6 +55,7 @@ pub use resolver::DEFAULT_RESOLVE_INTERVAL;
 pub use scheduling::TimerAction;
 use scheduling::TimerTask;
 pub(crate) use server::Server;
+pub use tls::{DEFAULT_TLS_HANDSHAKE_TIMEOUT, TlsInfo};
 
 /// Bytes read per `read(2)`, as in EventMachine.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -223,6 +225,10 @@ pub struct Reactor {
     defaults: ConnDefaults,
     /// One read's worth (16 KiB); `receive_data` borrows the filled part.
     read_buf: Vec<u8>,
+    /// Scratch for plaintext decrypted by TLS connections; allocated on first use.
+    tls_buf: Vec<u8>,
+    /// How long TLS handshakes may take (`set_tls_handshake_timeout`).
+    tls_handshake_timeout: Duration,
 
     // The rooms: each owned by the file of the same name.
     /// Listen backlog and `SO_REUSEPORT` for new servers (`server.rs`).
@@ -263,6 +269,8 @@ impl Reactor {
             unbinding: None,
             error_handler: None,
             read_buf: vec![0; READ_CHUNK],
+            tls_buf: Vec::new(),
+            tls_handshake_timeout: tls::DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             defaults: ConnDefaults {
                 high_water: DEFAULT_HIGH_WATER,
                 low_water: DEFAULT_LOW_WATER,

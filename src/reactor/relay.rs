@@ -114,6 +114,9 @@ impl Reactor {
         if source == target || self.conn(target).is_none() || self.conn(source).is_none() {
             return false;
         }
+        if self.is_tls(source) || self.is_tls(target) {
+            return false; // its bytes must pass through rustls
+        }
         // One source per target: a second would steal the first one's wake-ups.
         if let Some(existing) = self.conn(target).and_then(|t| t.relayed_from)
             && existing != source

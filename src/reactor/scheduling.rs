@@ -18,6 +18,7 @@ pub(crate) enum TimerTask {
     ChildExitPoll,
     Linger(ConnId),
     HalfClose(ConnId),
+    TlsHandshake(ConnId),
 }
 
 /// What a periodic timer's callback wants next (calloop's `TimeoutAction`, reduced to
@@ -139,6 +140,7 @@ impl Reactor {
                 TimerTask::ChildExitPoll => self.poll_exiting_children(),
                 TimerTask::Linger(conn) => self.linger_expired(conn),
                 TimerTask::HalfClose(conn) => self.half_close_check(conn),
+                TimerTask::TlsHandshake(conn) => self.tls_handshake_expired(conn),
             }
         }
     }

@@ -19,6 +19,7 @@
 //! runs out or the harness itself fails, and none of them waits without a limit.
 
 pub mod backends;
+pub mod certs;
 pub mod child;
 pub mod clients;
 pub mod pattern;
