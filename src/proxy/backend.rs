@@ -13,7 +13,10 @@
 use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
+
+use rustls::ClientConfig;
 
 use crate::{ConnId, Context, Handler, PeerClosed, Reactor, TimerId, UnbindReason, Unreachable};
 
@@ -68,12 +71,29 @@ pub(crate) fn open<S: 'static>(
         return None;
     }
     core.config.stats.backend_opened();
+    let preamble = match (spec.send_proxy, core.record.client, core.record.listener) {
+        (Some(version), Some(client), Some(listener)) => Some(version.header(client, listener)),
+        _ => None,
+    };
+    let tls = spec.tls.as_ref().map(|tls| {
+        let name = tls
+            .server_name
+            .clone()
+            .unwrap_or_else(|| match &spec.target {
+                Ok(Target::Host(host, _)) => host.clone(),
+                Ok(Target::Tcp(addr)) => addr.ip().to_string(),
+                _ => String::from("localhost"),
+            });
+        (Arc::clone(&tls.config), name)
+    });
     let handler = BackendConn::<S> {
         client: core.client,
         shadow: spec.shadow,
         config: Rc::clone(&core.config),
         detached: false,
         deadline: None,
+        preamble,
+        tls,
         _state: PhantomData,
     };
     let opened = match &spec.target {
@@ -105,12 +125,6 @@ pub(crate) fn open<S: 'static>(
     };
     if let Ok(target) = &spec.target {
         core.event(format_args!("server `{name}` opening to {target}"));
-    }
-    if let (Some(version), Some(client), Some(listener)) =
-        (spec.send_proxy, core.record.client, core.record.listener)
-    {
-        // First in the queue, before any byte of the client's, on every try.
-        r.send_to(id, &version.header(client, listener));
     }
     if spec.shadow {
         core.config.stats.shadow_opened();
@@ -220,6 +234,10 @@ pub(crate) struct BackendConn<S> {
     config: Rc<Config>,
     detached: bool,
     deadline: Option<TimerId>,
+    /// What goes first, in the clear: a PROXY protocol header (`Backend::send_proxy`).
+    preamble: Option<Vec<u8>>,
+    /// TLS to start once the preamble is queued (`Backend::tls`).
+    tls: Option<(Arc<ClientConfig>, String)>,
     _state: PhantomData<fn() -> S>,
 }
 
@@ -294,6 +312,17 @@ impl<S: 'static> Handler for BackendConn<S> {
             cx.set_read_budget(1);
         } else if let Some(timeout) = options.connect_timeout {
             cx.set_pending_connect_timeout(timeout);
+        }
+        // First in the queue, in the clear, on every try: the PROXY header, then TLS.
+        if let Some(preamble) = self.preamble.take() {
+            cx.send_data(&preamble);
+        }
+        if let Some((config, name)) = self.tls.take()
+            && let Err(e) = cx.start_tls_client(config, &name)
+        {
+            self.config
+                .warn(None, format_args!("TLS to a backend as `{name}`: {e}"));
+            cx.close();
         }
     }
 

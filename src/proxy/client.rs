@@ -95,10 +95,39 @@ impl<S: 'static> Client<S> {
                     self.core
                         .event(format_args!("client {client} (PROXY header from {via})"));
                 }
+                if self.core.config.options.tls.is_some() {
+                    // What followed the header is the start of the TLS handshake.
+                    if self.start_tls(cx, &rest) {
+                        self.run_setup(cx);
+                    }
+                    return;
+                }
                 self.run_setup(cx);
                 if !rest.is_empty() {
                     self.receive_data(cx, &rest);
                 }
+            }
+        }
+    }
+
+    /// With `Options::tls`: starts terminating TLS, `early` being ciphertext already read.
+    /// Returns `false` (the client closed, with a warning) if it could not start.
+    fn start_tls(&mut self, cx: &mut Context<'_>, early: &[u8]) -> bool {
+        let Some(tls) = self.core.config.options.tls.clone() else {
+            return true;
+        };
+        let id = cx.id();
+        match cx.start_tls_server(tls) {
+            Ok(()) => {
+                if !early.is_empty() {
+                    cx.tls_received_early(id, early);
+                }
+                true
+            }
+            Err(e) => {
+                self.core.warn(format_args!("TLS could not start: {e}"));
+                cx.close();
+                false
             }
         }
     }
@@ -312,6 +341,9 @@ impl<S: 'static> Handler for Client<S> {
         if config.options.accept_proxy {
             // The setup waits for the PROXY header: it may use the client's address.
             self.core.pending_header = Some(Vec::new());
+            return;
+        }
+        if !self.start_tls(cx, &[]) {
             return;
         }
         self.run_setup(cx);

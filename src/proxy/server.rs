@@ -61,6 +61,7 @@ pub struct Options {
     pub(crate) session_log: Option<SessionLog>,
     pub(crate) stats: Option<Stats>,
     pub(crate) accept_proxy: bool,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Where a proxy server's listener comes from.
@@ -100,6 +101,7 @@ impl Default for Options {
             session_log: None,
             stats: None,
             accept_proxy: false,
+            tls: None,
         }
     }
 }
@@ -251,6 +253,15 @@ impl Options {
     /// a warning; one that sends nothing meets the client timeout.
     pub fn accept_proxy(mut self, on: bool) -> Options {
         self.accept_proxy = on;
+        self
+    }
+
+    /// Terminates TLS on the listener: every client's bytes are decrypted before the hooks
+    /// (and the backends) see them; see [`crate::tls::ServerTls`] for certificates chosen by
+    /// SNI and client certificates. With [`accept_proxy`](Self::accept_proxy), the PROXY
+    /// header comes first, in the clear, as from HAProxy.
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Options {
+        self.tls = Some(config);
         self
     }
 

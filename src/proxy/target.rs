@@ -9,10 +9,12 @@ use std::rc::Rc;
 
 use super::dispatch::Dispatch;
 use super::proxy_protocol;
+use rustls::ClientConfig;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// A backend's address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -118,6 +120,16 @@ pub struct Backend {
     pub(crate) dispatch: Option<Rc<dyn Dispatch>>,
     /// Start the connection with a PROXY protocol header of this version.
     pub(crate) send_proxy: Option<proxy_protocol::Version>,
+    /// Speak TLS to it (`Backend::tls`).
+    pub(crate) tls: Option<BackendTls>,
+}
+
+/// TLS to a backend: the client configuration and the name to verify (and send as SNI).
+#[derive(Clone, Debug)]
+pub(crate) struct BackendTls {
+    pub(crate) config: Arc<ClientConfig>,
+    /// `None`: the target's host name, or its IP address.
+    pub(crate) server_name: Option<String>,
 }
 
 impl Backend {
@@ -132,6 +144,7 @@ impl Backend {
             retries: 0,
             dispatch: None,
             send_proxy: None,
+            tls: None,
         }
     }
 
@@ -222,6 +235,21 @@ impl Backend {
     /// on every try of a retried connect.
     pub fn send_proxy(mut self, version: proxy_protocol::Version) -> Backend {
         self.send_proxy = Some(version);
+        self
+    }
+
+    /// Speaks TLS to this backend (after a [`send_proxy`](Self::send_proxy) header, which
+    /// goes in the clear), verifying it as `config` says (see [`crate::tls::ClientTls`]:
+    /// verification is on unless it was built with `dangerous_accept_any_server`) under
+    /// `server_name`, also sent as SNI; `None` uses the target's host name, or its IP
+    /// address. A backend that fails verification ends with
+    /// [`UnbindReason::TlsFailed`](crate::UnbindReason::TlsFailed), like any failed
+    /// connect (retried if it has retries).
+    pub fn tls(mut self, config: Arc<ClientConfig>, server_name: Option<&str>) -> Backend {
+        self.tls = Some(BackendTls {
+            config,
+            server_name: server_name.map(str::to_owned),
+        });
         self
     }
 

@@ -231,6 +231,12 @@ impl Reactor {
         delivered
     }
 
+    /// Ciphertext that was read before TLS started (after a PROXY header, say): handled
+    /// as if it had just arrived.
+    pub(crate) fn tls_received_early(&mut self, id: ConnId, input: &[u8]) {
+        self.tls_feed(id, input);
+    }
+
     fn tls_feed(&mut self, id: ConnId, mut input: &[u8]) -> bool {
         while !input.is_empty() {
             let Some(tls) = self.conn_mut(id).and_then(|c| c.tls.as_mut()) else {
