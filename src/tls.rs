@@ -64,6 +64,15 @@ impl Identity {
             .map_err(|e| invalid(format!("{} / {}: {e}", chain.display(), key.display())))
     }
 
+    /// The DNS names the leaf certificate is valid for (its subject alternative names).
+    pub fn dns_names(&self) -> Vec<String> {
+        self.chain
+            .first()
+            .and_then(|leaf| webpki::EndEntityCert::try_from(leaf).ok())
+            .map(|cert| cert.valid_dns_names().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
     fn certified(&self) -> io::Result<CertifiedKey> {
         CertifiedKey::from_der(self.chain.clone(), self.key.clone_key(), &provider())
             .map_err(|e| invalid(format!("the key does not fit the certificate: {e}")))
@@ -104,6 +113,24 @@ impl ServerTls {
     pub fn sni(mut self, name: &str, identity: Identity) -> ServerTls {
         self.by_name.push((name.to_owned(), identity));
         self
+    }
+
+    /// Presents `identity` to clients asking for any DNS name its certificate is valid
+    /// for ([`Identity::dns_names`]). `Err` if it names none.
+    pub fn sni_by_certificate(self, identity: Identity) -> io::Result<ServerTls> {
+        let names = identity.dns_names();
+        let Some((last, others)) = names.split_last() else {
+            return Err(invalid("the certificate names no DNS name to choose it by"));
+        };
+        let mut tls = self;
+        for name in others {
+            let copy = Identity {
+                chain: identity.chain.clone(),
+                key: identity.key.clone_key(),
+            };
+            tls = tls.sni(name, copy);
+        }
+        Ok(tls.sni(last, identity))
     }
 
     /// Requires a client certificate that verifies against the CA certificates in

@@ -274,6 +274,32 @@ fn sni_chooses_the_certificate() {
     }
 }
 
+#[test]
+fn sni_by_certificate_takes_every_name_the_certificate_carries() {
+    let ca = TestCa::new("test CA");
+    let multi = identity(&ca.server(&["api.test", "alt.test"]));
+    assert_eq!(multi.dns_names(), ["api.test", "alt.test"]);
+    let server = ServerTls::new(identity(&ca.server(&["default.test"])))
+        .sni_by_certificate(multi)
+        .unwrap()
+        .build()
+        .unwrap();
+    for name in ["alt.test", "api.test"] {
+        let client = ClientTls::with_ca(ca.cert_pem.as_bytes())
+            .unwrap()
+            .build()
+            .unwrap();
+        let (_, client_seen) = exchange(Arc::clone(&server), client, name, b"hi".to_vec());
+        assert_eq!(client_seen.received, b"hi", "{name}");
+    }
+    // A certificate naming no DNS name cannot be chosen by one.
+    assert!(
+        ServerTls::new(identity(&ca.server(&["x.test"])))
+            .sni_by_certificate(identity(&ca.server(&["127.0.0.1"])))
+            .is_err()
+    );
+}
+
 /// Accepts TLS and records how it ended.
 struct Recorded {
     config: Arc<ServerConfig>,
