@@ -55,6 +55,7 @@
 // - target, balance, stats: where a backend is, picking one, the counters.
 mod backend;
 mod balance;
+pub mod client_hello;
 mod client;
 mod config;
 mod core;
