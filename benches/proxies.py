@@ -190,10 +190,11 @@ def kill_group(proc, timeout=10):
 
 
 class Target:
-    """One thing wrk or iperf3 talks to: direct (no process of its own) or a proxy."""
+    """One thing wrk or iperf3 talks to: direct (no process of its own) or a proxy, run on
+    the cores `cpus` (taskset's list: "1", "0,1")."""
 
-    def __init__(self, name, port, cmd=None):
-        self.name, self.port, self.cmd = name, port, cmd
+    def __init__(self, name, port, cmd=None, cpus="1"):
+        self.name, self.port, self.cmd, self.cpus = name, port, cmd, cpus
         self.proc = None
         self.failed = None  # why it did not start, or when it died
         self.logfile = None
@@ -206,7 +207,7 @@ class Target:
                 slug = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
                 self.logfile = logdir / f"{slug}-{self.port}.log"
                 with open(self.logfile, "wb") as out:
-                    self.proc = subprocess.Popen(["taskset", "-c", "1", *self.cmd], stdout=out,
+                    self.proc = subprocess.Popen(["taskset", "-c", self.cpus, *self.cmd], stdout=out,
                                                  stderr=subprocess.STDOUT, start_new_session=True)
             wait_port(self.port, proc=self.proc)
         except (OSError, RuntimeError) as e:
@@ -273,12 +274,12 @@ http {{
     return proc
 
 
-def haproxy_config(workdir, name, listen, backend, splice):
+def haproxy_config(workdir, name, listen, backend, splice, nbthread=1):
     conf = workdir / f"{name}.cfg"
     conf.write_text(f"""
 global
     maxconn 4000
-    nbthread 1
+    nbthread {nbthread}
     {"" if splice else "nosplice"}
 defaults
     mode tcp
@@ -333,7 +334,7 @@ def parse_wrk(out):
     rps, total = number(r"Requests/sec:\s+([\d.]+)"), number(r"(\d+) requests in", int)
     if rps is None or total is None:
         return {"error": "could not parse wrk output"}
-    return {"rps": rps, "total": total, "p50": percentile(50), "p99": percentile(99),
+    return {"rps": rps, "total": total, "p50": percentile(50), "p90": percentile(90), "p99": percentile(99),
             "wrk_errors": ", ".join(errors)}
 
 

@@ -415,3 +415,44 @@ fn the_demo_checks_itself_and_exits_0() {
     );
     assert!(stdout.contains("the proxy added"), "{stdout}");
 }
+
+#[test]
+fn a_config_file_runs_like_its_flags_and_a_mistake_names_file_line_and_key() {
+    let backend = ReactorThread::spawn(|r| serve(r, || Echo));
+    let dir = std::env::temp_dir().join(format!("ember-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "connect_timeout = 2\naccess_log = \"off\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\nrelay = \"{}\"\n",
+            backend.value
+        ),
+    )
+    .unwrap();
+    let mut proxy = Child::spawn(
+        Command::new(EMBER_PROXY)
+            .arg("--config")
+            .arg(&good)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let addr = proxy.listening_addr(IO_TIMEOUT);
+    assert_eq!(exchange(addr, b"from the file"), b"from the file");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nrelay = \"127.0.0.1:1\"\nretries = \"many\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&["--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "ember-proxy: {}:4: retries: --retries `many` is not a number from 0 to 100",
+            bad.display()
+        )
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

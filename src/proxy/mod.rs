@@ -55,8 +55,8 @@
 // - target, balance, stats: where a backend is, picking one, the counters.
 mod backend;
 mod balance;
-pub mod client_hello;
 mod client;
+pub mod client_hello;
 mod config;
 mod core;
 mod dispatch;

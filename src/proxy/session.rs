@@ -156,6 +156,14 @@ impl<S: 'static> Session<'_, S> {
         true
     }
 
+    /// What the client's TLS handshake settled, on a listener that terminates TLS
+    /// ([`Options::tls`](super::Options::tls)): protocol, ALPN, the SNI name asked for,
+    /// the client's certificate chain with mutual TLS. `None` before the handshake is
+    /// done (a hook runs once it is, since the client's bytes arrive after it).
+    pub fn tls_info(&self) -> Option<crate::tls::TlsInfo> {
+        self.reactor.tls_info(self.core.client)
+    }
+
     /// This session's id: 1 for the server's first client, then in order of arrival;
     /// every log line about the session says `#id`, and its
     /// [`SessionRecord`](super::SessionRecord) carries it.

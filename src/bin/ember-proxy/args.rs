@@ -12,7 +12,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ember::proxy::{DEFAULT_FIN_TIMEOUT, DEFAULT_SHADOW_BUFFER, Strategy, Target, parse_port};
+use ember::proxy::{
+    DEFAULT_FIN_TIMEOUT, DEFAULT_SHADOW_BUFFER, Strategy, Target, parse_port, proxy_protocol,
+};
 
 use crate::access;
 use crate::logging::AccessLog;
@@ -81,12 +83,36 @@ every byte the clients send, and their answers are discarded.
                                     finish (default 10)
       --no-splice                   Relay by copying through user space instead of
                                     splice(2) (for comparison; splice is the default)
+      --send-proxy                  Start every backend connection with a PROXY protocol v1
+                                    header naming the client (HAProxy's send-proxy)
+      --send-proxy-v2               The same with the binary v2 header
+      --accept-proxy                Every client starts with a PROXY v1/v2 header (from a
+                                    balancer in front): its addresses are the client's
+      --tls-cert FILE               Terminate TLS on the listener with this certificate
+      --tls-key FILE                chain and key (PEM); repeat both for more certificates,
+                                    chosen by the name the client asks for (SNI), the
+                                    first one the default
+      --tls-client-ca FILE          Require client certificates issued by these CAs
+      --backend-tls                 Speak TLS to the backends (-r/-b/-d), verifying them
+                                    against the system's roots
+      --backend-ca FILE             ... against these CAs instead (implies --backend-tls)
+      --backend-sni NAME            The name to verify and send as SNI (default: the
+                                    backend's host name)
+      --backend-tls-insecure        Verify nothing (for tests; says so loudly in the log)
+      --sni-route NAME=HOST:PORT    Without terminating TLS, send clients whose TLS
+                                    ClientHello asks for NAME to HOST:PORT (repeatable;
+                                    others go to -r/-b)
+      --workers N                   Event loops serving the port, one thread each, each
+                                    with its own SO_REUSEPORT listener (the kernel spreads
+                                    clients over them); default 1
       --admin HOST:PORT             Serve /metrics (Prometheus), /stats (a live page) and
                                     /health (503 while draining) on this address
       --access-log PATH             Where the access log goes: one line per client session
                                     (a file, appended to and reopened on SIGUSR1; `-`:
                                     stderr, the default; `off`)
       --log-format FORMAT           text (key=value pairs, the default) or json
+  -c, --config FILE                 Read listeners and flags from a TOML file (flags'
+                                    names as keys); SIGHUP reads it again
   -v, --verbose                     Also log every connection and backend event
   -h, --help                        Show this help
   -V, --version                     Show the version
@@ -111,6 +137,8 @@ pub enum Command {
     /// No arguments: usage on stderr, exit 2 (em-proxy prints its help).
     Usage,
     Run(RunArgs),
+    /// `--config FILE`: everything else is in the file.
+    Config(PathBuf),
     Demo(DemoArgs),
 }
 
@@ -139,6 +167,9 @@ pub const MAX_WEIGHT: u32 = 1000;
 /// The highest per-backend `maxconn=` accepted.
 pub const MAX_MAXCONN: usize = 1_000_000;
 
+/// The most `--workers` accepted (threads, each with its own listener and pools).
+pub const MAX_WORKERS: usize = 256;
+
 #[derive(Debug)]
 pub struct RunArgs {
     pub listen: String,
@@ -166,8 +197,39 @@ pub struct RunArgs {
     pub log_format: access::Format,
     /// `--admin`: where /metrics, /stats and /health are served.
     pub admin: Option<SocketAddr>,
+    /// `--workers`: event loops, one thread each (1 to [`MAX_WORKERS`]).
+    pub workers: usize,
+    /// `--send-proxy`/`--send-proxy-v2`: a PROXY header before every backend's bytes.
+    pub send_proxy: Option<proxy_protocol::Version>,
+    /// `--accept-proxy`: clients start with a PROXY header.
+    pub accept_proxy: bool,
+    /// `--tls-cert`/`--tls-key`/`--tls-client-ca`: TLS terminated on the listener.
+    pub tls: Option<ListenerTls>,
+    /// `--backend-tls` and friends: TLS to the backends.
+    pub backend_tls: Option<BackendTls>,
+    /// `--sni-route NAME=HOST:PORT`: pass-through routing by the ClientHello's name.
+    pub sni_routes: Vec<(String, String)>,
     pub shadow_max_conns: Option<usize>,
     pub shadow_max_memory: Option<usize>,
+}
+
+/// TLS terminated on the listener.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// Certificate chain and key files, the first the default, the others by SNI.
+    pub identities: Vec<(PathBuf, PathBuf)>,
+    /// Client certificates must be issued by these CAs.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// TLS to the backends.
+#[derive(Debug, Clone)]
+pub struct BackendTls {
+    /// `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    pub sni: Option<String>,
+    /// Verify nothing.
+    pub insecure: bool,
 }
 
 #[derive(Debug)]
@@ -203,6 +265,14 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("", "--access-log"),
     ("", "--log-format"),
     ("", "--admin"),
+    ("", "--workers"),
+    ("-c", "--config"),
+    ("", "--tls-cert"),
+    ("", "--tls-key"),
+    ("", "--tls-client-ca"),
+    ("", "--backend-ca"),
+    ("", "--backend-sni"),
+    ("", "--sni-route"),
     ("-n", "--requests"),
 ];
 
@@ -213,7 +283,45 @@ const SWITCHES: &[(&str, &str)] = &[
     ("-v", "--verbose"),
     ("", "--no-splice"),
     ("", "--check"),
+    ("", "--send-proxy"),
+    ("", "--send-proxy-v2"),
+    ("", "--accept-proxy"),
+    ("", "--backend-tls"),
+    ("", "--backend-tls-insecure"),
 ];
+
+/// Whether a flag takes a value (for the config file, whose keys are flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlagKind {
+    Switch,
+    Value,
+}
+
+/// What kind of flag `flag` (a long or short name) is; `None` if there is no such flag.
+/// `--help`, `--version` and `--config` itself are not settings.
+pub fn flag_kind(flag: &str) -> Option<FlagKind> {
+    if matches!(
+        long_of(flag),
+        "--help" | "--version" | "--config" | "--requests"
+    ) {
+        return None;
+    }
+    if is_switch(flag) {
+        Some(FlagKind::Switch)
+    } else if is_value_flag(flag) {
+        Some(FlagKind::Value)
+    } else {
+        None
+    }
+}
+
+fn long_of(flag: &str) -> &str {
+    VALUE_FLAGS
+        .iter()
+        .chain(SWITCHES)
+        .find(|(short, long)| (!short.is_empty() && flag == *short) || flag == *long)
+        .map_or(flag, |(_, long)| long)
+}
 
 pub fn parse(args: &[String]) -> Result<Command, String> {
     if args.is_empty() {
@@ -235,6 +343,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 "-v" | "--verbose" => seen.verbose = true,
                 "--no-splice" => seen.no_splice = true,
                 "--check" => seen.check = true,
+                "--send-proxy" => seen.send_proxy = Some(proxy_protocol::Version::V1),
+                "--send-proxy-v2" => seen.send_proxy = Some(proxy_protocol::Version::V2),
+                "--accept-proxy" => seen.accept_proxy = true,
+                "--backend-tls" => seen.backend_tls = true,
+                "--backend-tls-insecure" => seen.backend_tls_insecure = true,
                 _ if is_value_flag(flag) => {
                     let value = match inline {
                         Some(v) => v,
@@ -341,10 +454,13 @@ fn placeholder(flag: &str) -> &'static str {
         "--retries" | "--rise" | "--fall" | "--max-conn" => "N",
         "--check-http" => "PATH",
         "--check-interval" | "--resolve-interval" => "SECONDS",
-        "--shadow-max-conns" => "N",
+        "--shadow-max-conns" | "--workers" => "N",
         "--requests" => "N",
         "--access-log" => "PATH, - or off",
         "--admin" => "HOST:PORT",
+        "--config" | "--tls-cert" | "--tls-key" | "--tls-client-ca" | "--backend-ca" => "FILE",
+        "--backend-sni" => "NAME",
+        "--sni-route" => "NAME=HOST:PORT",
         "--log-format" => "text or json",
         _ => "a value",
     }
@@ -358,6 +474,14 @@ struct Seen {
     balance: Option<String>,
     strategy: Option<String>,
     duplex: Vec<String>,
+    tls_certs: Vec<String>,
+    tls_keys: Vec<String>,
+    sni_routes: Vec<String>,
+    tls_client_ca: Option<String>,
+    backend_ca: Option<String>,
+    backend_sni: Option<String>,
+    backend_tls: bool,
+    backend_tls_insecure: bool,
     shadow_buffer: Option<String>,
     grace: Option<String>,
     fin_timeout: Option<String>,
@@ -374,13 +498,17 @@ struct Seen {
     access_log: Option<String>,
     log_format: Option<String>,
     admin: Option<String>,
+    workers: Option<String>,
     client_timeout: Option<String>,
     server_timeout: Option<String>,
     shadow_max_conns: Option<String>,
     shadow_max_memory: Option<String>,
     requests: Option<String>,
+    config: Option<String>,
     verbose: bool,
     no_splice: bool,
+    send_proxy: Option<proxy_protocol::Version>,
+    accept_proxy: bool,
 }
 
 impl Seen {
@@ -406,11 +534,25 @@ impl Seen {
             "--access-log" => &mut self.access_log,
             "--log-format" => &mut self.log_format,
             "--admin" => &mut self.admin,
+            "--workers" => &mut self.workers,
             "--client-timeout" => &mut self.client_timeout,
             "--server-timeout" => &mut self.server_timeout,
             "--shadow-max-conns" => &mut self.shadow_max_conns,
             "--shadow-max-memory" => &mut self.shadow_max_memory,
             "--requests" => &mut self.requests,
+            "--config" => &mut self.config,
+            "--tls-client-ca" => &mut self.tls_client_ca,
+            "--backend-ca" => &mut self.backend_ca,
+            "--backend-sni" => &mut self.backend_sni,
+            "--tls-cert" | "--tls-key" | "--sni-route" => {
+                let list = match long {
+                    "--tls-cert" => &mut self.tls_certs,
+                    "--tls-key" => &mut self.tls_keys,
+                    _ => &mut self.sni_routes,
+                };
+                list.push(value);
+                return Ok(());
+            }
             "--duplex" => {
                 self.duplex.extend(split_list(&value, long)?);
                 return Ok(());
@@ -428,7 +570,15 @@ impl Seen {
         if self.requests.is_some() {
             return Err("--requests belongs to `ember-proxy demo`".into());
         }
+        if let Some(path) = &self.config {
+            if self.listen.is_some() || self.relay.is_some() || self.balance.is_some() {
+                return Err("--config: the listeners are in the file; give no -l/-r/-b".into());
+            }
+            return Ok(Command::Config(PathBuf::from(path)));
+        }
         let check = self.check()?;
+        let tls = self.listener_tls()?;
+        let backend_tls = self.backend_tls()?;
         let listen = self.listen.ok_or("missing -l/--listen [HOST:]PORT")?;
         check_listen(&listen)?;
         let upstream = match (self.relay, self.socket, self.balance) {
@@ -494,6 +644,16 @@ impl Seen {
             Some(addr) => Some(resolve(addr, "--admin")?),
             None => None,
         };
+        let workers = match &self.workers {
+            Some(n) => n
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_WORKERS).contains(n))
+                .ok_or_else(|| {
+                    format!("--workers `{n}` is not a number from 1 to {MAX_WORKERS}")
+                })?,
+            None => 1,
+        };
         let queue_timeout = match &self.queue_timeout {
             Some(s) => parse_seconds(s, "--queue-timeout")?,
             None => ember::proxy::DEFAULT_QUEUE_TIMEOUT,
@@ -526,6 +686,26 @@ impl Seen {
             Some(s) => Some(parse_size(s, "--shadow-max-memory")?),
             None => None,
         };
+        let sni_routes = self
+            .sni_routes
+            .iter()
+            .map(|route| {
+                let (name, target) = route
+                    .split_once('=')
+                    .ok_or_else(|| format!("--sni-route `{route}` is not NAME=HOST:PORT"))?;
+                if name.is_empty() {
+                    return Err(format!("--sni-route `{route}` has no name"));
+                }
+                check_host_port(target, "--sni-route")?;
+                Ok((name.to_ascii_lowercase(), target.to_owned()))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if !sni_routes.is_empty() && tls.is_some() {
+            return Err(
+                "--sni-route passes TLS through untouched; it cannot be used with --tls-cert"
+                    .into(),
+            );
+        }
         Ok(Command::Run(RunArgs {
             listen,
             upstream,
@@ -534,6 +714,11 @@ impl Seen {
             shadow_buffer,
             grace,
             splice: !self.no_splice,
+            send_proxy: self.send_proxy,
+            accept_proxy: self.accept_proxy,
+            tls,
+            backend_tls,
+            sni_routes,
             fin_timeout,
             shadow_max_conns,
             shadow_max_memory,
@@ -548,6 +733,7 @@ impl Seen {
             access_log,
             log_format,
             admin,
+            workers,
         }))
     }
 
@@ -575,6 +761,23 @@ impl Seen {
             (self.access_log.is_some(), "--access-log"),
             (self.log_format.is_some(), "--log-format"),
             (self.admin.is_some(), "--admin"),
+            (self.workers.is_some(), "--workers"),
+            (self.config.is_some(), "--config"),
+            (self.send_proxy.is_some(), "--send-proxy"),
+            (self.accept_proxy, "--accept-proxy"),
+            (
+                !self.tls_certs.is_empty() || !self.tls_keys.is_empty(),
+                "--tls-cert",
+            ),
+            (self.tls_client_ca.is_some(), "--tls-client-ca"),
+            (
+                self.backend_tls
+                    || self.backend_tls_insecure
+                    || self.backend_ca.is_some()
+                    || self.backend_sni.is_some(),
+                "--backend-tls",
+            ),
+            (!self.sni_routes.is_empty(), "--sni-route"),
             (self.client_timeout.is_some(), "--client-timeout"),
             (self.server_timeout.is_some(), "--server-timeout"),
             (self.shadow_max_conns.is_some(), "--shadow-max-conns"),
@@ -707,6 +910,49 @@ fn parse_size(s: &str, flag: &str) -> Result<usize, String> {
 
 impl Seen {
     /// `--check`, `--check-http`, `--check-interval`, `--rise`, `--fall`.
+    fn listener_tls(&self) -> Result<Option<ListenerTls>, String> {
+        if self.tls_certs.len() != self.tls_keys.len() {
+            return Err(format!(
+                "--tls-cert and --tls-key come in pairs ({} certificates, {} keys)",
+                self.tls_certs.len(),
+                self.tls_keys.len()
+            ));
+        }
+        if self.tls_certs.is_empty() {
+            if self.tls_client_ca.is_some() {
+                return Err("--tls-client-ca needs --tls-cert and --tls-key".into());
+            }
+            return Ok(None);
+        }
+        Ok(Some(ListenerTls {
+            identities: self
+                .tls_certs
+                .iter()
+                .zip(&self.tls_keys)
+                .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k)))
+                .collect(),
+            client_ca: self.tls_client_ca.as_ref().map(PathBuf::from),
+        }))
+    }
+
+    fn backend_tls(&self) -> Result<Option<BackendTls>, String> {
+        let asked = self.backend_tls
+            || self.backend_tls_insecure
+            || self.backend_ca.is_some()
+            || self.backend_sni.is_some();
+        if !asked {
+            return Ok(None);
+        }
+        if self.backend_tls_insecure && self.backend_ca.is_some() {
+            return Err("--backend-tls-insecure verifies nothing: drop --backend-ca or it".into());
+        }
+        Ok(Some(BackendTls {
+            ca: self.backend_ca.as_ref().map(PathBuf::from),
+            sni: self.backend_sni.clone(),
+            insecure: self.backend_tls_insecure,
+        }))
+    }
+
     fn check(&self) -> Result<Option<ember::proxy::Check>, String> {
         let tuning = [
             (self.check_interval.is_some(), "--check-interval"),
@@ -1017,6 +1263,23 @@ mod tests {
             };
             assert!(usage.contains(&named), "the usage lacks {named}");
         }
+    }
+
+    #[test]
+    fn workers_are_one_unless_asked_and_at_least_one() {
+        assert_eq!(run("-l 1 -r a:1").workers, 1);
+        assert_eq!(run("-l 1 -r a:1 --workers 4").workers, 4);
+        assert_eq!(run("-l 1 -r a:1 --workers=2").workers, 2);
+        for n in ["0", "-1", "two", "257"] {
+            assert_eq!(
+                error(&format!("-l 1 -r a:1 --workers {n}")),
+                format!("--workers `{n}` is not a number from 1 to 256")
+            );
+        }
+        assert_eq!(
+            error("demo --workers 2"),
+            "--workers does not apply to `ember-proxy demo`"
+        );
     }
 
     #[test]

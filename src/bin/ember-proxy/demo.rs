@@ -113,6 +113,8 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             check: None,
             resolve_interval: ember::DEFAULT_RESOLVE_INTERVAL,
             timeouts: String::new(),
+            backends: Default::default(),
+            sni_routes: Vec::new(),
         };
         let proxy = plan.start(r)?.server;
         let proxy = proxy.local_addr().expect("TCP servers have an address");

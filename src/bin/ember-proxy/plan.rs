@@ -5,25 +5,36 @@
 //! come from a [`Pool`]: a failed connect is retried on another backend in rotation, a
 //! backend that keeps failing leaves the rotation for a while (one log line each way),
 //! and with every backend out a new client is closed at once.
+//!
+//! A plan is plain data (`Clone + Send`): with `--workers N` every worker starts its own
+//! copy on its own reactor ([`Plan::for_worker`] gives each its share of the `maxconn`
+//! limits; a [`Worker`] is who runs it: the label of its lines, the tally of its clients),
+//! listening on a [`Socket`] of its own or an adopted one.
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
+use ember::proxy::client_hello::{self, Peek};
 use ember::proxy::{
     Backend, Balancer, Change, Check, DEFAULT_QUEUE_LENGTH, Ejection, Finish, Lease, Options, Pool,
-    ProxyServer, Refused, Session, Strategy, Target, Throttle, WARNINGS_PER_SECOND,
+    ProxyServer, Refused, Relay as Relaying, Session, Setup, Strategy, Target, Throttle,
+    WARNINGS_PER_SECOND, proxy_protocol,
 };
+use ember::tls::rustls::ClientConfig;
 use ember::{Reactor, UnbindReason};
 
 use crate::args::{self, RunArgs, Upstream};
+use crate::board::Tally;
+use crate::tls_setup;
 
 /// Where clients go. A name was checked to resolve at start, and stays a name: the
 /// reactor resolves it again in the background every `--resolve-interval`, and tries every
 /// address it has.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Relay {
     Tcp(Target),
     Unix(PathBuf),
@@ -31,7 +42,7 @@ pub enum Relay {
 }
 
 /// One `-b` backend, its name kept.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Member {
     pub target: Target,
     pub weight: u32,
@@ -40,7 +51,7 @@ pub struct Member {
 }
 
 /// A proxy ready to start.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Plan {
     pub listen: SocketAddr,
     pub relay: Relay,
@@ -57,6 +68,68 @@ pub struct Plan {
     pub resolve_interval: Duration,
     /// For the startup line: what the timeouts are.
     pub timeouts: String,
+    /// What every backend connection (relay and shadows) starts with: a PROXY header,
+    /// TLS.
+    pub backends: BackendSetup,
+    /// `--sni-route`: pass-through routes by the ClientHello's server name.
+    pub sni_routes: Vec<(String, Target)>,
+}
+
+/// Who runs one copy of a plan: what the binary's own lines about it start with, and
+/// the tally of the clients it accepts.
+#[derive(Clone, Debug)]
+pub struct Worker {
+    /// `ember-proxy`, or `ember-proxy/N` for worker N of several.
+    pub label: String,
+    pub tally: Arc<Tally>,
+}
+
+impl Worker {
+    /// Worker `worker` of `workers`.
+    pub fn new(worker: usize, workers: usize) -> Worker {
+        Worker {
+            label: label(worker, workers),
+            tally: Arc::default(),
+        }
+    }
+}
+
+/// `ember-proxy`, or `ember-proxy/N` for worker N of several.
+fn label(worker: usize, workers: usize) -> String {
+    if workers > 1 {
+        format!("ember-proxy/{worker}")
+    } else {
+        "ember-proxy".into()
+    }
+}
+
+/// Where a started plan takes its clients from.
+#[derive(Debug)]
+pub enum Socket {
+    /// Listen on this address (with `SO_REUSEPORT` if the reactor says so).
+    Bind(SocketAddr),
+    /// A socket that is already listening: passed by systemd, or shared by workers.
+    Adopt(std::net::TcpListener),
+}
+
+/// `--send-proxy` and `--backend-tls`, for every backend connection.
+#[derive(Clone, Debug, Default)]
+pub struct BackendSetup {
+    pub send_proxy: Option<proxy_protocol::Version>,
+    /// The client configuration, and the name to verify (`None`: each backend's host).
+    pub tls: Option<(Arc<ClientConfig>, Option<String>)>,
+}
+
+impl BackendSetup {
+    fn dress(&self, mut backend: Backend) -> Backend {
+        if let Some(version) = self.send_proxy {
+            backend = backend.send_proxy(version);
+        }
+        if let Some((config, name)) = &self.tls {
+            backend = backend.tls(Arc::clone(config), name.as_deref());
+        }
+        backend
+    }
 }
 
 impl Plan {
@@ -100,7 +173,26 @@ impl Plan {
         if let Some(n) = run.max_conn {
             options = options.max_connections(n);
         }
+        options = options.accept_proxy(run.accept_proxy);
+        if let Some(tls) = &run.tls {
+            options = options.tls(tls_setup::listener(tls)?);
+        }
+        let backends = BackendSetup {
+            send_proxy: run.send_proxy,
+            tls: run
+                .backend_tls
+                .as_ref()
+                .map(tls_setup::backends)
+                .transpose()?,
+        };
+        let sni_routes = run
+            .sni_routes
+            .iter()
+            .map(|(name, target)| Ok((name.clone(), args::resolve_target(target, "--sni-route")?)))
+            .collect::<Result<_, String>>()?;
         Ok(Plan {
+            backends,
+            sni_routes,
             listen,
             relay,
             duplex,
@@ -120,6 +212,23 @@ impl Plan {
                 run.retries
             ),
         })
+    }
+
+    /// This plan as worker `worker` of `workers` runs it: the library's lines carry the
+    /// worker's label (`ember-proxy/N`, when there are several), and each backend's
+    /// `maxconn=` is shared out (the shares add up to the limit given, each at least 1),
+    /// so that the workers together never send a backend more clients than it was given.
+    pub fn for_worker(&self, worker: usize, workers: usize) -> Plan {
+        let mut plan = self.clone();
+        if workers > 1 {
+            plan.options = plan.options.label(label(worker, workers));
+        }
+        if let Relay::Balance(members, _) = &mut plan.relay {
+            for m in members {
+                m.max_conn = m.max_conn.map(|n| share(n, worker, workers));
+            }
+        }
+        plan
     }
 
     /// One line for stdout: where the proxy listens and where it sends what.
@@ -155,11 +264,22 @@ impl Plan {
         line
     }
 
-    /// Starts the proxy on `r`.
+    /// Starts the proxy on `r`, listening on `self.listen`.
     pub fn start(&self, r: &mut Reactor) -> io::Result<Started> {
+        self.start_on(r, Socket::Bind(self.listen), &Worker::new(0, 1))
+    }
+
+    /// Starts the proxy on `r` as `worker`, taking clients from `socket`.
+    pub fn start_on(
+        &self,
+        r: &mut Reactor,
+        socket: Socket,
+        worker: &Worker,
+    ) -> io::Result<Started> {
         r.set_splice(self.splice);
         r.set_resolve_interval(self.resolve_interval);
-        let duplex = shadow_pools(&self.duplex);
+        let on_change = change_log(&worker.label);
+        let duplex = shadow_pools(&self.duplex, &on_change);
         let mut pools: Vec<(String, Pool)> = duplex
             .iter()
             .enumerate()
@@ -178,12 +298,26 @@ impl Plan {
         let balancer = match &self.relay {
             Relay::Unix(path) => {
                 // One socket, no pool: retries go to the same path.
-                let relay = with_relay_paths(Backend::unix(path).retries(retries), cut_through);
-                let server = options.start(r, self.listen, move |conn| {
-                    conn.server("relay", relay.clone());
-                    open_shadows(conn, &duplex);
-                    conn.on_finish(relay_decides);
-                })?;
+                let relay = with_relay_paths(
+                    self.backends.dress(Backend::unix(path).retries(retries)),
+                    cut_through,
+                );
+                let shadows = Shadows {
+                    pools: duplex,
+                    setup: self.backends.clone(),
+                };
+                let server = listen(
+                    r,
+                    options,
+                    socket,
+                    worker,
+                    || (),
+                    move |conn| {
+                        conn.server("relay", relay.clone());
+                        shadows.open(conn);
+                        conn.on_finish(relay_decides);
+                    },
+                )?;
                 return Ok(Started { server, pools });
             }
             Relay::Tcp(target) => Balancer::new(vec![target.clone()], Strategy::RoundRobin),
@@ -197,7 +331,8 @@ impl Plan {
             Relay::Balance(members, _) => members.iter().map(|m| m.max_conn).collect(),
             _ => vec![None],
         };
-        let pool = Pool::logging(balancer, Ejection::default(), log_change)
+        let on_change = Rc::clone(&on_change);
+        let pool = Pool::logging(balancer, Ejection::default(), move |t, c| on_change(t, c))
             .max_connections(limits)
             .queue(self.queue_timeout, DEFAULT_QUEUE_LENGTH);
         if let Some(check) = &self.check {
@@ -208,15 +343,26 @@ impl Plan {
             retries,
             pool: pool.clone(),
             cut_through,
-            duplex,
+            shadows: Shadows {
+                pools: duplex,
+                setup: self.backends.clone(),
+            },
+            routes: self.sni_routes.clone(),
             refusals: Throttle::new(WARNINGS_PER_SECOND, Duration::from_secs(1)),
+            label: worker.label.clone(),
         });
-        let server = options.start_with_state(
+        let server = listen(
             r,
-            self.listen,
+            options,
+            socket,
+            worker,
             || None::<Lease>,
             move |conn| {
                 conn.on_finish(relay_decides);
+                if !relay.routes.is_empty() {
+                    route_by_server_name(conn, &relay);
+                    return;
+                }
                 let client = conn.peer().map(|a| a.ip());
                 if let Some(lease) = pool.pick(client) {
                     open_relay(conn, lease, &relay);
@@ -231,17 +377,47 @@ impl Plan {
                             conn.resume_client();
                             open_relay(conn, lease, &waiting);
                         }
-                        Err(refused) => refuse(conn, refused, &waiting.refusals),
+                        Err(refused) => refuse(conn, refused, &waiting),
                     });
                 });
                 match queued {
                     Ok(()) => conn.pause_client(),
-                    Err(refused) => refuse(conn, refused, &relay.refusals),
+                    Err(refused) => refuse(conn, refused, &relay),
                 }
             },
         )?;
         Ok(Started { server, pools })
     }
+}
+
+/// Starts `options` on `socket` (binds it, or adopts a listening one), counting every
+/// client `worker` accepts. The count is taken where each client's state is made, as it
+/// is accepted: every client counted there ends in the session-end hook.
+fn listen<S: 'static>(
+    r: &mut Reactor,
+    options: Options,
+    socket: Socket,
+    worker: &Worker,
+    mut init: impl FnMut() -> S + 'static,
+    setup: impl FnMut(&mut ember::proxy::Setup<'_, S>) + 'static,
+) -> io::Result<ProxyServer> {
+    let tally = Arc::clone(&worker.tally);
+    let init = move || {
+        tally.accepted();
+        init()
+    };
+    match socket {
+        Socket::Bind(addr) => options.start_with_state(r, addr, init, setup),
+        Socket::Adopt(listener) => options.start_on(r, listener, init, setup),
+    }
+}
+
+/// `limit` split over `workers`: worker `worker`'s part, at least 1; the parts add up to
+/// `limit` when it is at least `workers`.
+fn share(limit: usize, worker: usize, workers: usize) -> usize {
+    let workers = workers.max(1);
+    let part = limit / workers + usize::from(worker < limit % workers);
+    part.max(1)
 }
 
 /// A started proxy: its server, and its pools by role (`relay`, `duplex_N`) for the
@@ -257,47 +433,104 @@ struct RelaySpec {
     retries: u32,
     pool: Pool,
     cut_through: bool,
-    duplex: Vec<Pool>,
+    shadows: Shadows,
+    /// `--sni-route`: by server name; the pool takes the rest.
+    routes: Vec<(String, Target)>,
     /// The budget for "client refused" lines.
     refusals: Throttle,
+    /// What those lines start with.
+    label: String,
 }
 
 fn open_relay(conn: &mut Session<'_, Option<Lease>>, lease: Lease, spec: &RelaySpec) {
     let relay = Backend::new(lease.target().clone())
         .retries(spec.retries)
         .dispatch(spec.pool.dispatch());
+    let relay = spec.shadows.setup.dress(relay);
     conn.server("relay", with_relay_paths(relay, spec.cut_through));
     *conn.state() = Some(lease);
-    open_shadows(conn, &spec.duplex);
+    spec.shadows.open(conn);
+}
+
+/// `--sni-route`: holds the client's first bytes until its TLS ClientHello is whole, then
+/// relays them, untouched, to the backend its server name routes to (the pool's pick for
+/// any other name, or none), and the rest of the stream after them. Anything that is not
+/// a ClientHello closes the client with a warning.
+fn route_by_server_name(conn: &mut Setup<'_, Option<Lease>>, spec: &Rc<RelaySpec>) {
+    let spec = Rc::clone(spec);
+    let mut hello = Vec::new();
+    conn.on_data(move |s, data| {
+        if s.backend_id("relay").is_some() {
+            return Relaying::All(data.to_vec()); // routed already (copy path)
+        }
+        hello.extend_from_slice(data);
+        let name = match client_hello::peek(&hello) {
+            Peek::Incomplete => return Relaying::Drop, // kept in `hello`
+            Peek::Hello(h) => h.server_name,
+            Peek::NotTls(why) => {
+                let id = s.session_id();
+                log::warn!("{} #{id}: client closed: {why}", spec.label);
+                s.close();
+                return Relaying::Drop;
+            }
+        };
+        let routed = name
+            .as_deref()
+            .and_then(|n| spec.routes.iter().find(|(route, _)| route == n));
+        let backend = match routed {
+            Some((_, target)) => Backend::new(target.clone()).retries(spec.retries),
+            None => match spec.pool.pick(s.peer().map(|a| a.ip())) {
+                Some(lease) => {
+                    let backend = Backend::new(lease.target().clone())
+                        .retries(spec.retries)
+                        .dispatch(spec.pool.dispatch());
+                    *s.state() = Some(lease);
+                    backend
+                }
+                None => {
+                    refuse(s, Refused::AllDown, &spec);
+                    return Relaying::Drop;
+                }
+            },
+        };
+        let backend = spec.shadows.setup.dress(backend);
+        s.server("relay", with_relay_paths(backend, spec.cut_through));
+        spec.shadows.open(s);
+        Relaying::All(std::mem::take(&mut hello))
+    });
 }
 
 /// No backend for this client: close it, with a warning (at most
 /// [`WARNINGS_PER_SECOND`] a second: with every backend down, every client is refused).
-fn refuse<S: 'static>(conn: &mut Session<'_, S>, refused: Refused, warnings: &Throttle) {
-    if let Some(suppressed) = warnings.admit() {
+fn refuse<S: 'static>(conn: &mut Session<'_, S>, refused: Refused, spec: &RelaySpec) {
+    if let Some(suppressed) = spec.refusals.admit() {
         let more = match suppressed {
             0 => String::new(),
             n => format!(" ({n} more clients refused meanwhile)"),
         };
         let client = conn.peer().map_or_else(|| "-".into(), |a| a.to_string());
         let id = conn.session_id();
-        log::warn!("ember-proxy #{id}: client {client} closed: {refused}{more}");
+        let label = &spec.label;
+        log::warn!("{label} #{id}: client {client} closed: {refused}{more}");
     }
     conn.close();
 }
 
+type ChangeLog = Rc<dyn Fn(&Target, Change)>;
+
 /// A backend left or rejoined the rotation: one line, verbose or not.
-fn log_change(target: &Target, change: Change) {
-    match change {
+fn change_log(label: &str) -> ChangeLog {
+    let label = label.to_owned();
+    Rc::new(move |target, change| match change {
         Change::Down(out_for) => log::warn!(
-            "ember-proxy: backend {target} is DOWN (connects keep failing); out of rotation for {}",
+            "{label}: backend {target} is DOWN (connects keep failing); out of rotation for {}",
             seconds(Some(out_for))
         ),
         Change::CheckedDown => {
-            log::warn!("ember-proxy: backend {target} is DOWN (health checks fail)")
+            log::warn!("{label}: backend {target} is DOWN (health checks fail)")
         }
-        Change::Up => log::warn!("ember-proxy: backend {target} is UP again"),
-    }
+        Change::Up => log::warn!("{label}: backend {target} is UP again"),
+    })
 }
 
 /// `5s`, `0.2s`, or `never`.
@@ -318,21 +551,31 @@ fn with_relay_paths(relay: Backend, cut_through: bool) -> Backend {
 
 /// One pool per shadow: its failed connects (and checks, with `--check`) take it out of
 /// rotation, and a shadow out of rotation is skipped, never tried at the client's expense.
-fn shadow_pools(duplex: &[Target]) -> Vec<Pool> {
+fn shadow_pools(duplex: &[Target], on_change: &ChangeLog) -> Vec<Pool> {
     duplex
         .iter()
         .map(|target| {
             let one = Balancer::new(vec![target.clone()], Strategy::RoundRobin);
-            Pool::logging(one, Ejection::default(), log_change)
+            let on_change = Rc::clone(on_change);
+            Pool::logging(one, Ejection::default(), move |t, c| on_change(t, c))
         })
         .collect()
 }
 
-fn open_shadows<S: 'static>(conn: &mut Session<'_, S>, shadows: &[Pool]) {
-    for (i, pool) in shadows.iter().enumerate() {
-        let target = pool.balancer().targets()[0].clone();
-        let shadow = Backend::new(target).shadow().dispatch(pool.dispatch());
-        conn.server(&format!("duplex_{i}"), shadow);
+/// The shadows every client gets, each in its pool, dressed like the relay.
+#[derive(Clone)]
+struct Shadows {
+    pools: Vec<Pool>,
+    setup: BackendSetup,
+}
+
+impl Shadows {
+    fn open<S: 'static>(&self, conn: &mut Session<'_, S>) {
+        for (i, pool) in self.pools.iter().enumerate() {
+            let target = pool.balancer().targets()[0].clone();
+            let shadow = Backend::new(target).shadow().dispatch(pool.dispatch());
+            conn.server(&format!("duplex_{i}"), self.setup.dress(shadow));
+        }
     }
 }
 
@@ -342,5 +585,22 @@ fn relay_decides<S>(_: &mut Session<'_, S>, name: &str, _: UnbindReason) -> Fini
         Finish::Close
     } else {
         Finish::Keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn maxconn_shares_add_up_to_the_limit() {
+        for (limit, workers) in [(100, 2), (7, 3), (2, 2), (1000, 7)] {
+            let parts: Vec<usize> = (0..workers).map(|w| share(limit, w, workers)).collect();
+            assert_eq!(parts.iter().sum::<usize>(), limit, "{limit}/{workers}");
+            assert!(parts.iter().max().unwrap() - parts.iter().min().unwrap() <= 1);
+        }
+        // Fewer slots than workers: each still takes a client.
+        assert_eq!(share(1, 1, 4), 1);
+        assert_eq!(share(5, 0, 1), 5);
     }
 }

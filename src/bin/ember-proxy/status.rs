@@ -12,6 +12,12 @@
 //!
 //! Per-backend bytes come from sessions that ended ([`Observed`], fed by the access-log
 //! hook); live sessions count once they end.
+//!
+//! With `--workers N` the pages are served by worker 0 and show the whole process: the
+//! counters are shared by every worker's server, the pools are every worker's last
+//! published snapshot added up ([`crate::board`]: at most half a second old), and
+//! `ember_worker_sessions_total` / `ember_worker_sessions_active` say how the clients are
+//! spread over the workers.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -22,6 +28,8 @@ use std::time::{Instant, SystemTime};
 
 use ember::admin::{Exposition, Histogram, Request, Response, Routes, expose_process};
 use ember::proxy::{BackendStatus, Pool, SessionRecord, Stats};
+
+use crate::board::{self, Board, PoolSnapshot, Tally};
 
 /// What finished sessions taught us: their durations, and the bytes each backend moved.
 /// Shared with the session-end hook, which may be called from any reactor thread.
@@ -70,10 +78,29 @@ impl Observed {
     }
 }
 
+/// Where the pages find the pools.
+pub enum Pools {
+    /// One worker: its pools, read live.
+    Live(Vec<(String, Pool)>),
+    /// Several: what each published, added up.
+    Board(Arc<Board>),
+}
+
+impl Pools {
+    fn snapshot(&self) -> Vec<PoolSnapshot> {
+        match self {
+            Pools::Live(pools) => board::snapshot(pools),
+            Pools::Board(board) => board.combined(),
+        }
+    }
+}
+
 /// Everything the pages read.
 pub struct Sources {
     pub stats: Stats,
-    pub pools: Vec<(String, Pool)>,
+    pub pools: Pools,
+    /// Each worker's sessions, by worker index.
+    pub workers: Vec<Arc<Tally>>,
     pub observed: Arc<Observed>,
     /// SIGTERM has started the drain.
     pub draining: Rc<Cell<bool>>,
@@ -164,11 +191,12 @@ fn metrics_page(s: &Sources) -> String {
             );
         }
     }
-    for (pool, backends) in s.pools.iter().map(|(name, p)| (name, p.status())) {
-        for b in &backends {
+    let pools = s.pools.snapshot();
+    for pool in &pools {
+        for b in pool.backends.iter().map(|view| &view.status) {
             let target = b.target.to_string();
-            let labels = [("pool", pool.as_str()), ("backend", target.as_str())];
-            let traffic = s.observed.traffic_of(pool, b);
+            let labels = [("pool", pool.name.as_str()), ("backend", target.as_str())];
+            let traffic = s.observed.traffic_of(&pool.name, b);
             page.gauge_with(
                 "ember_backend_up",
                 "Whether the backend is in rotation.",
@@ -204,11 +232,27 @@ fn metrics_page(s: &Sources) -> String {
             }
         }
     }
-    if let Some((_, relay)) = s.pools.iter().find(|(name, _)| name == "relay") {
+    if let Some(relay) = pools.iter().find(|p| p.name == "relay") {
         page.gauge(
             "ember_queue_length",
             "Clients waiting for a backend under its maxconn.",
-            relay.queued(),
+            relay.queued,
+        );
+    }
+    for (worker, tally) in s.workers.iter().enumerate() {
+        let worker = worker.to_string();
+        let labels = [("worker", worker.as_str())];
+        page.counter_with(
+            "ember_worker_sessions_total",
+            "Client sessions accepted, by worker (--workers).",
+            &labels,
+            tally.sessions(),
+        )
+        .gauge_with(
+            "ember_worker_sessions_active",
+            "Client sessions open now, by worker (--workers).",
+            &labels,
+            tally.active(),
         );
     }
     page.histogram(
@@ -250,7 +294,8 @@ fn live_tables(s: &Sources) -> String {
         stats.backends_failed(),
         stats.shadow_cutoffs(),
     );
-    for (pool, p) in &s.pools {
+    for p in s.pools.snapshot() {
+        let pool = &p.name;
         let _ = write!(
             html,
             "<h2>{pool}</h2><div class=\"scroll\"><table id=\"pool-{pool}\">\
@@ -258,9 +303,16 @@ fn live_tables(s: &Sources) -> String {
              <th>weight</th><th>connects</th><th>failed</th><th>bytes sent</th>\
              <th>bytes received</th><th>last check</th></tr></thead><tbody>"
         );
-        for b in p.status() {
-            let traffic = s.observed.traffic_of(pool, &b);
+        for view in &p.backends {
+            let b = &view.status;
+            let traffic = s.observed.traffic_of(pool, b);
             let status = if b.up { "UP" } else { "DOWN" };
+            // Up in some workers only (each ejects on its own): say in how many.
+            let partly = if b.up && view.up_in < view.workers {
+                format!(" ({} of {} workers)", view.up_in, view.workers)
+            } else {
+                String::new()
+            };
             let check = match b.last_check {
                 None => "-".to_owned(),
                 Some((at, passed)) => {
@@ -273,7 +325,7 @@ fn live_tables(s: &Sources) -> String {
             };
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td class=\"{}\">{status}</td><td>{}</td><td>{}</td>\
+                "<tr><td>{}</td><td class=\"{}\">{status}{partly}</td><td>{}</td><td>{}</td>\
                  <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{check}</td></tr>",
                 escape(&b.target.to_string()),
                 status.to_ascii_lowercase(),
