@@ -210,3 +210,22 @@ fn verbose_lines_of_one_session_share_its_id() {
         );
     }
 }
+
+#[test]
+fn a_backend_that_cannot_be_reached_is_warned_about_at_start() {
+    let proxy = EmberProxy::start(&["-s", "/nonexistent/ember.sock", "--access-log", "off"]);
+    wait_until("the warning", IO_TIMEOUT, || {
+        proxy
+            .child
+            .stderr()
+            .contains("backend unix:/nonexistent/ember.sock cannot be reached now")
+    });
+    let dead = closed_port();
+    let proxy = EmberProxy::start(&["-r", &dead.to_string(), "--access-log", "off"]);
+    wait_until("the warning", IO_TIMEOUT, || {
+        proxy
+            .child
+            .stderr()
+            .contains(&format!("backend {dead} cannot be reached now"))
+    });
+}

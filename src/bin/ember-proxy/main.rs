@@ -18,8 +18,13 @@ mod systemd;
 mod tls_setup;
 mod workers;
 
-use std::io::Write;
+use std::io::{self, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use ember::proxy::Target;
 
 use args::{Command, RunArgs, USAGE};
 use log::LevelFilter;
@@ -103,6 +108,7 @@ fn serve(run: &RunArgs) -> Result<(), String> {
         Ok(_) => {}
         Err(e) => log::warn!("ember-proxy: cannot raise the descriptor limit: {e}"),
     }
+    warn_about_unreachable_backends(&plan);
     let adopted = adopted.map(|(listener, ignored)| {
         if ignored > 0 {
             log::warn!(
@@ -124,4 +130,30 @@ fn serve(run: &RunArgs) -> Result<(), String> {
     .map_err(|e| e.to_string());
     writer.finish();
     served
+}
+
+/// One warning at start per backend that can't be reached now (a typo in `-s`, a port
+/// nobody listens on): the proxy starts anyway, since a backend may come up later, but
+/// the operator hears of it before the first client is turned away.
+fn warn_about_unreachable_backends(plan: &Plan) {
+    const PATIENCE: Duration = Duration::from_secs(1);
+    for target in plan.backend_targets() {
+        let reached = match &target {
+            Target::Tcp(addr) => TcpStream::connect_timeout(addr, PATIENCE).map(drop),
+            Target::Host(host, port) => (host.as_str(), *port)
+                .to_socket_addrs()
+                .and_then(|mut addrs| {
+                    addrs
+                        .find_map(|a| TcpStream::connect_timeout(&a, PATIENCE).ok())
+                        .ok_or_else(|| io::Error::other("no address answers"))
+                })
+                .map(drop),
+            Target::Unix(path) => UnixStream::connect(path).map(drop),
+        };
+        if let Err(e) = reached {
+            log::warn!(
+                "ember-proxy: backend {target} cannot be reached now ({e}); starting anyway"
+            );
+        }
+    }
 }

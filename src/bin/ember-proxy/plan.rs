@@ -214,6 +214,19 @@ impl Plan {
         })
     }
 
+    /// Every backend the plan names (relay or pool, shadows, SNI routes), for the check
+    /// at start.
+    pub fn backend_targets(&self) -> Vec<Target> {
+        let mut targets = match &self.relay {
+            Relay::Tcp(target) => vec![target.clone()],
+            Relay::Unix(path) => vec![Target::Unix(path.clone())],
+            Relay::Balance(members, _) => members.iter().map(|m| m.target.clone()).collect(),
+        };
+        targets.extend(self.duplex.iter().cloned());
+        targets.extend(self.sni_routes.iter().map(|(_, t)| t.clone()));
+        targets
+    }
+
     /// This plan as worker `worker` of `workers` runs it: the library's lines carry the
     /// worker's label (`ember-proxy/N`, when there are several), and each backend's
     /// `maxconn=` is shared out (the shares add up to the limit given, each at least 1),
