@@ -7,14 +7,14 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use support::IO_TIMEOUT;
 use support::backends::{Echo, serve};
 use support::child::{Child, EmberProxy};
-use support::clients::{connect, exchange, read_until, wait_until};
+use support::clients::{connect, exchange, http_get, prometheus_samples, read_until, wait_until};
 use support::pattern::Pattern;
 use support::reactor_thread::ReactorThread;
 
@@ -33,36 +33,6 @@ fn proxy_with_admin(args: &[&str]) -> (EmberProxy, SocketAddr) {
         .and_then(|addr| addr.parse().ok())
         .unwrap_or_else(|| panic!("no admin line: {line:?}"));
     (proxy, admin)
-}
-
-/// One `GET` with `Connection: close`: (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let status = answer[9..12].parse().unwrap();
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap();
-    (status, body)
-}
-
-/// Every sample of a Prometheus text page, by its name and labels as written.
-fn samples(page: &str) -> HashMap<String, f64> {
-    page.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            (series.to_owned(), value.parse().unwrap())
-        })
-        .collect()
 }
 
 #[test]
@@ -133,7 +103,7 @@ fn metrics_and_the_stats_page_in_chromium_show_the_traffic_sent() {
         assert!(dom.contains(&row), "{row} not in the rendered page:\n{dom}");
     }
     assert!(dom.contains("<h2>duplex_0</h2>"), "{dom}");
-    assert_eq!(get(admin, "/health"), (200, "serving\n".into()));
+    assert_eq!(http_get(admin, "/health"), (200, "serving\n".into()));
 }
 
 #[test]
@@ -144,10 +114,10 @@ fn health_answers_503_while_draining_after_sigterm() {
     let mut staying = connect(proxy.addr);
     staying.write_all(b"ping\n").unwrap();
     assert_eq!(read_until(&mut staying, b"\n"), b"ping\n");
-    assert_eq!(get(admin, "/health").0, 200);
+    assert_eq!(http_get(admin, "/health").0, 200);
     proxy.child.signal(libc::SIGTERM);
     wait_until("/health to say draining", IO_TIMEOUT, || {
-        get(admin, "/health") == (503, "draining\n".into())
+        http_get(admin, "/health") == (503, "draining\n".into())
     });
     drop(staying);
 }
@@ -158,9 +128,9 @@ fn wait_until_metrics(
 ) -> HashMap<String, f64> {
     let mut metrics = HashMap::new();
     wait_until("the metrics to settle", IO_TIMEOUT, || {
-        let (status, page) = get(admin, "/metrics");
+        let (status, page) = http_get(admin, "/metrics");
         assert_eq!(status, 200);
-        metrics = samples(&page);
+        metrics = prometheus_samples(&page);
         done(&metrics)
     });
     metrics

@@ -427,7 +427,8 @@ fn a_dead_shadow_leaves_the_rotation_and_is_skipped_not_retried() {
 }
 
 /// A backend on a std thread that hands each connection, once its 4-byte request is in,
-/// to the test, which answers when it likes. Counts connections open now and at most.
+/// to the test, which answers when it likes. Counts the connections holding a request
+/// now and at most.
 struct HeldBackend {
     addr: SocketAddr,
     requests: mpsc::Receiver<(TcpStream, [u8; 4])>,
@@ -445,13 +446,18 @@ impl HeldBackend {
         let (now_live, most) = (Arc::clone(&live), Arc::clone(&peak));
         thread::spawn(move || {
             for mut s in listener.incoming().flatten() {
+                let mut request = [0u8; 4];
+                s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                // A connection that closes without a request (a health check, say) is
+                // not a client.
+                if s.read_exact(&mut request).is_err() {
+                    continue;
+                }
                 most.fetch_max(
                     now_live.fetch_add(1, Ordering::SeqCst) + 1,
                     Ordering::SeqCst,
                 );
-                let mut request = [0u8; 4];
-                s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                if s.read_exact(&mut request).is_ok() && tx.send((s, request)).is_err() {
+                if tx.send((s, request)).is_err() {
                     return;
                 }
             }

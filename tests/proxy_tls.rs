@@ -133,35 +133,57 @@ fn tls_originated_to_a_backend_is_verified() {
     });
 }
 
-#[test]
-fn a_proxy_header_goes_in_the_clear_before_the_backends_handshake() {
-    let ca = TestCa::new("test CA");
+/// A backend on a std thread for one connection: reads a PROXY header in the clear, then
+/// speaks TLS as `config` says and echoes `len` bytes. Gives the header it read.
+fn proxy_header_then_tls_backend(
+    config: Arc<ServerConfig>,
+    len: usize,
+) -> (
+    SocketAddr,
+    std::thread::JoinHandle<proxy_protocol::ProxyHeader>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend_addr = listener.local_addr().unwrap();
-    let config = server_config(&ca);
-    // The backend: reads the PROXY header in the clear, then speaks TLS and echoes.
+    let addr = listener.local_addr().unwrap();
     let backend = std::thread::spawn(move || {
-        let (mut tcp, _) = listener.accept().unwrap();
-        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut received = Vec::new();
-        let (header, consumed) = loop {
+        // A connection that closes without a byte (a health check, say) is not the client.
+        let (mut tcp, first) = loop {
+            let (mut tcp, _) = listener.accept().unwrap();
+            tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let mut byte = [0u8; 1];
+            if tcp.read_exact(&mut byte).is_ok() {
+                break (tcp, byte[0]);
+            }
+        };
+        let mut received = vec![first];
+        let header = loop {
+            if let Parsed::Done { header, consumed } = proxy_protocol::parse(&received) {
+                assert_eq!(
+                    consumed,
+                    received.len(),
+                    "nothing after the header in the clear"
+                );
+                break header;
+            }
             let mut byte = [0u8; 1];
             tcp.read_exact(&mut byte).unwrap();
             received.push(byte[0]);
-            if let Parsed::Done { header, consumed } = proxy_protocol::parse(&received) {
-                break (header, consumed);
-            }
         };
-        assert_eq!(consumed, received.len());
         let session = rustls::ServerConnection::new(config).unwrap();
         let mut tls = rustls::StreamOwned::new(session, tcp);
-        let mut request = [0u8; 5];
+        let mut request = vec![0u8; len];
         tls.read_exact(&mut request).unwrap();
         tls.write_all(&request).unwrap();
         tls.conn.send_close_notify();
         tls.flush().unwrap();
         header
     });
+    (addr, backend)
+}
+
+#[test]
+fn a_proxy_header_goes_in_the_clear_before_the_backends_handshake() {
+    let ca = TestCa::new("test CA");
+    let (backend_addr, backend) = proxy_header_then_tls_backend(server_config(&ca), 5);
     let running = proxy(Options::new(), {
         let config = client_config(&ca);
         move || {
@@ -300,29 +322,7 @@ fn the_binary_routes_by_server_name_without_terminating() {
 fn the_binary_sends_a_proxy_header_then_tls_to_its_backend() {
     let ca = TestCa::new("test CA");
     let dir = files("originate", &[("ca.pem", &ca.cert_pem)]);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend_addr = listener.local_addr().unwrap();
-    let config = server_config(&ca);
-    let backend = std::thread::spawn(move || {
-        let (mut tcp, _) = listener.accept().unwrap();
-        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut received = Vec::new();
-        let header = loop {
-            let mut byte = [0u8; 1];
-            tcp.read_exact(&mut byte).unwrap();
-            received.push(byte[0]);
-            if let Parsed::Done { header, .. } = proxy_protocol::parse(&received) {
-                break header;
-            }
-        };
-        let session = rustls::ServerConnection::new(config).unwrap();
-        let mut tls = rustls::StreamOwned::new(session, tcp);
-        let mut request = [0u8; 4];
-        tls.read_exact(&mut request).unwrap();
-        tls.write_all(&request).unwrap();
-        tls.flush().unwrap();
-        header
-    });
+    let (backend_addr, backend) = proxy_header_then_tls_backend(server_config(&ca), 4);
     let proxy = EmberProxy::start(&[
         "-r",
         &backend_addr.to_string(),

@@ -8,10 +8,9 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,7 +18,9 @@ use std::time::{Duration, Instant};
 use support::IO_TIMEOUT;
 use support::backends::{Echo, serve};
 use support::child::{Child, EMBER_PROXY};
-use support::clients::{connect, exchange, read_until, wait_until};
+use support::clients::{
+    connect, exchange, fresh_dir, http_get, lines_of, prometheus_samples, read_until, wait_until,
+};
 use support::reactor_thread::ReactorThread;
 
 const CLIENT_THREADS: usize = 8;
@@ -47,32 +48,11 @@ fn proxy(workers: usize, args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
     (child, addr, admin)
 }
 
-/// One `GET` with `Connection: close`: (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = connect(addr);
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let status = answer[9..12].parse().unwrap();
-    let body = answer.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (status, body)
-}
-
 /// Every sample of `/metrics`, by its name and labels as written.
 fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
-    let (status, page) = get(admin, "/metrics");
+    let (status, page) = http_get(admin, "/metrics");
     assert_eq!(status, 200);
-    page.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            (series.to_owned(), value.parse().unwrap())
-        })
-        .collect()
+    prometheus_samples(&page)
 }
 
 fn sample(m: &HashMap<String, f64>, series: &str) -> f64 {
@@ -87,18 +67,7 @@ fn worker_sessions(m: &HashMap<String, f64>, worker: usize) -> f64 {
 }
 
 fn temp_log(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ember-workers-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir.join("access.log")
-}
-
-fn lines_of(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    fresh_dir("workers", name).join("access.log")
 }
 
 /// The value of `key=` in a text access-log line.
@@ -172,7 +141,7 @@ fn two_workers_serve_two_thousand_clients_and_both_take_a_share() {
     }
     assert_eq!(by_worker, [w0, w1]);
     // The /stats page adds the workers up too.
-    let (status, page) = get(admin, "/stats?live");
+    let (status, page) = http_get(admin, "/stats?live");
     assert_eq!(status, 200);
     assert!(
         page.contains(&format!("<dd id=\"sessions-total\">{total}</dd>")),
@@ -234,7 +203,7 @@ fn sigterm_drains_every_worker_before_the_process_exits() {
             )
         })
     });
-    assert_eq!(get(admin, "/health"), (503, "draining\n".into()));
+    assert_eq!(http_get(admin, "/health"), (503, "draining\n".into()));
     // Every staying client, on either worker, is still served.
     for (i, client) in staying.iter_mut().enumerate() {
         let again = format!("still here {i}\n");
