@@ -13,152 +13,22 @@
 #[allow(dead_code)] // each test binary uses a different part of the support library
 mod support;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ember::UnbindReason;
 use ember::proxy::proxy_protocol::{self, Parsed, ProxyHeader};
 use ember::proxy::{Backend, Dispatch, Finish, Options, Target};
 use support::IO_TIMEOUT;
-use support::child::Child;
 use support::clients::{closed_port, read_until};
 use support::pattern::Pattern;
 use support::reactor_thread::ReactorThread;
+use support::haproxy::{Haproxy, haproxy_binary};
 use support::watchdog::Watchdog;
 
 /// The longest any test here may take before the watchdog aborts the binary.
 const TEST_LIMIT: Duration = Duration::from_secs(60);
-
-/// The haproxy binary, on `PATH` or where Debian puts it (`/usr/sbin`, not always on a
-/// user's `PATH`). Always `Some`: without haproxy the test fails here, saying so.
-fn haproxy_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .map(|dir| dir.join("haproxy"))
-        .chain([PathBuf::from("/usr/sbin/haproxy")])
-        .find(|candidate| candidate.is_file());
-    assert!(
-        found.is_some(),
-        "haproxy is not installed (not on PATH nor /usr/sbin): `apt-get install haproxy` (.ci/run does)"
-    );
-    found
-}
-
-/// A running `haproxy -db` relaying one frontend to `server`; killed and reaped, and its
-/// config directory removed, when dropped.
-struct Haproxy {
-    child: Child,
-    frontend: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Haproxy {
-    /// Starts `binary` with a frontend on a free loopback port that runs `frontend_rules`,
-    /// and one backend server line, `server s1 {server}`.
-    fn start(binary: &PathBuf, frontend_rules: &str, server: &str) -> Haproxy {
-        let frontend = closed_port();
-        let test = thread::current()
-            .name()
-            .unwrap_or("test")
-            .replace("::", "-");
-        let dir = std::env::temp_dir().join(format!(
-            "ember-proxy-protocol-{}-{test}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("haproxy.cfg");
-        std::fs::write(
-            &config,
-            format!(
-                "global\n    nbthread 1\n\
-                 defaults\n    mode tcp\n    timeout connect 5s\n    \
-                 timeout client 30s\n    timeout server 30s\n\
-                 frontend fe\n    bind {frontend}\n    {frontend_rules}\n    \
-                 default_backend be\n\
-                 backend be\n    server s1 {server}\n"
-            ),
-        )
-        .unwrap();
-        let child = Child::spawn(
-            Command::new(binary)
-                .arg("-db")
-                .arg("-f")
-                .arg(&config)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        );
-        Haproxy {
-            child,
-            frontend,
-            dir,
-        }
-    }
-
-    /// A client connection through the frontend, retried until haproxy listens: the first
-    /// connection that succeeds is the only one haproxy relays.
-    fn connect(&mut self) -> TcpStream {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            match TcpStream::connect(self.frontend) {
-                Ok(stream) => {
-                    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                    return stream;
-                }
-                Err(e) => {
-                    assert!(
-                        !self.child.has_exited(),
-                        "haproxy exited ({e} connecting)\n{}",
-                        self.child.describe()
-                    );
-                    assert!(
-                        Instant::now() < deadline,
-                        "haproxy not listening on {} after {IO_TIMEOUT:?}: {e}\n{}",
-                        self.frontend,
-                        self.child.describe()
-                    );
-                    thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-    }
-}
-
-impl Haproxy {
-    /// The next connection haproxy opens to `backend`, its reads bounded; panics with
-    /// haproxy's output if none comes within [`IO_TIMEOUT`].
-    fn accept_on(&mut self, backend: &TcpListener) -> TcpStream {
-        backend.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            match backend.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false).unwrap();
-                    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                    return stream;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "haproxy opened no connection to the backend in {IO_TIMEOUT:?}\n{}",
-                        self.child.describe()
-                    );
-                    thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => panic!("accept on the backend: {e}"),
-            }
-        }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// What the backend got for one client relayed by haproxy.
 struct Relayed {

@@ -20,6 +20,7 @@ use support::IO_TIMEOUT;
 use support::backends::{Echo, serve};
 use support::certs::{Leaf, TestCa};
 use support::child::EmberProxy;
+use support::haproxy::{Haproxy, haproxy_binary};
 use support::clients::{exchange, wait_until};
 use support::pattern::Pattern;
 use support::reactor_thread::ReactorThread;
@@ -444,4 +445,80 @@ fn two_thousand_concurrent_tls_clients_through_a_terminating_proxy() {
         done.get()
     );
     assert_eq!(done.get(), CLIENTS);
+}
+
+// ---------------------------------------------------------------------------------------
+// Interop with HAProxy's TLS (OpenSSL), both ways.
+
+#[test]
+fn ember_verifies_haproxys_tls_frontend_and_haproxy_verifies_embers() {
+    let binary = haproxy_binary().unwrap();
+    let ca = TestCa::new("test CA");
+    let leaf = ca.server(&["localhost"]);
+    // HAProxy wants the certificate and its key in one file.
+    let dir = files(
+        "haproxy",
+        &[
+            ("crt.pem", &format!("{}{}", leaf.cert_pem, leaf.key_pem)),
+            ("ca.pem", &ca.cert_pem),
+        ],
+    );
+    let echo = ReactorThread::spawn(|r| serve(r, || Echo));
+
+    // ember speaks TLS to HAProxy's `bind ... ssl`, which relays to the echo in the clear.
+    let mut haproxy = Haproxy::start_with_bind(
+        &binary,
+        &format!("ssl crt {}", dir.join("crt.pem").display()),
+        "",
+        &echo.value.to_string(),
+    );
+    drop(haproxy.connect()); // waits until HAProxy listens
+    let front = haproxy.frontend;
+    let ember = proxy(Options::new(), {
+        let config = client_config(&ca);
+        move || Backend::tcp(front).tls(config, Some("localhost"))
+    });
+    let request = Pattern::new(21).bytes(500_000);
+    assert!(
+        exchange(ember.value.0, &request) == request,
+        "through ember's TLS client and HAProxy's TLS frontend"
+    );
+
+    // HAProxy speaks TLS, verifying, to ember's TLS listener, which relays in the clear.
+    let ember_tls = proxy(Options::new().tls(server_config(&ca)), move || {
+        Backend::tcp(echo.value)
+    });
+    let mut haproxy = Haproxy::start(
+        &binary,
+        "",
+        &format!(
+            "{} ssl verify required ca-file {} sni str(localhost)",
+            ember_tls.value.0,
+            dir.join("ca.pem").display()
+        ),
+    );
+    let mut client = haproxy.connect();
+    client.write_all(&request).unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).unwrap();
+    assert!(answer == request, "through HAProxy's TLS client and ember's TLS listener");
+}
+
+#[test]
+fn a_gibibyte_byte_for_byte_through_tls_originated_then_terminated() {
+    const SIZE: usize = 1 << 30;
+    let ca = TestCa::new("test CA");
+    let echo = ReactorThread::spawn(|r| serve(r, || Echo));
+    // B terminates TLS in front of a plaintext echo; A, in front of B, originates it.
+    let terminating = proxy(Options::new().tls(server_config(&ca)), move || {
+        Backend::tcp(echo.value)
+    });
+    let b = terminating.value.0;
+    let originating = proxy(Options::new(), {
+        let config = client_config(&ca);
+        move || Backend::tcp(b).tls(config, Some("localhost"))
+    });
+    let echoed = support::clients::pump(originating.value.0, SIZE, 77);
+    assert_eq!(echoed, SIZE, "every byte back, in order (checked as it came)");
 }

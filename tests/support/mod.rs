@@ -22,6 +22,7 @@ pub mod backends;
 pub mod certs;
 pub mod child;
 pub mod clients;
+pub mod haproxy;
 pub mod pattern;
 pub mod reactor_thread;
 pub mod sys;
