@@ -6,7 +6,7 @@
 mod support;
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, mpsc};
 use std::thread;
@@ -17,7 +17,7 @@ use ember::{ConnId, Context, Handler};
 use support::IO_TIMEOUT;
 use support::backends::{Echo, NeverReads, record_of, serve, serve_recorder};
 use support::child::{Child, EMBER_PROXY, EmberProxy};
-use support::clients::{closed_port, connect, exchange, read_all};
+use support::clients::{closed_port, connect, exchange, read_all, read_until};
 use support::pattern::Pattern;
 use support::reactor_thread::ReactorThread;
 
@@ -454,5 +454,79 @@ fn a_config_file_runs_like_its_flags_and_a_mistake_names_file_line_and_key() {
             bad.display()
         )
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Answers every connection with its name, then keeps the connection open and echoes.
+struct NamedEcho(&'static str);
+
+impl Handler for NamedEcho {
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        cx.send_data(self.0.as_bytes());
+    }
+
+    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+        cx.send_data(data);
+    }
+}
+
+#[test]
+fn sighup_reloads_the_config_for_new_clients_and_refuses_a_bad_file() {
+    let backends =
+        ReactorThread::spawn(|r| Ok((serve(r, || NamedEcho("A"))?, serve(r, || NamedEcho("B"))?)));
+    let (a, b) = backends.value;
+    let dir = std::env::temp_dir().join(format!("ember-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.toml");
+    let config = |relay: SocketAddr| {
+        format!(
+            "access_log = \"off\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\nrelay = \"{relay}\"\n"
+        )
+    };
+    std::fs::write(&file, config(a)).unwrap();
+    let mut proxy = Child::spawn(
+        Command::new(EMBER_PROXY)
+            .arg("--config")
+            .arg(&file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let addr = proxy.listening_addr(IO_TIMEOUT);
+    // A client of the old configuration, still connected through the reload.
+    let mut old = connect(addr);
+    assert_eq!(read_until(&mut old, b"A"), b"A");
+    // Only the relay changes; the listener stays where it is (the port 0 it asked for
+    // was resolved once, at start).
+    std::fs::write(&file, config(b)).unwrap();
+    proxy.signal(libc::SIGHUP);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let mut s = connect(addr);
+        let mut byte = [0u8; 1];
+        if std::io::Read::read_exact(&mut s, &mut byte).is_ok() && &byte == b"B" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new clients never reached B:\n{}",
+            proxy.stderr()
+        );
+    }
+    // The old client still talks to A.
+    old.write_all(b"still here").unwrap();
+    assert_eq!(read_until(&mut old, b"still here"), b"still here");
+    // A broken file is refused; the running configuration stays.
+    std::fs::write(&file, "[[listener]]\nlisten = \n").unwrap();
+    proxy.signal(libc::SIGHUP);
+    support::clients::wait_until("the refusal", IO_TIMEOUT, || {
+        proxy
+            .stderr()
+            .contains("still serving the running configuration")
+    });
+    let mut s = connect(addr);
+    let mut byte = [0u8; 1];
+    std::io::Read::read_exact(&mut s, &mut byte).unwrap();
+    assert_eq!(&byte, b"B");
+    proxy.assert_alive("two reloads");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -22,9 +22,9 @@ use ember::proxy::proxy_protocol::{self, Parsed, ProxyHeader};
 use ember::proxy::{Backend, Dispatch, Finish, Options, Target};
 use support::IO_TIMEOUT;
 use support::clients::{closed_port, read_until};
+use support::haproxy::{Haproxy, haproxy_binary};
 use support::pattern::Pattern;
 use support::reactor_thread::ReactorThread;
-use support::haproxy::{Haproxy, haproxy_binary};
 use support::watchdog::Watchdog;
 
 /// The longest any test here may take before the watchdog aborts the binary.

@@ -20,8 +20,8 @@ use support::IO_TIMEOUT;
 use support::backends::{Echo, serve};
 use support::certs::{Leaf, TestCa};
 use support::child::EmberProxy;
-use support::haproxy::{Haproxy, haproxy_binary};
 use support::clients::{exchange, wait_until};
+use support::haproxy::{Haproxy, haproxy_binary};
 use support::pattern::Pattern;
 use support::reactor_thread::ReactorThread;
 
@@ -502,7 +502,10 @@ fn ember_verifies_haproxys_tls_frontend_and_haproxy_verifies_embers() {
     client.shutdown(std::net::Shutdown::Write).unwrap();
     let mut answer = Vec::new();
     client.read_to_end(&mut answer).unwrap();
-    assert!(answer == request, "through HAProxy's TLS client and ember's TLS listener");
+    assert!(
+        answer == request,
+        "through HAProxy's TLS client and ember's TLS listener"
+    );
 }
 
 #[test]
@@ -520,5 +523,8 @@ fn a_gibibyte_byte_for_byte_through_tls_originated_then_terminated() {
         move || Backend::tcp(b).tls(config, Some("localhost"))
     });
     let echoed = support::clients::pump(originating.value.0, SIZE, 77);
-    assert_eq!(echoed, SIZE, "every byte back, in order (checked as it came)");
+    assert_eq!(
+        echoed, SIZE,
+        "every byte back, in order (checked as it came)"
+    );
 }

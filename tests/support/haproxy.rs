@@ -150,4 +150,3 @@ impl Drop for Haproxy {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
-

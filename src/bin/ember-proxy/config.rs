@@ -1,6 +1,6 @@
 //! `--config FILE`: the command line, in TOML. The format takes several listeners; the
-//! binary serves one per process for now (more is refused with a clear line), and
-//! SIGHUP does not re-read the file yet.
+//! binary serves one per process for now (more is refused with a clear line). SIGHUP
+//! re-reads the file (see `workers.rs`).
 //!
 //! Every flag has a key: its long name without the dashes, `-` or `_` between words
 //! (`--connect-timeout 5` is `connect_timeout = 5`). A value is a string, a number, a
@@ -69,7 +69,7 @@ pub fn serve_file(path: &Path) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    match crate::serve(&runs[0]) {
+    match crate::serve(&runs[0], Some(path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr().lock(), "ember-proxy: {e}");

@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             }
             code
         }
-        Ok(Command::Run(run)) => match serve(&run) {
+        Ok(Command::Run(run)) => match serve(&run, None) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 say_err!("ember-proxy: {e}");
@@ -94,7 +94,8 @@ fn main() -> ExitCode {
 }
 
 /// Runs the proxy the flags describe until it has drained after SIGINT/SIGTERM.
-fn serve(run: &RunArgs) -> Result<(), String> {
+/// `config` is the file the arguments came from, re-read on SIGHUP.
+fn serve(run: &RunArgs, config: Option<&std::path::Path>) -> Result<(), String> {
     // First, before anything opens a descriptor: the listener systemd may have passed.
     let adopted = systemd::listen_fds()?;
     let plan = Plan::resolve(run)?;
@@ -124,6 +125,7 @@ fn serve(run: &RunArgs) -> Result<(), String> {
         log_format: run.log_format,
         max_conn: run.max_conn,
         adopted,
+        config: config.map(std::path::Path::to_path_buf),
     })
     .map_err(|e| e.to_string());
     writer.finish();

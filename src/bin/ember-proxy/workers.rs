@@ -14,9 +14,10 @@
 //! which serves `/health`, waits for all of them. A second signal stops every worker at
 //! once. The process exits when every worker has stopped.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -51,6 +52,8 @@ pub struct Launch {
     pub max_conn: Option<usize>,
     /// The listener systemd passed (socket activation); `-l` is then ignored.
     pub adopted: Option<TcpListener>,
+    /// The `--config` file, re-read on SIGHUP.
+    pub config: Option<PathBuf>,
 }
 
 /// What every worker shares.
@@ -100,9 +103,17 @@ pub fn run(mut launch: Launch) -> io::Result<()> {
         let bound = started.server.local_addr().unwrap_or(launch.plan.listen);
         announce(&launch.plan, bound, n, socket_activated);
         let crew = Rc::new(Crew {
-            servers: std::iter::once(started.server.id())
-                .chain(peers.iter().map(|p| p.server))
-                .collect(),
+            servers: RefCell::new(
+                std::iter::once(started.server.id())
+                    .chain(peers.iter().map(|p| p.server))
+                    .collect(),
+            ),
+            reload: launch.config.clone().map(|path| Reload {
+                path,
+                listen: launch.plan.listen,
+                role: plans[0].1.clone(),
+                shared: shared.clone(),
+            }),
             handles: peers.iter().map(|p| p.handle.clone()).collect(),
             tallies: shared.tallies.clone(),
             stats: shared.stats.clone(),
@@ -387,8 +398,10 @@ fn serve_admin(
 
 /// What worker 0 needs to drain the process.
 struct Crew {
-    /// Each worker's proxy server, by worker index.
-    servers: Vec<ServerId>,
+    /// Each worker's proxy server, by worker index (worker 0's changes on a reload).
+    servers: RefCell<Vec<ServerId>>,
+    /// With `--config`: what SIGHUP needs to start the file's new version.
+    reload: Option<Reload>,
     /// Workers 1.. (worker 0 is the reactor the signal arrives on).
     handles: Vec<ReactorHandle>,
     tallies: Vec<Arc<Tally>>,
@@ -402,7 +415,13 @@ struct Crew {
 /// all at once; SIGUSR1 reopens the access log (logrotate); a closed terminal (SIGHUP)
 /// must not stop the proxy.
 fn handle_signals(r: &mut Reactor, crew: &Rc<Crew>, log: &LogHandle) -> io::Result<()> {
-    r.on_signal(libc::SIGHUP, |_| {})?;
+    // SIGHUP re-reads the config file (a closed terminal must not stop the proxy either).
+    let reloading = Rc::clone(crew);
+    r.on_signal(libc::SIGHUP, move |r| {
+        if let Some(reload) = &reloading.reload {
+            reload_config(r, &reloading, reload);
+        }
+    })?;
     let log = log.clone();
     r.on_signal(libc::SIGUSR1, move |_| log.reopen())?;
     for signo in [libc::SIGINT, libc::SIGTERM] {
@@ -431,8 +450,9 @@ fn drain_all(r: &mut Reactor, crew: &Crew) {
         );
     }
     let deadline = Instant::now() + crew.grace;
+    let servers = crew.servers.borrow().clone();
     for (w, handle) in crew.handles.iter().enumerate().map(|(i, h)| (i + 1, h)) {
-        let (server, tally) = (crew.servers[w], Arc::clone(&crew.tallies[w]));
+        let (server, tally) = (servers[w], Arc::clone(&crew.tallies[w]));
         handle.schedule(move |r| {
             drain::stop_accepting(r, server, move |r| {
                 drain::stop_when_done(r, deadline, move || tally.active());
@@ -441,9 +461,72 @@ fn drain_all(r: &mut Reactor, crew: &Crew) {
     }
     // Worker 0 serves /health: it stays until every worker's clients are done.
     let stats = crew.stats.clone();
-    drain::stop_accepting(r, crew.servers[0], move |r| {
+    drain::stop_accepting(r, servers[0], move |r| {
         drain::stop_when_done(r, deadline, move || stats.clients_active());
     });
+}
+
+/// What a reload needs: the file, the address the proxy listens on (which a reload cannot
+/// move), and worker 0's place in the counters.
+struct Reload {
+    path: PathBuf,
+    listen: SocketAddr,
+    role: Worker,
+    shared: Shared,
+}
+
+/// SIGHUP with `--config`: reads the file again; if it is valid, starts its plan on the
+/// same address (`SO_REUSEPORT`: both listen for a moment) and stops the old listener
+/// after taking what it had queued, so new clients get the new configuration and live
+/// ones finish on the old. A file that does not load, or that moves the listener, is
+/// refused with one line and the running configuration stays. One worker only, for now.
+fn reload_config(r: &mut Reactor, crew: &Crew, reload: &Reload) {
+    let path = reload.path.display();
+    if crew.draining.get() {
+        return;
+    }
+    if !crew.handles.is_empty() {
+        log::error!(
+            "ember-proxy: SIGHUP: reloading {path} with --workers above 1 is not supported yet; still serving the running configuration"
+        );
+        return;
+    }
+    let plan = match crate::config::load(&reload.path).and_then(|runs| match runs.as_slice() {
+        [run] => Plan::resolve(run),
+        _ => Err(format!(
+            "{}: one [[listener]] per process for now",
+            reload.path.display()
+        )),
+    }) {
+        Ok(plan) => plan,
+        Err(e) => {
+            log::error!("ember-proxy: SIGHUP: {e}; still serving the running configuration");
+            return;
+        }
+    };
+    if plan.listen != reload.listen {
+        log::error!(
+            "ember-proxy: SIGHUP: {path} moves the listener from {} to {}: restart to move it; still serving the running configuration",
+            reload.listen,
+            plan.listen
+        );
+        return;
+    }
+    let old = crew.servers.borrow()[0];
+    let bound = r.server_addr(old).unwrap_or(reload.listen);
+    let role = (plan.for_worker(0, 1), reload.role.clone());
+    match start_worker(r, 0, &role, Socket::Bind(bound), &reload.shared) {
+        Ok(started) => {
+            crew.servers.borrow_mut()[0] = started.server.id();
+            drain::stop_accepting(r, old, |_| {});
+            log::info!(
+                "ember-proxy: SIGHUP: {path} reloaded: new clients get it, live ones finish on the old configuration"
+            );
+        }
+        Err(e) => log::error!(
+            "ember-proxy: SIGHUP: {path}: could not start it: {e}; still serving the running configuration"
+        ),
+    }
 }
 
 #[cfg(test)]
