@@ -279,6 +279,8 @@ fn the_binary_terminates_tls_choosing_the_certificate_by_sni() {
         &path("b.pem"),
         "--tls-key",
         &path("b.key"),
+        "--access-log",
+        &path("access.log"),
     ]);
     for name in ["a.test", "b.test"] {
         assert_eq!(
@@ -286,6 +288,13 @@ fn the_binary_terminates_tls_choosing_the_certificate_by_sni() {
             name.as_bytes()
         );
     }
+    // Each session's access-log line says what its handshake settled.
+    wait_until("both sessions logged", IO_TIMEOUT, || {
+        let log = std::fs::read_to_string(path("access.log")).unwrap_or_default();
+        ["a.test", "b.test"]
+            .iter()
+            .all(|name| log.contains(&format!(" tls=TLSv1_3 sni={name} alpn=- client_cert=no")))
+    });
 }
 
 #[test]
@@ -527,4 +536,62 @@ fn a_gibibyte_byte_for_byte_through_tls_originated_then_terminated() {
         echoed, SIZE,
         "every byte back, in order (checked as it came)"
     );
+}
+
+#[test]
+fn the_binary_refuses_an_untrusted_backend_and_a_client_without_a_certificate_with_reasons() {
+    let ca = TestCa::new("test CA");
+    let stranger = TestCa::new("another CA");
+    let client_leaf = ca.client("client-1");
+    let leaf = ca.server(&["localhost"]);
+    let dir = files(
+        "refusals",
+        &[
+            ("stranger.pem", &stranger.cert_pem),
+            ("ca.pem", &ca.cert_pem),
+            ("cert.pem", &leaf.cert_pem),
+            ("key.pem", &leaf.key_pem),
+        ],
+    );
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+
+    // A backend whose certificate does not verify: the client is closed, and the reason
+    // is a warning, with or without -v.
+    let config = server_config(&ca);
+    let backend = ReactorThread::spawn(move |r| serve(r, move || TlsEcho(Arc::clone(&config))));
+    let proxy = EmberProxy::start(&[
+        "-r",
+        &backend.value.to_string(),
+        "--backend-ca",
+        &path("stranger.pem"),
+        "--backend-sni",
+        "localhost",
+    ]);
+    assert!(exchange(proxy.addr, b"secret").is_empty());
+    wait_until("the warning", IO_TIMEOUT, || {
+        let stderr = proxy.child.stderr();
+        stderr.contains(" WARN ") && stderr.contains("TLS failed: invalid peer certificate")
+    });
+
+    // --tls-client-ca: a client without a certificate fails its handshake; one with a
+    // certificate from the CA is served.
+    let echo = ReactorThread::spawn(|r| serve(r, || Echo));
+    let proxy = EmberProxy::start(&[
+        "-r",
+        &echo.value.to_string(),
+        "--tls-cert",
+        &path("cert.pem"),
+        "--tls-key",
+        &path("key.pem"),
+        "--tls-client-ca",
+        &path("ca.pem"),
+    ]);
+    let anonymous = tls_exchange(proxy.addr, client_config(&ca), b"", b"hello");
+    assert!(anonymous.is_empty(), "served without a certificate");
+    let with_cert = ClientTls::with_ca(ca.cert_pem.as_bytes())
+        .unwrap()
+        .identity(identity(&client_leaf))
+        .build()
+        .unwrap();
+    assert_eq!(tls_exchange(proxy.addr, with_cert, b"", b"hello"), b"hello");
 }

@@ -250,6 +250,12 @@ impl<S: 'static> Client<S> {
             }
             self.core.retire(cx, &backend, &reason);
         }
+        if let UnbindReason::TlsFailed(why) = &reason {
+            // A backend that fails verification is a misconfiguration to hear about.
+            let name = &backend.name;
+            self.core
+                .warn(format_args!("server `{name}`: TLS failed: {why}"));
+        }
         self.finish(cx, &backend.name, backend.shadow, reason);
     }
 
@@ -378,6 +384,18 @@ impl<S: 'static> Handler for Client<S> {
         self.core.event(format_args!("client sent FIN"));
         self.core.after_hook(cx);
         PeerClosed::KeepWriting
+    }
+
+    fn tls_handshake_completed(&mut self, cx: &mut Context<'_>) {
+        let info = cx.tls_info();
+        if let Some(info) = &info {
+            let sni = info.server_name.as_deref().unwrap_or("-");
+            let protocol = info.protocol.as_deref().unwrap_or("-");
+            self.core.event(format_args!(
+                "client TLS handshake done ({protocol}, SNI {sni})"
+            ));
+        }
+        self.core.record.tls = info;
     }
 
     fn outbound_drained(&mut self, cx: &mut Context<'_>) {

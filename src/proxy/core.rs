@@ -70,6 +70,7 @@ pub(crate) struct Tally {
     pub(crate) listener: Option<SocketAddr>,
     pub(crate) bytes_from_client: u64,
     pub(crate) bytes_to_client: u64,
+    pub(crate) tls: Option<crate::tls::TlsInfo>,
     /// Backends done so far.
     pub(crate) backends: Vec<BackendRecord>,
 }
@@ -83,6 +84,7 @@ impl Default for Tally {
             listener: None,
             bytes_from_client: 0,
             bytes_to_client: 0,
+            tls: None,
             backends: Vec::new(),
         }
     }
@@ -100,6 +102,7 @@ impl Tally {
             bytes_from_client: self.bytes_from_client,
             bytes_to_client: self.bytes_to_client,
             client_end: end,
+            tls: self.tls.take(),
             backends: std::mem::take(&mut self.backends),
         }
     }

@@ -34,6 +34,8 @@ pub struct SessionRecord {
     pub bytes_to_client: u64,
     /// How the client's connection ended.
     pub client_end: UnbindReason,
+    /// What the client's TLS handshake settled, on a listener that terminates TLS.
+    pub tls: Option<crate::tls::TlsInfo>,
     /// Every backend the session opened (or tried to), in the order they ended.
     pub backends: Vec<BackendRecord>,
 }

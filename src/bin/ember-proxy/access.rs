@@ -8,6 +8,8 @@
 //!   ended: `backend_end`);
 //! - `bytes_in` (client → backend) and `bytes_out` (backend → client), `duration_ms`,
 //!   `client_end`;
+//! - on a listener that terminates TLS: the protocol, the SNI name asked for, the ALPN
+//!   protocol agreed on, and whether the client showed a certificate;
 //! - each shadow: name@address, bytes sent and received, how it ended, cut off or not.
 //!
 //! Ends are [`UnbindReason::code`](ember::UnbindReason::code)s: `peer_closed`, `reset`,
@@ -75,6 +77,22 @@ fn text(r: &SessionRecord, time: &str) -> String {
         millis(r.duration),
         r.client_end.code()
     );
+    if let Some(tls) = &r.tls {
+        let _ = write!(
+            line,
+            " tls={} sni={} alpn={} client_cert={}",
+            tls.protocol.as_deref().unwrap_or("-"),
+            tls.server_name.as_deref().unwrap_or("-"),
+            tls.alpn
+                .as_deref()
+                .map_or_else(|| "-".into(), |a| String::from_utf8_lossy(a).into_owned()),
+            if tls.peer_certificates.is_empty() {
+                "no"
+            } else {
+                "yes"
+            }
+        );
+    }
     for s in r.shadows() {
         let _ = write!(
             line,
@@ -117,7 +135,23 @@ fn json(r: &SessionRecord, time: &str) -> String {
         }
         json_backend(&mut line, s);
     }
-    line.push_str("]}");
+    line.push(']');
+    if let Some(tls) = &r.tls {
+        let text = |v: Option<&str>| v.map_or_else(|| "null".into(), quoted);
+        let alpn = tls
+            .alpn
+            .as_deref()
+            .map(|a| String::from_utf8_lossy(a).into_owned());
+        let _ = write!(
+            line,
+            ",\"tls\":{{\"protocol\":{},\"sni\":{},\"alpn\":{},\"client_cert\":{}}}",
+            text(tls.protocol.as_deref()),
+            text(tls.server_name.as_deref()),
+            text(alpn.as_deref()),
+            !tls.peer_certificates.is_empty()
+        );
+    }
+    line.push('}');
     line
 }
 
@@ -184,6 +218,7 @@ mod tests {
             bytes_from_client: 5,
             bytes_to_client: 7,
             client_end: UnbindReason::ClosedByUs,
+            tls: None,
             backends: vec![backend("relay", false), backend("duplex_0", true)],
         }
     }
