@@ -480,7 +480,7 @@ fn sighup_reloads_the_config_for_new_clients_and_refuses_a_bad_file() {
     let file = dir.join("proxy.toml");
     let config = |relay: SocketAddr| {
         format!(
-            "access_log = \"off\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\nrelay = \"{relay}\"\n"
+            "access_log = \"off\"\nadmin = \"127.0.0.1:0\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\nrelay = \"{relay}\"\n"
         )
     };
     std::fs::write(&file, config(a)).unwrap();
@@ -492,6 +492,15 @@ fn sighup_reloads_the_config_for_new_clients_and_refuses_a_bad_file() {
             .stderr(Stdio::piped()),
     );
     let addr = proxy.listening_addr(IO_TIMEOUT);
+    let admin_line = proxy
+        .next_line(Instant::now() + IO_TIMEOUT)
+        .unwrap_or_default();
+    let admin: SocketAddr = admin_line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no admin line: {admin_line:?}"));
     // A client of the old configuration, still connected through the reload.
     let mut old = connect(addr);
     assert_eq!(read_until(&mut old, b"A"), b"A");
@@ -512,6 +521,9 @@ fn sighup_reloads_the_config_for_new_clients_and_refuses_a_bad_file() {
             proxy.stderr()
         );
     }
+    // The admin pages show the new backend.
+    let (_, metrics) = support::clients::http_get(admin, "/metrics");
+    assert!(metrics.contains(&format!("backend=\"{b}\"")), "{metrics}");
     // The old client still talks to A.
     old.write_all(b"still here").unwrap();
     assert_eq!(read_until(&mut old, b"still here"), b"still here");

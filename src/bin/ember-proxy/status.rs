@@ -79,9 +79,12 @@ impl Observed {
 }
 
 /// Where the pages find the pools.
+/// One worker's pools, shared with whoever replaces them (a config reload).
+pub type LivePools = std::rc::Rc<std::cell::RefCell<Vec<(String, Pool)>>>;
+
 pub enum Pools {
-    /// One worker: its pools, read live.
-    Live(Vec<(String, Pool)>),
+    /// One worker: its pools, read live (a config reload puts the new ones in).
+    Live(LivePools),
     /// Several: what each published, added up.
     Board(Arc<Board>),
 }
@@ -89,7 +92,7 @@ pub enum Pools {
 impl Pools {
     fn snapshot(&self) -> Vec<PoolSnapshot> {
         match self {
-            Pools::Live(pools) => board::snapshot(pools),
+            Pools::Live(pools) => board::snapshot(&pools.borrow()),
             Pools::Board(board) => board.combined(),
         }
     }

@@ -32,7 +32,7 @@ use crate::board::{self, Board, PUBLISH_EVERY, Tally};
 use crate::drain;
 use crate::logging::LogHandle;
 use crate::plan::{Plan, Socket, Started, Worker};
-use crate::status::{self, Observed, Pools};
+use crate::status::{self, LivePools, Observed, Pools};
 use crate::systemd;
 
 /// How often a worker looks whether a backend changed state (to publish at once).
@@ -108,6 +108,7 @@ pub fn run(mut launch: Launch) -> io::Result<()> {
                     .chain(peers.iter().map(|p| p.server))
                     .collect(),
             ),
+            pools: Rc::new(RefCell::new(started.pools.clone())),
             reload: launch.config.clone().map(|path| Reload {
                 path,
                 listen: launch.plan.listen,
@@ -121,7 +122,13 @@ pub fn run(mut launch: Launch) -> io::Result<()> {
             draining: Rc::new(Cell::new(false)),
         });
         if let Some(addr) = launch.admin {
-            serve_admin(r, addr, started, &shared, Rc::clone(&crew.draining))?;
+            serve_admin(
+                r,
+                addr,
+                Rc::clone(&crew.pools),
+                &shared,
+                Rc::clone(&crew.draining),
+            )?;
         }
         handle_signals(r, &crew, &launch.log)?;
         systemd::tell(&format!("READY=1\nSTATUS=listening on {bound}"));
@@ -370,13 +377,13 @@ fn resume_below_max_conn(r: &mut Reactor, server: ServerId, stats: Stats, max: u
 fn serve_admin(
     r: &mut Reactor,
     addr: SocketAddr,
-    started: Started,
+    live: LivePools,
     shared: &Shared,
     draining: Rc<Cell<bool>>,
 ) -> io::Result<()> {
     let pools = match &shared.board {
         Some(board) => Pools::Board(Arc::clone(board)),
-        None => Pools::Live(started.pools),
+        None => Pools::Live(live),
     };
     let routes = status::routes(status::Sources {
         stats: shared.stats.clone(),
@@ -402,6 +409,8 @@ struct Crew {
     servers: RefCell<Vec<ServerId>>,
     /// With `--config`: what SIGHUP needs to start the file's new version.
     reload: Option<Reload>,
+    /// Worker 0's pools, for the admin pages (replaced by a reload).
+    pools: LivePools,
     /// Workers 1.. (worker 0 is the reactor the signal arrives on).
     handles: Vec<ReactorHandle>,
     tallies: Vec<Arc<Tally>>,
@@ -518,6 +527,7 @@ fn reload_config(r: &mut Reactor, crew: &Crew, reload: &Reload) {
     match start_worker(r, 0, &role, Socket::Bind(bound), &reload.shared) {
         Ok(started) => {
             crew.servers.borrow_mut()[0] = started.server.id();
+            *crew.pools.borrow_mut() = started.pools;
             drain::stop_accepting(r, old, |_| {});
             log::info!(
                 "ember-proxy: SIGHUP: {path} reloaded: new clients get it, live ones finish on the old configuration"
