@@ -300,8 +300,10 @@ def proxy_targets(workdir, ember, backend, first_port):
     port = lambda i: first_port + i  # noqa: E731
     relay = f"127.0.0.1:{backend}"
     targets = [
-        Target(EMBER_COPY, port(0), [ember, "-l", f"127.0.0.1:{port(0)}", "-r", relay, "--no-splice"]),
-        Target(EMBER, port(1), [ember, "-l", f"127.0.0.1:{port(1)}", "-r", relay]),
+        # No access log: HAProxy here logs nothing either (ember's is on by default).
+        Target(EMBER_COPY, port(0), [ember, "-l", f"127.0.0.1:{port(0)}", "-r", relay, "--no-splice",
+                                     "--access-log", "off"]),
+        Target(EMBER, port(1), [ember, "-l", f"127.0.0.1:{port(1)}", "-r", relay, "--access-log", "off"]),
         Target(HAPROXY, port(2), haproxy_config(workdir, f"haproxy-{first_port}", port(2), backend, False)),
         Target(HAPROXY_SPLICE, port(3), haproxy_config(workdir, f"haproxy-splice-{first_port}", port(3), backend, True)),
     ]

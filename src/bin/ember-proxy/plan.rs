@@ -298,9 +298,10 @@ impl Plan {
             .enumerate()
             .map(|(i, pool)| (format!("duplex_{i}"), pool.clone()))
             .collect();
+        let mut checks = Vec::new();
         if let Some(check) = &self.check {
             for pool in &duplex {
-                pool.start_checks(r, check.clone());
+                checks.push(pool.start_checks(r, check.clone()));
             }
         }
         // Alone, the relay takes both directions on the cut-through path; with shadows,
@@ -331,7 +332,11 @@ impl Plan {
                         conn.on_finish(relay_decides);
                     },
                 )?;
-                return Ok(Started { server, pools });
+                return Ok(Started {
+                    server,
+                    pools,
+                    checks,
+                });
             }
             Relay::Tcp(target) => Balancer::new(vec![target.clone()], Strategy::RoundRobin),
             Relay::Balance(members, strategy) => {
@@ -349,7 +354,7 @@ impl Plan {
             .max_connections(limits)
             .queue(self.queue_timeout, DEFAULT_QUEUE_LENGTH);
         if let Some(check) = &self.check {
-            pool.start_checks(r, check.clone());
+            checks.push(pool.start_checks(r, check.clone()));
         }
         pools.insert(0, ("relay".into(), pool.clone()));
         let relay = Rc::new(RelaySpec {
@@ -399,7 +404,11 @@ impl Plan {
                 }
             },
         )?;
-        Ok(Started { server, pools })
+        Ok(Started {
+            server,
+            pools,
+            checks,
+        })
     }
 }
 
@@ -438,6 +447,8 @@ fn share(limit: usize, worker: usize, workers: usize) -> usize {
 pub struct Started {
     pub server: ProxyServer,
     pub pools: Vec<(String, Pool)>,
+    /// The health-check timers of its pools (a reload stops the old ones).
+    pub checks: Vec<ember::TimerId>,
 }
 
 /// What every client of a pool gets once it has a backend: the relay (with its retries

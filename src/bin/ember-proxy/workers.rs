@@ -109,6 +109,7 @@ pub fn run(mut launch: Launch) -> io::Result<()> {
                     .collect(),
             ),
             pools: Rc::new(RefCell::new(started.pools.clone())),
+            checks: RefCell::new(started.checks.clone()),
             reload: launch.config.clone().map(|path| Reload {
                 path,
                 listen: launch.plan.listen,
@@ -411,6 +412,8 @@ struct Crew {
     reload: Option<Reload>,
     /// Worker 0's pools, for the admin pages (replaced by a reload).
     pools: LivePools,
+    /// Worker 0's health-check timers (a reload stops them and starts the new ones).
+    checks: RefCell<Vec<ember::TimerId>>,
     /// Workers 1.. (worker 0 is the reactor the signal arrives on).
     handles: Vec<ReactorHandle>,
     tallies: Vec<Arc<Tally>>,
@@ -528,6 +531,10 @@ fn reload_config(r: &mut Reactor, crew: &Crew, reload: &Reload) {
         Ok(started) => {
             crew.servers.borrow_mut()[0] = started.server.id();
             *crew.pools.borrow_mut() = started.pools;
+            // The old pools serve only clients already connected: no more checks.
+            for timer in crew.checks.replace(started.checks) {
+                r.cancel_timer(timer);
+            }
             drain::stop_accepting(r, old, |_| {});
             log::info!(
                 "ember-proxy: SIGHUP: {path} reloaded: new clients get it, live ones finish on the old configuration"
