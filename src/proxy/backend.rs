@@ -192,20 +192,19 @@ fn report_unreachable<S: 'static>(
     reason: UnbindReason,
 ) {
     let (name, shadow): (Rc<str>, bool) = (name.into(), spec.shadow);
-    core.record.backends.push(BackendRecord {
-        name: name.to_string(),
-        target: match &spec.target {
-            Ok(target) => target.to_string(),
-            Err(e) => e.to_string(),
-        },
-        shadow,
-        retries: 0,
-        connect_time: None,
-        bytes_sent: 0,
-        bytes_received: 0,
-        end: reason.clone(),
-        cut_off: false,
-    });
+    if core.config.options.session_log.is_some() {
+        core.record.backends.push(BackendRecord {
+            name: name.to_string(),
+            target: spec.target_text(),
+            shadow,
+            retries: 0,
+            connect_time: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            end: reason.clone(),
+            cut_off: false,
+        });
+    }
     core.config.stats.backend_failed();
     core.job_started(r);
     let client = core.client;

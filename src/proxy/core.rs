@@ -185,13 +185,12 @@ impl Core {
         if !backend.shadow {
             self.record.bytes_to_client += from_backend;
         }
-        let target = match &backend.spec.target {
-            Ok(target) => target.to_string(),
-            Err(e) => e.to_string(),
-        };
+        if self.config.options.session_log.is_none() {
+            return; // nobody reads the record: no strings to build per backend
+        }
         self.record.backends.push(BackendRecord {
             name: backend.name.to_string(),
-            target,
+            target: backend.spec.target_text(),
             shadow: backend.shadow,
             retries: backend.retries,
             connect_time: backend.connect_time,

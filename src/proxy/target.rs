@@ -258,6 +258,14 @@ impl Backend {
         self.target.as_ref()
     }
 
+    /// The target as the access log writes it, or why there is none.
+    pub(crate) fn target_text(&self) -> String {
+        match &self.target {
+            Ok(target) => target.to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// Whether this is a shadow backend.
     pub fn is_shadow(&self) -> bool {
         self.shadow

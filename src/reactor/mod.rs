@@ -227,6 +227,8 @@ pub struct Reactor {
     read_buf: Vec<u8>,
     /// Scratch for plaintext decrypted by TLS connections; allocated on first use.
     tls_buf: Vec<u8>,
+    /// Scratch for the ciphertext rustls hands over before it is queued or written.
+    tls_out: Vec<u8>,
     /// How long TLS handshakes may take (`set_tls_handshake_timeout`).
     tls_handshake_timeout: Duration,
 
@@ -270,6 +272,7 @@ impl Reactor {
             error_handler: None,
             read_buf: vec![0; READ_CHUNK],
             tls_buf: Vec::new(),
+            tls_out: Vec::new(),
             tls_handshake_timeout: tls::DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             defaults: ConnDefaults {
                 high_water: DEFAULT_HIGH_WATER,

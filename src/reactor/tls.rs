@@ -133,7 +133,10 @@ impl Reactor {
         self.conn(id).is_some_and(|c| c.tls.is_some())
     }
 
-    fn start_tls(&mut self, id: ConnId, session: Connection) -> io::Result<()> {
+    fn start_tls(&mut self, id: ConnId, mut session: Connection) -> io::Result<()> {
+        // rustls buffers what it cannot send yet (before the handshake is done); the
+        // limit is ours: the outbound queue's water marks.
+        session.set_buffer_limit(None);
         let timeout = self.tls_handshake_timeout;
         let Some(conn) = self.conn_mut(id) else {
             return Err(io::Error::new(
@@ -188,9 +191,6 @@ impl Reactor {
         if tls.close_notify_sent {
             return false;
         }
-        // rustls buffers what it cannot send yet (before the handshake is done); the
-        // limit is ours: the outbound queue's water marks.
-        tls.session.set_buffer_limit(None);
         if tls.session.writer().write_all(data).is_err() {
             return false;
         }
@@ -204,21 +204,20 @@ impl Reactor {
     /// Moves every byte rustls has to send into the outbound queue (writing at once when
     /// nothing is queued ahead).
     pub(crate) fn tls_push(&mut self, id: ConnId) {
-        loop {
-            let Some(tls) = self.conn_mut(id).and_then(|c| c.tls.as_mut()) else {
-                return;
-            };
+        let mut ciphertext = std::mem::take(&mut self.tls_out);
+        while let Some(tls) = self.conn_mut(id).and_then(|c| c.tls.as_mut()) {
             if !tls.session.wants_write() {
-                return;
+                break;
             }
-            let mut ciphertext = Vec::new();
+            ciphertext.clear();
             if tls.session.write_tls(&mut ciphertext).is_err() || ciphertext.is_empty() {
-                return;
+                break;
             }
             if !self.enqueue_raw(id, &ciphertext) {
-                return;
+                break;
             }
         }
+        self.tls_out = ciphertext;
     }
 
     /// `n` bytes just read from the socket into `read_buf` are ciphertext: decrypt them

@@ -466,11 +466,15 @@ struct RelaySpec {
     label: String,
 }
 
-fn open_relay(conn: &mut Session<'_, Option<Lease>>, lease: Lease, spec: &RelaySpec) {
-    let relay = Backend::new(lease.target().clone())
+/// The relay backend for a client holding `lease`: retried and redispatched in the pool.
+fn pooled_backend(spec: &RelaySpec, lease: &Lease) -> Backend {
+    Backend::new(lease.target().clone())
         .retries(spec.retries)
-        .dispatch(spec.pool.dispatch());
-    let relay = spec.shadows.setup.dress(relay);
+        .dispatch(spec.pool.dispatch())
+}
+
+fn open_relay(conn: &mut Session<'_, Option<Lease>>, lease: Lease, spec: &RelaySpec) {
+    let relay = spec.shadows.setup.dress(pooled_backend(spec, &lease));
     conn.server("relay", with_relay_paths(relay, spec.cut_through));
     *conn.state() = Some(lease);
     spec.shadows.open(conn);
@@ -505,9 +509,7 @@ fn route_by_server_name(conn: &mut Setup<'_, Option<Lease>>, spec: &Rc<RelaySpec
             Some((_, target)) => Backend::new(target.clone()).retries(spec.retries),
             None => match spec.pool.pick(s.peer().map(|a| a.ip())) {
                 Some(lease) => {
-                    let backend = Backend::new(lease.target().clone())
-                        .retries(spec.retries)
-                        .dispatch(spec.pool.dispatch());
+                    let backend = pooled_backend(&spec, &lease);
                     *s.state() = Some(lease);
                     backend
                 }
