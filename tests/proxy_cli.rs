@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ember::{ConnId, Context, Handler};
 
 use support::IO_TIMEOUT;
-use support::backends::{Echo, NeverReads, record_of, serve, serve_recorder};
+use support::backends::{Echo, NamedEcho, NeverReads, record_of, serve, serve_recorder};
 use support::child::{Child, EMBER_PROXY, EmberProxy};
 use support::clients::{closed_port, connect, exchange, read_all, read_until};
 use support::pattern::Pattern;
@@ -455,19 +455,6 @@ fn a_config_file_runs_like_its_flags_and_a_mistake_names_file_line_and_key() {
         )
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Answers every connection with its name, then keeps the connection open and echoes.
-struct NamedEcho(&'static str);
-
-impl Handler for NamedEcho {
-    fn post_init(&mut self, cx: &mut Context<'_>) {
-        cx.send_data(self.0.as_bytes());
-    }
-
-    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
-        cx.send_data(data);
-    }
 }
 
 #[test]

@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use support::IO_TIMEOUT;
-use support::backends::{Echo, serve};
+use support::backends::{Echo, NamedEcho, serve};
 use support::child::{Child, EMBER_PROXY};
-use support::clients::{exchange, wait_until};
+use support::clients::{connect, exchange, wait_until};
 use support::reactor_thread::ReactorThread;
 
 const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
@@ -306,11 +306,12 @@ fn readiness_and_the_drain_are_told_to_an_abstract_notify_socket() {
     assert_ready_then_stopping(&socket, &format!("@{name}"));
 }
 
-/// `ember-proxy ARGS` started the way systemd's socket activation starts it: `listener`
-/// as descriptor 3, `LISTEN_FDS=1`, and `LISTEN_PID` set to the proxy's own pid (by a
-/// shell that then execs the proxy, keeping its pid).
-fn socket_activated(listener: &TcpListener, args: &[&str]) -> Child {
-    let fd = listener.as_raw_fd();
+/// `ember-proxy ARGS` started the way systemd's socket activation starts it: `listeners`
+/// as descriptors 3, 4, ..., `LISTEN_FDS` their count, and `LISTEN_PID` set to the
+/// proxy's own pid (by a shell that then execs the proxy, keeping its pid).
+fn socket_activated(listeners: &[&TcpListener], args: &[&str]) -> Child {
+    let fds: Vec<i32> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    assert!(fds.len() <= 8, "at most 8 sockets");
     let mut cmd = Command::new("/bin/sh");
     cmd.args([
         "-c",
@@ -318,22 +319,28 @@ fn socket_activated(listener: &TcpListener, args: &[&str]) -> Child {
         EMBER_PROXY,
     ])
     .args(args)
-    .env("LISTEN_FDS", "1")
+    .env("LISTEN_FDS", fds.len().to_string())
     .env_remove("LISTEN_PID")
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    // SAFETY: the closure runs between fork and exec and only calls dup2(2) and fcntl(2),
-    // both async-signal-safe, on descriptor numbers; it allocates nothing.
+    // SAFETY: the closure runs between fork and exec and only calls fcntl(2), dup2(2) and
+    // close(2), all async-signal-safe, on descriptor numbers; it allocates nothing (`fds`
+    // was built before the fork).
     unsafe {
         cmd.pre_exec(move || {
-            // dup2 onto itself would keep close-on-exec: clear it instead.
-            let rc = if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, 3)
-            };
-            if rc == -1 {
-                return Err(io::Error::last_os_error());
+            // Out of the way first (a listener may sit on 3 or 4 already), then into
+            // place: a descriptor made by F_DUPFD or dup2 is not close-on-exec.
+            let mut moved = [-1; 8];
+            for (i, &fd) in fds.iter().enumerate() {
+                moved[i] = libc::fcntl(fd, libc::F_DUPFD, 900);
+                if moved[i] == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (i, &fd) in moved[..fds.len()].iter().enumerate() {
+                if libc::dup2(fd, 3 + i as i32) == -1 || libc::close(fd) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -351,7 +358,7 @@ fn a_socket_passed_by_systemd_is_adopted_and_l_is_ignored() {
     let taken = taken.local_addr().unwrap().to_string();
     for workers in ["1", "2"] {
         let mut child = socket_activated(
-            &listener,
+            &[&listener],
             &[
                 "-l",
                 &taken,
@@ -377,6 +384,70 @@ fn a_socket_passed_by_systemd_is_adopted_and_l_is_ignored() {
             child.describe()
         );
     }
+}
+
+#[test]
+fn several_passed_sockets_go_to_the_listeners_on_their_addresses_and_survive_a_reload() {
+    let backends = ReactorThread::spawn(|r| {
+        Ok((
+            serve(r, || NamedEcho("A"))?,
+            serve(r, || NamedEcho("B"))?,
+            serve(r, || NamedEcho("C"))?,
+        ))
+    });
+    let (a, b, c) = backends.value;
+    let first = TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = TcpListener::bind("127.0.0.2:0").unwrap();
+    // A passed socket no listener asks for is closed with a warning.
+    let stray = TcpListener::bind("127.0.0.3:0").unwrap();
+    let (one, two) = (first.local_addr().unwrap(), second.local_addr().unwrap());
+    let dir = support::clients::fresh_dir("restart", "several-passed");
+    let file = dir.join("proxy.toml");
+    let config = |to_one: SocketAddr, to_two: SocketAddr| {
+        format!(
+            "access_log = \"off\"\nworkers = 2\n\
+             [[listener]]\nlisten = \"{one}\"\nrelay = \"{to_one}\"\n\
+             [[listener]]\nlisten = \"{two}\"\nrelay = \"{to_two}\"\n\
+             [[listener]]\nlisten = \"127.0.0.4:0\"\nrelay = \"{to_one}\"\n"
+        )
+    };
+    std::fs::write(&file, config(a, b)).unwrap();
+    let mut child = socket_activated(
+        &[&second, &stray, &first],
+        &["--config", file.to_str().unwrap()],
+    );
+    assert_eq!(child.listening_addr(IO_TIMEOUT), one);
+    assert_eq!(child.listening_addr(IO_TIMEOUT), two);
+    let own = child.listening_addr(IO_TIMEOUT);
+    assert_eq!(own.ip().to_string(), "127.0.0.4", "the third binds its own");
+    // The test's own copies go: only the proxy's keep the sockets listening.
+    drop((first, second, stray));
+    let name = |addr| {
+        let mut s = connect(addr);
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).unwrap();
+        byte[0]
+    };
+    assert_eq!((name(one), name(two), name(own)), (b'A', b'B', b'A'));
+    wait_until("the stray socket's warning", IO_TIMEOUT, || {
+        child.stderr().contains("no listener for the passed socket")
+    });
+    // The reload changes both passed listeners' backends: they keep their sockets.
+    std::fs::write(&file, config(c, a)).unwrap();
+    child.signal(libc::SIGHUP);
+    wait_until("the reload", IO_TIMEOUT, || {
+        child.stderr().contains("reloaded")
+    });
+    wait_until("both workers on the new backends", IO_TIMEOUT, || {
+        (0..20).all(|_| (name(one), name(two)) == (b'C', b'A'))
+    });
+    child.signal(libc::SIGTERM);
+    assert!(
+        child.wait_exit(IO_TIMEOUT).success(),
+        "{}",
+        child.describe()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -161,3 +161,17 @@ impl StdEcho {
         self.bytes.load(Ordering::SeqCst)
     }
 }
+
+/// Answers every connection with its name, then keeps the connection open and echoes:
+/// the first byte a client reads says which backend it reached.
+pub struct NamedEcho(pub &'static str);
+
+impl Handler for NamedEcho {
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        cx.send_data(self.0.as_bytes());
+    }
+
+    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+        cx.send_data(data);
+    }
+}

@@ -1,13 +1,17 @@
-//! `--config FILE`: the command line, in TOML. The format takes several listeners; the
-//! binary serves one per process for now (more is refused with a clear line). SIGHUP
-//! re-reads the file (see `workers.rs`).
+//! `--config FILE`: the command line, in TOML, with as many listeners as you like, each
+//! with its own backends, shadows, checks, timeouts and limits. SIGHUP re-reads the file
+//! (see `workers.rs`): listeners it adds open, listeners it drops close, the others take
+//! their new settings for new clients.
 //!
 //! Every flag has a key: its long name without the dashes, `-` or `_` between words
 //! (`--connect-timeout 5` is `connect_timeout = 5`). A value is a string, a number, a
 //! list of strings (joined with commas, for `duplex` and `balance`), or `true` for a
 //! flag that takes none (`check = true`). Keys at the top level apply to every
-//! `[[listener]]`, which may override them; `admin`, `access_log`, `log_format` and
-//! `workers` belong to the whole process and are only allowed at the top level.
+//! `[[listener]]`, which may override them. `admin`, `access_log`, `log_format`,
+//! `workers`, `max_conn` (on the sum of every listener's clients), `grace`, `no_splice`
+//! and `resolve_interval` belong to the whole process ([`Process`]): they are only
+//! allowed at the top level, and a reload does not change them. Two listeners on one
+//! address are refused.
 //!
 //! ```toml
 //! connect_timeout = 5
@@ -38,8 +42,71 @@ use toml::de::{DeTable, DeValue};
 
 use crate::args::{self, Command, FlagKind, RunArgs};
 
-/// Keys that belong to the process, not to one listener.
-const PROCESS_WIDE: &[&str] = &["admin", "access-log", "log-format", "workers"];
+/// Keys that belong to the process, not to one listener ([`Process`]).
+const PROCESS_WIDE: &[&str] = &[
+    "admin",
+    "access-log",
+    "log-format",
+    "workers",
+    "max-conn",
+    "grace",
+    "no-splice",
+    "resolve-interval",
+];
+
+/// What the process has once, whatever its listeners: the [`PROCESS_WIDE`] keys (or
+/// their flags). A reload does not change them: they take a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Process {
+    pub workers: usize,
+    pub admin: Option<std::net::SocketAddr>,
+    pub access_log: crate::logging::AccessLog,
+    pub log_format: crate::access::Format,
+    /// `--max-conn`: on the sum of every listener's clients, over every worker.
+    pub max_conn: Option<usize>,
+    pub grace: std::time::Duration,
+    pub splice: bool,
+    pub resolve_interval: std::time::Duration,
+}
+
+impl Process {
+    /// The process-wide settings `run` carries (every listener of a file carries the
+    /// same: they can only be set at its top level).
+    pub fn of(run: &RunArgs) -> Process {
+        Process {
+            workers: run.workers,
+            admin: run.admin,
+            access_log: run.access_log.clone(),
+            log_format: run.log_format,
+            max_conn: run.max_conn,
+            grace: run.grace,
+            splice: run.splice,
+            resolve_interval: run.resolve_interval,
+        }
+    }
+
+    /// The keys whose values differ between `self` and `other`.
+    pub fn differences(&self, other: &Process) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut differs = |key, different: bool| {
+            if different {
+                keys.push(key);
+            }
+        };
+        differs("workers", self.workers != other.workers);
+        differs("admin", self.admin != other.admin);
+        differs("access-log", self.access_log != other.access_log);
+        differs("log-format", self.log_format != other.log_format);
+        differs("max-conn", self.max_conn != other.max_conn);
+        differs("grace", self.grace != other.grace);
+        differs("no-splice", self.splice != other.splice);
+        differs(
+            "resolve-interval",
+            self.resolve_interval != other.resolve_interval,
+        );
+        keys
+    }
+}
 
 /// One key of the file as the command line will see it: its flag, its argument (for a
 /// flag that takes one), and where it is written (for messages).
@@ -59,17 +126,7 @@ pub fn serve_file(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if runs.len() > 1 {
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "ember-proxy: {}: {} [[listener]] tables: one per process for now (run one \
-             ember-proxy per listener)",
-            path.display(),
-            runs.len()
-        );
-        return ExitCode::from(2);
-    }
-    match crate::serve(&runs[0], Some(path)) {
+    match crate::serve(&runs, Some(path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr().lock(), "ember-proxy: {e}");
@@ -261,6 +318,10 @@ mod tests {
             (
                 "[[listener]]\nlisten = 1\nrelay = \"a:1\"\nadmin = \"x:1\"\n",
                 "4: admin: belongs to the whole process",
+            ),
+            (
+                "[[listener]]\nlisten = 1\nrelay = \"a:1\"\nmax_conn = 10\n",
+                "4: max_conn: belongs to the whole process",
             ),
             (
                 "[[listener]]\nlisten = 1\nrelay = \"a:1\"\ncheck = 3\n",

@@ -106,7 +106,6 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             relay: Relay::Tcp(Target::Tcp(prod)),
             duplex: vec![Target::Tcp(shadow)],
             options: Options::new().verbose(verbose),
-            grace: Duration::ZERO,
             splice: true,
             retries: crate::args::DEFAULT_RETRIES,
             queue_timeout: ember::proxy::DEFAULT_QUEUE_TIMEOUT,

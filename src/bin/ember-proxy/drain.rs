@@ -16,6 +16,8 @@
 //!
 //! It never decides *when* to drain (that is the signal handler's, in `workers`).
 
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ember::{ACCEPTS_PER_EVENT, Reactor, ServerId};
@@ -77,6 +79,32 @@ pub fn stop_accepting(
             }
         });
     });
+}
+
+/// [`stop_accepting`] on every one of `servers` at once; `then` runs when the last has
+/// closed its listener.
+pub fn stop_accepting_all(
+    r: &mut Reactor,
+    servers: Vec<ServerId>,
+    then: impl FnOnce(&mut Reactor) + 'static,
+) {
+    if servers.is_empty() {
+        then(r);
+        return;
+    }
+    let left = Rc::new(Cell::new(servers.len()));
+    let then = Rc::new(RefCell::new(Some(then)));
+    for server in servers {
+        let (left, then) = (Rc::clone(&left), Rc::clone(&then));
+        stop_accepting(r, server, move |r| {
+            left.set(left.get() - 1);
+            if left.get() == 0
+                && let Some(then) = then.borrow_mut().take()
+            {
+                then(r);
+            }
+        });
+    }
 }
 
 /// Stops the reactor once `live()` is 0 or at `deadline`, whichever comes first.

@@ -11,6 +11,7 @@ mod board;
 mod config;
 mod demo;
 mod drain;
+mod listeners;
 mod logging;
 mod plan;
 mod status;
@@ -79,7 +80,7 @@ fn main() -> ExitCode {
             }
             code
         }
-        Ok(Command::Run(run)) => match serve(&run, None) {
+        Ok(Command::Run(run)) => match serve(std::slice::from_ref(&run), None) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 say_err!("ember-proxy: {e}");
@@ -93,43 +94,66 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the proxy the flags describe until it has drained after SIGINT/SIGTERM.
-/// `config` is the file the arguments came from, re-read on SIGHUP.
-fn serve(run: &RunArgs, config: Option<&std::path::Path>) -> Result<(), String> {
-    // First, before anything opens a descriptor: the listener systemd may have passed.
-    let adopted = systemd::listen_fds()?;
-    let plan = Plan::resolve(run)?;
-    let writer = LogWriter::start(&run.access_log).map_err(|e| e.to_string())?;
+/// Runs the listeners `runs` describe (one from the flags, one per `[[listener]]` from a
+/// file) until they have drained after SIGINT/SIGTERM. `config` is the file they came
+/// from, re-read on SIGHUP.
+fn serve(runs: &[RunArgs], config: Option<&std::path::Path>) -> Result<(), String> {
+    // First, before anything opens a descriptor: the sockets systemd may have passed.
+    let passed = systemd::listen_fds()?;
+    let plans = Plan::resolve_all(runs)?;
+    let process = config::Process::of(&runs[0]);
+    let writer = LogWriter::start(&process.access_log).map_err(|e| e.to_string())?;
     logging::install(writer.handle(), LevelFilter::Info);
     // Two descriptors per client: the usual soft limit of 1024 would cap us near 500.
     match ember::raise_descriptor_limit() {
-        Ok(limit) if run.verbose => log::info!("ember-proxy: descriptor limit {limit}"),
+        Ok(limit) if runs.iter().any(|r| r.verbose) => {
+            log::info!("ember-proxy: descriptor limit {limit}")
+        }
         Ok(_) => {}
         Err(e) => log::warn!("ember-proxy: cannot raise the descriptor limit: {e}"),
     }
-    warn_about_unreachable_backends(&plan);
-    let adopted = adopted.map(|(listener, ignored)| {
-        if ignored > 0 {
-            log::warn!(
-                "ember-proxy: socket activation passed {} sockets; only the first is used",
-                ignored + 1
-            );
-        }
-        listener
-    });
+    for plan in &plans {
+        warn_about_unreachable_backends(plan);
+    }
+    let passed = assign_passed(&plans, passed);
     let served = workers::run(workers::Launch {
-        plan,
-        workers: run.workers,
-        admin: run.admin,
+        plans,
+        process,
         log: writer.handle(),
-        log_format: run.log_format,
-        max_conn: run.max_conn,
-        adopted,
+        passed,
         config: config.map(std::path::Path::to_path_buf),
     })
     .map_err(|e| e.to_string());
     writer.finish();
     served
+}
+
+/// Which listener takes which socket systemd passed: with one listener, the first socket
+/// (whatever `-l` says); with several, the socket on each listener's address. A socket no
+/// listener takes is closed, with a warning.
+fn assign_passed(
+    plans: &[Plan],
+    passed: Vec<std::net::TcpListener>,
+) -> Vec<Option<std::net::TcpListener>> {
+    let mut assigned: Vec<Option<std::net::TcpListener>> = plans.iter().map(|_| None).collect();
+    for (i, socket) in passed.into_iter().enumerate() {
+        let addr = socket.local_addr().ok();
+        let slot = if plans.len() == 1 {
+            (i == 0).then_some(0)
+        } else {
+            plans.iter().position(|p| Some(p.listen) == addr)
+        };
+        match slot {
+            Some(slot) if assigned[slot].is_none() => assigned[slot] = Some(socket),
+            _ => log::warn!(
+                "ember-proxy: socket activation: no listener for the passed socket {} \
+                 (descriptor {}); closing it",
+                addr.map_or_else(|| "-".into(), |a| a.to_string()),
+                i + 3
+            ),
+        }
+    }
+    assigned
 }
 
 /// One warning at start per Unix-socket backend that is not there (`-s` with a typo):

@@ -57,7 +57,6 @@ pub struct Plan {
     pub relay: Relay,
     pub duplex: Vec<Target>,
     pub options: Options,
-    pub grace: Duration,
     pub splice: bool,
     pub retries: u32,
     /// How long a client waits for a backend under its `maxconn`.
@@ -197,7 +196,6 @@ impl Plan {
             relay,
             duplex,
             options,
-            grace: run.grace,
             splice: run.splice,
             retries: run.retries,
             queue_timeout: run.queue_timeout,
@@ -212,6 +210,18 @@ impl Plan {
                 run.retries
             ),
         })
+    }
+
+    /// One plan per listener (a config file's `[[listener]]`s); two on one address are
+    /// refused.
+    pub fn resolve_all(runs: &[RunArgs]) -> Result<Vec<Plan>, String> {
+        let plans: Vec<Plan> = runs.iter().map(Plan::resolve).collect::<Result<_, _>>()?;
+        for (i, plan) in plans.iter().enumerate() {
+            if plans[..i].iter().any(|p| p.listen == plan.listen) {
+                return Err(format!("two listeners on {}", plan.listen));
+            }
+        }
+        Ok(plans)
     }
 
     /// Every backend the plan names (relay or pool, shadows, SNI routes), for the check

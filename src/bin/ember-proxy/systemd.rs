@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: i32 = 3;
 
+/// More passed sockets than this is a mistake, not a configuration.
+const MAX_LISTEN_FDS: i32 = 1024;
+
 /// Descriptor 3 has been looked at (and taken, if it was ours): never twice.
 static CLAIMED: AtomicBool = AtomicBool::new(false);
 
@@ -56,44 +59,46 @@ fn notify_addr(socket: &OsStr) -> io::Result<SocketAddr> {
     }
 }
 
-/// The listening socket systemd passed, if it passed one to this process: `LISTEN_PID`
-/// is our pid and `LISTEN_FDS` is at least 1. Only the first (descriptor 3) is used;
-/// `Ok(Some((listener, more)))` says how many more were passed and ignored. Only the
-/// first call can return it; later ones return `Ok(None)`.
-pub fn listen_fds() -> Result<Option<(TcpListener, usize)>, String> {
+/// The listening sockets systemd passed, if it passed any to this process: `LISTEN_PID`
+/// is our pid and `LISTEN_FDS` says how many, from descriptor 3 on. Only the first call
+/// can return them; later ones return nothing.
+pub fn listen_fds() -> Result<Vec<TcpListener>, String> {
     if CLAIMED.swap(true, Ordering::SeqCst) {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let (Some(pid), Some(fds)) = (
         std::env::var_os("LISTEN_PID"),
         std::env::var_os("LISTEN_FDS"),
     ) else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     // Meant for another process (a parent that exec'd us without unsetting them).
     if pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let count = fds
         .to_str()
-        .and_then(|n| n.parse::<usize>().ok())
-        .ok_or_else(|| format!("LISTEN_FDS={} is not a number", fds.display()))?;
-    if count == 0 {
-        return Ok(None);
-    }
-    // SAFETY: systemd (or anything speaking its protocol) passes descriptors 3 to
-    // 3+LISTEN_FDS-1 open across exec, and LISTEN_PID (checked above) says they are this
-    // process's. Nothing has run yet that could have closed or taken descriptor 3 (`serve`
-    // calls this before it opens anything), and `CLAIMED` lets this line run once per
-    // process, so the listener is its only owner.
-    let listener = unsafe { TcpListener::from_raw_fd(LISTEN_FDS_START) };
-    // A descriptor that is no IP socket (a Unix socket, a file) fails here and is closed.
-    match listener.local_addr() {
-        Ok(_) => Ok(Some((listener, count - 1))),
-        Err(e) => Err(format!(
-            "socket activation: descriptor 3 is not a listening TCP socket ({e})"
-        )),
-    }
+        .and_then(|n| n.parse::<i32>().ok())
+        .filter(|n| (0..=MAX_LISTEN_FDS).contains(n))
+        .ok_or_else(|| format!("LISTEN_FDS={} is not a number of sockets", fds.display()))?;
+    (LISTEN_FDS_START..LISTEN_FDS_START + count)
+        .map(|fd| {
+            // SAFETY: systemd (or anything speaking its protocol) passes descriptors 3 to
+            // 3+LISTEN_FDS-1 open across exec, and LISTEN_PID (checked above) says they are
+            // this process's. Nothing has run yet that could have closed or taken them
+            // (`serve` calls this before it opens anything), and `CLAIMED` lets this line
+            // run once per descriptor per process, so each listener is its only owner.
+            let listener = unsafe { TcpListener::from_raw_fd(fd) };
+            // A descriptor that is no IP socket (a Unix socket, a file) fails here and is
+            // closed.
+            match listener.local_addr() {
+                Ok(_) => Ok(listener),
+                Err(e) => Err(format!(
+                    "socket activation: descriptor {fd} is not a listening TCP socket ({e})"
+                )),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,18 +1,23 @@
-//! Running the proxy: `--workers N` reactors, one per thread, each with its own copy of
-//! the plan on its own `SO_REUSEPORT` listener on the same address, so the kernel spreads
-//! new connections over them (with systemd's socket, they share that one listener).
+//! Running the proxy: `--workers N` reactors, one per thread, each running every
+//! listener of the configuration on a `SO_REUSEPORT` socket of its own on the listener's
+//! address, so the kernel spreads new connections over them (with systemd's sockets,
+//! they share those). Each worker's listeners are a [`Listeners`], changed as a whole by
+//! a reload.
 //!
 //! Worker 0 runs on the main thread and owns what the process has once: the signals, the
-//! admin server, the notifications to systemd, and the drain. The workers share the
-//! proxy counters (one [`Stats`]), the session-end hook ([`Observed`], the access log) and
-//! nothing else: each has its own pools, health and queues, and publishes them on the
-//! [`Board`] for the admin pages. A worker never touches another's reactor except through
-//! its [`ReactorHandle`].
+//! admin server, the notifications to systemd, the drain and the reload. The workers
+//! share the proxy counters (one [`Stats`]), the session-end hook ([`Observed`], the
+//! access log) and nothing else: each has its own pools, health and queues, and publishes
+//! them on the [`Board`] for the admin pages. A worker never touches another's reactor
+//! except through its [`ReactorHandle`]; a closure scheduled that way finds the worker's
+//! listeners in a thread-local ([`this_worker`]).
 //!
-//! SIGINT/SIGTERM: every worker accepts what is queued and closes its listener
-//! ([`drain::stop_accepting`]), then lets its clients finish for up to `--grace`; worker 0,
-//! which serves `/health`, waits for all of them. A second signal stops every worker at
-//! once. The process exits when every worker has stopped.
+//! SIGINT/SIGTERM: every worker accepts what is queued and closes its listeners
+//! ([`drain::stop_accepting_all`]), then lets its clients finish for up to `--grace`;
+//! worker 0, which serves `/health`, waits for all of them. A second signal stops every
+//! worker at once. The process exits when every worker has stopped. SIGHUP with
+//! `--config`: worker 0 reads the file and applies it to its listeners; if that worked,
+//! every other worker applies it to its own.
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Write};
@@ -25,11 +30,13 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use ember::proxy::{Pool, Stats};
-use ember::{Reactor, ReactorHandle, ServerId};
+use ember::{Reactor, ReactorHandle};
 
 use crate::access;
 use crate::board::{self, Board, PUBLISH_EVERY, Tally};
+use crate::config::Process;
 use crate::drain;
+use crate::listeners::{Changes, Listeners};
 use crate::logging::LogHandle;
 use crate::plan::{Plan, Socket, Started, Worker};
 use crate::status::{self, LivePools, Observed, Pools};
@@ -41,17 +48,14 @@ const ROTATION_CHECK: Duration = Duration::from_millis(50);
 /// How often a worker paused at `--max-conn` looks whether the others made room.
 const MAX_CONN_CHECK: Duration = Duration::from_millis(20);
 
-/// What the process runs, as the command line gave it.
+/// What the process runs, as the command line or the config file gave it.
 pub struct Launch {
-    pub plan: Plan,
-    pub workers: usize,
-    pub admin: Option<SocketAddr>,
+    /// One per listener.
+    pub plans: Vec<Plan>,
+    pub process: Process,
     pub log: LogHandle,
-    pub log_format: access::Format,
-    /// `--max-conn`: the limit is on the sum over the workers.
-    pub max_conn: Option<usize>,
-    /// The listener systemd passed (socket activation); `-l` is then ignored.
-    pub adopted: Option<TcpListener>,
+    /// The socket systemd passed for each listener, if any (`-l` is then ignored).
+    pub passed: Vec<Option<TcpListener>>,
     /// The `--config` file, re-read on SIGHUP.
     pub config: Option<PathBuf>,
 }
@@ -74,98 +78,159 @@ struct Shared {
 /// A started worker, as worker 0 knows it.
 struct Peer {
     handle: ReactorHandle,
-    server: ServerId,
     thread: JoinHandle<io::Result<()>>,
 }
 
+/// One worker, as its own thread knows it: who it is and what it runs.
+struct Local {
+    worker: usize,
+    role: Worker,
+    shared: Shared,
+    listeners: RefCell<Listeners>,
+}
+
+thread_local! {
+    /// The worker running on this thread (set once it has started).
+    static THIS_WORKER: RefCell<Option<Rc<Local>>> = const { RefCell::new(None) };
+}
+
+/// The worker running on this thread: what a closure scheduled on it through its
+/// [`ReactorHandle`] works on.
+fn this_worker() -> Option<Rc<Local>> {
+    THIS_WORKER.with(|w| w.borrow().clone())
+}
+
+impl Local {
+    /// Makes `plans` this worker's listeners ([`Listeners::apply`]).
+    fn apply(&self, r: &mut Reactor, plans: Vec<(Plan, Option<Socket>)>) -> io::Result<Changes> {
+        let mut start = |r: &mut Reactor, plan: &Plan, socket| {
+            start_listener(r, self.worker, plan, &self.role, socket, &self.shared)
+        };
+        self.listeners.borrow_mut().apply(r, plans, &mut start)
+    }
+
+    fn pools(&self) -> LivePools {
+        self.listeners.borrow().pools()
+    }
+}
+
 /// Runs the proxy until it has drained (or failed); every worker has stopped on return.
-pub fn run(mut launch: Launch) -> io::Result<()> {
-    let n = launch.workers.max(1);
-    let plans: Vec<(Plan, Worker)> = (0..n)
-        .map(|w| (launch.plan.for_worker(w, n), Worker::new(w, n)))
-        .collect();
+pub fn run(launch: Launch) -> io::Result<()> {
+    let n = launch.process.workers.max(1);
+    let roles: Vec<Worker> = (0..n).map(|w| Worker::new(w, n)).collect();
     let shared = Shared {
         workers: n,
         stats: Stats::default(),
         observed: Arc::new(Observed::default()),
         board: (n > 1).then(|| Arc::new(Board::new(n))),
-        tallies: plans.iter().map(|(_, w)| Arc::clone(&w.tally)).collect(),
+        tallies: roles.iter().map(|w| Arc::clone(&w.tally)).collect(),
         log: launch.log.clone(),
-        log_format: launch.log_format,
-        admin: launch.admin.is_some(),
-        max_conn: launch.max_conn,
+        log_format: launch.process.log_format,
+        admin: launch.process.admin.is_some(),
+        max_conn: launch.process.max_conn,
     };
-    let socket_activated = launch.adopted.is_some();
-    let mut sockets = passed_sockets(launch.adopted.take(), n)?.into_iter();
+    let socket_activated = launch.passed.iter().any(Option::is_some);
     let mut peers: Vec<Peer> = Vec::new();
     let served = Reactor::run(|r| {
-        let started = start_all(r, &launch.plan, &plans, &mut sockets, &shared, &mut peers)?;
-        let bound = started.server.local_addr().unwrap_or(launch.plan.listen);
-        announce(&launch.plan, bound, n, socket_activated);
+        let first = for_worker(&launch.plans, 0, n, |i| passed(&launch.passed, i))?;
+        let (local, changes) = start_worker(r, 0, first, roles[0].clone(), shared.clone())?;
+        for (w, role) in roles.iter().enumerate().skip(1) {
+            // Port 0 picked a port for worker 0: the others share it.
+            let plans = for_worker(&launch.plans, w, n, |i| match passed(&launch.passed, i)? {
+                Some(socket) => Ok(Some(socket)),
+                None => Ok(Some(Socket::Bind(changes.bound[i]))),
+            });
+            match plans.and_then(|p| spawn_worker(w, p, role.clone(), shared.clone(), r.handle())) {
+                Ok(peer) => peers.push(peer),
+                Err(e) => {
+                    stop_peers(&peers);
+                    return Err(e);
+                }
+            }
+        }
         let crew = Rc::new(Crew {
-            servers: RefCell::new(
-                std::iter::once(started.server.id())
-                    .chain(peers.iter().map(|p| p.server))
-                    .collect(),
-            ),
-            pools: Rc::new(RefCell::new(started.pools.clone())),
-            checks: RefCell::new(started.checks.clone()),
             reload: launch.config.clone().map(|path| Reload {
                 path,
-                listen: launch.plan.listen,
-                role: plans[0].1.clone(),
-                shared: shared.clone(),
+                process: launch.process.clone(),
             }),
             handles: peers.iter().map(|p| p.handle.clone()).collect(),
             tallies: shared.tallies.clone(),
             stats: shared.stats.clone(),
-            grace: launch.plan.grace,
+            grace: launch.process.grace,
             draining: Rc::new(Cell::new(false)),
+            local,
         });
-        if let Some(addr) = launch.admin {
+        // The signals first: whoever reads the lines below may signal at once.
+        handle_signals(r, &crew, &launch.log)?;
+        announce(&launch.plans, &changes.bound, n, socket_activated);
+        if let Some(addr) = launch.process.admin {
             serve_admin(
                 r,
                 addr,
-                Rc::clone(&crew.pools),
+                crew.local.pools(),
                 &shared,
                 Rc::clone(&crew.draining),
             )?;
         }
-        handle_signals(r, &crew, &launch.log)?;
-        systemd::tell(&format!("READY=1\nSTATUS=listening on {bound}"));
+        let bound: Vec<String> = changes.bound.iter().map(ToString::to_string).collect();
+        systemd::tell(&format!(
+            "READY=1\nSTATUS=listening on {}",
+            bound.join(", ")
+        ));
         Ok(())
     });
     stop_peers(&peers);
     join(served, peers)
 }
 
-/// Starts worker 0 on `r`, then the others, each on a thread of its own, once worker 0
-/// has bound (port 0 picks the port they all share). Returns worker 0's proxy; the others
-/// are in `peers`. On failure, the workers already started are told to stop.
-fn start_all(
-    r: &mut Reactor,
-    plan: &Plan,
-    plans: &[(Plan, Worker)],
-    sockets: &mut impl Iterator<Item = Socket>,
-    shared: &Shared,
-    peers: &mut Vec<Peer>,
-) -> io::Result<Started> {
-    let socket = sockets.next().unwrap_or(Socket::Bind(plan.listen));
-    let started = start_worker(r, 0, &plans[0], socket, shared)?;
-    let bound = started.server.local_addr().unwrap_or(plan.listen);
-    for (w, plan) in plans.iter().enumerate().skip(1) {
-        let socket = sockets.next().unwrap_or(Socket::Bind(bound));
-        match spawn_worker(w, plan.clone(), socket, shared.clone(), r.handle()) {
-            Ok(peer) => peers.push(peer),
-            Err(e) => {
-                stop_peers(peers);
-                return Err(e);
-            }
-        }
-    }
-    Ok(started)
+/// Every plan as worker `worker` of `workers` runs it, each with its socket.
+fn for_worker(
+    plans: &[Plan],
+    worker: usize,
+    workers: usize,
+    mut socket: impl FnMut(usize) -> io::Result<Option<Socket>>,
+) -> io::Result<Vec<(Plan, Option<Socket>)>> {
+    plans
+        .iter()
+        .enumerate()
+        .map(|(i, plan)| Ok((plan.for_worker(worker, workers), socket(i)?)))
+        .collect()
 }
 
+/// A duplicate of the socket systemd passed for listener `i`, if it passed one: every
+/// worker adopts its own duplicate (one accept queue, which they all wait on).
+fn passed(passed: &[Option<TcpListener>], i: usize) -> io::Result<Option<Socket>> {
+    match passed.get(i) {
+        Some(Some(listener)) => Ok(Some(Socket::Adopt(listener.try_clone()?))),
+        _ => Ok(None),
+    }
+}
+
+/// Starts worker `worker` on `r`: its listeners, the timers that keep the others
+/// informed, and its place in the thread-local.
+fn start_worker(
+    r: &mut Reactor,
+    worker: usize,
+    plans: Vec<(Plan, Option<Socket>)>,
+    role: Worker,
+    shared: Shared,
+) -> io::Result<(Rc<Local>, Changes)> {
+    let local = Rc::new(Local {
+        worker,
+        role,
+        shared,
+        listeners: RefCell::default(),
+    });
+    let changes = local.apply(r, plans)?;
+    if let Some(board) = &local.shared.board {
+        publish_pools(r, worker, local.pools(), Arc::clone(board));
+    }
+    if let Some(max) = local.shared.max_conn {
+        resume_below_max_conn(r, Rc::clone(&local), max);
+    }
+    THIS_WORKER.with(|w| *w.borrow_mut() = Some(Rc::clone(&local)));
+    Ok((local, changes))
+}
 /// Waits for every other worker to end; the first failure (worker 0's first) is the
 /// process's.
 fn join(served: io::Result<()>, peers: Vec<Peer>) -> io::Result<()> {
@@ -182,28 +247,14 @@ fn join(served: io::Result<()>, peers: Vec<Peer>) -> io::Result<()> {
     outcome
 }
 
-/// With systemd's listener, one socket per worker: the listener itself for worker 0 and
-/// a duplicate for each other (one accept queue, which every worker waits on). Without,
-/// none: each worker binds its own.
-fn passed_sockets(adopted: Option<TcpListener>, workers: usize) -> io::Result<Vec<Socket>> {
-    let Some(listener) = adopted else {
-        return Ok(Vec::new());
-    };
-    let mut sockets = Vec::with_capacity(workers);
-    for _ in 1..workers {
-        sockets.push(Socket::Adopt(listener.try_clone()?));
-    }
-    sockets.insert(0, Socket::Adopt(listener));
-    Ok(sockets)
-}
-
-/// Starts `plan` on `r` as worker `worker`: its listener (with `SO_REUSEPORT`: workers,
-/// and a new process during a restart, share the address), its share of the counters,
-/// its session-end hook, and the timers that keep the others informed.
-fn start_worker(
+/// Starts `plan` on `r` as worker `worker`'s: its listener (with `SO_REUSEPORT`:
+/// workers, a reload, and a new process during a restart share the address), its share
+/// of the counters, and its session-end hook.
+fn start_listener(
     r: &mut Reactor,
     worker: usize,
-    (plan, role): &(Plan, Worker),
+    plan: &Plan,
+    role: &Worker,
     socket: Socket,
     shared: &Shared,
 ) -> io::Result<Started> {
@@ -216,33 +267,26 @@ fn start_worker(
     let started = plan.start_on(r, socket, role);
     // The admin server (worker 0's) keeps its port to itself.
     r.set_reuse_port(false);
-    let started = started?;
-    if let Some(board) = &shared.board {
-        publish_pools(r, worker, started.pools.clone(), Arc::clone(board));
-    }
-    if let (Some(max), true) = (shared.max_conn, shared.workers > 1) {
-        resume_below_max_conn(r, started.server.id(), shared.stats.clone(), max);
-    }
-    Ok(started)
+    started
 }
 
 /// Starts worker `worker` on a thread of its own and waits until it listens (or failed).
 fn spawn_worker(
     worker: usize,
-    plan: (Plan, Worker),
-    socket: Socket,
+    plans: Vec<(Plan, Option<Socket>)>,
+    role: Worker,
     shared: Shared,
     first: ReactorHandle,
 ) -> io::Result<Peer> {
-    let (ready, started) = mpsc::channel::<Result<(ReactorHandle, ServerId), io::Error>>();
+    let (ready, started) = mpsc::channel::<Result<ReactorHandle, io::Error>>();
     let thread = thread::Builder::new()
         .name(format!("ember-proxy/{worker}"))
         .spawn(move || {
             let mut listening = false;
             let served = Reactor::run(|r| {
-                let started = start_worker(r, worker, &plan, socket, &shared)?;
+                start_worker(r, worker, plans, role, shared)?;
                 listening = true;
-                let _ = ready.send(Ok((r.handle(), started.server.id())));
+                let _ = ready.send(Ok(r.handle()));
                 Ok(())
             });
             match &served {
@@ -259,15 +303,11 @@ fn spawn_worker(
             }
             served
         })?;
-    let (handle, server) = started
+    let handle = started
         .recv()
         .map_err(|_| io::Error::other(format!("worker {worker} died while starting")))?
         .map_err(|e| io::Error::new(e.kind(), format!("worker {worker}: {e}")))?;
-    Ok(Peer {
-        handle,
-        server,
-        thread,
-    })
+    Ok(Peer { handle, thread })
 }
 
 fn stop_peers(peers: &[Peer]) {
@@ -276,21 +316,24 @@ fn stop_peers(peers: &[Peer]) {
     }
 }
 
-/// The startup lines: where the proxy listens (stdout, as ever), and what an operator
-/// should know about restarts.
-fn announce(plan: &Plan, bound: SocketAddr, workers: usize, socket_activated: bool) {
-    let mut line = plan.describe(bound);
-    if workers > 1 {
-        line.push_str(&format!("; {workers} workers"));
+/// The startup lines: where each listener listens (stdout, as ever), and what an
+/// operator should know about restarts.
+fn announce(plans: &[Plan], bound: &[SocketAddr], workers: usize, socket_activated: bool) {
+    for (plan, &bound) in plans.iter().zip(bound) {
+        let mut line = plan.describe(bound);
+        if workers > 1 {
+            line.push_str(&format!("; {workers} workers"));
+        }
+        let _ = writeln!(io::stdout().lock(), "{line}");
+        if socket_activated {
+            log::info!(
+                "ember-proxy: socket activation: serving on the listener systemd passed, \
+                 {bound} (-l {} ignored)",
+                plan.listen
+            );
+        }
     }
-    let _ = writeln!(io::stdout().lock(), "{line}");
-    if socket_activated {
-        log::info!(
-            "ember-proxy: socket activation: serving on the listener systemd passed, {bound} \
-             (-l {} ignored)",
-            plan.listen
-        );
-    } else {
+    if !socket_activated {
         // Restarts on a socket of our own are the ones that depend on the kernel.
         drain::warn_without_migration();
     }
@@ -337,12 +380,13 @@ fn with_worker(line: String, format: access::Format, worker: usize) -> String {
 }
 
 /// Publishes worker `worker`'s pools every [`PUBLISH_EVERY`], and at once when a backend
-/// enters or leaves its rotation.
-fn publish_pools(r: &mut Reactor, worker: usize, pools: Vec<(String, Pool)>, board: Arc<Board>) {
-    board.publish(worker, board::snapshot(&pools));
-    let mut rotation = in_rotation(&pools);
+/// enters or leaves its rotation (or a reload replaced them).
+fn publish_pools(r: &mut Reactor, worker: usize, pools: LivePools, board: Arc<Board>) {
+    board.publish(worker, board::snapshot(&pools.borrow()));
+    let mut rotation = in_rotation(&pools.borrow());
     let mut published = Instant::now();
     r.add_periodic_timer(ROTATION_CHECK, move |_| {
+        let pools = pools.borrow();
         let now = in_rotation(&pools);
         if now != rotation || published.elapsed() >= PUBLISH_EVERY {
             board.publish(worker, board::snapshot(&pools));
@@ -361,15 +405,19 @@ fn in_rotation(pools: &[(String, Pool)]) -> Vec<bool> {
         .collect()
 }
 
-/// `--max-conn` over several workers: the limit counts every worker's clients, and a
-/// worker pauses accepting when a client of its own takes the sum to the limit; it
-/// resumes when one of its own leaves. A worker whose own clients all left while the
-/// others kept the sum at the limit would wait for nothing: this resumes it once the
-/// sum is below the limit again.
-fn resume_below_max_conn(r: &mut Reactor, server: ServerId, stats: Stats, max: usize) {
+/// `--max-conn` over several workers or listeners: the limit counts every client of the
+/// process, and a listener pauses accepting when a client of its own takes the sum to the
+/// limit; it resumes when one of its own leaves. A listener whose own clients all left
+/// while the others kept the sum at the limit would wait for nothing: this resumes it
+/// once the sum is below the limit again.
+fn resume_below_max_conn(r: &mut Reactor, local: Rc<Local>, max: usize) {
     r.add_periodic_timer(MAX_CONN_CHECK, move |r| {
-        if stats.clients_active() < max as u64 && r.is_accepting_paused(server) {
-            r.resume_accepting(server);
+        if local.shared.stats.clients_active() < max as u64 {
+            for server in local.listeners.borrow().servers() {
+                if r.is_accepting_paused(server) {
+                    r.resume_accepting(server);
+                }
+            }
         }
     });
 }
@@ -404,17 +452,13 @@ fn serve_admin(
     Ok(())
 }
 
-/// What worker 0 needs to drain the process.
+/// What worker 0 needs to drain and reload the process.
 struct Crew {
-    /// Each worker's proxy server, by worker index (worker 0's changes on a reload).
-    servers: RefCell<Vec<ServerId>>,
-    /// With `--config`: what SIGHUP needs to start the file's new version.
+    /// Worker 0 itself (the reactor the signals arrive on).
+    local: Rc<Local>,
+    /// With `--config`: what SIGHUP needs to read the file again.
     reload: Option<Reload>,
-    /// Worker 0's pools, for the admin pages (replaced by a reload).
-    pools: LivePools,
-    /// Worker 0's health-check timers (a reload stops them and starts the new ones).
-    checks: RefCell<Vec<ember::TimerId>>,
-    /// Workers 1.. (worker 0 is the reactor the signal arrives on).
+    /// Workers 1..
     handles: Vec<ReactorHandle>,
     tallies: Vec<Arc<Tally>>,
     stats: Stats,
@@ -462,88 +506,104 @@ fn drain_all(r: &mut Reactor, crew: &Crew) {
         );
     }
     let deadline = Instant::now() + crew.grace;
-    let servers = crew.servers.borrow().clone();
     for (w, handle) in crew.handles.iter().enumerate().map(|(i, h)| (i + 1, h)) {
-        let (server, tally) = (servers[w], Arc::clone(&crew.tallies[w]));
+        let tally = Arc::clone(&crew.tallies[w]);
         handle.schedule(move |r| {
-            drain::stop_accepting(r, server, move |r| {
+            let servers = this_worker().map_or_else(Vec::new, |w| w.listeners.borrow().servers());
+            drain::stop_accepting_all(r, servers, move |r| {
                 drain::stop_when_done(r, deadline, move || tally.active());
             });
         });
     }
     // Worker 0 serves /health: it stays until every worker's clients are done.
     let stats = crew.stats.clone();
-    drain::stop_accepting(r, servers[0], move |r| {
+    let servers = crew.local.listeners.borrow().servers();
+    drain::stop_accepting_all(r, servers, move |r| {
         drain::stop_when_done(r, deadline, move || stats.clients_active());
     });
 }
 
-/// What a reload needs: the file, the address the proxy listens on (which a reload cannot
-/// move), and worker 0's place in the counters.
+/// What a reload needs: the file, and the process-wide settings it started with (which
+/// a reload cannot change).
 struct Reload {
     path: PathBuf,
-    listen: SocketAddr,
-    role: Worker,
-    shared: Shared,
+    process: Process,
 }
 
-/// SIGHUP with `--config`: reads the file again; if it is valid, starts its plan on the
-/// same address (`SO_REUSEPORT`: both listen for a moment) and stops the old listener
-/// after taking what it had queued, so new clients get the new configuration and live
-/// ones finish on the old. A file that does not load, or that moves the listener, is
-/// refused with one line and the running configuration stays. One worker only, for now.
+/// SIGHUP with `--config`: reads the file again; if it loads, worker 0 makes its
+/// listeners the file's ([`Listeners::apply`]: new clients get the new configuration,
+/// live ones finish on the old; listeners added open, listeners dropped close), then
+/// every other worker does the same. A file that does not load, or a listener that cannot
+/// start, is refused with one line and the running configuration stays. Process-wide
+/// settings (`workers`, `admin`, ...) change only with a restart: a file that changes
+/// them is applied without them, with a warning.
 fn reload_config(r: &mut Reactor, crew: &Crew, reload: &Reload) {
     let path = reload.path.display();
     if crew.draining.get() {
         return;
     }
-    if !crew.handles.is_empty() {
-        log::error!(
-            "ember-proxy: SIGHUP: reloading {path} with --workers above 1 is not supported yet; still serving the running configuration"
-        );
-        return;
-    }
-    let plan = match crate::config::load(&reload.path).and_then(|runs| match runs.as_slice() {
-        [run] => Plan::resolve(run),
-        _ => Err(format!(
-            "{}: one [[listener]] per process for now",
-            reload.path.display()
-        )),
-    }) {
-        Ok(plan) => plan,
+    let loaded = crate::config::load(&reload.path)
+        .and_then(|runs| Ok((Process::of(&runs[0]), Plan::resolve_all(&runs)?)));
+    let (process, plans) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             log::error!("ember-proxy: SIGHUP: {e}; still serving the running configuration");
             return;
         }
     };
-    if plan.listen != reload.listen {
-        log::error!(
-            "ember-proxy: SIGHUP: {path} moves the listener from {} to {}: restart to move it; still serving the running configuration",
-            reload.listen,
-            plan.listen
+    let changed = reload.process.differences(&process);
+    if !changed.is_empty() {
+        log::warn!(
+            "ember-proxy: SIGHUP: {path} changes {}: these belong to the whole process and \
+             change only with a restart; reloading the listeners without them",
+            changed.join(", ")
         );
-        return;
     }
-    let old = crew.servers.borrow()[0];
-    let bound = r.server_addr(old).unwrap_or(reload.listen);
-    let role = (plan.for_worker(0, 1), reload.role.clone());
-    match start_worker(r, 0, &role, Socket::Bind(bound), &reload.shared) {
-        Ok(started) => {
-            crew.servers.borrow_mut()[0] = started.server.id();
-            *crew.pools.borrow_mut() = started.pools;
-            // The old pools serve only clients already connected: no more checks.
-            for timer in crew.checks.replace(started.checks) {
-                r.cancel_timer(timer);
-            }
-            drain::stop_accepting(r, old, |_| {});
-            log::info!(
-                "ember-proxy: SIGHUP: {path} reloaded: new clients get it, live ones finish on the old configuration"
+    let n = crew.handles.len() + 1;
+    let first = plans.iter().map(|p| (p.for_worker(0, n), None)).collect();
+    let changes = match crew.local.apply(r, first) {
+        Ok(changes) => changes,
+        Err(e) => {
+            log::error!(
+                "ember-proxy: SIGHUP: {path}: could not start it: {e}; still serving the running configuration"
             );
+            return;
         }
-        Err(e) => log::error!(
-            "ember-proxy: SIGHUP: {path}: could not start it: {e}; still serving the running configuration"
-        ),
+    };
+    for (w, handle) in crew.handles.iter().enumerate().map(|(i, h)| (i + 1, h)) {
+        // Worker 0 bound any new listener: the others join it on the same port.
+        let plans: Vec<(Plan, Option<Socket>)> = plans
+            .iter()
+            .zip(&changes.bound)
+            .map(|(plan, &bound)| (plan.for_worker(w, n), Some(Socket::Bind(bound))))
+            .collect();
+        handle.schedule(move |r| {
+            let applied = this_worker().map(|local| local.apply(r, plans));
+            if let Some(Err(e)) = applied {
+                log::error!(
+                    "ember-proxy/{w}: SIGHUP: {e}; this worker still serves the running configuration"
+                );
+            }
+        });
     }
+    for &i in &changes.added {
+        let _ = writeln!(
+            io::stdout().lock(),
+            "{}",
+            plans[i].describe(changes.bound[i])
+        );
+    }
+    for listen in &changes.removed {
+        log::info!(
+            "ember-proxy: SIGHUP: listener {listen} closed (not in {path}); its clients finish"
+        );
+    }
+    log::info!(
+        "ember-proxy: SIGHUP: {path} reloaded ({} listeners, {} added, {} removed): new clients get it, live ones finish on the old configuration",
+        changes.bound.len(),
+        changes.added.len(),
+        changes.removed.len()
+    );
 }
 
 #[cfg(test)]
