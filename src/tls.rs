@@ -38,6 +38,25 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 pub use crate::reactor::{DEFAULT_TLS_HANDSHAKE_TIMEOUT, TlsInfo};
 pub use rustls;
 
+mod subject;
+
+/// The subject of a DER certificate as RFC 4514 text (`CN=client,O=Example Org,C=FR`:
+/// the most specific name first); `None` if it is not a certificate. For the peer of a
+/// connection, [`TlsInfo::peer_subject`].
+pub fn certificate_subject(der: &[u8]) -> Option<String> {
+    subject::of_certificate(der)
+}
+
+impl TlsInfo {
+    /// The subject of the peer's certificate (the leaf of
+    /// [`peer_certificates`](Self::peer_certificates)) as RFC 4514 text, e.g.
+    /// `CN=client.example,O=Example Org`; `None` when the peer sent none (a client
+    /// without mutual TLS).
+    pub fn peer_subject(&self) -> Option<String> {
+        certificate_subject(self.peer_certificates.first()?)
+    }
+}
+
 /// A certificate chain (leaf first) and its private key.
 pub struct Identity {
     chain: Vec<CertificateDer<'static>>,

@@ -594,4 +594,11 @@ fn the_binary_refuses_an_untrusted_backend_and_a_client_without_a_certificate_wi
         .build()
         .unwrap();
     assert_eq!(tls_exchange(proxy.addr, with_cert, b"", b"hello"), b"hello");
+    // Its access-log line (stderr by default) names it by its subject.
+    let wanted = " client_cert=yes client_subject=\"CN=client-1,O=ember tests\"";
+    let found = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        proxy.child.stderr().contains(wanted)
+    });
+    assert!(found, "{}", proxy.child.stderr());
 }

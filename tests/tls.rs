@@ -167,6 +167,11 @@ fn a_mebibyte_each_way_byte_for_byte_with_the_handshakes_facts() {
     assert_eq!(info.protocol.as_deref(), Some("TLSv1_3"));
     assert_eq!(info.alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(info.peer_certificates.len(), 1, "the server's leaf");
+    assert_eq!(
+        info.peer_subject().as_deref(),
+        Some("CN=rcgen self signed cert"),
+        "rcgen's default name"
+    );
     let info = server_seen.info.expect("the server's handshake completed");
     assert_eq!(info.server_name.as_deref(), Some("localhost"), "SNI");
     assert!(
@@ -252,6 +257,11 @@ fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     assert_eq!(client_seen.received, b"hello");
     let info = server_seen.info.unwrap();
     assert_eq!(info.peer_certificates.len(), 1, "the client's certificate");
+    assert_eq!(
+        info.peer_subject().as_deref(),
+        Some("CN=client-1,O=ember tests"),
+        "the subject as RFC 4514 text"
+    );
 }
 
 #[test]

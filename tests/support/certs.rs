@@ -2,7 +2,8 @@
 //! server's names or a client, as PEM.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair,
 };
 
 /// A certificate authority for one test.
@@ -39,9 +40,14 @@ impl TestCa {
         self.sign(params)
     }
 
-    /// A client certificate with common name `name`.
+    /// A client certificate for `CN=name,O=ember tests`.
     pub fn client(&self, name: &str) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        // Fresh: rcgen's default name already holds a common name, first.
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "ember tests");
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params)

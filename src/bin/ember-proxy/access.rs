@@ -92,6 +92,10 @@ fn text(r: &SessionRecord, time: &str) -> String {
                 "yes"
             }
         );
+        // Quoted: a distinguished name has spaces and commas.
+        if let Some(subject) = tls.peer_subject() {
+            let _ = write!(line, " client_subject={}", quoted(&subject));
+        }
     }
     for s in r.shadows() {
         let _ = write!(
@@ -144,11 +148,12 @@ fn json(r: &SessionRecord, time: &str) -> String {
             .map(|a| String::from_utf8_lossy(a).into_owned());
         let _ = write!(
             line,
-            ",\"tls\":{{\"protocol\":{},\"sni\":{},\"alpn\":{},\"client_cert\":{}}}",
+            ",\"tls\":{{\"protocol\":{},\"sni\":{},\"alpn\":{},\"client_cert\":{},\"client_subject\":{}}}",
             text(tls.protocol.as_deref()),
             text(tls.server_name.as_deref()),
             text(alpn.as_deref()),
-            !tls.peer_certificates.is_empty()
+            !tls.peer_certificates.is_empty(),
+            text(tls.peer_subject().as_deref())
         );
     }
     line.push('}');
