@@ -30,6 +30,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const USAGE: &str = "\
 Usage: ember-proxy -l [HOST:]PORT (-r HOST:PORT | -s PATH | -b HOST:PORT[ weight=N][ maxconn=N],...) [options]
        ember-proxy demo [-n REQUESTS]
+       ember-proxy report COMPARE_LOG [--html OUT.html]
 
 A transparent proxy: clients are answered from the relay; duplex backends get a copy of
 every byte the clients send, and their answers are discarded.
@@ -122,6 +123,11 @@ every byte the clients send, and their answers are discarded.
                                     and direct, and report what each side saw
   -n, --requests N                  Requests per path in the demo (default 200)
 
+  report COMPARE_LOG                Summarise a --compare-log: the verdict, mismatch rates
+                                    per route, the top differences, latencies; and write
+                                    one self-contained HTML page
+  --html OUT                        Where the page goes (default: COMPARE_LOG.html)
+
 Short flags combine as in getopt: -vl 8080 and -vl8080 are -v -l 8080.
 Example: ember-proxy -l 8080 -r localhost:8081 -d localhost:8082,localhost:8083 -v";
 
@@ -140,6 +146,51 @@ pub enum Command {
     /// `--config FILE`: everything else is in the file.
     Config(PathBuf),
     Demo(DemoArgs),
+    /// `report FILE`: summarise a compare log.
+    Report(ReportArgs),
+}
+
+/// `ember-proxy report COMPARE_LOG [--html OUT]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReportArgs {
+    /// The `--compare-log` file to read.
+    pub log: PathBuf,
+    /// Where the HTML page goes.
+    pub html: PathBuf,
+}
+
+/// `report`'s own arguments: the log, and `--html OUT`.
+fn parse_report(args: &[String]) -> Result<Command, String> {
+    let mut log = None;
+    let mut html = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--html" => {
+                let out = iter
+                    .next()
+                    .filter(|v| !v.is_empty())
+                    .ok_or("--html needs a value (OUT.html)")?;
+                html = Some(PathBuf::from(out));
+            }
+            flag if flag.starts_with("--html=") => {
+                html = Some(PathBuf::from(&flag["--html=".len()..]));
+            }
+            flag if flag.starts_with('-') && flag.len() > 1 => {
+                return Err(format!("`{flag}` does not apply to `ember-proxy report`"));
+            }
+            file if log.is_none() => log = Some(PathBuf::from(file)),
+            extra => return Err(format!("unexpected argument `{extra}`")),
+        }
+    }
+    let log = log.ok_or("`report` needs the compare log to read (report FILE)")?;
+    let html = html.unwrap_or_else(|| {
+        let mut name = log.clone().into_os_string();
+        name.push(".html");
+        PathBuf::from(name)
+    });
+    Ok(Command::Report(ReportArgs { log, html }))
 }
 
 /// Where clients are relayed to, still unresolved.
@@ -326,6 +377,9 @@ fn long_of(flag: &str) -> &str {
 pub fn parse(args: &[String]) -> Result<Command, String> {
     if args.is_empty() {
         return Ok(Command::Usage);
+    }
+    if args[0] == "report" {
+        return parse_report(&args[1..]);
     }
     let demo = args[0] == "demo";
     let rest = if demo { &args[1..] } else { args };

@@ -14,6 +14,7 @@ mod drain;
 mod listeners;
 mod logging;
 mod plan;
+mod report;
 mod status;
 mod systemd;
 mod tls_setup;
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Command::Config(path)) => config::serve_file(&path),
+        Ok(Command::Report(report)) => report::run(&report),
         Ok(Command::Version) => {
             say_out!("ember-proxy {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -1,0 +1,1 @@
+//! Comparing primary and shadow responses (being written).
