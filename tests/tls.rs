@@ -167,7 +167,10 @@ fn a_mebibyte_each_way_byte_for_byte_with_the_handshakes_facts() {
     assert_eq!(info.protocol.as_deref(), Some("TLSv1_3"));
     // The client (ring's order) lists AES-256-GCM first; the server prefers its own
     // order, AES-128-GCM with SHA-256 (the cheaper handshake).
-    assert_eq!(info.cipher_suite.as_deref(), Some("TLS13_AES_128_GCM_SHA256"));
+    assert_eq!(
+        info.cipher_suite.as_deref(),
+        Some("TLS13_AES_128_GCM_SHA256")
+    );
     assert_eq!(info.alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(info.peer_certificates.len(), 1, "the server's leaf");
     assert_eq!(

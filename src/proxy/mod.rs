@@ -64,12 +64,15 @@ mod dispatch;
 mod health;
 mod hooks;
 pub mod http1;
+pub mod mirror;
 mod pool;
 mod probe;
 pub mod proxy_protocol;
 mod record;
+mod sampler;
 mod server;
 mod session;
+pub mod shadowing;
 mod stats;
 mod target;
 mod throttle;
@@ -82,6 +85,7 @@ pub use hooks::{Finish, Relay};
 pub use pool::{BackendStatus, DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT, Pool, Refused};
 pub use probe::Check;
 pub use record::{BackendRecord, SessionRecord};
+pub use sampler::Sampler;
 pub use server::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_FIN_TIMEOUT, DEFAULT_RELAY_BUFSIZE, DEFAULT_SHADOW_BUFFER,
     DEFAULT_SHADOW_CONNECT_TIMEOUT, DEFAULT_SHADOW_DRAIN_TIMEOUT, Options, ProxyServer,

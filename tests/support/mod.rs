@@ -14,6 +14,8 @@
 //! - [`child`]: child processes, every wait on them bounded: this test binary re-run for
 //!   one test, and `ember-proxy`.
 //! - [`toxics`]: toxiproxy-style fault injection between a client and a server.
+//! - [`http_app`]: an HTTP/1.1 application (production, or a candidate with a regression)
+//!   that records what it was asked, for the shadow tests.
 //!
 //! It holds no test and judges no behaviour of ember: its helpers panic only when a wait
 //! runs out or the harness itself fails, and none of them waits without a limit.
@@ -23,6 +25,7 @@ pub mod certs;
 pub mod child;
 pub mod clients;
 pub mod haproxy;
+pub mod http_app;
 pub mod pattern;
 pub mod reactor_thread;
 pub mod sys;

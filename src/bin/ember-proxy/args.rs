@@ -103,6 +103,34 @@ every byte the clients send, and their answers are discarded.
       --sni-route NAME=HOST:PORT    Without terminating TLS, send clients whose TLS
                                     ClientHello asks for NAME to HOST:PORT (repeatable;
                                     others go to -r/-b)
+      --http                        Mirror HTTP/1.1 requests to the -d shadows instead of
+                                    bytes: each shadow gets whole requests on keep-alive
+                                    connections of its own (its slowness or death never
+                                    reaches a client); anything that is not HTTP/1.1 falls
+                                    back to plain relaying for that client
+      --shadow-sample FRACTION      Mirror this share of requests (with --http) or of
+                                    client connections (without); default 1
+      --shadow-methods LIST         With --http, mirror only these methods (GET,HEAD,...)
+      --shadow-host NAME            With --http, the Host header the shadows get
+      --shadow-header 'NAME: VALUE' With --http, a header added to mirrored requests
+                                    (repeatable)
+      --shadow-timeout SECONDS      With --http, how long a shadow may take to answer a
+                                    mirrored request (default 10)
+      --compare                     Compare every mirrored response with the primary's
+                                    (implies --http): same, or differs in status, a header,
+                                    the body (with the JSON path); counted in /metrics
+      --compare-tcp                 Without --http: compare each shadow's byte stream with
+                                    the primary's, per client connection
+      --compare-log PATH            One JSON line per comparison (`ember-proxy report`
+                                    reads it)
+      --compare-ignore-header NAME  A header whose differences are noise (repeatable; Date
+                                    and the like are ignored already)
+      --compare-ignore-json PATH    A JSON path whose differences are noise ($.a.b[*].c;
+                                    repeatable)
+      --compare-max-body BYTES      How much of each body is compared byte by byte and
+                                    kept for the report (default 1m; beyond, by hash)
+      --reference HOST:PORT         A second copy of production: differences it shows too
+                                    are noise, not regressions (implies --compare)
       --workers N                   Event loops serving the port, one thread each, each
                                     with its own SO_REUSEPORT listener (the kernel spreads
                                     clients over them); default 1
@@ -262,7 +290,45 @@ pub struct RunArgs {
     pub sni_routes: Vec<(String, String)>,
     pub shadow_max_conns: Option<usize>,
     pub shadow_max_memory: Option<usize>,
+    /// `--shadow-sample`: the share of requests (HTTP) or clients (TCP) mirrored.
+    pub shadow_sample: f64,
+    /// `--http` and its options: shadows get whole requests.
+    pub http: Option<HttpShadowing>,
+    /// `--compare`/`--compare-tcp` and their options.
+    pub compare: Option<CompareArgs>,
 }
+
+/// `--http`: how requests are mirrored to the shadows.
+#[derive(Debug, Clone, Default)]
+pub struct HttpShadowing {
+    /// `--shadow-methods`: only these (upper-case); `None`: all.
+    pub methods: Option<Vec<String>>,
+    /// `--shadow-host`: the Host header the shadows get.
+    pub host: Option<String>,
+    /// `--shadow-header`: headers added to mirrored requests.
+    pub headers: Vec<(String, String)>,
+    /// `--shadow-timeout`: how long a shadow may take to answer.
+    pub timeout: Duration,
+}
+
+/// `--compare` (HTTP responses) or `--compare-tcp` (byte streams).
+#[derive(Debug, Clone, Default)]
+pub struct CompareArgs {
+    /// `--compare-log`: one JSON line per comparison.
+    pub log: Option<PathBuf>,
+    pub ignore_headers: Vec<String>,
+    pub ignore_json: Vec<String>,
+    /// `--compare-max-body`.
+    pub max_body: usize,
+    /// `--reference`: a second copy of production, for noise.
+    pub reference: Option<String>,
+}
+
+/// The default `--compare-max-body`: 1 MiB.
+pub const DEFAULT_COMPARE_MAX_BODY: usize = 1024 * 1024;
+
+/// The default `--shadow-timeout`.
+pub const DEFAULT_SHADOW_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// TLS terminated on the listener.
 #[derive(Debug, Clone)]
@@ -324,6 +390,16 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("", "--backend-ca"),
     ("", "--backend-sni"),
     ("", "--sni-route"),
+    ("", "--shadow-sample"),
+    ("", "--shadow-methods"),
+    ("", "--shadow-host"),
+    ("", "--shadow-header"),
+    ("", "--shadow-timeout"),
+    ("", "--compare-log"),
+    ("", "--compare-ignore-header"),
+    ("", "--compare-ignore-json"),
+    ("", "--compare-max-body"),
+    ("", "--reference"),
     ("-n", "--requests"),
 ];
 
@@ -339,6 +415,9 @@ const SWITCHES: &[(&str, &str)] = &[
     ("", "--accept-proxy"),
     ("", "--backend-tls"),
     ("", "--backend-tls-insecure"),
+    ("", "--http"),
+    ("", "--compare"),
+    ("", "--compare-tcp"),
 ];
 
 /// Whether a flag takes a value (for the config file, whose keys are flags).
@@ -402,6 +481,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 "--accept-proxy" => seen.accept_proxy = true,
                 "--backend-tls" => seen.backend_tls = true,
                 "--backend-tls-insecure" => seen.backend_tls_insecure = true,
+                "--http" => seen.http = true,
+                "--compare" => seen.compare = true,
+                "--compare-tcp" => seen.compare_tcp = true,
                 _ if is_value_flag(flag) => {
                     let value = match inline {
                         Some(v) => v,
@@ -516,6 +598,16 @@ fn placeholder(flag: &str) -> &'static str {
         "--backend-sni" => "NAME",
         "--sni-route" => "NAME=HOST:PORT",
         "--log-format" => "text or json",
+        "--shadow-sample" => "FRACTION",
+        "--shadow-methods" => "METHOD[,METHOD...]",
+        "--shadow-host" => "NAME",
+        "--shadow-header" => "'NAME: VALUE'",
+        "--shadow-timeout" => "SECONDS",
+        "--compare-log" => "PATH",
+        "--compare-ignore-header" => "NAME",
+        "--compare-ignore-json" => "PATH",
+        "--compare-max-body" => "BYTES",
+        "--reference" => "HOST:PORT",
         _ => "a value",
     }
 }
@@ -563,6 +655,19 @@ struct Seen {
     no_splice: bool,
     send_proxy: Option<proxy_protocol::Version>,
     accept_proxy: bool,
+    http: bool,
+    compare: bool,
+    compare_tcp: bool,
+    shadow_sample: Option<String>,
+    shadow_methods: Option<String>,
+    shadow_host: Option<String>,
+    shadow_headers: Vec<String>,
+    shadow_timeout: Option<String>,
+    compare_log: Option<String>,
+    compare_ignore_headers: Vec<String>,
+    compare_ignore_json: Vec<String>,
+    compare_max_body: Option<String>,
+    reference: Option<String>,
 }
 
 impl Seen {
@@ -598,10 +703,25 @@ impl Seen {
             "--tls-client-ca" => &mut self.tls_client_ca,
             "--backend-ca" => &mut self.backend_ca,
             "--backend-sni" => &mut self.backend_sni,
-            "--tls-cert" | "--tls-key" | "--sni-route" => {
+            "--shadow-sample" => &mut self.shadow_sample,
+            "--shadow-methods" => &mut self.shadow_methods,
+            "--shadow-host" => &mut self.shadow_host,
+            "--shadow-timeout" => &mut self.shadow_timeout,
+            "--compare-log" => &mut self.compare_log,
+            "--compare-max-body" => &mut self.compare_max_body,
+            "--reference" => &mut self.reference,
+            "--tls-cert"
+            | "--tls-key"
+            | "--sni-route"
+            | "--shadow-header"
+            | "--compare-ignore-header"
+            | "--compare-ignore-json" => {
                 let list = match long {
                     "--tls-cert" => &mut self.tls_certs,
                     "--tls-key" => &mut self.tls_keys,
+                    "--shadow-header" => &mut self.shadow_headers,
+                    "--compare-ignore-header" => &mut self.compare_ignore_headers,
+                    "--compare-ignore-json" => &mut self.compare_ignore_json,
                     _ => &mut self.sni_routes,
                 };
                 list.push(value);
@@ -633,6 +753,7 @@ impl Seen {
         let check = self.check()?;
         let tls = self.listener_tls()?;
         let backend_tls = self.backend_tls()?;
+        let (shadow_sample, http, compare) = self.shadowing(!self.sni_routes.is_empty())?;
         let listen = self.listen.ok_or("missing -l/--listen [HOST:]PORT")?;
         check_listen(&listen)?;
         let upstream = match (self.relay, self.socket, self.balance) {
@@ -761,6 +882,9 @@ impl Seen {
             );
         }
         Ok(Command::Run(RunArgs {
+            shadow_sample,
+            http,
+            compare,
             listen,
             upstream,
             duplex: self.duplex,
@@ -789,6 +913,154 @@ impl Seen {
             admin,
             workers,
         }))
+    }
+
+    /// `--http`, `--shadow-*` and `--compare*`: (sample, HTTP mirroring, comparison).
+    fn shadowing(
+        &self,
+        sni_routing: bool,
+    ) -> Result<(f64, Option<HttpShadowing>, Option<CompareArgs>), String> {
+        let sample = match &self.shadow_sample {
+            Some(s) => s
+                .parse::<f64>()
+                .ok()
+                .filter(|f| *f > 0.0 && *f <= 1.0)
+                .ok_or_else(|| {
+                    format!("--shadow-sample `{s}` is not a fraction above 0 and at most 1")
+                })?,
+            None => 1.0,
+        };
+        let compare_http = self.compare
+            || self.reference.is_some()
+            || !self.compare_ignore_headers.is_empty()
+            || !self.compare_ignore_json.is_empty();
+        if self.compare_tcp && (self.http || compare_http) {
+            return Err(
+                "--compare-tcp compares byte streams; it cannot be used with --http, \
+                 --compare, --reference or --compare-ignore-*"
+                    .into(),
+            );
+        }
+        let http_only = [
+            (self.shadow_methods.is_some(), "--shadow-methods"),
+            (self.shadow_host.is_some(), "--shadow-host"),
+            (!self.shadow_headers.is_empty(), "--shadow-header"),
+            (self.shadow_timeout.is_some(), "--shadow-timeout"),
+        ];
+        let http = self.http || compare_http;
+        if !http && let Some((_, flag)) = http_only.iter().find(|(given, _)| *given) {
+            return Err(format!("{flag} needs --http"));
+        }
+        let comparing = compare_http || self.compare_tcp;
+        if !comparing {
+            for (given, flag) in [
+                (self.compare_log.is_some(), "--compare-log"),
+                (self.compare_max_body.is_some(), "--compare-max-body"),
+            ] {
+                if given {
+                    return Err(format!("{flag} needs --compare or --compare-tcp"));
+                }
+            }
+        }
+        if (http || comparing || self.shadow_sample.is_some()) && self.duplex.is_empty() {
+            return Err("--http, --compare and --shadow-sample need shadows: -d HOST:PORT".into());
+        }
+        if http && sni_routing {
+            return Err(
+                "--sni-route passes TLS through untouched; it cannot be used with \
+                 --http or --compare"
+                    .into(),
+            );
+        }
+        let http = if http {
+            let methods = match &self.shadow_methods {
+                Some(list) => {
+                    let methods: Vec<String> = list
+                        .split(',')
+                        .map(|m| m.trim().to_ascii_uppercase())
+                        .collect();
+                    if methods
+                        .iter()
+                        .any(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()))
+                    {
+                        return Err(format!(
+                            "--shadow-methods `{list}` is not METHOD[,METHOD...]"
+                        ));
+                    }
+                    Some(methods)
+                }
+                None => None,
+            };
+            let headers = self
+                .shadow_headers
+                .iter()
+                .map(|h| {
+                    let (name, value) = h
+                        .split_once(':')
+                        .filter(|(n, _)| is_header_name(n))
+                        .ok_or_else(|| format!("--shadow-header `{h}` is not 'NAME: VALUE'"))?;
+                    if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+                        return Err(format!("--shadow-header `{h}` has a line break"));
+                    }
+                    Ok((name.to_owned(), value.trim().to_owned()))
+                })
+                .collect::<Result<_, String>>()?;
+            if let Some(host) = &self.shadow_host
+                && (host.is_empty()
+                    || host
+                        .bytes()
+                        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()))
+            {
+                return Err(format!("--shadow-host `{host}` is not a host name"));
+            }
+            let timeout = match &self.shadow_timeout {
+                Some(s) => Some(parse_seconds(s, "--shadow-timeout")?)
+                    .filter(|d| !d.is_zero())
+                    .ok_or("--shadow-timeout must be more than 0 seconds")?,
+                None => DEFAULT_SHADOW_TIMEOUT,
+            };
+            Some(HttpShadowing {
+                methods,
+                host: self.shadow_host.clone(),
+                headers,
+                timeout,
+            })
+        } else {
+            None
+        };
+        let compare = if comparing {
+            if let Some(reference) = &self.reference {
+                check_host_port(reference, "--reference")?;
+            }
+            let max_body = match &self.compare_max_body {
+                Some(s) => parse_size(s, "--compare-max-body")?,
+                None => DEFAULT_COMPARE_MAX_BODY,
+            };
+            for name in &self.compare_ignore_headers {
+                if !is_header_name(name) {
+                    return Err(format!(
+                        "--compare-ignore-header `{name}` is not a header name"
+                    ));
+                }
+            }
+            for path in &self.compare_ignore_json {
+                if !path.starts_with('$') {
+                    return Err(format!(
+                        "--compare-ignore-json `{path}` is not a JSON path ($.a.b[0], $.items[*].id)"
+                    ));
+                }
+            }
+            Some(CompareArgs {
+                log: self.compare_log.as_ref().map(PathBuf::from),
+                ignore_headers: self.compare_ignore_headers.clone(),
+                ignore_json: self.compare_ignore_json.clone(),
+                max_body,
+                reference: self.reference.clone(),
+            })
+        } else {
+            None
+        };
+        Ok((sample, http, compare))
     }
 
     fn demo(self) -> Result<Command, String> {
@@ -858,6 +1130,14 @@ impl Seen {
             verbose: self.verbose,
         }))
     }
+}
+
+/// An HTTP header name: a token (RFC 9110 5.1).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn split_list(list: &str, flag: &str) -> Result<Vec<String>, String> {
@@ -1139,6 +1419,70 @@ mod tests {
         match parse(&args(line)) {
             Err(e) => e,
             other => panic!("{line} should fail: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shadowing_flags_parse_and_imply_http() {
+        let r = run("-l 1 -r a:1 -d b:1 --compare --compare-log /tmp/c.log \
+             --compare-ignore-header X-Trace --compare-ignore-json $.meta.id \
+             --shadow-sample 0.25 --shadow-methods get,head --shadow-host staging.test \
+             --shadow-header X-Shadow:1 --reference c:1");
+        assert_eq!(r.shadow_sample, 0.25);
+        let http = r.http.expect("--compare implies --http");
+        assert_eq!(
+            http.methods.as_deref(),
+            Some(&["GET".to_owned(), "HEAD".to_owned()][..])
+        );
+        assert_eq!(http.host.as_deref(), Some("staging.test"));
+        assert_eq!(http.headers, [("X-Shadow".to_owned(), "1".to_owned())]);
+        let compare = r.compare.unwrap();
+        assert_eq!(compare.ignore_headers, ["X-Trace"]);
+        assert_eq!(compare.ignore_json, ["$.meta.id"]);
+        assert_eq!(compare.reference.as_deref(), Some("c:1"));
+        assert_eq!(compare.max_body, DEFAULT_COMPARE_MAX_BODY);
+        let tcp = run("-l 1 -r a:1 -d b:1 --compare-tcp");
+        assert!(tcp.http.is_none() && tcp.compare.is_some());
+        let plain = run("-l 1 -r a:1 -d b:1");
+        assert!(plain.http.is_none() && plain.compare.is_none());
+        assert_eq!(plain.shadow_sample, 1.0);
+    }
+
+    #[test]
+    fn shadowing_mistakes_are_named() {
+        for (line, want) in [
+            ("-l 1 -r a:1 --http", "need shadows: -d"),
+            ("-l 1 -r a:1 -d b:1 --shadow-sample 0", "not a fraction"),
+            ("-l 1 -r a:1 -d b:1 --shadow-sample 1.5", "not a fraction"),
+            (
+                "-l 1 -r a:1 -d b:1 --shadow-host x",
+                "--shadow-host needs --http",
+            ),
+            ("-l 1 -r a:1 -d b:1 --compare-log x", "needs --compare"),
+            (
+                "-l 1 -r a:1 -d b:1 --compare --compare-tcp",
+                "cannot be used with --http",
+            ),
+            (
+                "-l 1 -r a:1 -d b:1 --http --shadow-header nocolon",
+                "not 'NAME: VALUE'",
+            ),
+            (
+                "-l 1 -r a:1 -d b:1 --http --shadow-methods GET,,HEAD",
+                "not METHOD",
+            ),
+            (
+                "-l 1 -r a:1 -d b:1 --compare --compare-ignore-json a.b",
+                "not a JSON path",
+            ),
+            ("-l 1 -r a:1 -d b:1 --reference nope", "--reference"),
+            (
+                "-l 1 -r a:1 -d b:1 --http --sni-route x=c:1",
+                "cannot be used with --http",
+            ),
+        ] {
+            let e = error(line);
+            assert!(e.contains(want), "{line}: {e}");
         }
     }
 

@@ -52,6 +52,7 @@ const PROCESS_WIDE: &[&str] = &[
     "grace",
     "no-splice",
     "resolve-interval",
+    "compare-log",
 ];
 
 /// What the process has once, whatever its listeners: the [`PROCESS_WIDE`] keys (or
@@ -67,6 +68,8 @@ pub struct Process {
     pub grace: std::time::Duration,
     pub splice: bool,
     pub resolve_interval: std::time::Duration,
+    /// `--compare-log`: one file for every listener's comparisons.
+    pub compare_log: Option<std::path::PathBuf>,
 }
 
 impl Process {
@@ -82,6 +85,7 @@ impl Process {
             grace: run.grace,
             splice: run.splice,
             resolve_interval: run.resolve_interval,
+            compare_log: run.compare.as_ref().and_then(|c| c.log.clone()),
         }
     }
 

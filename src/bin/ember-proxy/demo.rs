@@ -114,6 +114,8 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             timeouts: String::new(),
             backends: Default::default(),
             sni_routes: Vec::new(),
+            shadow_sample: 1.0,
+            http: None,
         };
         let proxy = plan.start(r)?.server;
         let proxy = proxy.local_addr().expect("TCP servers have an address");

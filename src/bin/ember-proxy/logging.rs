@@ -11,7 +11,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -31,15 +31,17 @@ pub enum AccessLog {
     Off,
 }
 
+#[derive(Debug)]
 enum Message {
     Diagnostic(String),
     Access(String),
+    Compare(String),
     Reopen,
     Stop,
 }
 
 /// The sending side: cheap to clone, never blocks.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct LogHandle {
     tx: SyncSender<Message>,
     dropped: Arc<AtomicU64>,
@@ -62,6 +64,11 @@ impl LogHandle {
     /// Whether access-log lines are wanted at all (skip formatting them if not).
     pub fn wants_access(&self) -> bool {
         self.access
+    }
+
+    /// A `--compare-log` line (dropped if there is no compare log).
+    pub fn compare(&self, line: String) {
+        self.send(Message::Compare(line));
     }
 
     /// Reopen the access-log file (SIGUSR1).
@@ -87,12 +94,24 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    /// Starts the writer. Opening the access-log file is checked here, so a path that
-    /// can't be written is an error at start, not a silent loss.
-    pub fn start(access: &AccessLog) -> io::Result<LogWriter> {
+    /// Starts the writer. Opening the access-log file (and the compare log, if any) is
+    /// checked here, so a path that can't be written is an error at start, not a silent
+    /// loss.
+    pub fn start(access: &AccessLog, compare: Option<&Path>) -> io::Result<LogWriter> {
         let file = match access {
-            AccessLog::File(path) => Some(open_append(path)?),
+            AccessLog::File(path) => Some(
+                open_append(path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("access log {e}")))?,
+            ),
             _ => None,
+        };
+        let compare = match compare {
+            Some(path) => {
+                let file = open_append(path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("compare log {e}")))?;
+                Some((path.to_path_buf(), BufWriter::new(file)))
+            }
+            None => None,
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -102,6 +121,7 @@ impl LogWriter {
                 (AccessLog::File(path), Some(file)) => Some((path.clone(), BufWriter::new(file))),
                 _ => None,
             },
+            compare,
             dropped: Arc::clone(&dropped),
         };
         let thread = thread::Builder::new()
@@ -135,6 +155,8 @@ struct Writer {
     stderr: BufWriter<io::Stderr>,
     /// The access-log file and its path (`None`: access lines go to stderr).
     access: Option<(PathBuf, BufWriter<File>)>,
+    /// The `--compare-log` file and its path.
+    compare: Option<(PathBuf, BufWriter<File>)>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -164,6 +186,11 @@ impl Writer {
                         let _ = writeln!(self.stderr, "{line}");
                     }
                 },
+                Message::Compare(line) => {
+                    if let Some((_, file)) = &mut self.compare {
+                        let _ = writeln!(file, "{line}");
+                    }
+                }
                 Message::Reopen => self.reopen(),
                 Message::Stop => break,
             }
@@ -181,36 +208,36 @@ impl Writer {
 
     fn flush(&mut self) {
         let _ = self.stderr.flush();
-        if let Some((_, file)) = &mut self.access {
+        for (_, file) in [&mut self.access, &mut self.compare].into_iter().flatten() {
             let _ = file.flush();
         }
     }
 
+    /// Reopens the log files (logrotate renamed them).
     fn reopen(&mut self) {
-        let Some((path, file)) = &mut self.access else {
-            return;
-        };
-        let _ = file.flush();
-        match open_append(path) {
-            Ok(new) => *file = BufWriter::new(new),
-            Err(e) => {
-                let _ = writeln!(
-                    self.stderr,
-                    "{} ERROR ember-proxy: cannot reopen the access log {}: {e}; still writing to the old file",
-                    rfc3339(SystemTime::now()),
-                    path.display()
-                );
+        for (path, file) in [&mut self.access, &mut self.compare].into_iter().flatten() {
+            let _ = file.flush();
+            match open_append(path) {
+                Ok(new) => *file = BufWriter::new(new),
+                Err(e) => {
+                    let _ = writeln!(
+                        self.stderr,
+                        "{} ERROR ember-proxy: cannot reopen {}: {e}; still writing to the old file",
+                        rfc3339(SystemTime::now()),
+                        path.display()
+                    );
+                }
             }
         }
     }
 }
 
-fn open_append(path: &PathBuf) -> io::Result<File> {
+fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("access log {}: {e}", path.display())))
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 /// The `log` facade's backend: every line through the writer thread.

@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         }
         Ok(Command::Demo(demo)) => {
             // The demo reports by itself; -v adds the proxy's own lines.
-            let writer = LogWriter::start(&logging::AccessLog::Off).ok();
+            let writer = LogWriter::start(&logging::AccessLog::Off, None).ok();
             if let (true, Some(writer)) = (demo.verbose, &writer) {
                 logging::install(writer.handle(), LevelFilter::Info);
             }
@@ -104,7 +104,8 @@ fn serve(runs: &[RunArgs], config: Option<&std::path::Path>) -> Result<(), Strin
     let passed = systemd::listen_fds()?;
     let plans = Plan::resolve_all(runs)?;
     let process = config::Process::of(&runs[0]);
-    let writer = LogWriter::start(&process.access_log).map_err(|e| e.to_string())?;
+    let writer = LogWriter::start(&process.access_log, process.compare_log.as_deref())
+        .map_err(|e| e.to_string())?;
     logging::install(writer.handle(), LevelFilter::Info);
     // Two descriptors per client: the usual soft limit of 1024 would cap us near 500.
     match ember::raise_descriptor_limit() {

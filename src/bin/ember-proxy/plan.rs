@@ -16,12 +16,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ember::proxy::client_hello::{self, Peek};
+use ember::proxy::compare::{CompareLine, Rules, VerdictCounts};
+use ember::proxy::http1::HeadRewrite;
+use ember::proxy::mirror::{Mirror, MirrorOptions};
+use ember::proxy::shadowing::{DEFAULT_MAX_REQUEST, HttpShadowing, ShadowEvents, ShadowingSpec};
 use ember::proxy::{
     Backend, Balancer, Change, Check, DEFAULT_QUEUE_LENGTH, Ejection, Finish, Lease, Options, Pool,
-    ProxyServer, Refused, Relay as Relaying, Session, Setup, Strategy, Target, Throttle,
+    ProxyServer, Refused, Relay as Relaying, Sampler, Session, Setup, Strategy, Target, Throttle,
     WARNINGS_PER_SECOND, proxy_protocol,
 };
 use ember::tls::rustls::ClientConfig;
@@ -72,6 +77,96 @@ pub struct Plan {
     pub backends: BackendSetup,
     /// `--sni-route`: pass-through routes by the ClientHello's server name.
     pub sni_routes: Vec<(String, Target)>,
+    /// `--shadow-sample`: the share of clients (or, with `--http`, requests) mirrored.
+    pub shadow_sample: f64,
+    /// `--http`: the shadows get whole requests on connections of their own.
+    pub http: Option<HttpPlan>,
+}
+
+/// `--http` and `--compare`, resolved.
+#[derive(Clone, Debug)]
+pub struct HttpPlan {
+    pub methods: Option<Vec<String>>,
+    pub rewrite: HeadRewrite,
+    pub timeout: Duration,
+    /// `--compare`: the rules' settings and the reference.
+    pub compare: Option<ComparePlan>,
+    /// Where the comparisons are reported (set by whoever runs the plan).
+    pub report: Option<ShadowReport>,
+}
+
+/// `--compare`, resolved.
+#[derive(Clone, Debug)]
+pub struct ComparePlan {
+    pub ignore_headers: Vec<String>,
+    pub ignore_json: Vec<String>,
+    pub max_body: usize,
+    pub reference: Option<Target>,
+}
+
+impl ComparePlan {
+    fn rules(&self) -> Rules {
+        let mut rules = Rules::new().max_body(self.max_body);
+        for name in &self.ignore_headers {
+            rules = rules.ignore_header(name);
+        }
+        for path in &self.ignore_json {
+            // Checked when the plan was resolved.
+            if let Ok(with) = rules.clone().ignore_json(path) {
+                rules = with;
+            }
+        }
+        rules
+    }
+}
+
+/// Where HTTP shadows report, for every worker: the compare log and the counters of
+/// `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct ShadowReport {
+    /// `--compare-log`'s writer; `None`: no compare log.
+    pub log: Option<crate::logging::LogHandle>,
+    pub counts: Arc<ShadowCounts>,
+}
+
+/// What `/metrics` says about HTTP shadowing.
+#[derive(Debug, Default)]
+pub struct ShadowCounts {
+    pub verdicts: VerdictCounts,
+    /// Clients whose stream stopped being HTTP the proxy can frame.
+    pub gave_up: AtomicU64,
+    /// Requests not mirrored (too big, too many waiting, the shadow's queue full).
+    pub skipped: AtomicU64,
+}
+
+/// One worker's [`ShadowEvents`]: the shared report, and its own log budget.
+struct Reporter {
+    report: ShadowReport,
+    label: String,
+    warnings: Throttle,
+}
+
+impl ShadowEvents for Reporter {
+    fn compared(&self, line: &CompareLine) {
+        self.report.counts.verdicts.count(&line.verdict);
+        if let Some(log) = &self.report.log {
+            log.compare(line.render());
+        }
+    }
+
+    fn gave_up(&self, session: u64, reason: &'static str) {
+        self.report.counts.gave_up.fetch_add(1, Ordering::Relaxed);
+        if self.warnings.admit().is_some() {
+            log::info!(
+                "{} #{session}: not HTTP/1.1 the proxy can frame ({reason}): relayed, no longer mirrored",
+                self.label
+            );
+        }
+    }
+
+    fn skipped(&self, _why: &'static str) {
+        self.report.counts.skipped.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Who runs one copy of a plan: what the binary's own lines about it start with, and
@@ -189,7 +284,13 @@ impl Plan {
             .iter()
             .map(|(name, target)| Ok((name.clone(), args::resolve_target(target, "--sni-route")?)))
             .collect::<Result<_, String>>()?;
+        let http = match &run.http {
+            Some(http) => Some(http_plan(http, run.compare.as_ref())?),
+            None => None,
+        };
         Ok(Plan {
+            http,
+            shadow_sample: run.shadow_sample,
             backends,
             sni_routes,
             listen,
@@ -287,6 +388,51 @@ impl Plan {
         line
     }
 
+    /// `--http`'s shadowing for one worker: a mirror per shadow (and the reference),
+    /// reporting to the plan's report.
+    fn http_shadowing(&self, worker: &Worker) -> Option<HttpShadowing> {
+        let http = self.http.as_ref()?;
+        let compare = http.compare.as_ref();
+        let rules = compare.map(ComparePlan::rules);
+        let mirror = |target: &Target| {
+            let options = MirrorOptions {
+                timeout: http.timeout,
+                max_body: compare.map_or(0, |c| c.max_body),
+                // --backend-tls: the shadows too, verified as the name given or their own.
+                tls: self.backends.tls.as_ref().map(|(config, name)| {
+                    let name = name.clone().unwrap_or_else(|| match target {
+                        Target::Host(host, _) => host.clone(),
+                        Target::Tcp(addr) => addr.ip().to_string(),
+                        Target::Unix(_) => "localhost".to_owned(),
+                    });
+                    (Arc::clone(config), name)
+                }),
+                ..MirrorOptions::default()
+            };
+            Mirror::new(target.clone(), options)
+        };
+        let spec = ShadowingSpec {
+            shadows: self
+                .duplex
+                .iter()
+                .enumerate()
+                .map(|(i, target)| (format!("duplex_{i}"), mirror(target)))
+                .collect(),
+            reference: compare.and_then(|c| c.reference.as_ref()).map(&mirror),
+            sample: self.shadow_sample,
+            methods: http.methods.clone(),
+            rewrite: http.rewrite.clone(),
+            max_request: DEFAULT_MAX_REQUEST,
+            rules,
+        };
+        let reporter = Reporter {
+            report: http.report.clone().unwrap_or_default(),
+            label: worker.label.clone(),
+            warnings: Throttle::new(WARNINGS_PER_SECOND, Duration::from_secs(1)),
+        };
+        Some(HttpShadowing::new(spec, Rc::new(reporter)))
+    }
+
     /// Starts the proxy on `r`, listening on `self.listen`.
     pub fn start(&self, r: &mut Reactor) -> io::Result<Started> {
         self.start_on(r, Socket::Bind(self.listen), &Worker::new(0, 1))
@@ -302,7 +448,12 @@ impl Plan {
         r.set_splice(self.splice);
         r.set_resolve_interval(self.resolve_interval);
         let on_change = change_log(&worker.label);
-        let duplex = shadow_pools(&self.duplex, &on_change);
+        let http = self.http_shadowing(worker);
+        // With --http the shadows are mirrors, not backends of the client's session.
+        let duplex = match &http {
+            Some(_) => Vec::new(),
+            None => shadow_pools(&self.duplex, &on_change),
+        };
         let mut pools: Vec<(String, Pool)> = duplex
             .iter()
             .enumerate()
@@ -315,20 +466,22 @@ impl Plan {
             }
         }
         // Alone, the relay takes both directions on the cut-through path; with shadows,
-        // the client's bytes are copied to every backend, so only the answers are.
-        let cut_through = duplex.is_empty();
+        // the client's bytes are copied to every backend (or read for requests), so only
+        // the answers are, unless they are compared.
+        let paths = RelayPaths {
+            client: duplex.is_empty() && http.is_none(),
+            server: !http.as_ref().is_some_and(HttpShadowing::reads_responses),
+        };
         let options = self.options.clone();
         let retries = self.retries;
         let balancer = match &self.relay {
             Relay::Unix(path) => {
                 // One socket, no pool: retries go to the same path.
-                let relay = with_relay_paths(
-                    self.backends.dress(Backend::unix(path).retries(retries)),
-                    cut_through,
-                );
+                let relay = paths.dress(self.backends.dress(Backend::unix(path).retries(retries)));
                 let shadows = Shadows {
                     pools: duplex,
                     setup: self.backends.clone(),
+                    sample: Rc::new(Sampler::new(self.shadow_sample)),
                 };
                 let server = listen(
                     r,
@@ -337,6 +490,9 @@ impl Plan {
                     worker,
                     || (),
                     move |conn| {
+                        if let Some(http) = &http {
+                            http.attach(conn, "relay");
+                        }
                         conn.server("relay", relay.clone());
                         shadows.open(conn);
                         conn.on_finish(relay_decides);
@@ -370,10 +526,11 @@ impl Plan {
         let relay = Rc::new(RelaySpec {
             retries,
             pool: pool.clone(),
-            cut_through,
+            paths,
             shadows: Shadows {
                 pools: duplex,
                 setup: self.backends.clone(),
+                sample: Rc::new(Sampler::new(self.shadow_sample)),
             },
             routes: self.sni_routes.clone(),
             refusals: Throttle::new(WARNINGS_PER_SECOND, Duration::from_secs(1)),
@@ -387,6 +544,9 @@ impl Plan {
             || None::<Lease>,
             move |conn| {
                 conn.on_finish(relay_decides);
+                if let Some(http) = &http {
+                    http.attach(conn, "relay");
+                }
                 if !relay.routes.is_empty() {
                     route_by_server_name(conn, &relay);
                     return;
@@ -420,6 +580,52 @@ impl Plan {
             checks,
         })
     }
+}
+
+/// `--http` and `--compare` from the flags: the head rewrite checked, the reference
+/// resolved.
+fn http_plan(
+    http: &args::HttpShadowing,
+    compare: Option<&args::CompareArgs>,
+) -> Result<HttpPlan, String> {
+    let mut rewrite = HeadRewrite::new();
+    if let Some(host) = &http.host {
+        rewrite
+            .set_host(host)
+            .map_err(|e| format!("--shadow-host `{host}`: {e}"))?;
+    }
+    for (name, value) in &http.headers {
+        rewrite
+            .add_header(&format!("{name}: {value}"))
+            .map_err(|e| format!("--shadow-header `{name}: {value}`: {e}"))?;
+    }
+    let compare = match compare {
+        Some(c) => {
+            for path in &c.ignore_json {
+                Rules::new()
+                    .ignore_json(path)
+                    .map_err(|e| format!("--compare-ignore-json `{path}`: {e}"))?;
+            }
+            Some(ComparePlan {
+                ignore_headers: c.ignore_headers.clone(),
+                ignore_json: c.ignore_json.clone(),
+                max_body: c.max_body,
+                reference: c
+                    .reference
+                    .as_ref()
+                    .map(|r| args::resolve_target(r, "--reference"))
+                    .transpose()?,
+            })
+        }
+        None => None,
+    };
+    Ok(HttpPlan {
+        methods: http.methods.clone(),
+        rewrite,
+        timeout: http.timeout,
+        compare,
+        report: None,
+    })
 }
 
 /// Starts `options` on `socket` (binds it, or adopts a listening one), counting every
@@ -466,7 +672,7 @@ pub struct Started {
 struct RelaySpec {
     retries: u32,
     pool: Pool,
-    cut_through: bool,
+    paths: RelayPaths,
     shadows: Shadows,
     /// `--sni-route`: by server name; the pool takes the rest.
     routes: Vec<(String, Target)>,
@@ -485,7 +691,7 @@ fn pooled_backend(spec: &RelaySpec, lease: &Lease) -> Backend {
 
 fn open_relay(conn: &mut Session<'_, Option<Lease>>, lease: Lease, spec: &RelaySpec) {
     let relay = spec.shadows.setup.dress(pooled_backend(spec, &lease));
-    conn.server("relay", with_relay_paths(relay, spec.cut_through));
+    conn.server("relay", spec.paths.dress(relay));
     *conn.state() = Some(lease);
     spec.shadows.open(conn);
 }
@@ -530,7 +736,7 @@ fn route_by_server_name(conn: &mut Setup<'_, Option<Lease>>, spec: &Rc<RelaySpec
             },
         };
         let backend = spec.shadows.setup.dress(backend);
-        s.server("relay", with_relay_paths(backend, spec.cut_through));
+        s.server("relay", spec.paths.dress(backend));
         spec.shadows.open(s);
         Relaying::All(std::mem::take(&mut hello))
     });
@@ -577,11 +783,27 @@ fn seconds(d: Option<Duration>) -> String {
     }
 }
 
-fn with_relay_paths(relay: Backend, cut_through: bool) -> Backend {
-    if cut_through {
-        relay.relay_client().relay_server()
-    } else {
-        relay.relay_server()
+/// Which directions of the relay take the descriptor-level path (no hook sees them).
+#[derive(Clone, Copy, Debug)]
+struct RelayPaths {
+    /// Client to relay: only when nothing else needs the client's bytes.
+    client: bool,
+    /// Relay to client: unless its answers are compared.
+    server: bool,
+}
+
+impl RelayPaths {
+    fn dress(self, relay: Backend) -> Backend {
+        let relay = if self.client {
+            relay.relay_client()
+        } else {
+            relay
+        };
+        if self.server {
+            relay.relay_server()
+        } else {
+            relay
+        }
     }
 }
 
@@ -598,15 +820,20 @@ fn shadow_pools(duplex: &[Target], on_change: &ChangeLog) -> Vec<Pool> {
         .collect()
 }
 
-/// The shadows every client gets, each in its pool, dressed like the relay.
+/// The shadows a client gets (every client, or `--shadow-sample` of them), each in its
+/// pool, dressed like the relay.
 #[derive(Clone)]
 struct Shadows {
     pools: Vec<Pool>,
     setup: BackendSetup,
+    sample: Rc<Sampler>,
 }
 
 impl Shadows {
     fn open<S: 'static>(&self, conn: &mut Session<'_, S>) {
+        if self.pools.is_empty() || !self.sample.admit() {
+            return;
+        }
         for (i, pool) in self.pools.iter().enumerate() {
             let target = pool.balancer().targets()[0].clone();
             let shadow = Backend::new(target).shadow().dispatch(pool.dispatch());

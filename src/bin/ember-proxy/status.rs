@@ -108,6 +108,8 @@ pub struct Sources {
     /// SIGTERM has started the drain.
     pub draining: Rc<Cell<bool>>,
     pub started: Instant,
+    /// `--http`/`--compare`: verdicts, streams given up, requests not mirrored.
+    pub shadowing: Arc<crate::plan::ShadowCounts>,
 }
 
 pub fn routes(sources: Sources) -> Routes {
@@ -183,6 +185,25 @@ fn metrics_page(s: &Sources) -> String {
         "ember_shadows_active",
         "Shadow connections open now.",
         stats.shadows_active(),
+    );
+    let shadowing = &s.shadowing;
+    for (kind, count) in shadowing.verdicts.snapshot() {
+        page.counter_with(
+            "ember_compared_total",
+            "Mirrored requests compared with the primary's answer, by verdict.",
+            &[("verdict", kind.as_str())],
+            count,
+        );
+    }
+    page.counter(
+        "ember_mirror_skipped_total",
+        "Requests not mirrored: too big, too many waiting, or the shadow's queue full.",
+        shadowing.skipped.load(std::sync::atomic::Ordering::Relaxed),
+    )
+    .counter(
+        "ember_mirror_gave_up_total",
+        "Clients whose stream stopped being HTTP/1.1 the proxy can frame (relayed, not mirrored).",
+        shadowing.gave_up.load(std::sync::atomic::Ordering::Relaxed),
     );
     if let Ok(shadow) = s.observed.shadow.lock() {
         for (direction, bytes) in [("sent", shadow.sent), ("received", shadow.received)] {

@@ -38,7 +38,7 @@ use crate::config::Process;
 use crate::drain;
 use crate::listeners::{Changes, Listeners};
 use crate::logging::LogHandle;
-use crate::plan::{Plan, Socket, Started, Worker};
+use crate::plan::{Plan, ShadowReport, Socket, Started, Worker};
 use crate::status::{self, LivePools, Observed, Pools};
 use crate::systemd;
 
@@ -73,6 +73,8 @@ struct Shared {
     log_format: access::Format,
     admin: bool,
     max_conn: Option<usize>,
+    /// Where `--http` shadows report: the compare log, the verdict counters.
+    shadows: ShadowReport,
 }
 
 /// A started worker, as worker 0 knows it.
@@ -128,6 +130,14 @@ pub fn run(launch: Launch) -> io::Result<()> {
         log_format: launch.process.log_format,
         admin: launch.process.admin.is_some(),
         max_conn: launch.process.max_conn,
+        shadows: ShadowReport {
+            log: launch
+                .process
+                .compare_log
+                .is_some()
+                .then(|| launch.log.clone()),
+            counts: Arc::default(),
+        },
     };
     let socket_activated = launch.passed.iter().any(Option::is_some);
     let mut peers: Vec<Peer> = Vec::new();
@@ -263,6 +273,9 @@ fn start_listener(
         .options
         .stats(shared.stats.clone())
         .on_session_end(session_end(worker, &role.tally, shared));
+    if let Some(http) = &mut plan.http {
+        http.report = Some(shared.shadows.clone());
+    }
     r.set_reuse_port(true);
     let started = plan.start_on(r, socket, role);
     // The admin server (worker 0's) keeps its port to itself.
@@ -441,6 +454,7 @@ fn serve_admin(
         observed: Arc::clone(&shared.observed),
         draining,
         started: Instant::now(),
+        shadowing: Arc::clone(&shared.shadows.counts),
     });
     let admin = ember::admin::serve(r, addr, routes)
         .map_err(|e| io::Error::new(e.kind(), format!("--admin {addr}: {e}")))?;

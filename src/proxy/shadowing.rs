@@ -1,0 +1,515 @@
+//! HTTP shadow traffic for one proxy: which of a client's requests go to the shadows,
+//! how they are dressed, and (with comparison) the pairing of each primary response with
+//! the shadows' responses to the same request.
+//!
+//! [`HttpShadowing`] is built once per proxy server and attached to each client's
+//! [`Setup`]. It installs two taps: on the client's bytes (`on_data`), a
+//! [`RequestSplitter`] finds each request; a sampled one, of a chosen method, is copied
+//! (its head rewritten for the shadow) and, once whole, handed to every shadow's
+//! [`Mirror`] — on connections of the shadow's own. With comparison, on the primary's
+//! answers (`on_response`), a [`ResponseSplitter`] finds each response and digests it.
+//! A request's [`Pair`] waits for the primary's digest and every shadow's answer (and the
+//! reference's, for noise), then each shadow is classified ([`Rules::classify`]) and the
+//! [`CompareLine`] handed to the proxy's callback.
+//!
+//! The client never waits for any of it: its bytes go to the primary unchanged as they
+//! come, and the primary's answers to it as they come. What the taps keep is bounded: a
+//! request is mirrored only up to [`HttpShadowing::max_request`] bytes (a bigger one is
+//! not mirrored), at most [`MAX_PENDING`] requests of a session wait for their pairing
+//! (beyond, new ones are not mirrored), and the digests keep at most
+//! [`Rules::body_limit`] bytes of body. A stream that stops being HTTP/1.1 the splitters
+//! can frame (an `Upgrade`, garbage) ends mirroring for that client only: the bytes go on
+//! being relayed, and the reason is counted and logged once.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::compare::{CompareLine, Exchange, ResponseDigest, Rules, ShadowFailure, SideSummary};
+use super::http1::{HeadRewrite, Piece, RequestSplitter, ResponseSplitter};
+use super::mirror::{Answer, Mirror, MirroredRequest};
+use super::{LOG_TARGET, Relay, Sampler, Session, Setup};
+
+/// The most requests of one client session waiting for their comparison; beyond, new
+/// requests are not mirrored until some are paired.
+pub const MAX_PENDING: usize = 256;
+
+/// The default [`HttpShadowing::max_request`]: 1 MiB.
+pub const DEFAULT_MAX_REQUEST: usize = 1024 * 1024;
+
+/// What the proxy hears about each comparison (and each request not mirrored).
+pub trait ShadowEvents {
+    /// A request's comparison with one shadow is done.
+    fn compared(&self, line: &CompareLine);
+    /// A client's stream stopped being HTTP/1.1 the proxy can frame: mirroring stops for
+    /// that client (`reason` is an [`http1::Reason`](super::http1::Reason) name).
+    fn gave_up(&self, _session: u64, _reason: &'static str) {}
+    /// A request was not mirrored: too big, too many waiting, or the shadow's queue full.
+    fn skipped(&self, _why: &'static str) {}
+}
+
+/// A shadow's answer, or why there is none.
+type Outcome = Result<Answer, ShadowFailure>;
+
+/// HTTP shadow traffic for one proxy server (see the module doc). Cloning shares it.
+#[derive(Clone)]
+pub struct HttpShadowing {
+    inner: Rc<Shared>,
+}
+
+struct Shared {
+    /// The shadows, by name (`duplex_0`, ...).
+    shadows: Vec<(String, Mirror)>,
+    /// A second copy of production, for noise (comparison only).
+    reference: Option<Mirror>,
+    sample: Sampler,
+    /// Only these methods (upper case); `None`: all.
+    methods: Option<Vec<String>>,
+    rewrite: HeadRewrite,
+    max_request: usize,
+    /// With comparison: its rules.
+    rules: Option<Rules>,
+    events: Rc<dyn ShadowEvents>,
+}
+
+impl std::fmt::Debug for HttpShadowing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpShadowing")
+            .field("shadows", &self.inner.shadows.len())
+            .field("comparing", &self.inner.rules.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How [`HttpShadowing::new`] is set up.
+#[derive(Debug)]
+pub struct ShadowingSpec {
+    /// The shadows, by name.
+    pub shadows: Vec<(String, Mirror)>,
+    /// A second copy of production (only used with `rules`).
+    pub reference: Option<Mirror>,
+    /// The share of requests mirrored (1: all).
+    pub sample: f64,
+    /// Only these methods; `None`: all.
+    pub methods: Option<Vec<String>>,
+    /// How a mirrored request's head is dressed (`Host`, marker headers).
+    pub rewrite: HeadRewrite,
+    /// The largest request mirrored, head and body.
+    pub max_request: usize,
+    /// `Some`: compare every mirrored response with the primary's.
+    pub rules: Option<Rules>,
+}
+
+impl HttpShadowing {
+    /// Shadowing as `spec` says, reporting to `events`.
+    pub fn new(spec: ShadowingSpec, events: Rc<dyn ShadowEvents>) -> HttpShadowing {
+        HttpShadowing {
+            inner: Rc::new(Shared {
+                shadows: spec.shadows,
+                reference: spec.reference,
+                sample: Sampler::new(spec.sample),
+                methods: spec
+                    .methods
+                    .map(|m| m.iter().map(|m| m.to_ascii_uppercase()).collect()),
+                rewrite: spec.rewrite,
+                max_request: spec.max_request,
+                rules: spec.rules,
+                events,
+            }),
+        }
+    }
+
+    /// Whether the primary's answers must be seen (comparison is on): the primary then
+    /// cannot take the descriptor-level relay for its answers.
+    pub fn reads_responses(&self) -> bool {
+        self.inner.rules.is_some()
+    }
+
+    /// The largest request mirrored.
+    pub fn max_request(&self) -> usize {
+        self.inner.max_request
+    }
+
+    /// Installs the taps on a client whose primary backend is called `primary`: its
+    /// `on_data` (every byte still goes to the backends unchanged) and, with comparison,
+    /// its `on_response` (every byte still goes to the client unchanged).
+    pub fn attach<S: 'static>(&self, conn: &mut Setup<'_, S>, primary: &str) {
+        let tap = Rc::new(RefCell::new(Tap::new(
+            Rc::clone(&self.inner),
+            conn.session_id(),
+        )));
+        let requests = Rc::clone(&tap);
+        conn.on_data(move |s, data| {
+            Tap::client_sent(&requests, s, data);
+            Relay::All(data.to_vec())
+        });
+        if self.reads_responses() {
+            let primary = primary.to_owned();
+            conn.on_response(move |_, name, data| {
+                if name == primary {
+                    tap.borrow_mut().primary_sent(data);
+                }
+                Some(data.to_vec())
+            });
+        }
+    }
+}
+
+/// The request being read from the client.
+struct Reading {
+    index: u64,
+    /// The bytes for the shadows (the rewritten head, then the body as framed); `None`
+    /// when it is not mirrored.
+    mirrored: Option<Vec<u8>>,
+    /// The original head and body, for the reference (a copy of production).
+    original: Option<Vec<u8>>,
+    method: String,
+    target: String,
+}
+
+/// A mirrored request waiting for its comparison.
+struct Pair {
+    method: String,
+    target: String,
+    primary: Option<(ResponseDigest, Duration)>,
+    shadows: Vec<Option<Outcome>>,
+    /// `None`: no reference; `Some(None)`: its answer is still to come.
+    reference: Option<Option<Outcome>>,
+}
+
+impl Pair {
+    fn complete(&self) -> bool {
+        self.primary.is_some()
+            && self.shadows.iter().all(Option::is_some)
+            && !matches!(self.reference, Some(None))
+    }
+}
+
+/// One client's taps.
+struct Tap {
+    shared: Rc<Shared>,
+    session: u64,
+    requests: RequestSplitter,
+    responses: ResponseSplitter,
+    /// Mirroring has stopped for this client (its stream is not HTTP we can frame).
+    stopped: bool,
+    reading: Option<Reading>,
+    requests_seen: u64,
+    /// Requests whose whole bytes went to the primary, in order, with when they did (the
+    /// primary's response to the first comes next).
+    awaiting_primary: VecDeque<(u64, Instant)>,
+    /// The response being read from the primary: its request and digest.
+    primary_reading: Option<(u64, Instant, Option<ResponseDigest>)>,
+    pending: BTreeMap<u64, Pair>,
+}
+
+impl Tap {
+    fn new(shared: Rc<Shared>, session: u64) -> Tap {
+        Tap {
+            shared,
+            session,
+            requests: RequestSplitter::new(),
+            responses: ResponseSplitter::new(),
+            stopped: false,
+            reading: None,
+            requests_seen: 0,
+            awaiting_primary: VecDeque::new(),
+            primary_reading: None,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Bytes from the client: find the requests in them, mirror the chosen ones.
+    fn client_sent<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, mut data: &[u8]) {
+        let mut ready = Vec::new();
+        {
+            let mut this = tap.borrow_mut();
+            if this.stopped {
+                return;
+            }
+            // The splitter lends out its pieces while the rest of the tap takes them.
+            let mut requests = std::mem::take(&mut this.requests);
+            while let Some(piece) = requests.next_piece(&mut data) {
+                match piece {
+                    Piece::Head(head) => this.request_started(&head),
+                    Piece::Body { raw, .. } => this.request_body(raw),
+                    Piece::End => {
+                        if let Some(request) = this.request_ended() {
+                            ready.push(request);
+                        }
+                    }
+                    Piece::Truncated(_) => {}
+                    Piece::GaveUp(reason) => {
+                        this.stop(reason.as_str());
+                        break;
+                    }
+                    Piece::Opaque(_) => break,
+                }
+            }
+            this.requests = requests;
+        }
+        for request in ready {
+            send(tap, s, request);
+        }
+    }
+
+    fn request_started(&mut self, head: &super::http1::RequestHead) {
+        self.requests_seen += 1;
+        let index = self.requests_seen;
+        if self.shared.rules.is_some() {
+            // In order from its head on: a primary may answer before the body is in.
+            self.responses.expect(head.method());
+            self.awaiting_primary.push_back((index, Instant::now()));
+        }
+        let method = head.method().to_owned();
+        let wanted = self
+            .shared
+            .methods
+            .as_ref()
+            .is_none_or(|methods| methods.contains(&method));
+        let room = self.pending.len() < MAX_PENDING;
+        let mirrored = wanted && room && self.shared.sample.admit();
+        if wanted && !room {
+            self.shared.events.skipped("pending");
+        }
+        let reference = mirrored && self.shared.reference.is_some();
+        self.reading = Some(Reading {
+            index,
+            mirrored: mirrored.then(|| self.shared.rewrite.apply(head)),
+            original: reference.then(|| head.as_bytes().to_vec()),
+            method,
+            target: head.target().to_owned(),
+        });
+    }
+
+    fn request_body(&mut self, raw: &[u8]) {
+        let max = self.shared.max_request;
+        let Some(reading) = &mut self.reading else {
+            return;
+        };
+        let too_big = reading
+            .mirrored
+            .as_ref()
+            .is_some_and(|bytes| bytes.len() + raw.len() > max);
+        if too_big {
+            reading.mirrored = None;
+            reading.original = None;
+            self.shared.events.skipped("too_big");
+            return;
+        }
+        for bytes in [&mut reading.mirrored, &mut reading.original]
+            .into_iter()
+            .flatten()
+        {
+            bytes.extend_from_slice(raw);
+        }
+    }
+
+    /// The request is whole: the primary has all of it (the hook relays as it returns);
+    /// a mirrored one is ready for the shadows.
+    fn request_ended(&mut self) -> Option<Reading> {
+        let reading = self.reading.take()?;
+        // The primary's time runs from the request's last byte.
+        if let Some((index, sent)) = self.awaiting_primary.back_mut()
+            && *index == reading.index
+        {
+            *sent = Instant::now();
+        }
+        reading.mirrored.is_some().then_some(reading)
+    }
+
+    fn stop(&mut self, reason: &'static str) {
+        self.stopped = true;
+        self.reading = None;
+        self.pending.clear();
+        self.shared.events.gave_up(self.session, reason);
+    }
+
+    /// Bytes from the primary: find the responses, digest the ones a pair waits for.
+    fn primary_sent(&mut self, mut data: &[u8]) {
+        if self.stopped {
+            return;
+        }
+        let mut responses = std::mem::take(&mut self.responses);
+        self.primary_pieces(&mut responses, &mut data);
+        self.responses = responses;
+    }
+
+    fn primary_pieces(&mut self, responses: &mut ResponseSplitter, data: &mut &[u8]) {
+        while let Some(piece) = responses.next_piece(data) {
+            match piece {
+                Piece::Head(head) if head.is_interim() => {}
+                Piece::Head(head) => {
+                    let Some((index, sent)) = self.awaiting_primary.pop_front() else {
+                        continue;
+                    };
+                    let digest = self.pending.contains_key(&index).then(|| {
+                        let rules = self.shared.rules.as_ref();
+                        let mut digest = rules.map_or_else(
+                            || ResponseDigest::new(head.status(), 0),
+                            |r| r.digest(head.status()),
+                        );
+                        for (name, value) in head.headers() {
+                            digest.add_header(name, value);
+                        }
+                        digest
+                    });
+                    self.primary_reading = Some((index, sent, digest));
+                }
+                Piece::Body { data, .. } => {
+                    if let Some((_, _, Some(digest))) = &mut self.primary_reading {
+                        digest.add_body(data);
+                    }
+                }
+                Piece::End => {
+                    if let Some((index, sent, Some(digest))) = self.primary_reading.take()
+                        && let Some(pair) = self.pending.get_mut(&index)
+                    {
+                        pair.primary = Some((digest, sent.elapsed()));
+                        self.try_compare(index);
+                    }
+                }
+                Piece::Truncated(_) => {}
+                Piece::GaveUp(reason) => {
+                    self.stop(reason.as_str());
+                    return;
+                }
+                Piece::Opaque(_) => return,
+            }
+        }
+    }
+
+    /// An answer (or failure) from shadow `shadow` (`None`: the reference) for `index`.
+    fn answered(&mut self, index: u64, shadow: Option<usize>, outcome: Outcome) {
+        let Some(pair) = self.pending.get_mut(&index) else {
+            return;
+        };
+        match shadow {
+            Some(i) => {
+                if let Some(slot) = pair.shadows.get_mut(i) {
+                    *slot = Some(outcome);
+                }
+            }
+            None => pair.reference = Some(Some(outcome)),
+        }
+        self.try_compare(index);
+    }
+
+    /// Compares `index` if everything it waits for is in.
+    fn try_compare(&mut self, index: u64) {
+        if !self.pending.get(&index).is_some_and(Pair::complete) {
+            return;
+        }
+        let Some(pair) = self.pending.remove(&index) else {
+            return;
+        };
+        let (Some(rules), Some((primary, primary_elapsed))) = (&self.shared.rules, &pair.primary)
+        else {
+            return;
+        };
+        let reference = match &pair.reference {
+            Some(Some(Ok(answer))) => Some(&answer.digest),
+            _ => None,
+        };
+        for (i, outcome) in pair.shadows.iter().enumerate() {
+            let Some(outcome) = outcome else { continue };
+            let verdict = rules.classify(primary, outcome.as_ref().map(|a| &a.digest), reference);
+            let shadow = match outcome {
+                Ok(answer) => SideSummary::of_response(&answer.digest, answer.elapsed),
+                Err(_) => SideSummary::of_bytes(0, Duration::ZERO),
+            };
+            let line = CompareLine {
+                time: SystemTime::now(),
+                session: self.session,
+                exchange: Exchange::Http {
+                    request: index,
+                    method: pair.method.clone(),
+                    path: pair.target.clone(),
+                },
+                shadow_name: self.shared.shadows[i].0.clone(),
+                verdict,
+                primary: SideSummary::of_response(primary, *primary_elapsed),
+                shadow,
+            };
+            self.shared.events.compared(&line);
+        }
+    }
+}
+
+/// Hands a whole request to every shadow (and the reference), registering its pair when
+/// comparing.
+fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Reading) {
+    let shared = Rc::clone(&tap.borrow().shared);
+    let Reading {
+        index,
+        mirrored,
+        original,
+        method,
+        target,
+    } = reading;
+    let Some(bytes) = mirrored else { return };
+    let comparing = shared.rules.is_some();
+    if comparing {
+        tap.borrow_mut().pending.insert(
+            index,
+            Pair {
+                method: method.clone(),
+                target,
+                primary: None,
+                shadows: shared.shadows.iter().map(|_| None).collect(),
+                reference: shared.reference.as_ref().map(|_| None),
+            },
+        );
+    }
+    let weak = Rc::downgrade(tap);
+    for (i, (_, mirror)) in shared.shadows.iter().enumerate() {
+        let request = MirroredRequest {
+            method: method.clone(),
+            bytes: bytes.clone(),
+        };
+        let back = Weak::clone(&weak);
+        let sent = mirror.send(
+            s.reactor(),
+            request,
+            Box::new(move |_, outcome| deliver(&back, index, Some(i), comparing, outcome)),
+        );
+        if let Err(busy) = sent {
+            shared.events.skipped("busy");
+            deliver(&weak, index, Some(i), comparing, Err(busy));
+        }
+    }
+    if let (Some(reference), Some(bytes)) = (&shared.reference, original) {
+        let request = MirroredRequest { method, bytes };
+        let back = Weak::clone(&weak);
+        let sent = reference.send(
+            s.reactor(),
+            request,
+            Box::new(move |_, outcome| deliver(&back, index, None, comparing, outcome)),
+        );
+        if let Err(busy) = sent {
+            deliver(&weak, index, None, comparing, Err(busy));
+        }
+    }
+}
+
+/// A shadow's outcome reaches its client's tap, if the client is still there.
+fn deliver(
+    tap: &Weak<RefCell<Tap>>,
+    index: u64,
+    shadow: Option<usize>,
+    comparing: bool,
+    outcome: Outcome,
+) {
+    if !comparing {
+        return;
+    }
+    let Some(tap) = tap.upgrade() else { return };
+    // A shadow answering while its client's hook runs cannot happen (the reactor runs
+    // one callback at a time), but a borrow conflict must never panic: drop the answer.
+    let Ok(mut tap) = tap.try_borrow_mut() else {
+        log::debug!(target: LOG_TARGET, "shadow answer for request {index} dropped: tap busy");
+        return;
+    };
+    tap.answered(index, shadow, outcome);
+}

@@ -1,0 +1,374 @@
+//! `ember-proxy --http` and `--compare` as a user runs them: production and a candidate
+//! ([`HttpApp`]s), clients sending real HTTP/1.1 through the proxy, and the compare log
+//! read back line by line. Pairing must hold whatever the shadow does: pipelined
+//! requests, a shadow slower than production, a shadow that closes after each response,
+//! chunked bodies, `Expect: 100-continue`, `HEAD`.
+
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use support::IO_TIMEOUT;
+use support::child::{Child, EmberProxy};
+use support::clients::{connect, fresh_dir, lines_of, wait_until};
+use support::http_app::{Behaviour, HttpApp};
+
+/// The compare log's lines, parsed.
+fn compared(log: &Path) -> Vec<Value> {
+    lines_of(log)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Waits until the compare log has `n` lines; returns them.
+fn wait_compared(log: &Path, n: usize, proxy: &Child) -> Vec<Value> {
+    wait_until(&format!("{n} compare-log lines"), IO_TIMEOUT, || {
+        lines_of(log).len() >= n
+    });
+    let lines = compared(log);
+    assert_eq!(lines.len(), n, "{lines:?}\n{}", proxy.stderr());
+    lines
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length or chunked body from `s`; returns
+/// its status line and decoded body.
+fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("a response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    if status.contains(" 100 ") {
+        return read_response(s);
+    }
+    let header = |name: &str| {
+        head.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+            .map(|l| l.split_once(':').unwrap().1.trim().to_owned())
+    };
+    let mut body = Vec::new();
+    if let Some(len) = header("content-length") {
+        body.resize(len.parse().unwrap(), 0);
+        s.read_exact(&mut body).unwrap();
+    } else if header("transfer-encoding").is_some() {
+        loop {
+            let mut line = Vec::new();
+            while !line.ends_with(b"\r\n") {
+                s.read_exact(&mut byte).unwrap();
+                line.push(byte[0]);
+            }
+            let size = std::str::from_utf8(&line).unwrap().trim();
+            let size = usize::from_str_radix(size.split(';').next().unwrap(), 16).unwrap();
+            if size == 0 {
+                let mut rest = Vec::new();
+                while !rest.ends_with(b"\r\n\r\n") && rest != b"\r\n" {
+                    s.read_exact(&mut byte).unwrap();
+                    rest.push(byte[0]);
+                }
+                break;
+            }
+            let mut chunk = vec![0; size + 2];
+            s.read_exact(&mut chunk).unwrap();
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    (status, body)
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: prod.test\r\n\r\n")
+}
+
+fn proxy(prod: SocketAddr, shadow: SocketAddr, log: &Path, extra: &[&str]) -> EmberProxy {
+    let mut args = vec![
+        "-r".to_owned(),
+        prod.to_string(),
+        "-d".to_owned(),
+        shadow.to_string(),
+        "--compare".to_owned(),
+        "--compare-log".to_owned(),
+        log.display().to_string(),
+        "--access-log".to_owned(),
+        "off".to_owned(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    EmberProxy::start(&args)
+}
+
+#[test]
+fn pipelined_requests_pair_with_a_slow_shadow_that_closes_after_each_response() {
+    let prod = HttpApp::start(Behaviour::default());
+    let shadow = HttpApp::start(Behaviour {
+        delay: Duration::from_millis(20),
+        close_after_each: true,
+        chunked: true,
+        regress: Some("/orders"),
+        ..Behaviour::default()
+    });
+    let dir = fresh_dir("http-shadow", "pipelined");
+    let log = dir.join("compare.log");
+    // `n` counts requests per connection: the shadow's connections carry one each.
+    let proxy = proxy(
+        prod.addr,
+        shadow.addr,
+        &log,
+        &["--compare-ignore-json", "$.n"],
+    );
+    // Three requests in one write, then a HEAD and a POST with 100-continue on the same
+    // keep-alive connection.
+    let mut s = connect(proxy.addr);
+    let pipelined = format!("{}{}{}", get("/users/1"), get("/orders/2"), get("/users/3"));
+    s.write_all(pipelined.as_bytes()).unwrap();
+    for want in ["/users/1", "/orders/2", "/users/3"] {
+        let (status, body) = read_response(&mut s);
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body["path"], want,
+            "the client's answers come from production, in order"
+        );
+    }
+    s.write_all(b"HEAD /users/4 HTTP/1.1\r\nHost: prod.test\r\n\r\n")
+        .unwrap();
+    let (status, body) = read_response_head_only(&mut s);
+    assert!(status.starts_with("HTTP/1.1 200") && body.is_empty());
+    s.write_all(
+        b"POST /users/5 HTTP/1.1\r\nHost: prod.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello",
+    )
+    .unwrap();
+    let (status, _) = read_response(&mut s);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let lines = wait_compared(&log, 5, &proxy.child);
+    let by_path = |path: &str| {
+        lines
+            .iter()
+            .find(|l| l["path"] == path)
+            .unwrap_or_else(|| panic!("no line for {path}: {lines:?}"))
+    };
+    // Chunked against content-length, slow, closing: all the same but the regression.
+    for path in ["/users/1", "/users/3", "/users/4", "/users/5"] {
+        assert_eq!(
+            by_path(path)["verdict"],
+            "same",
+            "{path}: {}",
+            by_path(path)
+        );
+    }
+    let orders = by_path("/orders/2");
+    assert_eq!(orders["verdict"], "body", "{orders}");
+    assert_eq!(orders["diff"]["json_path"], "$.user.email", "{orders}");
+    assert_eq!(by_path("/users/4")["method"], "HEAD");
+    assert_eq!(by_path("/users/5")["method"], "POST");
+    // Each request index is its place on the client's connection.
+    let mut requests: Vec<u64> = lines
+        .iter()
+        .map(|l| l["request"].as_u64().unwrap())
+        .collect();
+    requests.sort_unstable();
+    assert_eq!(requests, [1, 2, 3, 4, 5]);
+    // The shadow saw every request, whole, each on a connection it then closed.
+    wait_until("the shadow's five requests", IO_TIMEOUT, || {
+        shadow.requests().len() == 5
+    });
+    let post = shadow
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST")
+        .unwrap();
+    assert_eq!(post.body, b"hello");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A response to HEAD: its head only.
+fn read_response_head_only(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    (head.lines().next().unwrap().to_owned(), Vec::new())
+}
+
+#[test]
+fn a_noisy_header_is_noise_with_a_reference_and_ignored_json_paths_are_the_same() {
+    let prod = HttpApp::start(Behaviour {
+        random_header: true,
+        ..Behaviour::default()
+    });
+    let reference = HttpApp::start(Behaviour {
+        random_header: true,
+        ..Behaviour::default()
+    });
+    let shadow = HttpApp::start(Behaviour {
+        random_header: true,
+        regress: Some("/orders"),
+        ..Behaviour::default()
+    });
+    let dir = fresh_dir("http-shadow", "noise");
+    let log = dir.join("compare.log");
+    let reference_addr = reference.addr.to_string();
+    let mut proxy = proxy(
+        prod.addr,
+        shadow.addr,
+        &log,
+        &[
+            "--reference",
+            &reference_addr,
+            "--compare-ignore-json",
+            "$.user.email",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let admin_line = proxy
+        .child
+        .next_line(std::time::Instant::now() + IO_TIMEOUT)
+        .unwrap_or_default();
+    let admin: SocketAddr = admin_line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no admin line: {admin_line:?}"));
+    let mut s = connect(proxy.addr);
+    for path in ["/users/1", "/orders/2"] {
+        s.write_all(get(path).as_bytes()).unwrap();
+        read_response(&mut s);
+    }
+    let lines = wait_compared(&log, 2, &proxy.child);
+    for line in &lines {
+        // X-Random differs everywhere, production against its reference too: noise. The
+        // email differs on /orders, but that path is ignored.
+        assert_eq!(line["verdict"], "noise", "{line}");
+        assert_eq!(line["noise_of"], "header", "{line}");
+        assert_eq!(line["diff"]["header"], "x-random", "{line}");
+    }
+    // /metrics counts them by verdict.
+    let (_, metrics) = support::clients::http_get(admin, "/metrics");
+    let samples = support::clients::prometheus_samples(&metrics);
+    assert_eq!(
+        samples["ember_compared_total{verdict=\"noise\"}"], 2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        samples["ember_compared_total{verdict=\"same\"}"], 0.0,
+        "{metrics}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_tenth_of_ten_thousand_requests_is_mirrored() {
+    let prod = HttpApp::start(Behaviour::default());
+    let shadow = HttpApp::start(Behaviour::default());
+    let dir = fresh_dir("http-shadow", "sample");
+    let log = dir.join("compare.log");
+    let proxy = proxy(prod.addr, shadow.addr, &log, &["--shadow-sample", "0.1"]);
+    let mut s = connect(proxy.addr);
+    for i in 0..10_000 {
+        s.write_all(get(&format!("/users/{i}")).as_bytes()).unwrap();
+        read_response(&mut s);
+    }
+    // Binomial(10,000, 0.1): 1,000 ± 30; five sigmas either way.
+    wait_until("the mirrored requests to be compared", IO_TIMEOUT, || {
+        let n = lines_of(&log).len();
+        n >= 850 && n == shadow.requests().len()
+    });
+    let n = shadow.requests().len();
+    assert!((850..=1150).contains(&n), "{n} of 10,000 mirrored");
+    assert_eq!(prod.requests().len(), 10_000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_dead_or_blackholed_shadow_costs_production_nothing_and_is_reported() {
+    let prod = HttpApp::start(Behaviour::default());
+    let blackhole = HttpApp::start(Behaviour {
+        blackhole: true,
+        ..Behaviour::default()
+    });
+    let dir = fresh_dir("http-shadow", "blackhole");
+    let log = dir.join("compare.log");
+    let proxy = proxy(
+        prod.addr,
+        blackhole.addr,
+        &log,
+        &["--shadow-timeout", "0.5"],
+    );
+    let mut s = connect(proxy.addr);
+    for i in 0..20 {
+        s.write_all(get(&format!("/users/{i}")).as_bytes()).unwrap();
+        let (status, _) = read_response(&mut s);
+        assert!(status.starts_with("HTTP/1.1 200"));
+    }
+    let lines = wait_compared(&log, 20, &proxy.child);
+    for line in &lines {
+        assert_eq!(line["verdict"], "shadow_error", "{line}");
+    }
+    assert!(
+        lines.iter().any(|l| l["shadow"]["error"] == "timeout"),
+        "{lines:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_shadow_gets_the_rewritten_host_and_the_marker_header_and_only_the_chosen_methods() {
+    let prod = HttpApp::start(Behaviour::default());
+    let shadow = HttpApp::start(Behaviour::default());
+    let proxy = EmberProxy::start(&[
+        "-r",
+        &prod.addr.to_string(),
+        "-d",
+        &shadow.addr.to_string(),
+        "--http",
+        "--shadow-host",
+        "staging.test",
+        "--shadow-header",
+        "X-Shadow: 1",
+        "--shadow-methods",
+        "GET",
+        "--access-log",
+        "off",
+    ]);
+    let mut s = connect(proxy.addr);
+    s.write_all(get("/users/1").as_bytes()).unwrap();
+    read_response(&mut s);
+    s.write_all(b"DELETE /users/2 HTTP/1.1\r\nHost: prod.test\r\n\r\n")
+        .unwrap();
+    read_response(&mut s);
+    s.write_all(get("/users/3").as_bytes()).unwrap();
+    read_response(&mut s);
+    wait_until("two mirrored GETs", IO_TIMEOUT, || {
+        shadow.requests().len() >= 2
+    });
+    let seen = shadow.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for request in &seen {
+        assert_eq!(request.method, "GET");
+        assert_eq!(request.header("host"), Some("staging.test"));
+        assert_eq!(request.header("x-shadow"), Some("1"));
+    }
+    // Production saw all three, as the client sent them.
+    let prod_seen = prod.requests();
+    assert_eq!(prod_seen.len(), 3);
+    assert!(
+        prod_seen
+            .iter()
+            .all(|r| r.header("host") == Some("prod.test"))
+    );
+    assert!(prod_seen.iter().all(|r| r.header("x-shadow").is_none()));
+}

@@ -1,0 +1,278 @@
+//! A small HTTP/1.1 application on std threads (one per connection), for the shadow
+//! tests: production and its candidate are two copies with different [`Behaviour`]s — a
+//! deliberate regression on one route, a noisy header, chunked answers, a shadow that is
+//! slow or closes after each response — and each records the requests it saw.
+//!
+//! Every route answers JSON describing the request:
+//! `{"method":"GET","path":"/users/7","user":{"id":7,"email":"u7@example.com"},"n":N}`
+//! where `n` is the request's index on its connection. `HEAD` gets the headers only; a
+//! request with `Expect: 100-continue` gets `100 Continue` first; `/big/N` answers N
+//! bytes of the test pattern, streamed.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use super::pattern::Pattern;
+
+/// How one copy of the application answers.
+#[derive(Clone, Debug, Default)]
+pub struct Behaviour {
+    /// Answer with `Transfer-Encoding: chunked` (in several chunks) instead of a length.
+    pub chunked: bool,
+    /// Say `Connection: close` and close after each response.
+    pub close_after_each: bool,
+    /// Wait this long before each answer.
+    pub delay: Duration,
+    /// Send `X-Random: <a different value each time>`.
+    pub random_header: bool,
+    /// Routes starting with this answer a different email: the regression.
+    pub regress: Option<&'static str>,
+    /// Accept connections and never read them.
+    pub blackhole: bool,
+}
+
+/// One request as the application read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running copy; it serves until the test process ends.
+pub struct HttpApp {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl HttpApp {
+    pub fn start(behaviour: Behaviour) -> HttpApp {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the app");
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&seen);
+        // Each copy counts from its own port: no two copies send the same X-Random.
+        let counter = Arc::new(AtomicU64::new(u64::from(addr.port()) << 32));
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if behaviour.blackhole {
+                    held.push(stream); // never read, never closed
+                    continue;
+                }
+                let (behaviour, seen, counter) = (
+                    behaviour.clone(),
+                    Arc::clone(&recorded),
+                    Arc::clone(&counter),
+                );
+                thread::spawn(move || {
+                    let _ = serve(stream, &behaviour, &seen, &counter);
+                });
+            }
+        });
+        HttpApp { addr, seen }
+    }
+
+    /// The requests seen so far.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    behaviour: &Behaviour,
+    seen: &Mutex<Vec<Seen>>,
+    counter: &AtomicU64,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    for n in 1.. {
+        let Some(request) = read_request(&mut reader, &mut out)? else {
+            return Ok(());
+        };
+        seen.lock().unwrap().push(request.clone());
+        if !behaviour.delay.is_zero() {
+            thread::sleep(behaviour.delay);
+        }
+        answer(&mut out, &request, behaviour, n, counter)?;
+        let client_closes = request
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        if behaviour.close_after_each || client_closes {
+            let _ = out.shutdown(Shutdown::Write);
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Reads one request (its head, then a Content-Length or chunked body); `None` at EOF
+/// before a request starts.
+fn read_request(
+    reader: &mut BufReader<TcpStream>,
+    out: &mut TcpStream,
+) -> io::Result<Option<Seen>> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return if head.is_empty() {
+                Ok(None)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        head.extend_from_slice(&line);
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut headers);
+    parsed
+        .parse(&head)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut seen = Seen {
+        method: parsed.method.unwrap_or("").to_owned(),
+        target: parsed.path.unwrap_or("").to_owned(),
+        headers: parsed
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+        body: Vec::new(),
+    };
+    if seen
+        .header("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+    {
+        out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    if seen
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if size == 0 {
+                let mut trailer = String::new();
+                while reader.read_line(&mut trailer)? > 2 {
+                    trailer.clear();
+                }
+                break;
+            }
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
+            seen.body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(length) = seen.header("content-length") {
+        let length: usize = length
+            .trim()
+            .parse()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        seen.body = vec![0; length];
+        reader.read_exact(&mut seen.body)?;
+    }
+    Ok(Some(seen))
+}
+
+fn answer(
+    out: &mut TcpStream,
+    request: &Seen,
+    behaviour: &Behaviour,
+    n: u64,
+    counter: &AtomicU64,
+) -> io::Result<()> {
+    let path = request.target.split('?').next().unwrap_or("");
+    let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n");
+    if behaviour.random_header {
+        // A value no two responses share (an LCG over a process-wide counter).
+        let x = counter.fetch_add(1, Ordering::Relaxed);
+        let noise = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        head.push_str(&format!("X-Random: {noise:016x}\r\n"));
+    }
+    if behaviour.close_after_each {
+        head.push_str("Connection: close\r\n");
+    }
+    if let Some(size) = path
+        .strip_prefix("/big/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        head = head.replace("application/json", "application/octet-stream");
+        head.push_str(&format!("Content-Length: {size}\r\n\r\n"));
+        out.write_all(head.as_bytes())?;
+        if request.method != "HEAD" {
+            let mut pattern = Pattern::new(5);
+            let mut left = size;
+            let mut buf = vec![0; 64 * 1024];
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                pattern.fill(&mut buf[..n]);
+                out.write_all(&buf[..n])?;
+                left -= n as u64;
+            }
+        }
+        return out.flush();
+    }
+    let id: String = path.chars().filter(char::is_ascii_digit).collect();
+    let regressed = behaviour
+        .regress
+        .is_some_and(|prefix| path.starts_with(prefix));
+    let email = if regressed {
+        format!("user{id}@example.com")
+    } else {
+        format!("u{id}@example.com")
+    };
+    let body = format!(
+        "{{\"method\":\"{}\",\"path\":\"{path}\",\"user\":{{\"id\":\"{id}\",\"email\":\"{email}\"}},\"n\":{n},\"body\":{}}}",
+        request.method,
+        request.body.len()
+    );
+    if behaviour.chunked {
+        head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+        out.write_all(head.as_bytes())?;
+        if request.method != "HEAD" {
+            let (a, b) = body.as_bytes().split_at(body.len() / 2);
+            for part in [a, b] {
+                write!(out, "{:x};ext=1\r\n", part.len())?;
+                out.write_all(part)?;
+                out.write_all(b"\r\n")?;
+            }
+            out.write_all(b"0\r\nX-Trailer: t\r\n\r\n")?;
+        }
+    } else {
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        out.write_all(head.as_bytes())?;
+        if request.method != "HEAD" {
+            out.write_all(body.as_bytes())?;
+        }
+    }
+    out.flush()
+}
