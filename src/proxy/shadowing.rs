@@ -8,7 +8,7 @@
 //! (its head rewritten for the shadow) and, once whole, handed to every shadow's
 //! [`Mirror`] — on connections of the shadow's own. With comparison, on the primary's
 //! answers (`on_response`), a [`ResponseSplitter`] finds each response and digests it.
-//! A request's [`Pair`] waits for the primary's digest and every shadow's answer (and the
+//! A mirrored request waits for the primary's digest and every shadow's answer (and the
 //! reference's, for noise), then each shadow is classified ([`Rules::classify`]) and the
 //! [`CompareLine`] handed to the proxy's callback.
 //!
