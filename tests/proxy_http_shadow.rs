@@ -372,3 +372,99 @@ fn the_shadow_gets_the_rewritten_host_and_the_marker_header_and_only_the_chosen_
     );
     assert!(prod_seen.iter().all(|r| r.header("x-shadow").is_none()));
 }
+
+/// Echoes, with every `b` made `B`: a candidate with a regression on one command.
+struct ShoutsB;
+
+impl ember::Handler for ShoutsB {
+    fn receive_data(&mut self, cx: &mut ember::Context<'_>, data: &[u8]) {
+        let answer: Vec<u8> = data
+            .iter()
+            .map(|&c| if c == b'b' { b'B' } else { c })
+            .collect();
+        cx.send_data(&answer);
+    }
+}
+
+#[test]
+fn compare_tcp_finds_the_first_differing_byte_of_a_line_protocol() {
+    use support::backends::{Echo, serve};
+    let backends = support::reactor_thread::ReactorThread::spawn(|r| {
+        Ok((
+            serve(r, || Echo)?,
+            serve(r, || Echo)?,
+            serve(r, || ShoutsB)?,
+        ))
+    });
+    let (prod, same, regressed) = backends.value;
+    let dir = fresh_dir("http-shadow", "tcp");
+    let log = dir.join("compare.log");
+    let shadows = format!("{same},{regressed}");
+    let proxy = EmberProxy::start(&[
+        "-r",
+        &prod.to_string(),
+        "-d",
+        &shadows,
+        "--compare-tcp",
+        "--compare-log",
+        log.to_str().unwrap(),
+        "--access-log",
+        "off",
+    ]);
+    let mut s = connect(proxy.addr);
+    s.write_all(b"get a\r\nget b\r\n").unwrap();
+    let mut answer = [0u8; 14];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(
+        &answer, b"get a\r\nget b\r\n",
+        "the client hears production"
+    );
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let _ = s.read(&mut [0u8; 1]);
+    let lines = wait_compared(&log, 2, &proxy.child);
+    let of = |name: &str| lines.iter().find(|l| l["shadow_name"] == name).unwrap();
+    let same_line = of("duplex_0");
+    assert_eq!(same_line["mode"], "tcp");
+    assert_eq!(same_line["verdict"], "same", "{same_line}");
+    let differs = of("duplex_1");
+    assert_eq!(differs["verdict"], "body", "{differs}");
+    assert_eq!(differs["diff"]["offset"], 11, "{differs}");
+    assert_eq!(differs["diff"]["primary_len"], 14);
+    assert_eq!(differs["diff"]["shadow_len"], 14);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_gibibyte_answer_is_compared_by_hash_in_bounded_memory() {
+    const GIB: u64 = 1 << 30;
+    let prod = HttpApp::start(Behaviour::default());
+    let shadow = HttpApp::start(Behaviour::default());
+    let dir = fresh_dir("http-shadow", "gib");
+    let log = dir.join("compare.log");
+    let proxy = proxy(prod.addr, shadow.addr, &log, &[]);
+    let mut s = connect(proxy.addr);
+    s.write_all(get(&format!("/big/{GIB}")).as_bytes()).unwrap();
+    // The head, then 1 GiB of body, read and dropped as it comes.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let mut left = GIB;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the body ended {left} bytes early");
+        left -= n as u64;
+    }
+    let lines = wait_compared(&log, 1, &proxy.child);
+    assert_eq!(lines[0]["verdict"], "same", "{}", lines[0]);
+    assert_eq!(lines[0]["primary"]["bytes"], GIB);
+    assert_eq!(lines[0]["shadow"]["bytes"], GIB);
+    // Two gibibytes went through the proxy (to the client, from the shadow); each digest
+    // keeps at most --compare-max-body (1 MiB) of it.
+    let peak = support::sys::peak_rss_of(proxy.child.pid());
+    assert!(peak < 64 << 20, "peak RSS {} MiB", peak >> 20);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -26,10 +26,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::compare::{CompareLine, Exchange, ResponseDigest, Rules, ShadowFailure, SideSummary};
+use super::compare::{
+    CompareLine, Exchange, ResponseDigest, Rules, ShadowFailure, SideSummary, TcpComparison,
+    Verdict,
+};
 use super::http1::{HeadRewrite, Piece, RequestSplitter, ResponseSplitter};
 use super::mirror::{Answer, Mirror, MirroredRequest};
-use super::{LOG_TARGET, Relay, Sampler, Session, Setup};
+use super::{Finish, LOG_TARGET, Relay, Sampler, Session, Setup};
+use crate::UnbindReason;
 
 /// The most requests of one client session waiting for their comparison; beyond, new
 /// requests are not mirrored until some are paired.
@@ -512,4 +516,144 @@ fn deliver(
         return;
     };
     tap.answered(index, shadow, outcome);
+}
+
+/// `--compare-tcp`: for protocols that are not HTTP (Redis, memcached, SMTP...), each
+/// client connection's bytes from the primary against each shadow's, byte for byte
+/// ([`TcpComparison`]), as both arrive at their own speeds. The shadows are ordinary
+/// shadow backends of the session (byte mirroring); one [`CompareLine`] per shadow is
+/// reported when the session ends.
+#[derive(Clone)]
+pub struct ByteComparing {
+    cap: usize,
+    events: Rc<dyn ShadowEvents>,
+}
+
+impl std::fmt::Debug for ByteComparing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ByteComparing")
+            .field("cap", &self.cap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ByteComparing {
+    /// Comparing with at most `cap` bytes of one side's lead kept (beyond, by hash),
+    /// reporting to `events`.
+    pub fn new(cap: usize, events: Rc<dyn ShadowEvents>) -> ByteComparing {
+        ByteComparing { cap, events }
+    }
+
+    /// Installs the comparison on a client whose primary backend is `primary` and whose
+    /// shadows may be any of `shadows` (a shadow the session never opens is not
+    /// reported): its `on_response` (the primary's bytes still go to the client unchanged) and its
+    /// `on_finish`, which records how each backend ended and then decides as `finish`
+    /// does.
+    pub fn attach<S: 'static>(
+        &self,
+        conn: &mut Setup<'_, S>,
+        primary: &str,
+        shadows: &[String],
+        mut finish: impl FnMut(&mut Session<'_, S>, &str, UnbindReason) -> Finish + 'static,
+    ) {
+        let state = Rc::new(RefCell::new(ByteSession {
+            session: conn.session_id(),
+            started: Instant::now(),
+            primary: primary.to_owned(),
+            primary_elapsed: None,
+            shadows: shadows
+                .iter()
+                .map(|name| ByteShadow {
+                    name: name.clone(),
+                    comparison: TcpComparison::with_cap(self.cap),
+                    seen: false,
+                    ended: None,
+                })
+                .collect(),
+            events: Rc::clone(&self.events),
+        }));
+        let responses = Rc::clone(&state);
+        conn.on_response(move |_, name, data| {
+            responses.borrow_mut().received(name, data);
+            Some(data.to_vec())
+        });
+        conn.on_finish(move |s, name, reason| {
+            state.borrow_mut().ended(name, &reason);
+            finish(s, name, reason)
+        });
+    }
+}
+
+/// One shadow of a byte comparison.
+struct ByteShadow {
+    name: String,
+    comparison: TcpComparison,
+    /// It sent something or ended: it was opened for this client.
+    seen: bool,
+    /// How it ended, and when (from the session's start).
+    ended: Option<(UnbindReason, Duration)>,
+}
+
+/// One client's byte comparison; reported when the session (and so this) goes.
+struct ByteSession {
+    session: u64,
+    started: Instant,
+    primary: String,
+    primary_elapsed: Option<Duration>,
+    shadows: Vec<ByteShadow>,
+    events: Rc<dyn ShadowEvents>,
+}
+
+impl ByteSession {
+    fn received(&mut self, name: &str, data: &[u8]) {
+        if name == self.primary {
+            for shadow in &mut self.shadows {
+                shadow.comparison.primary_sent(data);
+            }
+        } else if let Some(shadow) = self.shadows.iter_mut().find(|s| s.name == name) {
+            shadow.seen = true;
+            shadow.comparison.shadow_sent(data);
+        }
+    }
+
+    fn ended(&mut self, name: &str, reason: &UnbindReason) {
+        let elapsed = self.started.elapsed();
+        if name == self.primary {
+            self.primary_elapsed = Some(elapsed);
+        } else if let Some(shadow) = self.shadows.iter_mut().find(|s| s.name == name) {
+            shadow.seen = true;
+            shadow.ended = Some((reason.clone(), elapsed));
+        }
+    }
+}
+
+impl Drop for ByteSession {
+    fn drop(&mut self) {
+        let primary_elapsed = self
+            .primary_elapsed
+            .unwrap_or_else(|| self.started.elapsed());
+        for shadow in self.shadows.iter().filter(|s| s.seen) {
+            let failure = match &shadow.ended {
+                // Ended as connections end (the proxy closes a shadow once both sides are
+                // done; one cut off for falling behind shows as a shorter stream).
+                Some((UnbindReason::PeerClosed | UnbindReason::ClosedByUs, _)) | None => None,
+                Some((reason, _)) => Some(ShadowFailure::from_unbind(reason)),
+            };
+            let verdict = match failure {
+                Some(failure) => Verdict::ShadowFailed(failure),
+                None => shadow.comparison.verdict(),
+            };
+            let shadow_elapsed = shadow.ended.as_ref().map_or(primary_elapsed, |(_, d)| *d);
+            let line = CompareLine {
+                time: SystemTime::now(),
+                session: self.session,
+                exchange: Exchange::Tcp,
+                shadow_name: shadow.name.clone(),
+                verdict,
+                primary: SideSummary::of_bytes(shadow.comparison.primary_len(), primary_elapsed),
+                shadow: SideSummary::of_bytes(shadow.comparison.shadow_len(), shadow_elapsed),
+            };
+            self.events.compared(&line);
+        }
+    }
 }

@@ -77,15 +77,26 @@ pub fn shrink_accept_queue(listener: &TcpListener) {
 
 /// The process's resident set size in bytes, from `/proc/self/status`.
 pub fn vm_rss() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status_bytes("self", "VmRSS:")
+}
+
+/// The peak resident set size of process `pid`, in bytes (`VmHWM`).
+pub fn peak_rss_of(pid: libc::pid_t) -> usize {
+    status_bytes(&pid.to_string(), "VmHWM:")
+}
+
+/// A `kB` line of `/proc/PROC/status`, in bytes.
+fn status_bytes(proc: &str, key: &str) -> usize {
+    let path = format!("/proc/{proc}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS line");
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("no {key} line in {path}"));
     let kb: usize = line
         .split_whitespace()
         .nth(1)
         .and_then(|v| v.parse().ok())
-        .expect("VmRSS value");
+        .unwrap_or_else(|| panic!("no {key} value in {path}"));
     kb * 1024
 }

@@ -23,7 +23,9 @@ use ember::proxy::client_hello::{self, Peek};
 use ember::proxy::compare::{CompareLine, Rules, VerdictCounts};
 use ember::proxy::http1::HeadRewrite;
 use ember::proxy::mirror::{Mirror, MirrorOptions};
-use ember::proxy::shadowing::{DEFAULT_MAX_REQUEST, HttpShadowing, ShadowEvents, ShadowingSpec};
+use ember::proxy::shadowing::{
+    ByteComparing, DEFAULT_MAX_REQUEST, HttpShadowing, ShadowEvents, ShadowingSpec,
+};
 use ember::proxy::{
     Backend, Balancer, Change, Check, DEFAULT_QUEUE_LENGTH, Ejection, Finish, Lease, Options, Pool,
     ProxyServer, Refused, Relay as Relaying, Sampler, Session, Setup, Strategy, Target, Throttle,
@@ -81,6 +83,11 @@ pub struct Plan {
     pub shadow_sample: f64,
     /// `--http`: the shadows get whole requests on connections of their own.
     pub http: Option<HttpPlan>,
+    /// `--compare-tcp`: each shadow's bytes against the primary's, per client; the most
+    /// one side may run ahead before the comparison falls back to hashes.
+    pub compare_bytes: Option<usize>,
+    /// Where comparisons are reported (set by whoever runs the plan).
+    pub report: Option<ShadowReport>,
 }
 
 /// `--http` and `--compare`, resolved.
@@ -91,8 +98,6 @@ pub struct HttpPlan {
     pub timeout: Duration,
     /// `--compare`: the rules' settings and the reference.
     pub compare: Option<ComparePlan>,
-    /// Where the comparisons are reported (set by whoever runs the plan).
-    pub report: Option<ShadowReport>,
 }
 
 /// `--compare`, resolved.
@@ -289,6 +294,12 @@ impl Plan {
             None => None,
         };
         Ok(Plan {
+            compare_bytes: run
+                .compare
+                .as_ref()
+                .filter(|_| run.http.is_none())
+                .map(|c| c.max_body),
+            report: None,
             http,
             shadow_sample: run.shadow_sample,
             backends,
@@ -425,12 +436,22 @@ impl Plan {
             max_request: DEFAULT_MAX_REQUEST,
             rules,
         };
-        let reporter = Reporter {
-            report: http.report.clone().unwrap_or_default(),
+        Some(HttpShadowing::new(spec, self.reporter(worker)))
+    }
+
+    /// `--compare-tcp` for one worker.
+    fn byte_comparing(&self, worker: &Worker) -> Option<ByteComparing> {
+        let cap = self.compare_bytes?;
+        Some(ByteComparing::new(cap, self.reporter(worker)))
+    }
+
+    /// Where one worker's comparisons go.
+    fn reporter(&self, worker: &Worker) -> Rc<Reporter> {
+        Rc::new(Reporter {
+            report: self.report.clone().unwrap_or_default(),
             label: worker.label.clone(),
             warnings: Throttle::new(WARNINGS_PER_SECOND, Duration::from_secs(1)),
-        };
-        Some(HttpShadowing::new(spec, Rc::new(reporter)))
+        })
     }
 
     /// Starts the proxy on `r`, listening on `self.listen`.
@@ -468,9 +489,16 @@ impl Plan {
         // Alone, the relay takes both directions on the cut-through path; with shadows,
         // the client's bytes are copied to every backend (or read for requests), so only
         // the answers are, unless they are compared.
+        let bytes = self.byte_comparing(worker);
         let paths = RelayPaths {
             client: duplex.is_empty() && http.is_none(),
-            server: !http.as_ref().is_some_and(HttpShadowing::reads_responses),
+            server: !http.as_ref().is_some_and(HttpShadowing::reads_responses) && bytes.is_none(),
+        };
+        let decide = Ending {
+            bytes,
+            shadows: (0..self.duplex.len())
+                .map(|i| format!("duplex_{i}"))
+                .collect(),
         };
         let options = self.options.clone();
         let retries = self.retries;
@@ -495,7 +523,7 @@ impl Plan {
                         }
                         conn.server("relay", relay.clone());
                         shadows.open(conn);
-                        conn.on_finish(relay_decides);
+                        decide.install(conn);
                     },
                 )?;
                 return Ok(Started {
@@ -543,7 +571,7 @@ impl Plan {
             worker,
             || None::<Lease>,
             move |conn| {
-                conn.on_finish(relay_decides);
+                decide.install(conn);
                 if let Some(http) = &http {
                     http.attach(conn, "relay");
                 }
@@ -624,7 +652,6 @@ fn http_plan(
         rewrite,
         timeout: http.timeout,
         compare,
-        report: None,
     })
 }
 
@@ -780,6 +807,25 @@ fn seconds(d: Option<Duration>) -> String {
     match d {
         Some(d) => format!("{}s", d.as_secs_f64()),
         None => "never".into(),
+    }
+}
+
+/// How a client's end is decided: by the relay ([`relay_decides`]), watched by the byte
+/// comparison (`--compare-tcp`) when it is on.
+struct Ending {
+    bytes: Option<ByteComparing>,
+    /// The shadows' names, for the comparison.
+    shadows: Vec<String>,
+}
+
+impl Ending {
+    fn install<S: 'static>(&self, conn: &mut Setup<'_, S>) {
+        match &self.bytes {
+            Some(bytes) => bytes.attach(conn, "relay", &self.shadows, relay_decides),
+            None => {
+                conn.on_finish(relay_decides);
+            }
+        }
     }
 }
 

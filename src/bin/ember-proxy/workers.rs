@@ -273,9 +273,7 @@ fn start_listener(
         .options
         .stats(shared.stats.clone())
         .on_session_end(session_end(worker, &role.tally, shared));
-    if let Some(http) = &mut plan.http {
-        http.report = Some(shared.shadows.clone());
-    }
+    plan.report = Some(shared.shadows.clone());
     r.set_reuse_port(true);
     let started = plan.start_on(r, socket, role);
     // The admin server (worker 0's) keeps its port to itself.
