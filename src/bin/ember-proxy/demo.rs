@@ -116,6 +116,8 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             sni_routes: Vec::new(),
             shadow_sample: 1.0,
             http: None,
+            compare_bytes: None,
+            report: None,
         };
         let proxy = plan.start(r)?.server;
         let proxy = proxy.local_addr().expect("TCP servers have an address");
