@@ -403,17 +403,41 @@ fn the_grace_period_bounds_how_long_a_stuck_connection_delays_exit() {
 fn the_demo_checks_itself_and_exits_0() {
     let (code, stdout, stderr) = run(&["demo", "-n", "40"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("[ok  ] prod and shadow saw identical request bytes (40 requests"),
+    for check in [
+        "[ok  ] the clients got prod's answers only (120 of 120)",
+        "[ok  ] every request was mirrored to the candidate and the reference and compared (120 comparisons in the log",
+        "[ok  ] GET /orders/{id} is the worst route and the only one that regressed (16 of 40 differ)",
+        "[ok  ] the noise was cancelled by the reference: 0 header regressions, 104 answers",
+    ] {
+        assert!(stdout.contains(check), "{check}\n{stdout}");
+    }
+    // The report's own summary: the verdict names the regressed route, the noisy header
+    // is counted apart, and the page's path comes last.
+    let verdict = stdout.lines().find(|l| l.starts_with("REGRESSIONS: "));
+    assert_eq!(
+        verdict,
+        Some("REGRESSIONS: 13.3% of requests differ, worst route GET /orders/{id} 40%"),
         "{stdout}"
     );
     assert!(
-        stdout.contains(
-            "[ok  ] the client got prod's answers only (40 of 40 from prod, 0 from shadow)"
-        ),
+        stdout.contains("\n         16  body at $.total_cents\n"),
         "{stdout}"
     );
-    assert!(stdout.contains("the proxy added"), "{stdout}");
+    assert!(
+        stdout.contains("\nnoise (not counted):\n        104  header x-served-at\n"),
+        "{stdout}"
+    );
+    let page = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("HTML: "))
+        .unwrap_or_else(|| panic!("the page's path last:\n{stdout}"));
+    let page = std::path::Path::new(page);
+    let html = std::fs::read_to_string(page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+    assert!(html.contains("worst route GET /orders/{id} 40%"), "{html}");
+    let dir = page.parent().expect("the demo's directory");
+    assert!(dir.starts_with(std::env::temp_dir()), "{}", dir.display());
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

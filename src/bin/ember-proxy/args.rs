@@ -146,10 +146,11 @@ every byte the clients send, and their answers are discarded.
   -h, --help                        Show this help
   -V, --version                     Show the version
 
-  demo                              Start a prod and a shadow HTTP app and a duplex proxy in
-                                    front of them in this process, send requests through it
-                                    and direct, and report what each side saw
-  -n, --requests N                  Requests per path in the demo (default 200)
+  demo                              Shadow-test a candidate with a regression against prod
+                                    (and a second prod as --reference) in this process,
+                                    then run `report` on the compare log and print the
+                                    page's path
+  -n, --requests N                  Requests per route in the demo (3 routes; default 200)
 
   report COMPARE_LOG                Summarise a --compare-log: the verdict, mismatch rates
                                     per route, the top differences, latencies; and write
