@@ -325,6 +325,52 @@ fn a_dead_or_blackholed_shadow_costs_production_nothing_and_is_reported() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// User + system CPU time of process `pid` so far.
+fn cpu_of(pid: libc::pid_t) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command (which may hold spaces) and its closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+#[test]
+fn a_dead_shadow_is_reported_refused_and_not_retried_in_a_loop() {
+    let prod = HttpApp::start(Behaviour::default());
+    let dead = support::clients::closed_port();
+    let dir = fresh_dir("http-shadow", "dead");
+    let log = dir.join("compare.log");
+    let proxy = proxy(prod.addr, dead, &log, &[]);
+    let mut s = connect(proxy.addr);
+    for i in 0..20 {
+        s.write_all(get(&format!("/users/{i}")).as_bytes()).unwrap();
+        let (status, _) = read_response(&mut s);
+        assert!(status.starts_with("HTTP/1.1 200"));
+    }
+    let lines = wait_compared(&log, 20, &proxy.child);
+    for line in &lines {
+        assert_eq!(line["verdict"], "shadow_error", "{line}");
+        assert_eq!(line["shadow"]["error"], "refused", "{line}");
+    }
+    // Nothing left to do: a proxy that kept reconnecting to the dead shadow would burn
+    // its core. Half a second of quiet costs it next to nothing.
+    let before = cpu_of(proxy.child.pid());
+    std::thread::sleep(Duration::from_millis(500));
+    let spent = cpu_of(proxy.child.pid()) - before;
+    assert!(
+        spent < Duration::from_millis(100),
+        "{spent:?} of CPU while idle"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn the_shadow_gets_the_rewritten_host_and_the_marker_header_and_only_the_chosen_methods() {
     let prod = HttpApp::start(Behaviour::default());

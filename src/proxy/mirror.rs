@@ -135,12 +135,20 @@ struct Inner {
     queue: VecDeque<Job>,
     queued_bytes: usize,
     stats: MirrorStats,
+    /// The shadow could not be reached: until then, requests fail at once with this
+    /// (no connection is tried, so a dead shadow costs no loop of refused connects).
+    down: Option<(Instant, ShadowFailure)>,
 }
 
 struct Job {
     request: MirroredRequest,
     done: Done,
+    queued: Instant,
 }
+
+/// How long a shadow that could not be reached is left alone before the next request
+/// tries it again.
+pub const RETRY_UNREACHABLE: Duration = Duration::from_secs(1);
 
 impl Mirror {
     /// A mirror of `target`, with no connection yet (the first request opens one).
@@ -155,6 +163,7 @@ impl Mirror {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 stats: MirrorStats::default(),
+                down: None,
             })),
         }
     }
@@ -174,8 +183,10 @@ impl Mirror {
     }
 
     /// Sends `request` on the next free connection (a new one if none is free and the
-    /// pool may grow); `done` runs once, later, with the answer or the failure. If the
-    /// queue is full the request is not taken: `Err` ([`BUSY`]), and `done` never runs.
+    /// pool may grow); `done` runs once, later, with the answer or the failure. A request
+    /// not taken is `Err`, and `done` never runs: the queue is full ([`BUSY`]), or the
+    /// shadow could not be reached a moment ago (the failure then, for
+    /// [`RETRY_UNREACHABLE`]).
     pub fn send(
         &self,
         r: &mut Reactor,
@@ -184,6 +195,14 @@ impl Mirror {
     ) -> Result<(), ShadowFailure> {
         {
             let mut inner = self.inner.borrow_mut();
+            if let Some((until, failure)) = &inner.down {
+                if Instant::now() < *until {
+                    let failure = failure.clone();
+                    inner.stats.failed += 1;
+                    return Err(failure);
+                }
+                inner.down = None;
+            }
             let options = &inner.options;
             if inner.queue.len() >= options.max_queued
                 || inner.queued_bytes + request.bytes.len() > options.max_queued_bytes
@@ -192,7 +211,11 @@ impl Mirror {
                 return Err(ShadowFailure::Other(BUSY.to_owned()));
             }
             inner.queued_bytes += request.bytes.len();
-            inner.queue.push_back(Job { request, done });
+            inner.queue.push_back(Job {
+                request,
+                done,
+                queued: Instant::now(),
+            });
         }
         kick(r, &self.inner);
         Ok(())
@@ -294,8 +317,22 @@ impl MirrorConn {
             cx.close();
             return false;
         };
-        let job = {
+        let (job, expired) = {
             let mut inner = pool.borrow_mut();
+            // A request that waited its whole timeout for a connection is not worth
+            // sending any more: its pair has waited long enough.
+            let mut expired = Vec::new();
+            while inner
+                .queue
+                .front()
+                .is_some_and(|job| job.queued.elapsed() >= self.timeout)
+            {
+                if let Some(job) = inner.queue.pop_front() {
+                    inner.queued_bytes -= job.request.bytes.len();
+                    inner.stats.failed += 1;
+                    expired.push(job.done);
+                }
+            }
             let job = inner.queue.pop_front();
             match &job {
                 Some(job) => {
@@ -304,9 +341,12 @@ impl MirrorConn {
                 }
                 None => inner.idle.push(cx.id()),
             }
-            job
+            (job, expired)
         };
-        let Some(Job { request, done }) = job else {
+        for done in expired {
+            done(cx, Err(ShadowFailure::Timeout));
+        }
+        let Some(Job { request, done, .. }) = job else {
             cx.set_comm_inactivity_timeout(Some(self.idle_timeout));
             return false;
         };
@@ -391,16 +431,27 @@ impl Handler for MirrorConn {
             Progress::Broken => Err(ShadowFailure::Unparseable),
             Progress::Pending => Err(ShadowFailure::from_unbind(&reason)),
         };
+        let mut unreachable = Vec::new();
         if let Some(pool) = self.pool.upgrade() {
             let mut inner = pool.borrow_mut();
             inner.connections -= 1;
-            if !self.connected {
-                inner.connecting -= 1;
-            }
             let id = cx.id();
             inner.idle.retain(|&c| c != id);
+            if !self.connected {
+                inner.connecting -= 1;
+                // Never connected: the shadow is unreachable now. What waits for it fails
+                // with the reason, and new requests fail at once for a while.
+                let failure = ShadowFailure::from_unbind(&reason);
+                inner.down = Some((Instant::now() + RETRY_UNREACHABLE, failure.clone()));
+                inner.stats.failed += inner.queue.len() as u64;
+                inner.queued_bytes = 0;
+                unreachable.extend(inner.queue.drain(..).map(|job| (job.done, failure.clone())));
+            }
         }
         self.finish(cx, outcome, false);
+        for (done, failure) in unreachable {
+            done(cx, Err(failure));
+        }
         if let Some(pool) = self.pool.upgrade() {
             kick(cx, &pool);
         }

@@ -31,13 +31,13 @@ use super::compare::{
     Verdict,
 };
 use super::http1::{HeadRewrite, Piece, RequestSplitter, ResponseSplitter};
-use super::mirror::{Answer, Mirror, MirroredRequest};
+use super::mirror::{Answer, BUSY, Mirror, MirroredRequest};
 use super::{Finish, LOG_TARGET, Relay, Sampler, Session, Setup};
 use crate::UnbindReason;
 
 /// The most requests of one client session waiting for their comparison; beyond, new
 /// requests are not mirrored until some are paired.
-pub const MAX_PENDING: usize = 256;
+pub const MAX_PENDING: usize = 128;
 
 /// The default [`HttpShadowing::max_request`]: 1 MiB.
 pub const DEFAULT_MAX_REQUEST: usize = 1024 * 1024;
@@ -478,9 +478,11 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
             request,
             Box::new(move |_, outcome| deliver(&back, index, Some(i), comparing, outcome)),
         );
-        if let Err(busy) = sent {
-            shared.events.skipped("busy");
-            deliver(&weak, index, Some(i), comparing, Err(busy));
+        if let Err(failure) = sent {
+            if failure.code() == BUSY {
+                shared.events.skipped(BUSY);
+            }
+            deliver(&weak, index, Some(i), comparing, Err(failure));
         }
     }
     if let (Some(reference), Some(bytes)) = (&shared.reference, original) {
@@ -491,8 +493,8 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
             request,
             Box::new(move |_, outcome| deliver(&back, index, None, comparing, outcome)),
         );
-        if let Err(busy) = sent {
-            deliver(&weak, index, None, comparing, Err(busy));
+        if let Err(failure) = sent {
+            deliver(&weak, index, None, comparing, Err(failure));
         }
     }
 }
