@@ -55,6 +55,7 @@ mod reactor;
 mod remote;
 mod sys;
 mod timers;
+pub mod timestamp;
 pub mod tls;
 
 pub use addr::IntoSocketAddr;

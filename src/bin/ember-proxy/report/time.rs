@@ -4,64 +4,13 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::logging::rfc3339;
+use ember::timestamp::{parse_rfc3339, rfc3339};
 
-/// Milliseconds since 1970-01-01T00:00:00Z, or `None` if `text` is not an RFC 3339 time.
+/// Milliseconds since 1970-01-01T00:00:00Z, or `None` if `text` is not an RFC 3339 time
+/// (at or after 1970, before the year 10000).
 pub fn parse(text: &str) -> Option<i64> {
-    let b = text.as_bytes();
-    let digits = |from: usize, len: usize| -> Option<i64> {
-        let part = b.get(from..from + len)?;
-        part.iter().try_fold(0i64, |n, d| {
-            d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0'))
-        })
-    };
-    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
-    if separators.iter().any(|&(at, c)| b.get(at) != Some(&c))
-        || !matches!(b.get(10), Some(b'T' | b't' | b' '))
-    {
-        return None;
-    }
-    let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
-    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
-    if !(1970..=9999).contains(&year)
-        || !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut at = 19;
-    let mut millis = 0;
-    if b.get(at) == Some(&b'.') {
-        at += 1;
-        let fraction = b[at..].iter().take_while(|d| d.is_ascii_digit()).count();
-        if fraction == 0 {
-            return None;
-        }
-        for i in 0..3 {
-            millis = millis * 10 + if i < fraction { digits(at + i, 1)? } else { 0 };
-        }
-        at += fraction;
-    }
-    let offset_minutes = match &b[at..] {
-        b"Z" | b"z" => 0,
-        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
-            let (h, m) = (digits(at + 1, 2)?, digits(at + 4, 2)?);
-            if h > 23 || m > 59 {
-                return None;
-            }
-            let minutes = h * 60 + m;
-            if *sign == b'-' { -minutes } else { minutes }
-        }
-        _ => return None,
-    };
-    let seconds =
-        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second.min(59)
-            - offset_minutes * 60;
-    Some(seconds * 1000 + millis)
+    let since = parse_rfc3339(text)?.duration_since(UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_millis()).ok()
 }
 
 /// `2026-11-30 15:00:00` (UTC) for `ms` after the epoch.
@@ -71,27 +20,6 @@ pub fn utc(ms: i64) -> String {
     match (text.get(..10), text.get(11..19)) {
         (Some(date), Some(time)) => format!("{date} {time}"),
         _ => text,
-    }
-}
-
-/// Days from 1970-01-01 to the proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12; // March is 0
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
     }
 }
 
