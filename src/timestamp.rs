@@ -86,11 +86,9 @@ pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     if civil_from_days(days) != (i64::from(year), month, day) {
         return None;
     }
-    let secs = days * 86_400
-        + i64::from(hour) * 3600
-        + i64::from(minute) * 60
-        + i64::from(second.min(59))
-        - offset_secs;
+    let secs =
+        days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second.min(59))
+            - offset_secs;
     let secs = u64::try_from(secs).ok()?;
     UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
@@ -158,7 +156,10 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
-        assert!(parse_rfc3339("2024-02-29T00:00:00Z").is_some(), "a leap day");
+        assert!(
+            parse_rfc3339("2024-02-29T00:00:00Z").is_some(),
+            "a leap day"
+        );
     }
 
     #[test]
