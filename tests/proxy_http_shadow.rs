@@ -514,3 +514,43 @@ fn a_gibibyte_answer_is_compared_by_hash_in_bounded_memory() {
     assert!(peak < 64 << 20, "peak RSS {} MiB", peak >> 20);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_stream_that_is_not_http_is_relayed_and_no_longer_mirrored() {
+    use support::backends::{Echo, serve};
+    let echo = support::reactor_thread::ReactorThread::spawn(|r| serve(r, || Echo));
+    let shadow = HttpApp::start(Behaviour::default());
+    let proxy = EmberProxy::start(&[
+        "-r",
+        &echo.value.to_string(),
+        "-d",
+        &shadow.addr.to_string(),
+        "--http",
+        "--access-log",
+        "off",
+    ]);
+    // One request the shadow gets, then bytes no HTTP/1.1 parser accepts (a TLS record).
+    let mut s = connect(proxy.addr);
+    let request = get("/users/1");
+    s.write_all(request.as_bytes()).unwrap();
+    let mut echoed = vec![0u8; request.len()];
+    s.read_exact(&mut echoed).unwrap();
+    let garbage = b"\x16\x03\x01\x00\x05hello and more";
+    s.write_all(garbage).unwrap();
+    let mut back = [0u8; 19];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(
+        &back, garbage,
+        "the client's bytes still reach production, and back"
+    );
+    wait_until("the log line", IO_TIMEOUT, || {
+        proxy
+            .child
+            .stderr()
+            .contains("not HTTP/1.1 the proxy can frame (malformed)")
+    });
+    wait_until("the mirrored request", IO_TIMEOUT, || {
+        shadow.requests().len() == 1
+    });
+    assert_eq!(shadow.requests()[0].target, "/users/1");
+}
