@@ -14,7 +14,7 @@ use super::backend::{self, BackendConn};
 use super::config::Config;
 use super::core::{BackendEntry, Core};
 use super::dispatch::is_connect_failure;
-use super::hooks::Finish;
+use super::hooks::{Finish, Relay};
 use super::proxy_protocol::{self, Parsed};
 use super::session::{Hooks, Session, Setup, SharedSetup};
 
@@ -373,6 +373,9 @@ impl<S: 'static> Handler for Client<S> {
             None => session.core.send_all(session.reactor, data),
             Some(hook) => {
                 let relay = hook(&mut session, data);
+                if relay == Relay::Unchanged {
+                    session.core.send_all(session.reactor, data);
+                }
                 session.core.apply(session.reactor, relay);
             }
         }

@@ -235,7 +235,7 @@ impl Core {
                     self.send_to_backend(r, i, &data);
                 }
             }
-            Relay::Drop => self.held = false,
+            Relay::Drop | Relay::Unchanged => self.held = false,
             Relay::Later => self.held = true,
         }
     }

@@ -11,6 +11,11 @@
 pub enum Relay {
     /// Send these bytes to every live backend (em-proxy: return the data).
     All(Vec<u8>),
+    /// From `on_data`: send the bytes it was given to every live backend, unchanged and
+    /// without a copy — for a hook that only looks (a tap). From
+    /// [`Session::relay_to_servers`](super::Session::relay_to_servers), where there are no
+    /// bytes given, it sends nothing (like [`Relay::Drop`]). Ends a hold like `All`.
+    Unchanged,
     /// Send these bytes to the named backends only; names that are not live are skipped
     /// (em-proxy: return `[data, [names]]`).
     To(Vec<u8>, Vec<String>),

@@ -146,7 +146,7 @@ impl HttpShadowing {
         let requests = Rc::clone(&tap);
         conn.on_data(move |s, data| {
             Tap::client_sent(&requests, s, data);
-            Relay::All(data.to_vec())
+            Relay::Unchanged
         });
         if self.reads_responses() {
             let primary = primary.to_owned();
@@ -467,10 +467,18 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
         );
     }
     let weak = Rc::downgrade(tap);
+    let mut bytes = Some(bytes);
+    let last = shared.shadows.len().saturating_sub(1);
     for (i, (_, mirror)) in shared.shadows.iter().enumerate() {
+        // The last shadow takes the bytes themselves; the others a copy.
+        let bytes = if i == last {
+            bytes.take().unwrap_or_default()
+        } else {
+            bytes.clone().unwrap_or_default()
+        };
         let request = MirroredRequest {
             method: method.clone(),
-            bytes: bytes.clone(),
+            bytes,
         };
         let back = Weak::clone(&weak);
         let sent = mirror.send(
