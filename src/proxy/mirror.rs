@@ -45,6 +45,9 @@ pub struct MirrorOptions {
     pub timeout: Duration,
     /// How long an idle connection is kept for the next request (default 30 s).
     pub idle_timeout: Duration,
+    /// Whether responses are digested for a comparison (headers kept, body hashed);
+    /// without, they are only framed.
+    pub digest: bool,
     /// How much of each response body is kept for the comparison (the rest is hashed).
     pub max_body: usize,
     /// TLS to the shadow: the client configuration and the name to verify.
@@ -59,6 +62,7 @@ impl Default for MirrorOptions {
             max_queued_bytes: 8 * 1024 * 1024,
             timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            digest: true,
             max_body: super::compare::DEFAULT_MAX_BODY,
             tls: None,
         }
@@ -270,7 +274,7 @@ fn open(r: &mut Reactor, pool: &Rc<RefCell<Inner>>) {
     let handler = MirrorConn {
         pool: Rc::downgrade(pool),
         current: None,
-        reader: ResponseReader::new(options.max_body),
+        reader: ResponseReader::new(options.digest, options.max_body),
         connected: false,
         tls: options.tls.clone(),
         timeout: options.timeout,
@@ -477,15 +481,18 @@ struct ResponseReader {
     responses: ResponseSplitter,
     digest: Option<ResponseDigest>,
     close: bool,
+    /// Digest the responses (a comparison wants them), or only frame them.
+    digesting: bool,
     max_body: usize,
 }
 
 impl ResponseReader {
-    fn new(max_body: usize) -> ResponseReader {
+    fn new(digesting: bool, max_body: usize) -> ResponseReader {
         ResponseReader {
             responses: ResponseSplitter::new(),
             digest: None,
             close: false,
+            digesting,
             max_body,
         }
     }
@@ -502,14 +509,16 @@ impl ResponseReader {
                 Piece::Head(head) if head.is_interim() => {}
                 Piece::Head(head) => {
                     let mut digest = ResponseDigest::new(head.status(), self.max_body);
-                    for (name, value) in head.headers() {
-                        digest.add_header(name, value);
+                    if self.digesting {
+                        for (name, value) in head.headers() {
+                            digest.add_header(name, value);
+                        }
                     }
                     self.close = head.closes_connection();
                     self.digest = Some(digest);
                 }
                 Piece::Body { data, .. } => {
-                    if let Some(digest) = &mut self.digest {
+                    if let (Some(digest), true) = (&mut self.digest, self.digesting) {
                         digest.add_body(data);
                     }
                 }

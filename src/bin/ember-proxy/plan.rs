@@ -408,6 +408,7 @@ impl Plan {
         let mirror = |target: &Target| {
             let options = MirrorOptions {
                 timeout: http.timeout,
+                digest: compare.is_some(),
                 max_body: compare.map_or(0, |c| c.max_body),
                 // --backend-tls: the shadows too, verified as the name given or their own.
                 tls: self.backends.tls.as_ref().map(|(config, name)| {
