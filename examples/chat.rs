@@ -1,24 +1,45 @@
-//! Line-based chat: every line a client sends is broadcast to everyone else.
+//! Line-based chat: every line a client sends is broadcast to everyone else, through an
+//! [`ember::em::Channel`] (EventMachine's `EM::Channel`): each client subscribes when it
+//! connects, pushes its lines, and unsubscribes when it goes.
 //! `cargo run --example chat -- [ADDR]` (default 127.0.0.1:8082), then `nc 127.0.0.1 8082`.
 
-use ember::{ConnId, Context, Handler, Reactor, UnbindReason};
+use std::io;
+use std::net::SocketAddr;
+
+use ember::em::{Channel, SubscriptionId};
+use ember::{ConnId, Context, Handler, IntoSocketAddr, Reactor, UnbindReason};
 
 /// Longest line kept; a client that sends more without a newline is disconnected.
 const MAX_LINE: usize = 4096;
 
-#[derive(Default)]
+/// One message for the room, and who said it (it is not sent back to them).
+struct Said {
+    from: ConnId,
+    text: Vec<u8>,
+}
+
 struct ChatClient {
+    room: Channel<Said>,
+    subscription: Option<SubscriptionId>,
     partial: Vec<u8>,
     name: String,
 }
 
 impl ChatClient {
-    fn broadcast(cx: &mut Context<'_>, from: ConnId, line: &[u8]) {
-        for id in cx.connection_ids() {
-            if id != from {
-                cx.reactor().send_to(id, line);
-            }
+    fn new(room: Channel<Said>) -> ChatClient {
+        ChatClient {
+            room,
+            subscription: None,
+            partial: Vec::new(),
+            name: String::new(),
         }
+    }
+
+    fn say(&self, cx: &Context<'_>, text: Vec<u8>) {
+        self.room.push(Said {
+            from: cx.id(),
+            text,
+        });
     }
 }
 
@@ -28,19 +49,21 @@ impl Handler for ChatClient {
             .peer_addr()
             .map_or_else(|| cx.id().to_string(), |a| a.to_string());
         cx.send_data(format!("welcome, {}\n", self.name).as_bytes());
-        let joined = format!("* {} joined\n", self.name);
         let me = cx.id();
-        Self::broadcast(cx, me, joined.as_bytes());
+        self.subscription = Some(self.room.subscribe(move |r, said| {
+            if said.from != me {
+                r.send_to(me, &said.text);
+            }
+        }));
+        self.say(cx, format!("* {} joined\n", self.name).into_bytes());
     }
 
     fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
         self.partial.extend_from_slice(data);
-        let me = cx.id();
         while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
             let mut message = format!("{}: ", self.name).into_bytes();
-            message.extend_from_slice(&line);
-            Self::broadcast(cx, me, &message);
+            message.extend(self.partial.drain(..=end));
+            self.say(cx, message);
         }
         if self.partial.len() > MAX_LINE {
             cx.send_data(b"line too long, bye\n");
@@ -49,10 +72,21 @@ impl Handler for ChatClient {
     }
 
     fn unbind(&mut self, cx: &mut Context<'_>, reason: UnbindReason) {
-        let left = format!("* {} left ({reason})\n", self.name);
-        let me = cx.id();
-        Self::broadcast(cx, me, left.as_bytes());
+        if let Some(id) = self.subscription.take() {
+            self.room.unsubscribe(id);
+        }
+        self.say(
+            cx,
+            format!("* {} left ({reason})\n", self.name).into_bytes(),
+        );
     }
+}
+
+/// The chat server on `addr`, with one room; returns the address it listens on.
+pub fn start(r: &mut Reactor, addr: impl IntoSocketAddr) -> io::Result<SocketAddr> {
+    let room = Channel::new(r.local_handle());
+    let server = r.start_server(addr, move || ChatClient::new(room.clone()))?;
+    Ok(r.server_addr(server).expect("TCP server"))
 }
 
 fn main() {
@@ -60,8 +94,7 @@ fn main() {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8082".to_string());
     let result = Reactor::run(|r| {
-        let server = r.start_server(addr.as_str(), ChatClient::default)?;
-        println!("chat on {}", r.server_addr(server).expect("TCP server"));
+        println!("chat on {}", start(r, addr.as_str())?);
         r.stop_on_signals()
     });
     if let Err(e) = result {

@@ -45,6 +45,7 @@ mod addr;
 pub mod admin;
 mod buffer;
 mod defer;
+pub mod em;
 mod handler;
 mod id;
 mod limits;

@@ -1,0 +1,619 @@
+//! `ember::em` on a real reactor: a Deferrable's timeout, a Channel with a thousand
+//! subscribers changing under a push, a Queue's two FIFOs, an EachLimited's concurrency
+//! limit, what a panicking callback does to the others, and the chat example (which uses
+//! the Channel) over loopback sockets.
+//!
+//! Every test runs its reactor under the support library's watchdog; a reactor stopped by
+//! the watchdog fails the test instead of hanging it.
+
+#[allow(dead_code)] // each test binary uses a different part of the support library
+mod support;
+
+#[allow(dead_code)] // the example's `main` is not called here
+#[path = "../examples/chat.rs"]
+mod chat;
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ember::em::{
+    Channel, Deferrable, DeferredStatus, EachLimited, Queue, SubscriptionId, TimedOut,
+};
+use ember::{CallbackPanic, Reactor};
+
+use support::clients::{connect, find, read_all, read_until};
+use support::reactor_thread::{ReactorThread, run_bounded};
+
+/// Runs a reactor on this thread until `setup`'s callbacks stop it; fails the test if the
+/// watchdog had to.
+fn run(setup: impl FnOnce(&mut Reactor) -> io::Result<()>) -> Reactor {
+    let (reactor, fired) = run_bounded(Duration::from_secs(20), setup);
+    assert!(!fired, "the watchdog had to stop the reactor");
+    reactor
+}
+
+/// Every panic the reactor contained, by message.
+fn record_panics(r: &mut Reactor) -> Rc<RefCell<Vec<String>>> {
+    let panics = Rc::new(RefCell::new(Vec::new()));
+    let seen = Rc::clone(&panics);
+    r.set_error_handler(move |_, report: &CallbackPanic| {
+        assert_eq!(report.connection, None, "no connection is involved here");
+        seen.borrow_mut().push(report.message.to_string());
+    });
+    panics
+}
+
+fn counter() -> Rc<Cell<usize>> {
+    Rc::new(Cell::new(0))
+}
+
+fn bump(c: &Cell<usize>) {
+    c.set(c.get() + 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Deferrable
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_deferrable_timeout_fires_its_errback_exactly_once_and_a_later_succeed_does_nothing() {
+    let errbacks = counter();
+    let callbacks = counter();
+    let failed_after = Rc::new(Cell::new(None));
+    let late_succeed = Rc::new(Cell::new(None));
+    run(|r| {
+        let started = Instant::now();
+        let d: Deferrable<u32, TimedOut> = Deferrable::new();
+        let (e, at) = (Rc::clone(&errbacks), Rc::clone(&failed_after));
+        d.errback(move |err| {
+            assert_eq!(*err, TimedOut);
+            bump(&e);
+            at.set(Some(started.elapsed()));
+        });
+        let c = Rc::clone(&callbacks);
+        d.callback(move |_| bump(&c));
+        d.timeout(r, Duration::from_millis(30));
+        let (later, late) = (d.clone(), Rc::clone(&late_succeed));
+        r.add_timer(Duration::from_millis(80), move |_| {
+            late.set(Some(later.succeed(7)));
+            assert!(!later.fail(TimedOut));
+            assert_eq!(later.status(), DeferredStatus::Failed);
+        });
+        let e = Rc::clone(&errbacks);
+        r.add_timer(Duration::from_millis(150), move |r| {
+            // An errback added after the failure runs at once, inside `errback`.
+            let before = e.get();
+            let inner = Rc::clone(&e);
+            d.errback(move |_| bump(&inner));
+            assert_eq!(e.get(), before + 1);
+            r.stop();
+        });
+        Ok(())
+    });
+    assert_eq!(
+        errbacks.get(),
+        2,
+        "the timeout's errback once, the late one once"
+    );
+    assert_eq!(callbacks.get(), 0);
+    assert_eq!(
+        late_succeed.get(),
+        Some(false),
+        "succeed after the timeout is ignored"
+    );
+    let at = failed_after.get().expect("the errback ran");
+    // Not before its time; that it came before the late succeed is `late_succeed` above.
+    assert!(
+        at >= Duration::from_millis(30),
+        "the timeout fired after {at:?}"
+    );
+}
+
+#[test]
+fn succeeding_first_cancels_the_timeout_and_a_second_timeout_replaces_the_first() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    run(|r| {
+        let started = Instant::now();
+        // Succeeds before its timeout: the errback never runs, the timer is cancelled.
+        let quick: Deferrable<&str, TimedOut> = Deferrable::new();
+        let l = Rc::clone(&log);
+        quick.errback(move |_| l.borrow_mut().push("quick timed out".to_string()));
+        let l = Rc::clone(&log);
+        quick.callback(move |v| l.borrow_mut().push(format!("quick {v}")));
+        quick.timeout(r, Duration::from_millis(40));
+        let q = quick.clone();
+        r.add_timer(Duration::from_millis(5), move |_| {
+            assert!(q.succeed("ok"));
+        });
+        // Timed out twice over: only the second timeout counts, and it fails once.
+        let slow: Deferrable<(), String> = Deferrable::new();
+        let l = Rc::clone(&log);
+        slow.errback(move |e| {
+            l.borrow_mut().push(format!(
+                "slow {e} after {}ms",
+                started.elapsed().as_millis() / 10 * 10
+            ));
+        });
+        slow.timeout_with(r, Duration::from_millis(10), "first".to_string());
+        slow.timeout_with(r, Duration::from_millis(60), "second".to_string());
+        r.add_timer(Duration::from_millis(20), |r| {
+            // The quick one's timer is gone, the slow one's first timer too: only the
+            // slow one's second timeout and the stop timer are left.
+            assert_eq!(r.timer_count(), 2);
+        });
+        r.add_timer(Duration::from_millis(120), |r| r.stop());
+        Ok(())
+    });
+    let log = log.borrow();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0], "quick ok");
+    assert!(log[1].starts_with("slow second after "), "{log:?}");
+}
+
+#[test]
+fn deferrable_callbacks_added_after_resolution_run_at_once() {
+    let ran = Rc::new(RefCell::new(Vec::new()));
+    run(|r| {
+        let d: Deferrable<String, io::Error> = Deferrable::new();
+        let resolver = d.clone();
+        r.add_timer(Duration::from_millis(1), move |_| {
+            assert!(resolver.succeed("value".to_string()));
+        });
+        let ran = Rc::clone(&ran);
+        r.add_timer(Duration::from_millis(10), move |r| {
+            let inner = Rc::clone(&ran);
+            d.callback(move |v| inner.borrow_mut().push(v.clone()));
+            // At once: before `callback` returned, not on a later tick.
+            assert_eq!(*ran.borrow(), ["value"]);
+            d.errback(|_| panic!("an errback of a success never runs"));
+            r.stop();
+        });
+        Ok(())
+    });
+    assert_eq!(ran.borrow().len(), 1);
+}
+
+#[test]
+fn a_panicking_deferrable_callback_is_contained_by_the_reactor_and_the_others_run() {
+    let others = counter();
+    let mut panics = None;
+    run(|r| {
+        panics = Some(record_panics(r));
+        let d: Deferrable<(), TimedOut> = Deferrable::new();
+        let o = Rc::clone(&others);
+        d.errback(move |_| bump(&o));
+        d.errback(|_| panic!("errback two"));
+        let o = Rc::clone(&others);
+        d.errback(move |_| bump(&o));
+        // The timeout resolves it from a timer: the reactor contains the panic there.
+        d.timeout(r, Duration::from_millis(1));
+        r.add_timer(Duration::from_millis(20), |r| r.stop());
+        Ok(())
+    });
+    assert_eq!(others.get(), 2);
+    assert_eq!(*panics.unwrap().borrow(), ["errback two"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Channel
+// ---------------------------------------------------------------------------------------
+
+const SUBSCRIBERS: usize = 1000;
+
+#[test]
+fn a_channel_delivers_every_push_once_to_each_of_1000_subscribers_while_they_unsubscribe() {
+    // Subscriber `i` records what it received in `got[i]`; one subscribed during the
+    // push records in `late`.
+    let got: Rc<Vec<RefCell<Vec<u32>>>> =
+        Rc::new((0..SUBSCRIBERS).map(|_| RefCell::new(Vec::new())).collect());
+    let late = Rc::new(RefCell::new(Vec::new()));
+    let ids: Rc<RefCell<Vec<SubscriptionId>>> = Rc::new(RefCell::new(Vec::new()));
+    let unsubscribed_late = Rc::new(Cell::new(None));
+    let mut channel_out = None;
+    run(|r| {
+        let channel: Channel<u32> = Channel::new(r.local_handle());
+        channel_out = Some(channel.clone());
+        for i in 0..SUBSCRIBERS {
+            let (got, all_ids, late) = (Rc::clone(&got), Rc::clone(&ids), Rc::clone(&late));
+            let (ch, unsub_late) = (channel.clone(), Rc::clone(&unsubscribed_late));
+            let id = channel.subscribe(move |_r, &item| {
+                got[i].borrow_mut().push(item);
+                if item != 1 {
+                    return;
+                }
+                let id_of = |n: usize| all_ids.borrow()[n];
+                match i {
+                    // Itself, during its own call.
+                    10 => assert!(ch.unsubscribe(id_of(10))),
+                    // One later in the order (it must not get item 1) and one earlier (it
+                    // already has): both unsubscribed for good.
+                    20 => {
+                        assert!(ch.unsubscribe(id_of(30)));
+                        assert!(ch.unsubscribe(id_of(5)));
+                        assert!(!ch.unsubscribe(id_of(10)), "already gone");
+                    }
+                    // Subscribes one: it gets nothing pushed before, everything after.
+                    40 => {
+                        let late = Rc::clone(&late);
+                        let id = ch.subscribe(move |_r, &item| late.borrow_mut().push(item));
+                        unsub_late.set(Some(id));
+                    }
+                    // Pushes during the delivery: delivered next tick, after 0..=2.
+                    50 => ch.push(100),
+                    // Unsubscribes the last one: 999 must not get item 1.
+                    60 => assert!(ch.unsubscribe(id_of(SUBSCRIBERS - 1))),
+                    _ => {}
+                }
+            });
+            ids.borrow_mut().push(id);
+        }
+        assert_eq!(channel.subscriber_count(), SUBSCRIBERS);
+        for item in 0..3 {
+            channel.push(item);
+        }
+        // Delivered at the end of the tick, not inside `push`.
+        assert!(got.iter().all(|g| g.borrow().is_empty()));
+        assert_eq!(channel.pending(), 3);
+        let ch = channel.clone();
+        r.add_timer(Duration::from_millis(5), move |_| {
+            ch.push(3);
+            ch.push(4);
+        });
+        r.add_timer(Duration::from_millis(30), |r| r.stop());
+        Ok(())
+    });
+    let everything = [0, 1, 2, 100, 3, 4];
+    for (i, received) in got.iter().enumerate() {
+        let expected: &[u32] = match i {
+            5 | 10 => &[0, 1],
+            30 | 999 => &[0],
+            _ => &everything,
+        };
+        assert_eq!(*received.borrow(), expected, "subscriber {i}");
+    }
+    assert_eq!(*late.borrow(), [100, 3, 4]);
+    let channel = channel_out.unwrap();
+    assert_eq!(channel.subscriber_count(), SUBSCRIBERS - 4 + 1);
+    assert_eq!(channel.pending(), 0);
+    // Unsubscribing everyone drops the closures (and the channel clones they hold).
+    for id in ids.borrow().iter().copied().chain(unsubscribed_late.get()) {
+        channel.unsubscribe(id);
+    }
+    assert_eq!(channel.subscriber_count(), 0);
+    assert_eq!(
+        Rc::strong_count(&got),
+        1,
+        "every subscriber closure was dropped"
+    );
+}
+
+#[test]
+fn a_panicking_subscriber_is_reported_and_unsubscribed_and_the_others_still_receive() {
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let mut panics = None;
+    let mut channel_out = None;
+    run(|r| {
+        panics = Some(record_panics(r));
+        let channel: Channel<&'static str> = Channel::new(r.local_handle());
+        for name in ["a", "bad", "c"] {
+            let received = Rc::clone(&received);
+            channel.subscribe(move |_r, item| {
+                assert!(name != "bad", "subscriber {name} panics on {item}");
+                received.borrow_mut().push(format!("{name}:{item}"));
+            });
+        }
+        channel.push("one");
+        let ch = channel.clone();
+        r.add_timer(Duration::from_millis(5), move |_| ch.push("two"));
+        r.add_timer(Duration::from_millis(20), |r| r.stop());
+        channel_out = Some(channel);
+        Ok(())
+    });
+    assert_eq!(*received.borrow(), ["a:one", "c:one", "a:two", "c:two"]);
+    assert_eq!(*panics.unwrap().borrow(), ["subscriber bad panics on one"]);
+    assert_eq!(channel_out.unwrap().subscriber_count(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Queue
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_queue_is_fifo_for_items_and_for_pops_waiting_before_and_after_pushes() {
+    let log: Rc<RefCell<Vec<(char, u32)>>> = Rc::new(RefCell::new(Vec::new()));
+    let popper = |name: char, log: &Rc<RefCell<Vec<(char, u32)>>>| {
+        let log = Rc::clone(log);
+        move |_: &mut Reactor, item: u32| log.borrow_mut().push((name, item))
+    };
+    run(|r| {
+        let q: Queue<u32> = Queue::new(r.local_handle());
+        // Pops waiting before any push.
+        q.pop(popper('A', &log));
+        q.pop(popper('B', &log));
+        q.pop(popper('C', &log));
+        assert_eq!((q.len(), q.waiting()), (0, 3));
+        q.push(1);
+        q.push(2);
+        assert_eq!((q.len(), q.waiting()), (0, 1));
+        q.push(3);
+        q.push(4);
+        assert_eq!((q.len(), q.waiting()), (1, 0));
+        assert!(!q.is_empty());
+        // Callbacks run at the end of the tick, never inside push or pop.
+        assert!(log.borrow().is_empty());
+        let (q2, l) = (q.clone(), Rc::clone(&log));
+        r.add_timer(Duration::from_millis(5), move |_| {
+            assert_eq!(*l.borrow(), [('A', 1), ('B', 2), ('C', 3)]);
+            // An item waiting before the pop: taken at once, handed over this tick.
+            let (q3, l2) = (q2.clone(), Rc::clone(&l));
+            q2.pop(move |_, item| {
+                l2.borrow_mut().push(('D', item));
+                // From inside a pop's callback: a push (goes to E, which waits) and a
+                // pop (waits for the next push).
+                q3.push(5);
+                let l3 = Rc::clone(&l2);
+                q3.pop(move |_, item| l3.borrow_mut().push(('F', item)));
+            });
+            let l2 = Rc::clone(&l);
+            q2.pop(move |_, item| l2.borrow_mut().push(('E', item)));
+            assert_eq!((q2.len(), q2.waiting()), (0, 1));
+            assert!(q2.is_empty());
+        });
+        let q2 = q.clone();
+        r.add_timer(Duration::from_millis(15), move |_| {
+            assert_eq!(q2.waiting(), 1, "F waits");
+            q2.push(6);
+            q2.push(7);
+        });
+        let l = Rc::clone(&log);
+        r.add_timer(Duration::from_millis(30), move |r| {
+            assert_eq!(q.len(), 1, "7 is left");
+            assert_eq!(q.waiting(), 0);
+            assert_eq!(l.borrow().len(), 6);
+            r.stop();
+        });
+        Ok(())
+    });
+    assert_eq!(
+        *log.borrow(),
+        [('A', 1), ('B', 2), ('C', 3), ('D', 4), ('E', 5), ('F', 6)]
+    );
+}
+
+#[test]
+fn a_panicking_pop_is_reported_and_the_other_pops_still_get_their_items() {
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let mut panics = None;
+    run(|r| {
+        panics = Some(record_panics(r));
+        let q: Queue<u32> = Queue::new(r.local_handle());
+        for n in 0..3 {
+            let got = Rc::clone(&got);
+            q.pop(move |_, item| {
+                assert!(n != 1, "pop {n} panics on {item}");
+                got.borrow_mut().push(item);
+            });
+        }
+        for item in [10, 11, 12] {
+            q.push(item);
+        }
+        r.add_timer(Duration::from_millis(5), |r| r.stop());
+        Ok(())
+    });
+    assert_eq!(*got.borrow(), [10, 12]);
+    assert_eq!(*panics.unwrap().borrow(), ["pop 1 panics on 11"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// EachLimited
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn each_limited_never_exceeds_its_concurrency_and_completes_once() {
+    const ITEMS: u64 = 60;
+    const LIMIT: usize = 4;
+    let in_flight = counter();
+    let max_in_flight = counter();
+    let finished = Rc::new(RefCell::new(Vec::new()));
+    let started = Rc::new(RefCell::new(Vec::new()));
+    let done = counter();
+    let mut each_out = None;
+    run(|r| {
+        let (fl, max, fin, st) = (
+            Rc::clone(&in_flight),
+            Rc::clone(&max_in_flight),
+            Rc::clone(&finished),
+            Rc::clone(&started),
+        );
+        let (d, fin2, fl2) = (
+            Rc::clone(&done),
+            Rc::clone(&finished),
+            Rc::clone(&in_flight),
+        );
+        let each = EachLimited::start(
+            r,
+            0..ITEMS,
+            LIMIT,
+            move |r, n, next| {
+                st.borrow_mut().push(n);
+                bump(&fl);
+                max.set(max.get().max(fl.get()));
+                let (fl, fin) = (Rc::clone(&fl), Rc::clone(&fin));
+                let finish = move || {
+                    fl.set(fl.get() - 1);
+                    fin.borrow_mut().push(n);
+                };
+                match n % 3 {
+                    // Finished at once, inside the step.
+                    0 => {
+                        finish();
+                        next.next();
+                    }
+                    // Finished by a timer, some later than others.
+                    1 => {
+                        r.add_timer(Duration::from_millis(n % 7), move |_| {
+                            finish();
+                            next.next();
+                        });
+                    }
+                    // Finished by dropping `next` from a later tick.
+                    _ => r.next_tick(move |_| {
+                        finish();
+                        drop(next);
+                    }),
+                }
+            },
+            move |r| {
+                bump(&d);
+                assert_eq!(fl2.get(), 0, "done runs after every step finished");
+                assert_eq!(fin2.borrow().len(), ITEMS as usize);
+                // Give a second `done` every chance to happen before stopping.
+                r.add_timer(Duration::from_millis(10), |r| r.stop());
+            },
+        );
+        assert_eq!(each.concurrency(), LIMIT);
+        assert!(
+            started.borrow().is_empty(),
+            "steps start at the end of the tick"
+        );
+        each_out = Some(each);
+        Ok(())
+    });
+    assert_eq!(done.get(), 1);
+    assert_eq!(
+        max_in_flight.get(),
+        LIMIT,
+        "the limit is reached and never passed"
+    );
+    assert_eq!(
+        *started.borrow(),
+        (0..ITEMS).collect::<Vec<_>>(),
+        "in item order"
+    );
+    let mut finished = finished.borrow().clone();
+    finished.sort_unstable();
+    assert_eq!(finished, (0..ITEMS).collect::<Vec<_>>());
+    let each = each_out.unwrap();
+    assert!(each.is_finished());
+    assert_eq!(each.in_flight(), 0);
+}
+
+#[test]
+fn each_limited_over_nothing_completes_once_and_a_panicking_step_does_not_stall_it() {
+    let done = counter();
+    let steps = counter();
+    let mut panics = None;
+    run(|r| {
+        panics = Some(record_panics(r));
+        let d = Rc::clone(&done);
+        EachLimited::start(
+            r,
+            Vec::<u8>::new(),
+            2,
+            |_, _, _| unreachable!(),
+            move |_| bump(&d),
+        );
+        let (d, s) = (Rc::clone(&done), Rc::clone(&steps));
+        EachLimited::start(
+            r,
+            0..5,
+            1,
+            move |_, n, next| {
+                bump(&s);
+                // Its `Next` is dropped as the panic unwinds: the step counts as finished.
+                assert!(n != 2, "step {n} panics");
+                drop(next);
+            },
+            move |r| {
+                bump(&d);
+                r.add_timer(Duration::from_millis(5), |r| r.stop());
+            },
+        );
+        Ok(())
+    });
+    assert_eq!(done.get(), 2, "each iteration's `done` ran once");
+    assert_eq!(steps.get(), 5, "every item got its step");
+    assert_eq!(*panics.unwrap().borrow(), ["step 2 panics"]);
+}
+
+#[test]
+fn raising_each_limited_concurrency_starts_more_steps() {
+    let max_in_flight = counter();
+    run(|r| {
+        let in_flight = counter();
+        let max = Rc::clone(&max_in_flight);
+        let each = EachLimited::start(
+            r,
+            0..20u64,
+            1,
+            move |r, _, next| {
+                bump(&in_flight);
+                max.set(max.get().max(in_flight.get()));
+                let fl = Rc::clone(&in_flight);
+                r.add_timer(Duration::from_millis(2), move |_| {
+                    fl.set(fl.get() - 1);
+                    next.next();
+                });
+            },
+            |r| r.stop(),
+        );
+        r.add_timer(Duration::from_millis(5), move |_| each.set_concurrency(5));
+        Ok(())
+    });
+    assert_eq!(max_in_flight.get(), 5);
+}
+
+// ---------------------------------------------------------------------------------------
+// The chat example, built on the Channel
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn chat_broadcasts_each_line_to_everyone_else_through_the_channel() {
+    let server = ReactorThread::spawn(|r| chat::start(r, "127.0.0.1:0"));
+    let addr: SocketAddr = server.value;
+
+    let mut alice = connect(addr);
+    let alice_name = alice.local_addr().unwrap().to_string();
+    let welcome = read_until(&mut alice, b"\n");
+    assert_eq!(welcome, format!("welcome, {alice_name}\n").as_bytes());
+
+    let mut bob = connect(addr);
+    let bob_name = bob.local_addr().unwrap().to_string();
+    read_until(&mut bob, b"\n");
+    let joined = format!("* {bob_name} joined\n");
+    assert_eq!(read_until(&mut alice, joined.as_bytes()), joined.as_bytes());
+
+    // A line in two segments arrives whole, at everyone but its sender.
+    alice.write_all(b"hello, ").unwrap();
+    alice.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    alice.write_all(b"bob\n").unwrap();
+    let said = format!("{alice_name}: hello, bob\n");
+    assert_eq!(read_until(&mut bob, said.as_bytes()), said.as_bytes());
+
+    bob.write_all(b"hi alice\n").unwrap();
+    let answer = format!("{bob_name}: hi alice\n");
+    let seen = read_until(&mut alice, answer.as_bytes());
+    assert_eq!(seen, answer.as_bytes(), "alice never sees her own line");
+
+    drop(bob);
+    let left = format!("* {bob_name} left (");
+    let seen = read_until(&mut alice, left.as_bytes());
+    assert_eq!(find(&seen, left.as_bytes()), Some(0), "{seen:?}");
+
+    // A line longer than the limit ends the session; the others hear that it left.
+    let mut carol = connect(addr);
+    let carol_name = carol.local_addr().unwrap().to_string();
+    read_until(&mut carol, b"\n");
+    carol.write_all(&[b'x'; 5000]).unwrap();
+    let rest = read_all(&mut carol);
+    assert_eq!(rest, b"line too long, bye\n");
+    let gone = format!("* {carol_name} left (");
+    let seen = read_until(&mut alice, gone.as_bytes());
+    assert!(find(&seen, gone.as_bytes()).is_some(), "{seen:?}");
+
+    server.stop();
+}
