@@ -10,28 +10,50 @@
 //! serving everyone else), and the hook returns `Relay::Later`. A clean message is then
 //! replayed to the server as `DATA` + message (the server's own `354` is swallowed); a
 //! spam message is refused with `550` and the server never hears of it.
+//!
+//! The client's bytes are cut into lines with EventMachine's `BufferedTokenizer`
+//! ([`Tokenizer`]), so commands pipelined into one read are each seen (a `DATA` among
+//! them switches to collecting the message from the very next byte), and what the client
+//! sends while its message is checked is read as commands afterwards, not passed on
+//! unread. A line over [`MAX_LINE`] gets `500` and the connection is closed.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use ember::Reactor;
+use ember::protocols::{DEFAULT_LIMIT, Tokenizer};
 use ember::proxy::{self, ProxyServer, Relay, Session};
 
 mod support;
 
+/// The longest line read. SMTP caps lines at 1,000 bytes (RFC 5321 §4.5.3.1), so this
+/// only stops a peer that is not speaking SMTP.
+pub const MAX_LINE: usize = DEFAULT_LIMIT;
+
 /// Where one client's SMTP conversation is.
-#[derive(Default)]
 pub struct SpamFilter {
+    /// The client's bytes, cut into lines (commands, then the message's lines).
+    lines: Tokenizer,
     phase: Phase,
     from: String,
-    /// Commands that arrived while a message was being checked or replayed.
+    /// What the client sent while a message was being checked or replayed, unread: it is
+    /// read as commands once the message is dealt with.
     queued: Vec<u8>,
 }
 
-#[derive(Default)]
+impl Default for SpamFilter {
+    fn default() -> Self {
+        SpamFilter {
+            lines: Tokenizer::new(b"\r\n", MAX_LINE),
+            phase: Phase::Commands,
+            from: String::new(),
+            queued: Vec::new(),
+        }
+    }
+}
+
 enum Phase {
-    #[default]
     Commands,
     /// The client is sending its message; the proxy said `354`.
     Collecting(Vec<u8>),
@@ -55,9 +77,8 @@ pub fn start(r: &mut Reactor, listen: SocketAddr, backend: SocketAddr) -> io::Re
                 state.phase = Phase::Commands;
                 let queued = std::mem::take(&mut state.queued);
                 s.relay_to_servers(Relay::All(message));
-                if !queued.is_empty() {
-                    s.relay_to_servers(Relay::All(queued));
-                }
+                let relay = on_data(s, &queued);
+                s.relay_to_servers(relay);
                 return None; // the client already had the proxy's 354
             }
             Some(resp.to_vec())
@@ -65,44 +86,75 @@ pub fn start(r: &mut Reactor, listen: SocketAddr, backend: SocketAddr) -> io::Re
     })
 }
 
-fn on_data(s: &mut Session<'_, SpamFilter>, data: &[u8]) -> Relay {
+/// Reads the client's lines: passes commands on, answers `DATA` itself and collects the
+/// message, and sends a complete message to the checker. What comes after a message (in
+/// the same read or later ones) waits, unread, until the message is dealt with.
+fn on_data(s: &mut Session<'_, SpamFilter>, mut data: &[u8]) -> Relay {
+    let mut forward = Vec::new();
+    let mut said_354 = false;
+    let mut complete = None;
     let state = s.state();
-    match &mut state.phase {
-        Phase::Commands => {
-            if data.eq_ignore_ascii_case(b"DATA\r\n") {
+    while let Phase::Commands | Phase::Collecting(_) = state.phase {
+        let Some(line) = state.lines.next_token(&mut data) else {
+            break;
+        };
+        let Ok(line) = line else {
+            s.relay_to_servers(Relay::All(forward));
+            s.send_data(b"500 5.5.2 Line too long\r\n");
+            s.close();
+            return Relay::Drop;
+        };
+        match &mut state.phase {
+            Phase::Commands if line.eq_ignore_ascii_case(b"DATA") => {
                 state.phase = Phase::Collecting(Vec::new());
-                s.send_data(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n");
-                return Relay::Later;
+                said_354 = true;
             }
-            if let Some(from) = std::str::from_utf8(data)
-                .ok()
-                .and_then(|l| l.strip_prefix("MAIL FROM:"))
-            {
-                state.from = from.trim().trim_matches(['<', '>']).to_owned();
+            Phase::Commands => {
+                if let Some(from) = std::str::from_utf8(line)
+                    .ok()
+                    .and_then(|l| l.strip_prefix("MAIL FROM:"))
+                {
+                    state.from = from.trim().trim_matches(['<', '>']).to_owned();
+                }
+                forward.extend_from_slice(line);
+                forward.extend_from_slice(b"\r\n");
             }
-            Relay::All(data.to_vec())
-        }
-        Phase::Collecting(message) => {
-            message.extend_from_slice(data);
-            if message.ends_with(b"\r\n.\r\n") || message == b".\r\n" {
-                let message = std::mem::take(message);
-                state.phase = Phase::Checking;
-                let from = state.from.clone();
-                let suspect = message.clone();
-                s.defer(
-                    move || looks_like_spam(&from, &suspect),
-                    move |s, verdict| {
-                        verdict_arrived(s, message, verdict.unwrap_or(true));
-                    },
-                );
+            Phase::Collecting(message) => {
+                message.extend_from_slice(line);
+                message.extend_from_slice(b"\r\n");
+                if line == b"." {
+                    complete = Some(std::mem::take(message));
+                    state.phase = Phase::Checking;
+                }
             }
-            Relay::Later
-        }
-        Phase::Checking | Phase::Replaying(_) => {
-            state.queued.extend_from_slice(data);
-            Relay::Later
+            Phase::Checking | Phase::Replaying(_) => unreachable!("the loop stops first"),
         }
     }
+    if let Phase::Checking | Phase::Replaying(_) = state.phase {
+        state.queued.extend_from_slice(data);
+    }
+    let from = state.from.clone();
+    let commands_only = matches!(state.phase, Phase::Commands);
+    if said_354 {
+        s.send_data(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n");
+    }
+    if let Some(message) = complete {
+        let suspect = message.clone();
+        s.defer(
+            move || looks_like_spam(&from, &suspect),
+            move |s, verdict| {
+                verdict_arrived(s, message, verdict.unwrap_or(true));
+            },
+        );
+    }
+    if commands_only {
+        return Relay::All(forward);
+    }
+    // A message is held at the proxy: keep the client's FIN behind it.
+    if !forward.is_empty() {
+        s.relay_to_servers(Relay::All(forward));
+    }
+    Relay::Later
 }
 
 fn verdict_arrived(s: &mut Session<'_, SpamFilter>, message: Vec<u8>, spam: bool) {
@@ -116,11 +168,8 @@ fn verdict_arrived(s: &mut Session<'_, SpamFilter>, message: Vec<u8>, spam: bool
         let state = s.state();
         state.phase = Phase::Commands;
         let queued = std::mem::take(&mut state.queued);
-        s.relay_to_servers(if queued.is_empty() {
-            Relay::Drop
-        } else {
-            Relay::All(queued)
-        });
+        let relay = on_data(s, &queued);
+        s.relay_to_servers(relay);
     } else {
         s.state().phase = Phase::Replaying(message);
         s.relay_to_servers(Relay::All(b"DATA\r\n".to_vec()));

@@ -49,6 +49,7 @@ pub mod em;
 mod handler;
 mod id;
 mod limits;
+pub mod protocols;
 pub mod proxy;
 #[doc = include_str!("../docs/proxy.md")]
 pub mod proxy_guide {}
