@@ -46,6 +46,8 @@ pub mod admin;
 mod buffer;
 mod defer;
 pub mod em;
+#[doc = include_str!("../docs/em-users.md")]
+pub mod em_guide {}
 mod handler;
 mod id;
 mod limits;
