@@ -359,6 +359,13 @@ fn a_dead_shadow_is_reported_refused_and_not_retried_in_a_loop() {
         assert_eq!(line["verdict"], "shadow_error", "{line}");
         assert_eq!(line["shadow"]["error"], "refused", "{line}");
     }
+    // Said once, not once per request.
+    let stderr = proxy.child.stderr();
+    assert_eq!(
+        stderr.matches("unreachable (refused)").count(),
+        1,
+        "{stderr}"
+    );
     // Nothing left to do: a proxy that kept reconnecting to the dead shadow would burn
     // its core. Half a second of quiet costs it next to nothing.
     let before = cpu_of(proxy.child.pid());

@@ -142,6 +142,8 @@ struct Inner {
     /// The shadow could not be reached: until then, requests fail at once with this
     /// (no connection is tried, so a dead shadow costs no loop of refused connects).
     down: Option<(Instant, ShadowFailure)>,
+    /// Its being unreachable was logged, and its recovery is still to be.
+    reported_down: bool,
 }
 
 struct Job {
@@ -168,6 +170,7 @@ impl Mirror {
                 queued_bytes: 0,
                 stats: MirrorStats::default(),
                 down: None,
+                reported_down: false,
             })),
         }
     }
@@ -379,7 +382,12 @@ impl MirrorConn {
         if let Some(pool) = self.pool.upgrade() {
             let mut inner = pool.borrow_mut();
             match &outcome {
-                Ok(_) => inner.stats.answered += 1,
+                Ok(_) => {
+                    inner.stats.answered += 1;
+                    if std::mem::take(&mut inner.reported_down) {
+                        log::warn!(target: super::LOG_TARGET, "shadow {}: answering again", inner.target);
+                    }
+                }
                 Err(_) => inner.stats.failed += 1,
             }
         }
@@ -446,6 +454,15 @@ impl Handler for MirrorConn {
                 // Never connected: the shadow is unreachable now. What waits for it fails
                 // with the reason, and new requests fail at once for a while.
                 let failure = ShadowFailure::from_unbind(&reason);
+                if !inner.reported_down {
+                    inner.reported_down = true;
+                    log::warn!(
+                        target: super::LOG_TARGET,
+                        "shadow {}: unreachable ({failure}); mirrored requests fail at once, tried again every {}s",
+                        inner.target,
+                        RETRY_UNREACHABLE.as_secs()
+                    );
+                }
                 inner.down = Some((Instant::now() + RETRY_UNREACHABLE, failure.clone()));
                 inner.stats.failed += inner.queue.len() as u64;
                 inner.queued_bytes = 0;

@@ -51,6 +51,9 @@ pub trait ShadowEvents {
     fn gave_up(&self, _session: u64, _reason: &'static str) {}
     /// A request was not mirrored: too big, too many waiting, or the shadow's queue full.
     fn skipped(&self, _why: &'static str) {}
+    /// A mirrored request got no answer from shadow `shadow` (refused, timed out...),
+    /// whether or not answers are compared.
+    fn mirror_failed(&self, _shadow: &str, _failure: &ShadowFailure) {}
 }
 
 /// A shadow's answer, or why there is none.
@@ -172,12 +175,20 @@ struct Reading {
     target: String,
 }
 
+/// Where one shadow's answer to a mirrored request stands.
+enum Slot {
+    Waiting,
+    /// Not sent: the shadow's queue was full (load shed, not a shadow error).
+    NotSent,
+    Answered(Outcome),
+}
+
 /// A mirrored request waiting for its comparison.
 struct Pair {
     method: String,
     target: String,
     primary: Option<(ResponseDigest, Duration)>,
-    shadows: Vec<Option<Outcome>>,
+    shadows: Vec<Slot>,
     /// `None`: no reference; `Some(None)`: its answer is still to come.
     reference: Option<Option<Outcome>>,
 }
@@ -185,7 +196,10 @@ struct Pair {
 impl Pair {
     fn complete(&self) -> bool {
         self.primary.is_some()
-            && self.shadows.iter().all(Option::is_some)
+            && !self
+                .shadows
+                .iter()
+                .any(|slot| matches!(slot, Slot::Waiting))
             && !matches!(self.reference, Some(None))
     }
 }
@@ -384,18 +398,20 @@ impl Tap {
         }
     }
 
-    /// An answer (or failure) from shadow `shadow` (`None`: the reference) for `index`.
-    fn answered(&mut self, index: u64, shadow: Option<usize>, outcome: Outcome) {
+    /// An answer (or failure, or `None`: not sent) from shadow `shadow` (`None`: the
+    /// reference) for `index`.
+    fn answered(&mut self, index: u64, shadow: Option<usize>, outcome: Option<Outcome>) {
         let Some(pair) = self.pending.get_mut(&index) else {
             return;
         };
-        match shadow {
-            Some(i) => {
+        match (shadow, outcome) {
+            (Some(i), outcome) => {
                 if let Some(slot) = pair.shadows.get_mut(i) {
-                    *slot = Some(outcome);
+                    *slot = outcome.map_or(Slot::NotSent, Slot::Answered);
                 }
             }
-            None => pair.reference = Some(Some(outcome)),
+            (None, Some(outcome)) => pair.reference = Some(Some(outcome)),
+            (None, None) => pair.reference = None,
         }
         self.try_compare(index);
     }
@@ -416,8 +432,10 @@ impl Tap {
             Some(Some(Ok(answer))) => Some(&answer.digest),
             _ => None,
         };
-        for (i, outcome) in pair.shadows.iter().enumerate() {
-            let Some(outcome) = outcome else { continue };
+        for (i, slot) in pair.shadows.iter().enumerate() {
+            let Slot::Answered(outcome) = slot else {
+                continue;
+            };
             let verdict = rules.classify(primary, outcome.as_ref().map(|a| &a.digest), reference);
             let shadow = match outcome {
                 Ok(answer) => SideSummary::of_response(&answer.digest, answer.elapsed),
@@ -461,7 +479,7 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
                 method: method.clone(),
                 target,
                 primary: None,
-                shadows: shared.shadows.iter().map(|_| None).collect(),
+                shadows: shared.shadows.iter().map(|_| Slot::Waiting).collect(),
                 reference: shared.reference.as_ref().map(|_| None),
             },
         );
@@ -481,16 +499,28 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
             bytes,
         };
         let back = Weak::clone(&weak);
+        let reports = Rc::clone(&shared);
         let sent = mirror.send(
             s.reactor(),
             request,
-            Box::new(move |_, outcome| deliver(&back, index, Some(i), comparing, outcome)),
+            Box::new(move |_, outcome| {
+                if let Err(failure) = &outcome {
+                    reports.events.mirror_failed(&reports.shadows[i].0, failure);
+                }
+                deliver(&back, index, Some(i), comparing, Some(outcome));
+            }),
         );
-        if let Err(failure) = sent {
-            if failure.code() == BUSY {
+        match sent {
+            Ok(()) => {}
+            // Load shed: not sent, not a comparison.
+            Err(failure) if failure.code() == BUSY => {
                 shared.events.skipped(BUSY);
+                deliver(&weak, index, Some(i), comparing, None);
             }
-            deliver(&weak, index, Some(i), comparing, Err(failure));
+            Err(failure) => {
+                shared.events.mirror_failed(&shared.shadows[i].0, &failure);
+                deliver(&weak, index, Some(i), comparing, Some(Err(failure)));
+            }
         }
     }
     if let (Some(reference), Some(bytes)) = (&shared.reference, original) {
@@ -499,21 +529,24 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
         let sent = reference.send(
             s.reactor(),
             request,
-            Box::new(move |_, outcome| deliver(&back, index, None, comparing, outcome)),
+            Box::new(move |_, outcome| deliver(&back, index, None, comparing, Some(outcome))),
         );
         if let Err(failure) = sent {
-            deliver(&weak, index, None, comparing, Err(failure));
+            // Without the reference's answer, the comparison goes on without it.
+            let outcome = (failure.code() != BUSY).then_some(Err(failure));
+            deliver(&weak, index, None, comparing, outcome);
         }
     }
 }
 
-/// A shadow's outcome reaches its client's tap, if the client is still there.
+/// A shadow's outcome (`None`: not sent) reaches its client's tap, if the client is
+/// still there.
 fn deliver(
     tap: &Weak<RefCell<Tap>>,
     index: u64,
     shadow: Option<usize>,
     comparing: bool,
-    outcome: Outcome,
+    outcome: Option<Outcome>,
 ) {
     if !comparing {
         return;

@@ -5,8 +5,9 @@
 //! The reactor never writes itself: it hands each line to one writer thread through a
 //! bounded channel and moves on. A full channel (a disk or a pipe that stopped taking
 //! bytes) drops the line and counts it; the count is written once the writer catches up.
-//! The writer flushes whenever it has nothing queued, so a quiet proxy's log is on disk
-//! at once and a busy one's is written in large chunks. SIGUSR1 asks it to reopen the
+//! The writer flushes at most 50 ms after a line was written, so a quiet proxy's log is
+//! on disk at once and a busy one's is written in large chunks (one write per batch, not
+//! one per line). SIGUSR1 asks it to reopen the
 //! access-log file (what logrotate sends after it renamed the old one).
 
 use std::fs::{File, OpenOptions};
@@ -14,14 +15,17 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::{self, JoinHandle};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{LevelFilter, Log, Metadata, Record};
 
 /// Lines waiting for the writer at most; beyond, lines are dropped (and counted).
 const QUEUE_LINES: usize = 16 * 1024;
+
+/// How long a written line may wait in the writer's buffer before it is flushed.
+const FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 /// Where access-log lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,18 +166,28 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: Receiver<Message>) {
+        // When the oldest unflushed line was written: lines are flushed in batches, at
+        // most FLUSH_AFTER after the first of them (a busy log is one write per batch,
+        // not one per line), and at once when the writer stops.
+        let mut unflushed: Option<Instant> = None;
         loop {
-            let message = match rx.try_recv() {
-                Ok(message) => message,
-                Err(_) => {
-                    // Nothing queued: a good moment to flush, then wait.
-                    self.flush();
-                    match rx.recv() {
-                        Ok(message) => message,
-                        Err(_) => break,
-                    }
+            let waited = match (rx.try_recv(), unflushed) {
+                (Ok(message), _) => Ok(message),
+                (Err(_), None) => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                (Err(_), Some(since)) => {
+                    rx.recv_timeout(FLUSH_AFTER.saturating_sub(since.elapsed()))
                 }
             };
+            let message = match waited {
+                Ok(message) => message,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.flush();
+                    unflushed = None;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+
             match message {
                 Message::Diagnostic(line) => {
                     let _ = writeln!(self.stderr, "{line}");
@@ -193,6 +207,11 @@ impl Writer {
                 }
                 Message::Reopen => self.reopen(),
                 Message::Stop => break,
+            }
+            let since = *unflushed.get_or_insert_with(Instant::now);
+            if since.elapsed() >= FLUSH_AFTER {
+                self.flush();
+                unflushed = None;
             }
             let dropped = self.dropped.swap(0, Ordering::Relaxed);
             if dropped > 0 {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ember::proxy::client_hello::{self, Peek};
-use ember::proxy::compare::{CompareLine, Rules, VerdictCounts};
+use ember::proxy::compare::{CompareLine, Rules, ShadowFailure, VerdictCounts};
 use ember::proxy::http1::HeadRewrite;
 use ember::proxy::mirror::{Mirror, MirrorOptions};
 use ember::proxy::shadowing::{
@@ -142,6 +142,8 @@ pub struct ShadowCounts {
     pub gave_up: AtomicU64,
     /// Requests not mirrored (too big, too many waiting, the shadow's queue full).
     pub skipped: AtomicU64,
+    /// Mirrored requests the shadow did not answer (refused, timed out, reset...).
+    pub mirror_failed: AtomicU64,
 }
 
 /// One worker's [`ShadowEvents`]: the shared report, and its own log budget.
@@ -171,6 +173,13 @@ impl ShadowEvents for Reporter {
 
     fn skipped(&self, _why: &'static str) {
         self.report.counts.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn mirror_failed(&self, _shadow: &str, _failure: &ShadowFailure) {
+        self.report
+            .counts
+            .mirror_failed
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -201,6 +201,13 @@ fn metrics_page(s: &Sources) -> String {
         shadowing.skipped.load(std::sync::atomic::Ordering::Relaxed),
     )
     .counter(
+        "ember_mirror_failed_total",
+        "Mirrored requests a shadow did not answer (refused, timed out, reset, unreadable).",
+        shadowing
+            .mirror_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+    )
+    .counter(
         "ember_mirror_gave_up_total",
         "Clients whose stream stopped being HTTP/1.1 the proxy can frame (relayed, not mirrored).",
         shadowing.gave_up.load(std::sync::atomic::Ordering::Relaxed),
