@@ -451,8 +451,16 @@ impl Handler for MirrorConn {
             inner.idle.retain(|&c| c != id);
             if !self.connected {
                 inner.connecting -= 1;
-                // Never connected: the shadow is unreachable now. What waits for it fails
-                // with the reason, and new requests fail at once for a while.
+            }
+            // Never connected, for a reason that is the shadow's (not the reactor
+            // stopping): the shadow is unreachable now.
+            let shadows_fault = !matches!(
+                reason,
+                UnbindReason::ReactorStopped | UnbindReason::ClosedByUs | UnbindReason::Panicked(_)
+            );
+            if !self.connected && shadows_fault {
+                // What waits for it fails with the reason, and new requests fail at once
+                // for a while.
                 let failure = ShadowFailure::from_unbind(&reason);
                 if !inner.reported_down {
                     inner.reported_down = true;
@@ -473,7 +481,7 @@ impl Handler for MirrorConn {
         for (done, failure) in unreachable {
             done(cx, Err(failure));
         }
-        if let Some(pool) = self.pool.upgrade() {
+        if let (Some(pool), false) = (self.pool.upgrade(), reason == UnbindReason::ReactorStopped) {
             kick(cx, &pool);
         }
     }
