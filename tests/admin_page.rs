@@ -23,15 +23,7 @@ fn proxy_with_admin(args: &[&str]) -> (EmberProxy, SocketAddr) {
     let mut all = args.to_vec();
     all.extend(["--admin", "127.0.0.1:0", "--access-log", "off"]);
     let mut proxy = EmberProxy::start(&all);
-    let line = proxy
-        .child
-        .next_line(std::time::Instant::now() + IO_TIMEOUT);
-    let admin = line
-        .as_deref()
-        .and_then(|l| l.strip_prefix("ember-proxy: admin on http://"))
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no admin line: {line:?}"));
+    let admin = proxy.child.admin_addr(IO_TIMEOUT);
     (proxy, admin)
 }
 

@@ -503,15 +503,7 @@ fn sighup_reloads_the_config_for_new_clients_and_refuses_a_bad_file() {
             .stderr(Stdio::piped()),
     );
     let addr = proxy.listening_addr(IO_TIMEOUT);
-    let admin_line = proxy
-        .next_line(Instant::now() + IO_TIMEOUT)
-        .unwrap_or_default();
-    let admin: SocketAddr = admin_line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no admin line: {admin_line:?}"));
+    let admin = proxy.admin_addr(IO_TIMEOUT);
     // A client of the old configuration, still connected through the reload.
     let mut old = connect(addr);
     assert_eq!(read_until(&mut old, b"A"), b"A");

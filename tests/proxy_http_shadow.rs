@@ -233,16 +233,7 @@ fn a_noisy_header_is_noise_with_a_reference_and_ignored_json_paths_are_the_same(
             "127.0.0.1:0",
         ],
     );
-    let admin_line = proxy
-        .child
-        .next_line(std::time::Instant::now() + IO_TIMEOUT)
-        .unwrap_or_default();
-    let admin: SocketAddr = admin_line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no admin line: {admin_line:?}"));
+    let admin = proxy.child.admin_addr(IO_TIMEOUT);
     let mut s = connect(proxy.addr);
     for path in ["/users/1", "/orders/2"] {
         s.write_all(get(path).as_bytes()).unwrap();
@@ -498,12 +489,8 @@ fn a_gibibyte_answer_is_compared_by_hash_in_bounded_memory() {
     let mut s = connect(proxy.addr);
     s.write_all(get(&format!("/big/{GIB}")).as_bytes()).unwrap();
     // The head, then 1 GiB of body, read and dropped as it comes.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
+    let (status, _) = read_response_head_only(&mut s);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     let mut left = GIB;
     let mut buf = vec![0u8; 1 << 20];
     while left > 0 {

@@ -38,13 +38,7 @@ fn proxy(workers: usize, args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
             .stderr(Stdio::piped()),
     );
     let addr = child.listening_addr(IO_TIMEOUT);
-    let line = child.next_line(Instant::now() + IO_TIMEOUT);
-    let admin = line
-        .as_deref()
-        .and_then(|l| l.strip_prefix("ember-proxy: admin on http://"))
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no admin line: {line:?}\n{}", child.describe()));
+    let admin = child.admin_addr(IO_TIMEOUT);
     (child, addr, admin)
 }
 

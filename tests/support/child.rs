@@ -284,6 +284,16 @@ impl Child {
             .unwrap_or_else(|| panic!("no listening line: {line:?}\n{}", self.describe()))
     }
 
+    /// Reads `ember-proxy`'s next line on stdout, `ember-proxy: admin on http://ADDR/ ...`,
+    /// and returns ADDR.
+    pub fn admin_addr(&mut self, limit: Duration) -> SocketAddr {
+        let line = self.next_line(Instant::now() + limit).unwrap_or_default();
+        line.strip_prefix("ember-proxy: admin on http://")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no admin line: {line:?}\n{}", self.describe()))
+    }
+
     pub fn has_exited(&mut self) -> bool {
         self.child.try_wait().expect("poll the child").is_some()
     }
