@@ -104,11 +104,11 @@ fn several_listeners_serve_from_one_process_and_a_reload_adds_drops_and_changes_
     kept.write_all(b"still here").unwrap();
     assert_eq!(read_until(&mut kept, b"still here"), b"still here");
     drop(kept);
-    let stderr = proxy.stderr();
-    assert!(
-        stderr.contains("listener 127.0.0.2:0 closed") && stderr.contains("1 added, 1 removed"),
-        "{stderr}"
-    );
+    // The log is written in batches: wait for the reload's lines.
+    wait_until("the reload's log lines", IO_TIMEOUT, || {
+        let stderr = proxy.stderr();
+        stderr.contains("listener 127.0.0.2:0 closed") && stderr.contains("1 added, 1 removed")
+    });
     proxy.assert_alive("the reload");
     proxy.signal(libc::SIGTERM);
     assert!(proxy.wait_exit(IO_TIMEOUT).success());
