@@ -421,6 +421,22 @@ const SWITCHES: &[(&str, &str)] = &[
     ("", "--compare-tcp"),
 ];
 
+/// The value flags given once per value, not as one comma-separated list (a config
+/// file's list for them becomes the flag repeated).
+const REPEATABLE: &[&str] = &[
+    "--tls-cert",
+    "--tls-key",
+    "--sni-route",
+    "--shadow-header",
+    "--compare-ignore-header",
+    "--compare-ignore-json",
+];
+
+/// Whether `flag` (a long name) is given once per value.
+pub fn is_repeatable(flag: &str) -> bool {
+    REPEATABLE.contains(&flag)
+}
+
 /// Whether a flag takes a value (for the config file, whose keys are flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlagKind {

@@ -5,11 +5,13 @@
 //!
 //! Every flag has a key: its long name without the dashes, `-` or `_` between words
 //! (`--connect-timeout 5` is `connect_timeout = 5`). A value is a string, a number, a
-//! list of strings (joined with commas, for `duplex` and `balance`), or `true` for a
+//! list of strings (joined with commas for `duplex` and `balance`; for a flag given once
+//! per value — `tls_cert`, `tls_key`, `sni_route`, `shadow_header`,
+//! `compare_ignore_header`, `compare_ignore_json` — the flag repeated), or `true` for a
 //! flag that takes none (`check = true`). Keys at the top level apply to every
 //! `[[listener]]`, which may override them. `admin`, `access_log`, `log_format`,
-//! `workers`, `max_conn` (on the sum of every listener's clients), `grace`, `no_splice`
-//! and `resolve_interval` belong to the whole process ([`Process`]): they are only
+//! `workers`, `max_conn` (on the sum of every listener's clients), `grace`, `no_splice`,
+//! `resolve_interval` and `compare_log` belong to the whole process ([`Process`]): they are only
 //! allowed at the top level, and a reload does not change them. Two listeners on one
 //! address are refused.
 //!
@@ -116,7 +118,9 @@ impl Process {
 /// flag that takes one), and where it is written (for messages).
 struct Setting {
     flag: String,
-    value: Option<String>,
+    /// Its arguments: none for a switch, one for most flags, one per item of a list for
+    /// a flag that is given once per value (`--tls-cert`, `--shadow-header`, ...).
+    values: Vec<String>,
     line: usize,
     key: String,
 }
@@ -226,12 +230,12 @@ fn setting(key: &str, value: &DeValue<'_>, line: usize) -> Result<Setting, Strin
             _ => None,
         }
     };
-    let value = match (kind, value) {
-        (FlagKind::Switch, DeValue::Boolean(true)) => None,
+    let values = match (kind, value) {
+        (FlagKind::Switch, DeValue::Boolean(true)) => Vec::new(),
         (FlagKind::Switch, DeValue::Boolean(false)) => {
             return Ok(Setting {
                 flag: String::new(),
-                value: None,
+                values: Vec::new(),
                 line,
                 key: key.into(),
             });
@@ -240,15 +244,21 @@ fn setting(key: &str, value: &DeValue<'_>, line: usize) -> Result<Setting, Strin
         (FlagKind::Value, DeValue::Array(items)) => {
             let items: Option<Vec<String>> = items.iter().map(|i| scalar(i.get_ref())).collect();
             let items = items.ok_or_else(|| format!("{line}: {key}: a list of strings"))?;
-            Some(items.join(","))
+            // A flag given once per value takes each item as its own; the others (`-d`,
+            // `-b`) take the list joined with commas, as on the command line.
+            if args::is_repeatable(&flag) {
+                items
+            } else {
+                vec![items.join(",")]
+            }
         }
         (FlagKind::Value, v) => {
-            Some(scalar(v).ok_or_else(|| format!("{line}: {key}: give a string or a number"))?)
+            vec![scalar(v).ok_or_else(|| format!("{line}: {key}: give a string or a number"))?]
         }
     };
     Ok(Setting {
         flag,
-        value,
+        values,
         line,
         key: key.into(),
     })
@@ -258,8 +268,13 @@ fn setting(key: &str, value: &DeValue<'_>, line: usize) -> Result<Setting, Strin
 fn run_args(line: usize, settings: Vec<&Setting>) -> Result<RunArgs, String> {
     let mut argv = Vec::new();
     for s in settings.iter().filter(|s| !s.flag.is_empty()) {
-        argv.push(s.flag.clone());
-        argv.extend(s.value.clone());
+        if s.values.is_empty() {
+            argv.push(s.flag.clone());
+        }
+        for value in &s.values {
+            argv.push(s.flag.clone());
+            argv.push(value.clone());
+        }
     }
     match args::parse(&argv) {
         Ok(Command::Run(run)) => Ok(run),
@@ -306,6 +321,25 @@ mod tests {
         assert_eq!(runs[1].connect_timeout.as_secs(), 2, "a listener overrides");
         assert_eq!(runs[1].duplex, ["10.0.1.5:6379"]);
         assert!(runs.iter().all(|r| r.admin.is_some()));
+    }
+
+    #[test]
+    fn a_list_for_a_repeatable_flag_repeats_it() {
+        let runs = parse(
+            "[[listener]]\nlisten = 1\nrelay = \"a:1\"\nduplex = [\"b:1\", \"c:1\"]\n\
+             compare = true\ncompare_ignore_header = [\"X-A\", \"X-B\"]\n\
+             shadow_header = [\"X-Shadow: 1\", \"X-Two: 2\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            runs[0].duplex,
+            ["b:1", "c:1"],
+            "joined with commas, split again"
+        );
+        let compare = runs[0].compare.as_ref().unwrap();
+        assert_eq!(compare.ignore_headers, ["X-A", "X-B"]);
+        let http = runs[0].http.as_ref().unwrap();
+        assert_eq!(http.headers.len(), 2);
     }
 
     #[test]
