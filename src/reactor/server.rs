@@ -135,6 +135,14 @@ impl Reactor {
         self.server(id)?.listener.local_addr()
     }
 
+    /// A new descriptor for server `id`'s listening TCP socket, to hand to
+    /// [`attach_server`](Self::attach_server): a new server on the same socket and accept
+    /// queue, so that stopping the old one afterwards refuses nobody (how a reload
+    /// changes a listener's settings). `None` if there is no such TCP server.
+    pub fn duplicate_listener(&self, id: ServerId) -> Option<io::Result<std::net::TcpListener>> {
+        self.server(id)?.listener.duplicate_tcp()
+    }
+
     /// How many connections a server has accepted, and how many times it backed off
     /// because descriptors or memory ran out.
     pub fn server_stats(&self, id: ServerId) -> Option<(u64, u64)> {

@@ -278,6 +278,22 @@ impl Listener {
             Listener::Unix(_) => None,
         }
     }
+
+    /// A second descriptor for the same listening TCP socket (`F_DUPFD_CLOEXEC`): the
+    /// socket, and its accept queue, live until both are closed. `None` for a Unix one.
+    pub(crate) fn duplicate_tcp(&self) -> Option<io::Result<std::net::TcpListener>> {
+        let Listener::Tcp(listener) = self else {
+            return None;
+        };
+        Some(
+            super::syscall!(fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0)).map(|fd| {
+                // SAFETY: `fcntl(F_DUPFD_CLOEXEC)` just returned `fd`, a new descriptor
+                // nothing else owns, for the listening socket; the std listener takes
+                // sole ownership of it and closes it when dropped.
+                unsafe { std::net::TcpListener::from_raw_fd(fd) }
+            }),
+        )
+    }
 }
 
 /// Bytes received and not yet read on a socket (`FIONREAD`); 0 if unknown.

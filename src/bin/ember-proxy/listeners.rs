@@ -6,9 +6,10 @@
 //! ones by that address. [`Listeners::apply`] is the whole story, at start as at reload:
 //!
 //! - a listener the file keeps is started again with its new settings on the same socket
-//!   (`SO_REUSEPORT`: both listen for a moment, or the same socket systemd passed), and
-//!   the old one stops accepting once it has taken what was queued: new clients get the
-//!   new settings, live ones finish on the old;
+//!   (a duplicate of its descriptor, or of the one systemd passed), and the old server
+//!   stops accepting once it has taken what was queued: new clients get the new
+//!   settings, live ones finish on the old, and no client can land in a queue that
+//!   closes;
 //! - a listener the file adds is opened; one it drops stops accepting, and its clients
 //!   finish;
 //! - if any of them cannot start (a port in use), the ones this call started are closed
@@ -150,7 +151,13 @@ fn open(
             passed: Some(passed),
             ..
         }) => Socket::Adopt(passed.try_clone()?),
-        Some(running) => Socket::Bind(running.bound),
+        // The same socket, so its accept queue too: the old server's stop then refuses
+        // nobody (a second socket on the port would leave the kernel free to hash a
+        // client into the old one's queue just before it closes).
+        Some(running) => match r.duplicate_listener(running.server) {
+            Some(listener) => Socket::Adopt(listener?),
+            None => Socket::Bind(running.bound),
+        },
         None => socket.unwrap_or(Socket::Bind(plan.listen)),
     };
     let passed = match &socket {
