@@ -56,9 +56,15 @@ fn tls_exchange(
     let name = "localhost".try_into().unwrap();
     let session = rustls::ClientConnection::new(config, name).unwrap();
     let mut tls = rustls::StreamOwned::new(session, tcp);
-    tls.write_all(request).unwrap();
+    // A server that refuses the handshake (no client certificate, say) may have closed
+    // by the time the request goes out: a failed write means no answer.
+    if tls.write_all(request).is_err() {
+        return Vec::new();
+    }
     tls.conn.send_close_notify();
-    tls.flush().unwrap();
+    if tls.flush().is_err() {
+        return Vec::new();
+    }
     let mut answer = Vec::new();
     let _ = tls.read_to_end(&mut answer);
     answer
