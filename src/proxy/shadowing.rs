@@ -280,24 +280,32 @@ impl Tap {
             self.responses.expect(head.method());
             self.awaiting_primary.push_back((index, Instant::now()));
         }
-        let method = head.method().to_owned();
         let wanted = self
             .shared
             .methods
             .as_ref()
-            .is_none_or(|methods| methods.contains(&method));
+            .is_none_or(|methods| methods.iter().any(|m| m == head.method()));
         let room = self.pending.len() < MAX_PENDING;
         let mirrored = wanted && room && self.shared.sample.admit();
         if wanted && !room {
             self.shared.events.skipped("pending");
         }
         let reference = mirrored && self.shared.reference.is_some();
+        // A request not mirrored is only counted: nothing of it is copied.
         self.reading = Some(Reading {
             index,
             mirrored: mirrored.then(|| self.shared.rewrite.apply(head)),
             original: reference.then(|| head.as_bytes().to_vec()),
-            method,
-            target: head.target().to_owned(),
+            method: if mirrored {
+                head.method().to_owned()
+            } else {
+                String::new()
+            },
+            target: if mirrored {
+                head.target().to_owned()
+            } else {
+                String::new()
+            },
         });
     }
 

@@ -139,13 +139,7 @@ impl Handler for App {
                     return;
                 }
             };
-            let header = |name: &str| {
-                request
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case(name))
-                    .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
-            };
+            let header = |name: &str| header_value(request.headers, name);
             let body_len: usize = header("content-length")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
@@ -416,13 +410,7 @@ impl Client {
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(format!("GET {path} through the proxy: a bad answer: {e}")),
         };
-        let header = |name: &str| {
-            response
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
-        };
+        let header = |name: &str| header_value(response.headers, name);
         let body_len: usize = header("content-length")
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| format!("GET {path} through the proxy: no Content-Length"))?;
@@ -630,6 +618,14 @@ fn say(text: &str) {
 fn fail(message: &str) -> ExitCode {
     let _ = writeln!(io::stderr().lock(), "ember-proxy demo: {message}");
     ExitCode::from(1)
+}
+
+/// The value of header `name` (any case) among parsed `headers`, trimmed.
+fn header_value(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
 }
 
 #[cfg(test)]
