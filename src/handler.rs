@@ -377,6 +377,33 @@ impl<'r> Context<'r> {
         self.reactor.set_sock_opt(self.id, level, name, value)
     }
 
+    /// A raw integer `getsockopt(level, name)`, for example
+    /// `cx.sock_opt(libc::SOL_SOCKET, libc::SO_RCVBUF)` (EventMachine's `get_sock_opt`,
+    /// which returns the raw bytes; ember reads options whose value is one `int`: an
+    /// option the kernel answers with another size is `InvalidInput`). `NotConnected` if
+    /// the connection has no socket (still resolving its name, or being unbound).
+    #[doc(alias = "get_sock_opt")]
+    pub fn sock_opt(&self, level: i32, name: i32) -> io::Result<i32> {
+        match self.reactor.conn(self.id).and_then(|c| c.stream.as_ref()) {
+            Some(stream) => crate::sys::socket::int_option(stream.read_fd(), level, name),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no such connection",
+            )),
+        }
+    }
+
+    /// How long since a byte last moved on this connection, either way (EventMachine's
+    /// `get_idle_time`); counted from when it was created if none has. The same clock
+    /// the comm-inactivity timeout reads. `None` once the connection is gone (during
+    /// `unbind`). Another connection's, from a timer:
+    /// `r.with_handler::<H, _>(id, |_, cx| cx.idle_time())`.
+    #[doc(alias = "get_idle_time")]
+    pub fn idle_time(&self) -> Option<Duration> {
+        let conn = self.reactor.conn(self.id)?;
+        Some(std::time::Instant::now().saturating_duration_since(conn.last_activity))
+    }
+
     /// Closes the connection with [`UnbindReason::InactivityTimeout`] after `timeout`
     /// without traffic in either direction; `None` turns it off.
     pub fn set_comm_inactivity_timeout(&mut self, timeout: Option<Duration>) {

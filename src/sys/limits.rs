@@ -33,6 +33,18 @@ pub(crate) fn raise_soft_descriptor_limit() -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the soft descriptor limit to `soft` (the caller keeps it at or below the hard one).
+pub(crate) fn set_soft_descriptor_limit(soft: u64) -> io::Result<()> {
+    let limit = rlimit()?;
+    let wanted = libc::rlimit {
+        rlim_cur: libc::rlim_t::try_from(soft).unwrap_or(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads one rlimit from the live struct we pass.
+    syscall!(setrlimit(libc::RLIMIT_NOFILE, &wanted))?;
+    Ok(())
+}
+
 /// The machine's physical memory in bytes, if it can be read.
 pub(crate) fn physical_memory() -> Option<u64> {
     // SAFETY: sysconf only reads a configuration value.

@@ -410,6 +410,26 @@ pub(crate) fn set_int_option(fd: RawFd, level: i32, name: i32, value: i32) -> io
     Ok(())
 }
 
+/// `getsockopt(fd, level, name, &value, &len)` for an option whose value is one `int`;
+/// an option of another size (a struct such as `SO_LINGER`) is `InvalidInput`.
+pub(crate) fn int_option(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into the live `c_int` we pass and
+    // stores the option's real size in the live `len`.
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != mem::size_of::<libc::c_int>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the socket option's value is not an int",
+        ));
+    }
+    Ok(value)
+}
+
 /// Turns TCP keepalive on with the given idle time before the first probe, or off.
 pub(crate) fn set_keepalive(fd: RawFd, idle: Option<Duration>) -> io::Result<()> {
     set_int_option(
