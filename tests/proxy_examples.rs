@@ -12,6 +12,9 @@ mod support;
 #[path = "../examples/balancing.rs"]
 mod balancing;
 #[allow(dead_code)]
+#[path = "../examples/balancing_client.rs"]
+mod balancing_client;
+#[allow(dead_code)]
 #[path = "../examples/beanstalkd_interceptor.rs"]
 mod beanstalkd_interceptor;
 #[allow(dead_code)]
@@ -55,7 +58,7 @@ use support::IO_TIMEOUT;
 use support::backends::{Echo, Record, record_of, serve, serve_recorder};
 use support::clients::{closed_port, connect, exchange, find, read_all, read_until};
 use support::pattern::Pattern;
-use support::reactor_thread::ReactorThread;
+use support::reactor_thread::{ReactorThread, run_bounded};
 
 // balancing.rs includes appserver.rs for its embedded backends; use that copy.
 use balancing::appserver;
@@ -570,5 +573,63 @@ fn balancing_random_only_picks_real_backends() {
             ["hello world: A", "hello world: B", "hello world: C"].contains(&body.as_str()),
             "{body}"
         );
+    }
+}
+
+#[test]
+fn balancing_client_sends_every_request_at_once_and_gets_each_answer_through_the_balancer() {
+    let answers = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let got = std::rc::Rc::clone(&answers);
+    let (_, watchdog_fired) = run_bounded(IO_TIMEOUT, move |r| {
+        let backends = [app(r, "A")?, app(r, "B")?, app(r, "C")?];
+        let proxy = balancing::start(r, any_port(), &backends, Strategy::RoundRobin)?;
+        let proxy = proxy.local_addr().unwrap();
+        balancing_client::start(r, proxy, 6, move |r, answers| {
+            *got.borrow_mut() = answers;
+            r.stop();
+        });
+        Ok(())
+    });
+    assert!(!watchdog_fired, "the client never finished");
+    let answers = answers.take();
+    let numbers: Vec<usize> = answers.iter().map(|a| a.number).collect();
+    assert_eq!(numbers, [1, 2, 3, 4, 5, 6]);
+    let mut bodies: Vec<String> = answers
+        .into_iter()
+        .map(|a| a.body.expect("every request is answered"))
+        .collect();
+    // Connections open in order but may be accepted in any: round-robin gives each
+    // backend two of the six, whichever they are.
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [
+            "hello world: A",
+            "hello world: A",
+            "hello world: B",
+            "hello world: B",
+            "hello world: C",
+            "hello world: C"
+        ]
+    );
+}
+
+#[test]
+fn balancing_client_reports_a_proxy_that_is_not_there() {
+    let answers = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let got = std::rc::Rc::clone(&answers);
+    let (_, watchdog_fired) = run_bounded(IO_TIMEOUT, move |r| {
+        balancing_client::start(r, closed_port(), 2, move |r, answers| {
+            *got.borrow_mut() = answers;
+            r.stop();
+        });
+        Ok(())
+    });
+    assert!(!watchdog_fired);
+    let answers = answers.take();
+    assert_eq!(answers.len(), 2);
+    for answer in answers {
+        let why = answer.body.expect_err("nobody answers");
+        assert!(why.contains("refused"), "{why}");
     }
 }
