@@ -24,6 +24,7 @@ mod file_watch;
 mod lifecycle;
 mod panics;
 mod process;
+mod process_watch;
 mod queues;
 mod relay;
 mod resolver;

@@ -9,6 +9,7 @@
 
 pub(crate) mod inotify;
 pub(crate) mod limits;
+pub(crate) mod pidfd;
 pub(crate) mod pipes;
 pub(crate) mod signals;
 pub(crate) mod socket;
