@@ -723,6 +723,29 @@ fn system_on_a_command_that_cannot_start_fails_at_once_and_never_calls_back() {
 }
 
 #[test]
+fn system_still_calls_back_once_when_the_reactor_stops_before_the_command_ends() {
+    use std::os::unix::process::ExitStatusExt;
+    let results = Rc::new(RefCell::new(Vec::new()));
+    let seen = Rc::clone(&results);
+    let started = Instant::now();
+    run(move |r| {
+        system(r, Command::new("sleep").arg("30"), move |_, result| {
+            seen.borrow_mut().push(result);
+        })?;
+        r.next_tick(|r| r.stop());
+        Ok(())
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the stop waited for sleep"
+    );
+    let results = results.take();
+    assert_eq!(results.len(), 1, "done runs exactly once");
+    let output = results[0].as_ref().expect("killed, with a status");
+    assert_eq!(output.status.signal(), Some(libc::SIGKILL));
+}
+
+#[test]
 fn system_runs_commands_side_by_side_without_blocking_the_loop() {
     // The first command waits for the second to finish (through a FIFO): on a loop that
     // blocked on the first, the second could never run.

@@ -104,7 +104,9 @@ type Done = Box<dyn FnOnce(&mut Reactor, SystemResult)>;
 ///
 /// The command counts as finished when its stdout closes; a command that closes its
 /// stdout and goes on running gets the reactor's child grace
-/// ([`Reactor::set_child_grace`]) to exit before it is sent `SIGTERM`.
+/// ([`Reactor::set_child_grace`]) to exit before it is sent `SIGTERM`. If the reactor
+/// stops first, the command is killed and `done` still runs, during the stop, with the
+/// status that says so (killed by `SIGKILL`).
 ///
 /// ```
 /// use std::process::Command;
