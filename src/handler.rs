@@ -410,6 +410,14 @@ impl<'r> Context<'r> {
         self.reactor.set_comm_inactivity_timeout(self.id, timeout);
     }
 
+    /// The comm-inactivity timeout in force, if any (EventMachine's
+    /// `comm_inactivity_timeout`, the reader of `set_comm_inactivity_timeout`).
+    pub fn comm_inactivity_timeout(&self) -> Option<Duration> {
+        self.reactor
+            .conn(self.id)
+            .and_then(|c| c.inactivity.map(|(timeout, _)| timeout))
+    }
+
     /// See [`Reactor::set_half_close_timeout`].
     pub fn set_half_close_timeout(&mut self, timeout: Option<Duration>) {
         self.reactor.set_half_close_timeout(self.id, timeout);

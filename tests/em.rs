@@ -881,6 +881,11 @@ impl Handler for OptionProbe {
         // Not a socket option at this level: the kernel's error comes back.
         seen.push(cx.sock_opt(libc::SOL_SOCKET, -1));
         drop(seen);
+        assert_eq!(cx.comm_inactivity_timeout(), None, "off by default");
+        cx.set_comm_inactivity_timeout(Some(Duration::from_secs(5)));
+        assert_eq!(cx.comm_inactivity_timeout(), Some(Duration::from_secs(5)));
+        cx.set_comm_inactivity_timeout(None);
+        assert_eq!(cx.comm_inactivity_timeout(), None);
         cx.close();
     }
 
@@ -892,7 +897,7 @@ impl Handler for OptionProbe {
 }
 
 #[test]
-fn sock_opt_reads_back_what_set_sock_opt_and_set_nodelay_wrote() {
+fn sock_opt_and_comm_inactivity_timeout_read_back_what_their_setters_wrote() {
     let seen = Rc::new(RefCell::new(Vec::new()));
     let record = Rc::clone(&seen);
     // Open until the test ends: the connect succeeds (the kernel completes it).
