@@ -303,6 +303,8 @@ impl Reactor {
     /// live connection with [`UnbindReason::ReactorStopped`](crate::UnbindReason) and
     /// closes every server.
     pub fn run_loop(&mut self) -> io::Result<()> {
+        self.shared
+            .set_loop_thread(Some(std::thread::current().id()));
         let result = loop {
             if self.is_stopping() {
                 break Ok(());
@@ -312,6 +314,7 @@ impl Reactor {
             }
         };
         self.shutdown();
+        self.shared.set_loop_thread(None);
         result
     }
 
