@@ -43,6 +43,17 @@ impl Stream {
         }
     }
 
+    /// The socket's descriptor, handed over (`detach`): nothing here closes it any more.
+    /// `None` for what is not a socket (an attached descriptor, a child's pipes).
+    pub(crate) fn into_socket_fd(self) -> Option<RawFd> {
+        use std::os::fd::IntoRawFd;
+        match self {
+            Stream::Tcp(s) => Some(s.into_raw_fd()),
+            Stream::Unix(s) => Some(s.into_raw_fd()),
+            Stream::Fd(_) | Stream::Child(_) => None,
+        }
+    }
+
     pub(crate) fn deregister(&mut self, registry: &Registry) {
         let _ = match self {
             Stream::Tcp(s) => registry.deregister(s),
