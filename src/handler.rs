@@ -384,13 +384,7 @@ impl<'r> Context<'r> {
     /// the connection has no socket (still resolving its name, or being unbound).
     #[doc(alias = "get_sock_opt")]
     pub fn sock_opt(&self, level: i32, name: i32) -> io::Result<i32> {
-        match self.reactor.conn(self.id).and_then(|c| c.stream.as_ref()) {
-            Some(stream) => crate::sys::socket::int_option(stream.read_fd(), level, name),
-            None => Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "no such connection",
-            )),
-        }
+        self.reactor.sock_opt(self.id, level, name)
     }
 
     /// How long since a byte last moved on this connection, either way (EventMachine's

@@ -347,7 +347,17 @@ impl Reactor {
         })
     }
 
-    fn with_stream(&self, id: ConnId, f: impl FnOnce(&Stream) -> io::Result<()>) -> io::Result<()> {
+    /// A raw integer `getsockopt(level, name)` on `id`'s socket (see
+    /// [`Context::sock_opt`](crate::Context::sock_opt)).
+    pub fn sock_opt(&self, id: ConnId, level: i32, name: i32) -> io::Result<i32> {
+        self.with_stream(id, |s| socket::int_option(s.read_fd(), level, name))
+    }
+
+    fn with_stream<T>(
+        &self,
+        id: ConnId,
+        f: impl FnOnce(&Stream) -> io::Result<T>,
+    ) -> io::Result<T> {
         match self.conn(id).and_then(|c| c.stream.as_ref()) {
             Some(s) => f(s),
             None => Err(io::Error::new(
