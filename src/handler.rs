@@ -277,6 +277,31 @@ impl<'r> Context<'r> {
         self.reactor.send_to(self.id, data)
     }
 
+    /// Queues the whole file at `path` without reading it into memory (see
+    /// [`Reactor::send_file_data`]); returns its length.
+    pub fn send_file_data(&mut self, path: impl AsRef<std::path::Path>) -> io::Result<u64> {
+        self.reactor.send_file_data(self.id, path)
+    }
+
+    /// Streams the file at `path` to the peer with `sendfile(2)` where it can, and calls
+    /// `done` once it has gone or failed (see [`Reactor::stream_file`]); returns its length.
+    pub fn stream_file_data(
+        &mut self,
+        path: impl AsRef<std::path::Path>,
+        done: impl FnOnce(&mut Reactor, crate::FileStreamResult) + 'static,
+    ) -> io::Result<u64> {
+        self.reactor.stream_file_data(self.id, path, done)
+    }
+
+    /// Streams an open file from its current position (see [`Reactor::stream_file`]).
+    pub fn stream_file(
+        &mut self,
+        file: std::fs::File,
+        done: impl FnOnce(&mut Reactor, crate::FileStreamResult) + 'static,
+    ) -> io::Result<u64> {
+        self.reactor.stream_file(self.id, file, done)
+    }
+
     /// Starts TLS as the server on this connection (see
     /// [`Reactor::start_tls_server`]); plaintext keeps flowing through `receive_data`
     /// and `send_data`.

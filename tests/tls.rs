@@ -541,3 +541,60 @@ impl Handler for Reverser {
         cx.stop();
     }
 }
+
+/// Greets in `post_init`, before its handshake has even started, and closes after
+/// writing (a server-speaks-first protocol over implicit TLS: SMTPS, IMAPS, FTPS).
+struct Greeter {
+    config: Arc<ServerConfig>,
+}
+
+impl Handler for Greeter {
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        cx.start_tls_server(Arc::clone(&self.config)).unwrap();
+        cx.send_data(b"220 ember ready\r\n");
+        cx.close_after_writing();
+    }
+}
+
+#[test]
+fn a_server_that_speaks_first_is_heard_once_the_handshake_is_done() {
+    // The greeting waits for the handshake, whose records must not queue behind it (they
+    // did: the handshake stalled); closing after writing must still read the client's
+    // half of the handshake; and the client, which has nothing to send and ends its side
+    // at once, must not send its close_notify into the middle of the handshake (it did:
+    // the server answered with a DecodeError alert).
+    let ca = TestCa::new("test CA");
+    let server = ServerTls::new(identity(&ca.server(&["localhost"])))
+        .build()
+        .unwrap();
+    let client = ClientTls::with_ca(ca.cert_pem.as_bytes())
+        .unwrap()
+        .build()
+        .unwrap();
+    let seen = Shared::default();
+    let c = Rc::clone(&seen);
+    let (_, fired) = run_bounded(LIMIT, move |r| {
+        let id = r.start_server("127.0.0.1:0", move || Greeter {
+            config: Arc::clone(&server),
+        })?;
+        let addr = r.server_addr(id).unwrap();
+        r.connect(
+            addr,
+            Client {
+                config: client,
+                name: "localhost".into(),
+                payload: Vec::new(),
+                seen: c,
+            },
+        )?;
+        Ok(())
+    });
+    assert!(!fired, "the greeting did not arrive in {LIMIT:?}");
+    let seen = seen.borrow();
+    assert_eq!(seen.received, b"220 ember ready\r\n");
+    assert!(
+        seen.unbind.as_ref().is_some_and(UnbindReason::is_orderly),
+        "{:?}",
+        seen.unbind
+    );
+}

@@ -12,6 +12,7 @@
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
+use super::file_stream::FileStream;
 use super::lifecycle::{Life, OnEmptied, OnEof, OnFailure};
 use super::{ConnDefaults, Descriptor, READS_PER_EVENT, Reactor, Readiness};
 use crate::buffer::OutBuffer;
@@ -93,6 +94,8 @@ pub(crate) struct Connection {
     /// TLS, once `start_tls_*` ran: what is read is ciphertext for it, what is sent
     /// plaintext for it (see `tls.rs`).
     pub(crate) tls: Option<Box<super::tls::TlsLayer>>,
+    /// A file on its way to the peer (`stream_file`), after everything queued before it.
+    pub(crate) file_stream: Option<Box<FileStream>>,
 }
 
 impl Connection {
@@ -132,14 +135,31 @@ impl Connection {
             untried_addrs: Vec::new(),
             bind_to: None,
             tls: None,
+            file_stream: None,
         }
     }
 
-    /// Bytes accepted for this connection and not yet written: queue plus splice pipe.
+    /// Bytes accepted for this connection and not yet written: queue, splice pipe, TLS
+    /// plaintext held for the handshake, and bytes waiting behind a streaming file (not
+    /// the file itself).
     pub(crate) fn pending_out(&self) -> usize {
-        self.outbound.len()
-            + self.pipe.as_ref().map_or(0, |p| p.len)
-            + self.tls.as_ref().map_or(0, |t| t.held())
+        self.pending_out_ahead_of_file() + self.file_stream.as_ref().map_or(0, |f| f.after.len())
+    }
+
+    /// Bytes that go out before a streaming file's next byte.
+    pub(crate) fn pending_out_ahead_of_file(&self) -> usize {
+        self.pending_on_wire() + self.tls.as_ref().map_or(0, |t| t.held())
+    }
+
+    /// Bytes ready for the socket and not yet written: the queue and the splice pipe
+    /// (not TLS plaintext held for the handshake, which follows the handshake's records).
+    fn pending_on_wire(&self) -> usize {
+        self.outbound.len() + self.pipe.as_ref().map_or(0, |p| p.len)
+    }
+
+    /// Nothing is left to write: no queued bytes and no file streaming.
+    pub(crate) fn output_done(&self) -> bool {
+        self.pending_out() == 0 && self.file_stream.is_none()
     }
 
     pub(crate) fn is_lingering(&self) -> bool {
@@ -150,7 +170,12 @@ impl Connection {
         if self.is_lingering() {
             return true; // discarding input until the peer's FIN, paused or not
         }
-        self.life.may_read() && !self.paused && !(self.read_backpressure && self.above_high_water)
+        // A TLS handshake must finish for anything queued to go, closing or not.
+        let handshake_reads = self.life.closing_with_peer_sending()
+            && self.tls.as_ref().is_some_and(|t| t.is_handshaking());
+        (self.life.may_read() || handshake_reads)
+            && !self.paused
+            && !(self.read_backpressure && self.above_high_water)
     }
 
     /// Whether the socket holds bytes the peer sent that we have not read.
@@ -420,11 +445,33 @@ impl Reactor {
                 }
             }
         }
+        if conn.outbound.is_empty() && conn.file_stream.is_some() {
+            self.pump_file(id);
+        }
         self.after_write_progress(id);
     }
 
-    /// Queues `data` from the handler: through TLS if the connection speaks it.
+    /// Queues `data` from the handler or a relay: behind the file if one is streaming,
+    /// else as [`enqueue_now`](Self::enqueue_now).
     pub(crate) fn enqueue(&mut self, id: ConnId, data: &[u8]) -> bool {
+        let Some(conn) = self.conn_mut(id) else {
+            return false;
+        };
+        if !conn.life.accepts_output() {
+            return false;
+        }
+        if let Some(file) = conn.file_stream.as_mut() {
+            file.after.push(data);
+            if conn.pending_out() > conn.high_water {
+                conn.above_high_water = true;
+            }
+            return true;
+        }
+        self.enqueue_now(id, data)
+    }
+
+    /// Queues `data` for the wire now: through TLS if the connection speaks it.
+    pub(crate) fn enqueue_now(&mut self, id: ConnId, data: &[u8]) -> bool {
         if self.conn(id).is_some_and(|c| c.tls.is_some()) {
             return self.tls_send(id, data);
         }
@@ -435,7 +482,6 @@ impl Reactor {
     /// is queued ahead of them. TLS's own records (the rest of a handshake, its
     /// close_notify) are still taken while the write half is ending.
     pub(crate) fn enqueue_raw(&mut self, id: ConnId, data: &[u8]) -> bool {
-        let now = self.now;
         let Some(conn) = self.conn_mut(id) else {
             return false;
         };
@@ -443,8 +489,26 @@ impl Reactor {
         if !conn.life.accepts_output() && !tls_while_ending {
             return false;
         }
+        self.write_or_queue(id, data)
+    }
+
+    /// Bytes accepted before the write half began to end (a streaming file, and what
+    /// waited behind it): they still go out, through TLS if the connection speaks it.
+    pub(crate) fn enqueue_accepted(&mut self, id: ConnId, data: &[u8]) -> bool {
+        if self.conn(id).is_some_and(|c| c.tls.is_some()) {
+            return self.tls_send(id, data);
+        }
+        self.write_or_queue(id, data)
+    }
+
+    /// Writes `data` to the socket if nothing is queued ahead of it, and queues the rest.
+    fn write_or_queue(&mut self, id: ConnId, data: &[u8]) -> bool {
+        let now = self.now;
+        let Some(conn) = self.conn_mut(id) else {
+            return false;
+        };
         let mut rest = data;
-        if conn.pending_out() == 0 && conn.life.is_connected() {
+        if conn.pending_on_wire() == 0 && conn.life.is_connected() {
             let Some(stream) = conn.stream.as_mut() else {
                 return false;
             };
@@ -499,7 +563,12 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if conn.pending_out() > 0 {
+        if !conn.output_done() {
+            return;
+        }
+        if conn.life.ends_writing() && conn.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+            // A close_notify now would cut the handshake short: the end of our side
+            // waits for it (its completion flushes again).
             return;
         }
         if conn.life.ends_writing() && conn.tls.is_some() && self.tls_close_notify(id) {
@@ -669,7 +738,7 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let nothing_queued = conn.pending_out() == 0;
+        let nothing_queued = conn.output_done();
         if !conn.life.close_after_writing(reason.clone()) || !nothing_queued {
             return;
         }
@@ -726,6 +795,9 @@ impl Reactor {
             self.timers.cancel(timer);
         }
         let reason = conn.life.unbind_reason();
+        if let Some(file) = conn.file_stream.take() {
+            self.abandon_file_stream(*file, reason.clone());
+        }
         let relay_target = conn.relay.map(|r| r.target);
         if let Some(handler) = conn.handler.take() {
             // Let `proxied_bytes` answer for this id while its unbind runs.

@@ -20,6 +20,7 @@ mod attach;
 mod connection;
 mod connection_api;
 mod datagram;
+mod file_stream;
 mod file_watch;
 mod lifecycle;
 mod panics;
@@ -49,6 +50,7 @@ use crate::remote::{ReactorHandle, Shared};
 use crate::timers::TimerQueue;
 
 pub(crate) use connection::Connection;
+pub use file_stream::{FileStreamFailed, FileStreamResult};
 pub use panics::CallbackPanic;
 pub use queues::LocalHandle;
 use queues::{CarryOver, NextTicks, PendingCloses};
