@@ -66,6 +66,9 @@ pub(crate) struct Connection {
     pub(crate) inactivity: Option<(Duration, TimerId)>,
     /// The pending-connect timer while resolving or connecting.
     pub(crate) connect_timer: Option<TimerId>,
+    /// The pending-connect timeout in force: the default it started with, or the last
+    /// `set_pending_connect_timeout` while connecting.
+    pub(crate) connect_timeout: Duration,
     /// Set while this connection's input is relayed to another (it is the source).
     pub(crate) relay: Option<super::relay::RelayState>,
     /// The source relaying into this connection, if any (this is its target).
@@ -115,6 +118,7 @@ impl Connection {
             last_activity: now,
             inactivity: None,
             connect_timer: None,
+            connect_timeout: defaults.connect_timeout,
             relay: None,
             relayed_from: None,
             pipe: None,

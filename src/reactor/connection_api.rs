@@ -411,6 +411,7 @@ impl Reactor {
         if conn.life.is_connected() {
             return;
         }
+        conn.connect_timeout = timeout;
         let old = conn.connect_timer.take();
         if let Some(timer) = old {
             self.timers.cancel(timer);
@@ -425,9 +426,25 @@ impl Reactor {
         }
     }
 
+    /// The pending-connect timeout of connection `id` (EventMachine's
+    /// `get_pending_connect_timeout`): the default it started with, or the last
+    /// [`set_pending_connect_timeout`](Self::set_pending_connect_timeout) made while it
+    /// was connecting. An accepted connection reports the default it started with, which
+    /// never applied to it. `None` if `id` is no stream connection.
+    #[doc(alias = "get_pending_connect_timeout")]
+    pub fn pending_connect_timeout(&self, id: ConnId) -> Option<Duration> {
+        self.conn(id).map(|c| c.connect_timeout)
+    }
+
     /// The pending-connect timeout connections made from now on start with.
     pub fn set_default_pending_connect_timeout(&mut self, timeout: Duration) {
         self.defaults.connect_timeout = timeout;
+    }
+
+    /// The pending-connect timeout connections made from now on start with (default
+    /// [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT), 20 s).
+    pub fn default_pending_connect_timeout(&self) -> Duration {
+        self.defaults.connect_timeout
     }
 
     /// A connect timer fired.
