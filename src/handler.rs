@@ -456,6 +456,14 @@ impl<'r> Context<'r> {
     pub fn set_pending_connect_timeout(&mut self, timeout: Duration) {
         self.reactor.set_pending_connect_timeout(self.id, timeout);
     }
+
+    /// The pending-connect timeout in force (EventMachine's `pending_connect_timeout`,
+    /// the reader of `set_pending_connect_timeout`); see
+    /// [`Reactor::pending_connect_timeout`]. `None` once the connection is gone.
+    #[doc(alias = "get_pending_connect_timeout")]
+    pub fn pending_connect_timeout(&self) -> Option<Duration> {
+        self.reactor.pending_connect_timeout(self.id)
+    }
 }
 
 impl Context<'_> {

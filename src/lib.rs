@@ -72,4 +72,5 @@ pub use reactor::{
     DEFAULT_LOW_WATER, DEFAULT_RESOLVE_INTERVAL, FileStreamFailed, FileStreamResult, LocalHandle,
     READ_CHUNK, READS_PER_EVENT, Reactor, TimerAction, Unreachable,
 };
+pub use reactor::{DEFAULT_CONNECTION_ATTEMPT_DELAY, MIN_CONNECTION_ATTEMPT_DELAY};
 pub use remote::ReactorHandle;

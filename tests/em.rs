@@ -936,3 +936,56 @@ fn set_descriptor_table_size_sets_the_soft_limit_within_the_hard_one() {
     );
     assert_eq!(ember::em::descriptor_table_size().unwrap(), hard);
 }
+
+/// Reads the pending-connect timeout at each stage of a connect, reporting what it read.
+struct ConnectTimeoutProbe {
+    seen: Rc<RefCell<Vec<Option<Duration>>>>,
+}
+
+impl Handler for ConnectTimeoutProbe {
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        let mut seen = self.seen.borrow_mut();
+        seen.push(cx.pending_connect_timeout());
+        cx.set_pending_connect_timeout(Duration::from_secs(7));
+        seen.push(cx.pending_connect_timeout());
+    }
+
+    fn connection_completed(&mut self, cx: &mut Context<'_>) {
+        // Connected: a new timeout has nothing left to bound.
+        cx.set_pending_connect_timeout(Duration::from_secs(1));
+        let id = cx.id();
+        let from_reactor = cx.reactor().pending_connect_timeout(id);
+        self.seen.borrow_mut().push(from_reactor);
+        cx.close();
+    }
+
+    fn unbind(&mut self, cx: &mut Context<'_>, _reason: ember::UnbindReason) {
+        self.seen.borrow_mut().push(cx.pending_connect_timeout());
+        cx.stop();
+    }
+}
+
+#[test]
+fn pending_connect_timeout_reads_back_the_default_or_what_was_set_while_connecting() {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let record = Rc::clone(&seen);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let r = run(move |r| {
+        assert_eq!(r.default_pending_connect_timeout(), Duration::from_secs(20));
+        r.set_default_pending_connect_timeout(Duration::from_secs(3));
+        assert_eq!(r.default_pending_connect_timeout(), Duration::from_secs(3));
+        r.connect(addr, ConnectTimeoutProbe { seen: record })?;
+        Ok(())
+    });
+    assert_eq!(
+        *seen.borrow(),
+        [
+            Some(Duration::from_secs(3)), // the default it started with
+            Some(Duration::from_secs(7)), // set while connecting
+            Some(Duration::from_secs(7)), // a set once connected changes nothing
+            None,                         // gone, in unbind
+        ]
+    );
+    assert_eq!(r.default_pending_connect_timeout(), Duration::from_secs(3));
+}

@@ -30,8 +30,7 @@ use support::clients::{closed_port, connect, read_all, recv};
 use support::pattern::Pattern;
 use support::reactor_thread::{ReactorThread, run_bounded};
 use support::sys::{
-    raise_fd_limit, reset_on_close, shrink_accept_queue, vm_rss,
-    wait_until_peer_kernel_has_everything,
+    Blackhole, raise_fd_limit, reset_on_close, vm_rss, wait_until_peer_kernel_has_everything,
 };
 
 const SECS_5: Duration = Duration::from_secs(5);
@@ -781,31 +780,13 @@ fn comm_inactivity_timeout_closes_idle_connection_but_not_a_talking_one() {
 // 5. Pending-connect timeout
 // ---------------------------------------------------------------------------------------
 
-/// A listener whose accept queue is full: further SYNs are dropped, so connects hang.
-/// Returns `None` if this kernel does not make connects hang that way.
-fn listener_with_full_backlog() -> Option<(TcpListener, Vec<TcpStream>, SocketAddr)> {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    shrink_accept_queue(&listener);
-    let addr = listener.local_addr().unwrap();
-    let mut queued = Vec::new();
-    for _ in 0..16 {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            Ok(s) => queued.push(s),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Some((listener, queued, addr));
-            }
-            Err(e) => panic!("filling the backlog: {e}"),
-        }
-    }
-    None
-}
-
 #[test]
 fn pending_connect_timeout_fires_when_the_peer_never_answers() {
-    let Some((_listener, _queued, addr)) = listener_with_full_backlog() else {
+    let Some(blackhole) = Blackhole::on(IpAddr::from([127, 0, 0, 1])) else {
         println!("SKIPPED: this kernel does not leave connects to a full backlog pending");
         return;
     };
+    let addr = blackhole.addr;
     struct Hanging {
         log: Rc<RefCell<ProbeLog>>,
         timeout: Option<Duration>,

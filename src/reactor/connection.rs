@@ -67,6 +67,9 @@ pub(crate) struct Connection {
     pub(crate) inactivity: Option<(Duration, TimerId)>,
     /// The pending-connect timer while resolving or connecting.
     pub(crate) connect_timer: Option<TimerId>,
+    /// The pending-connect timeout in force: the default it started with, or the last
+    /// `set_pending_connect_timeout` while connecting.
+    pub(crate) connect_timeout: Duration,
     /// Set while this connection's input is relayed to another (it is the source).
     pub(crate) relay: Option<super::relay::RelayState>,
     /// The source relaying into this connection, if any (this is its target).
@@ -86,11 +89,6 @@ pub(crate) struct Connection {
     pub(crate) reads_per_event: usize,
     /// Input is thrown away unread (in the kernel where possible); `receive_data` never runs.
     pub(crate) discard_input: bool,
-    /// Addresses a host name resolved to that were not tried yet (`connect_host`): a
-    /// connect that fails moves on to the next.
-    pub(crate) untried_addrs: Vec<std::net::SocketAddr>,
-    /// The local address each of those attempts binds to first (`bind_connect_host`).
-    pub(crate) bind_to: Option<std::net::SocketAddr>,
     /// TLS, once `start_tls_*` ran: what is read is ciphertext for it, what is sent
     /// plaintext for it (see `tls.rs`).
     pub(crate) tls: Option<Box<super::tls::TlsLayer>>,
@@ -123,6 +121,7 @@ impl Connection {
             last_activity: now,
             inactivity: None,
             connect_timer: None,
+            connect_timeout: defaults.connect_timeout,
             relay: None,
             relayed_from: None,
             pipe: None,
@@ -132,8 +131,6 @@ impl Connection {
             half_close_timer: None,
             reads_per_event: READS_PER_EVENT,
             discard_input: false,
-            untried_addrs: Vec::new(),
-            bind_to: None,
             tls: None,
             file_stream: None,
         }
@@ -279,7 +276,8 @@ impl Reactor {
         }
     }
 
-    /// Completes (or fails) an in-flight connect after any event on it.
+    /// Completes (or fails) an in-flight connect after any event on it. A connection
+    /// racing several addresses has no socket until one wins (`connect_race`).
     pub(crate) fn finish_connect(&mut self, id: ConnId) {
         let now = self.now;
         let Some(conn) = self.conn_mut(id) else {
@@ -288,11 +286,7 @@ impl Reactor {
         let Some(stream) = conn.stream.as_ref() else {
             return;
         };
-        let outcome = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => stream.is_connected(),
-        };
-        match outcome {
+        match stream.connect_outcome() {
             Ok(false) => {}
             Ok(true) => {
                 conn.life.connected();
@@ -303,11 +297,7 @@ impl Reactor {
                 self.notify(id, |h, cx| h.connection_completed(cx));
                 self.flush(id);
             }
-            Err(e) => {
-                if self.connect_next_address(id).is_err() {
-                    self.close_now(id, UnbindReason::from_io_error(&e));
-                }
-            }
+            Err(e) => self.close_now(id, UnbindReason::from_io_error(&e)),
         }
     }
 

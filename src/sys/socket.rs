@@ -92,6 +92,16 @@ impl Stream {
         }
     }
 
+    /// How a non-blocking connect stands after an event on it: `Ok(true)` connected,
+    /// `Ok(false)` still in progress (the event was not about the connect), `Err` the
+    /// connect's failure (refused, unreachable...).
+    pub(crate) fn connect_outcome(&self) -> io::Result<bool> {
+        match self.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => self.is_connected(),
+        }
+    }
+
     pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Write),
