@@ -62,10 +62,13 @@ impl Handler for ChatClient {
 
     fn receive_data(&mut self, cx: &mut Context<'_>, mut data: &[u8]) {
         while let Some(line) = self.lines.next_token(&mut data) {
-            let Ok(line) = line else {
-                cx.send_data(b"line too long, bye\n");
-                cx.close_after_writing();
-                return;
+            let line = match line {
+                Ok(line) => line,
+                Err(too_long) => {
+                    cx.send_data(b"line too long, bye\n");
+                    cx.close_after_writing_with(too_long.into());
+                    return;
+                }
             };
             let mut message = format!("{}: ", self.name).into_bytes();
             message.extend_from_slice(line);

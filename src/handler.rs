@@ -173,6 +173,10 @@ pub enum UnbindReason {
     /// common, an alert from the peer, the handshake timeout) or a record; what went
     /// wrong, as rustls says it.
     TlsFailed(Arc<str>),
+    /// This side closed it because the peer broke the protocol (a line over the limit, a
+    /// frame it could not parse); what was wrong, as the handler said it
+    /// ([`Context::close_after_writing_with`], or `TooLong.into()`).
+    ProtocolError(Arc<str>),
 }
 
 impl UnbindReason {
@@ -205,7 +209,7 @@ impl UnbindReason {
     /// A short fixed name for the reason, for logs a machine reads: `peer_closed`,
     /// `reset`, `refused`, `connect_timeout`, `inactivity_timeout`, `unresolvable`,
     /// `closed_by_us`, `reactor_stopped`, `detached`, `process_exited`, `file_gone`,
-    /// `io_error`, `panicked`, `half_close_timeout`.
+    /// `io_error`, `panicked`, `half_close_timeout`, `tls_failed`, `protocol_error`.
     pub fn code(&self) -> &'static str {
         match self {
             UnbindReason::PeerClosed => "peer_closed",
@@ -223,6 +227,7 @@ impl UnbindReason {
             UnbindReason::Panicked(_) => "panicked",
             UnbindReason::HalfCloseTimeout => "half_close_timeout",
             UnbindReason::TlsFailed(_) => "tls_failed",
+            UnbindReason::ProtocolError(_) => "protocol_error",
         }
     }
 }
@@ -245,6 +250,7 @@ impl fmt::Display for UnbindReason {
             UnbindReason::Panicked(message) => write!(f, "a callback panicked: {message}"),
             UnbindReason::HalfCloseTimeout => f.write_str("half-closed and idle too long"),
             UnbindReason::TlsFailed(why) => write!(f, "TLS failed: {why}"),
+            UnbindReason::ProtocolError(why) => write!(f, "protocol error: {why}"),
         }
     }
 }
@@ -332,6 +338,14 @@ impl<'r> Context<'r> {
     /// Stops reading and closes once everything queued has been written.
     pub fn close_after_writing(&mut self) {
         self.reactor.close_connection_after_writing(self.id);
+    }
+
+    /// [`close_after_writing`](Self::close_after_writing), saying why: `unbind` gets
+    /// `reason` (say [`UnbindReason::ProtocolError`]) instead of
+    /// [`UnbindReason::ClosedByUs`].
+    pub fn close_after_writing_with(&mut self, reason: UnbindReason) {
+        self.reactor
+            .close_connection_after_writing_with(self.id, reason);
     }
 
     /// Half-close: sends FIN once everything queued has been written, and keeps reading.

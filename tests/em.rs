@@ -613,7 +613,8 @@ fn chat_broadcasts_each_line_to_everyone_else_through_the_channel() {
     carol.write_all(&[b'x'; 5000]).unwrap();
     let rest = read_all(&mut carol);
     assert_eq!(rest, b"line too long, bye\n");
-    let gone = format!("* {carol_name} left (");
+    let gone =
+        format!("* {carol_name} left (protocol error: frame over the limit of 4096 bytes)\n");
     let seen = read_until(&mut alice, gone.as_bytes());
     assert!(find(&seen, gone.as_bytes()).is_some(), "{seen:?}");
 

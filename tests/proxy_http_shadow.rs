@@ -353,7 +353,11 @@ fn a_dead_shadow_is_reported_refused_and_not_retried_in_a_loop() {
         assert_eq!(line["verdict"], "shadow_error", "{line}");
         assert_eq!(line["shadow"]["error"], "refused", "{line}");
     }
-    // Said once, not once per request.
+    // Said once, not once per request (the log line is written off the reactor thread,
+    // so it may follow the compare log's lines).
+    wait_until("the unreachable shadow's log line", IO_TIMEOUT, || {
+        proxy.child.stderr().contains("unreachable (refused)")
+    });
     let stderr = proxy.child.stderr();
     assert_eq!(
         stderr.matches("unreachable (refused)").count(),

@@ -194,6 +194,15 @@ impl Reactor {
         self.close_after_writing(id, reason);
     }
 
+    /// [`close_connection_after_writing`](Self::close_connection_after_writing), with
+    /// the reason `unbind` will get (unless the connection fails or is closed otherwise
+    /// first: the first close wins).
+    pub fn close_connection_after_writing_with(&mut self, id: ConnId, reason: UnbindReason) {
+        if self.conn(id).is_some() {
+            self.close_after_writing(id, reason);
+        }
+    }
+
     /// Half-closes `id`: FIN once its queue is written; reading goes on until the peer's
     /// FIN, after which the connection ends with [`UnbindReason::PeerClosed`].
     pub fn close_write(&mut self, id: ConnId) {
