@@ -31,6 +31,13 @@ fn identity(leaf: &Leaf) -> Identity {
     Identity::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap()
 }
 
+/// A server config with a certificate for `localhost` from `ca`, and nothing else.
+fn localhost_server(ca: &TestCa) -> Arc<ServerConfig> {
+    ServerTls::new(identity(&ca.server(&["localhost"])))
+        .build()
+        .unwrap()
+}
+
 /// What one side saw.
 #[derive(Default, Debug)]
 struct Seen {
@@ -190,11 +197,7 @@ fn a_mebibyte_each_way_byte_for_byte_with_the_handshakes_facts() {
 fn verification_is_on_by_default_an_unknown_issuer_or_a_wrong_name_fails_the_handshake() {
     let ca = TestCa::new("test CA");
     let stranger = TestCa::new("some other CA");
-    let server = || {
-        ServerTls::new(identity(&ca.server(&["localhost"])))
-            .build()
-            .unwrap()
-    };
+    let server = || localhost_server(&ca);
     for (client, name, why) in [
         (
             ClientTls::with_ca(stranger.cert_pem.as_bytes()).unwrap(),
@@ -336,9 +339,7 @@ impl Handler for Recorded {
 #[test]
 fn a_client_that_never_finishes_the_handshake_meets_the_handshake_timeout() {
     let ca = TestCa::new("test CA");
-    let config = ServerTls::new(identity(&ca.server(&["localhost"])))
-        .build()
-        .unwrap();
+    let config = localhost_server(&ca);
     let seen = Shared::default();
     let recorded = Rc::clone(&seen);
     let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
@@ -388,9 +389,7 @@ fn openssl_s_client_talks_to_an_ember_server() {
     std::fs::create_dir_all(&dir).unwrap();
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, &ca.cert_pem).unwrap();
-    let config = ServerTls::new(identity(&ca.server(&["localhost"])))
-        .build()
-        .unwrap();
+    let config = localhost_server(&ca);
     let seen = Shared::default();
     let recorded = Rc::clone(&seen);
     let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
@@ -564,9 +563,7 @@ fn a_server_that_speaks_first_is_heard_once_the_handshake_is_done() {
     // at once, must not send its close_notify into the middle of the handshake (it did:
     // the server answered with a DecodeError alert).
     let ca = TestCa::new("test CA");
-    let server = ServerTls::new(identity(&ca.server(&["localhost"])))
-        .build()
-        .unwrap();
+    let server = localhost_server(&ca);
     let client = ClientTls::with_ca(ca.cert_pem.as_bytes())
         .unwrap()
         .build()
