@@ -9,7 +9,7 @@ mod support;
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -147,11 +147,14 @@ fn a_1_gib_file_reaches_a_slow_reader_byte_exact_with_nothing_buffered_in_user_s
 }
 
 #[test]
-fn a_file_keeps_its_place_between_bytes_sent_before_and_after_it() {
+fn files_keep_their_place_among_the_bytes_sent_before_between_and_after_them() {
     // Larger than loopback's socket buffers and than one turn's sending: it is still
     // streaming when the handler sends more.
     const LEN: u64 = 32 << 20;
+    const SECOND: u64 = 1 << 20;
+    const SKIP: u64 = 100;
     let path = pattern_file("in_order", LEN, 3);
+    let second = pattern_file("in_order_second", SKIP + SECOND, 7);
     let empty = fresh_dir("file_stream", "empty_file").join("empty");
     File::create(&empty).unwrap();
     let results = Rc::new(RefCell::new(Vec::new()));
@@ -166,22 +169,29 @@ fn a_file_keeps_its_place_between_bytes_sent_before_and_after_it() {
     });
     let (_, stopped_by_watchdog) = run_bounded(Duration::from_secs(60), |r| {
         let id = r.start_server("127.0.0.1:0", move || {
-            let (path, empty, seen) = (path.clone(), empty.clone(), Rc::clone(&seen));
+            let (path, second, empty) = (path.clone(), second.clone(), empty.clone());
+            let seen = Rc::clone(&seen);
             Serve(move |cx: &mut Context<'_>| {
+                let record = |which: &'static str| {
+                    let seen = Rc::clone(&seen);
+                    move |r: &mut ember::Reactor, result: FileStreamResult| {
+                        let mut seen = seen.borrow_mut();
+                        seen.push((which, result.map_err(|e| e.to_string())));
+                        if seen.len() == 2 {
+                            r.stop();
+                        }
+                    }
+                };
                 cx.send_data(b"before|");
-                let done = Rc::clone(&seen);
-                let len = cx
-                    .stream_file_data(&path, move |r, result| {
-                        done.borrow_mut().push(result.map_err(|e| e.to_string()));
-                        r.stop();
-                    })
-                    .unwrap();
-                assert_eq!(len, LEN);
-                // While it streams: more bytes, and a second file, are refused or queued.
+                assert_eq!(cx.stream_file_data(&path, record("first")).unwrap(), LEN);
+                // While it streams: bytes wait behind it, and so does a second file, from
+                // where its position was set.
+                assert!(cx.send_data(b"|between|"));
+                assert!(cx.outbound_size() >= b"|between|".len());
+                let mut file = File::open(&second).unwrap();
+                file.seek(SeekFrom::Start(SKIP)).unwrap();
+                assert_eq!(cx.stream_file(file, record("second")).unwrap(), SECOND);
                 assert!(cx.send_data(b"|after"));
-                let busy = cx.stream_file_data(&path, |_, _| {}).unwrap_err();
-                assert_eq!(busy.kind(), io::ErrorKind::ResourceBusy);
-                assert!(cx.outbound_size() >= b"|after".len());
                 cx.close_after_writing();
                 let late = cx.send_file_data(&empty).unwrap_err();
                 assert_eq!(late.kind(), io::ErrorKind::BrokenPipe, "{late}");
@@ -193,15 +203,19 @@ fn a_file_keeps_its_place_between_bytes_sent_before_and_after_it() {
     });
     assert!(!stopped_by_watchdog);
     let all = reader.join().unwrap();
-    assert_eq!(&all[..7], b"before|");
-    assert_eq!(&all[all.len() - 6..], b"|after");
-    let file = &all[7..all.len() - 6];
-    assert_eq!(file.len() as u64, LEN);
-    assert!(
-        file == Pattern::new(3).bytes(LEN as usize).as_slice(),
-        "file bytes differ"
+    let mut expected = b"before|".to_vec();
+    expected.extend(Pattern::new(3).bytes(LEN as usize));
+    expected.extend_from_slice(b"|between|");
+    expected.extend_from_slice(&Pattern::new(7).bytes((SKIP + SECOND) as usize)[SKIP as usize..]);
+    expected.extend_from_slice(b"|after");
+    assert_eq!(all.len(), expected.len());
+    if let Some(at) = (0..all.len()).find(|&i| all[i] != expected[i]) {
+        panic!("wrong byte at offset {at}");
+    }
+    assert_eq!(
+        *results.borrow(),
+        vec![("first", Ok(LEN)), ("second", Ok(SECOND))]
     );
-    assert_eq!(*results.borrow(), vec![Ok(LEN)]);
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! and replayed through the carry-over list when reading is allowed again, because no
 //! new edge will come for bytes already waiting.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -92,8 +93,9 @@ pub(crate) struct Connection {
     /// TLS, once `start_tls_*` ran: what is read is ciphertext for it, what is sent
     /// plaintext for it (see `tls.rs`).
     pub(crate) tls: Option<Box<super::tls::TlsLayer>>,
-    /// A file on its way to the peer (`stream_file`), after everything queued before it.
-    pub(crate) file_stream: Option<Box<FileStream>>,
+    /// Files on their way to the peer (`stream_file`), in order, each after everything
+    /// queued before it.
+    pub(crate) file_streams: VecDeque<FileStream>,
 }
 
 impl Connection {
@@ -132,7 +134,7 @@ impl Connection {
             reads_per_event: READS_PER_EVENT,
             discard_input: false,
             tls: None,
-            file_stream: None,
+            file_streams: VecDeque::new(),
         }
     }
 
@@ -140,10 +142,11 @@ impl Connection {
     /// plaintext held for the handshake, and bytes waiting behind a streaming file (not
     /// the file itself).
     pub(crate) fn pending_out(&self) -> usize {
-        self.pending_out_ahead_of_file() + self.file_stream.as_ref().map_or(0, |f| f.after.len())
+        let behind_files: usize = self.file_streams.iter().map(|f| f.after.len()).sum();
+        self.pending_out_ahead_of_file() + behind_files
     }
 
-    /// Bytes that go out before a streaming file's next byte.
+    /// Bytes that go out before the first streaming file's next byte.
     pub(crate) fn pending_out_ahead_of_file(&self) -> usize {
         self.pending_on_wire() + self.tls.as_ref().map_or(0, |t| t.held())
     }
@@ -156,7 +159,7 @@ impl Connection {
 
     /// Nothing is left to write: no queued bytes and no file streaming.
     pub(crate) fn output_done(&self) -> bool {
-        self.pending_out() == 0 && self.file_stream.is_none()
+        self.pending_out() == 0 && self.file_streams.is_empty()
     }
 
     pub(crate) fn is_lingering(&self) -> bool {
@@ -435,13 +438,13 @@ impl Reactor {
                 }
             }
         }
-        if conn.outbound.is_empty() && conn.file_stream.is_some() {
+        if conn.outbound.is_empty() && !conn.file_streams.is_empty() {
             self.pump_file(id);
         }
         self.after_write_progress(id);
     }
 
-    /// Queues `data` from the handler or a relay: behind the file if one is streaming,
+    /// Queues `data` from the handler or a relay: behind the last file if any is streaming,
     /// else as [`enqueue_now`](Self::enqueue_now).
     pub(crate) fn enqueue(&mut self, id: ConnId, data: &[u8]) -> bool {
         let Some(conn) = self.conn_mut(id) else {
@@ -450,7 +453,7 @@ impl Reactor {
         if !conn.life.accepts_output() {
             return false;
         }
-        if let Some(file) = conn.file_stream.as_mut() {
+        if let Some(file) = conn.file_streams.back_mut() {
             file.after.push(data);
             if conn.pending_out() > conn.high_water {
                 conn.above_high_water = true;
@@ -785,8 +788,8 @@ impl Reactor {
             self.timers.cancel(timer);
         }
         let reason = conn.life.unbind_reason();
-        if let Some(file) = conn.file_stream.take() {
-            self.abandon_file_stream(*file, reason.clone());
+        for file in conn.file_streams.drain(..) {
+            self.abandon_file_stream(file, reason.clone());
         }
         let relay_target = conn.relay.map(|r| r.target);
         if let Some(handler) = conn.handler.take() {

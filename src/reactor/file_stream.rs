@@ -1,6 +1,6 @@
 //! Streaming a file to a connection (EventMachine's `stream_file_data` and
-//! `send_file_data`). This module owns the file being sent, how far it has got, and the
-//! bytes the handler queued behind it.
+//! `send_file_data`). This module owns the files being sent, how far each has got, and
+//! the bytes the handler queued behind each.
 //!
 //! On Linux a connection without TLS gets the file with `sendfile(2)`: page-cache pages
 //! go to the socket without entering the process, as much per call as the socket takes,
@@ -8,7 +8,7 @@
 //! or where the kernel refuses the pair, the file is read a chunk at a time and the next
 //! chunk is read only once the last has left the queue: one chunk in memory at most.
 //!
-//! The file keeps its place in the connection's byte order: what was queued before it
+//! A file keeps its place in the connection's byte order: what was queued before it
 //! goes first; what the handler sends while it streams waits behind it (and counts in
 //! [`Reactor::outbound_size`]); `close_write` and `close_after_writing` take effect once
 //! it has gone. The file is read on the reactor thread, like every other descriptor: a
@@ -83,7 +83,7 @@ pub type FileStreamResult = Result<u64, FileStreamFailed>;
 
 type Done = Box<dyn FnOnce(&mut Reactor, FileStreamResult)>;
 
-/// A file on its way to one connection (`Connection::file_stream`).
+/// A file on its way to one connection (`Connection::file_streams`).
 pub(crate) struct FileStream {
     file: File,
     /// Where the stream started (the file's position when it was handed over).
@@ -114,8 +114,6 @@ impl FileStream {
 enum Step {
     /// The socket is full (or the queue not empty): wait for the next writable edge.
     Wait,
-    /// Nothing more to send: the file is done.
-    Finished,
     /// The file failed; the connection must close.
     FileFailed(io::Error),
     /// The socket failed (handled already, by `io_failed`).
@@ -132,8 +130,9 @@ impl Reactor {
     /// Without TLS on Linux the kernel sends it (`sendfile(2)`); otherwise it is copied a
     /// chunk at a time as the connection drains. Either way memory stays flat whatever the
     /// peer's speed, bytes queued before it go first and bytes sent while it streams wait
-    /// behind it (see the module docs of `file_stream.rs`). One file streams at a time per
-    /// connection: a second call before the first's `done` fails with `ResourceBusy`.
+    /// behind it (see the module docs of `file_stream.rs`). Files streamed one after
+    /// another queue in order, like `send_data`'s bytes (a keep-alive server may answer
+    /// pipelined requests with a file each).
     pub fn stream_file(
         &mut self,
         id: ConnId,
@@ -185,13 +184,7 @@ impl Reactor {
                 "the connection no longer accepts output",
             ));
         }
-        if conn.file_stream.is_some() {
-            return Err(io::Error::new(
-                io::ErrorKind::ResourceBusy,
-                "a file is already streaming on this connection",
-            ));
-        }
-        conn.file_stream = Some(Box::new(FileStream {
+        conn.file_streams.push_back(FileStream {
             file,
             start,
             offset: start,
@@ -201,13 +194,13 @@ impl Reactor {
             continues: false,
             after: OutBuffer::default(),
             done,
-        }));
+        });
         self.flush(id);
         Ok(end - start)
     }
 
-    /// Sends what the socket takes of `id`'s file; called by `flush` once nothing else is
-    /// queued ahead of it.
+    /// Sends what the socket takes of `id`'s first file, and of those after it; called by
+    /// `flush` once nothing else is queued ahead.
     pub(crate) fn pump_file(&mut self, id: ConnId) {
         let mut budget = BYTES_PER_TURN;
         let step = loop {
@@ -219,7 +212,7 @@ impl Reactor {
             let Some(out) = conn.stream.as_ref().map(Stream::write_fd) else {
                 return;
             };
-            let Some(fs) = conn.file_stream.as_mut() else {
+            let Some(fs) = conn.file_streams.front_mut() else {
                 return;
             };
             if ahead > 0 {
@@ -229,7 +222,9 @@ impl Reactor {
                 break Step::Wait; // the scheduled continuation sends the rest
             }
             if fs.offset >= fs.end {
-                break Step::Finished;
+                // Its `after` bytes now go ahead of the next file, if there is one.
+                self.finish_file_stream(id);
+                continue;
             }
             if budget == 0 {
                 break Step::Yield;
@@ -266,7 +261,8 @@ impl Reactor {
                         // Through TLS if the connection speaks it; what the socket does
                         // not take now is queued, and the next chunk waits for it.
                         let queued = self.enqueue_accepted(id, &chunk[..n]);
-                        if let Some(fs) = self.conn_mut(id).and_then(|c| c.file_stream.as_mut()) {
+                        if let Some(fs) = self.conn_mut(id).and_then(|c| c.file_streams.front_mut())
+                        {
                             fs.chunk = chunk;
                         }
                         if !queued {
@@ -280,14 +276,13 @@ impl Reactor {
         };
         match step {
             Step::Wait | Step::SocketFailed => {}
-            Step::Finished => self.finish_file_stream(id),
             Step::FileFailed(e) => self.fail_file_stream(id, e),
             Step::Yield => {
-                if let Some(fs) = self.conn_mut(id).and_then(|c| c.file_stream.as_mut()) {
+                if let Some(fs) = self.conn_mut(id).and_then(|c| c.file_streams.front_mut()) {
                     fs.continues = true;
                 }
                 self.next_tick(move |r| {
-                    if let Some(fs) = r.conn_mut(id).and_then(|c| c.file_stream.as_mut()) {
+                    if let Some(fs) = r.conn_mut(id).and_then(|c| c.file_streams.front_mut()) {
                         fs.continues = false;
                         r.flush(id);
                     }
@@ -296,9 +291,10 @@ impl Reactor {
         }
     }
 
-    /// The whole file went: what the handler sent meanwhile follows it, and `done` hears.
+    /// The whole file went: what the handler sent behind it follows (before any next
+    /// file), and `done` hears.
     fn finish_file_stream(&mut self, id: ConnId) {
-        let Some(fs) = self.conn_mut(id).and_then(|c| c.file_stream.take()) else {
+        let Some(fs) = self.conn_mut(id).and_then(|c| c.file_streams.pop_front()) else {
             return;
         };
         if !fs.after.is_empty() {
@@ -310,9 +306,10 @@ impl Reactor {
         }
     }
 
-    /// The file could not be read: the connection closes (see [`FileStreamFailed::Read`]).
+    /// The file could not be read: the connection closes (see [`FileStreamFailed::Read`];
+    /// files queued behind it hear that the connection closed).
     fn fail_file_stream(&mut self, id: ConnId, e: io::Error) {
-        let Some(fs) = self.conn_mut(id).and_then(|c| c.file_stream.take()) else {
+        let Some(fs) = self.conn_mut(id).and_then(|c| c.file_streams.pop_front()) else {
             return;
         };
         self.close_now(id, UnbindReason::Error(e.kind()));

@@ -205,7 +205,7 @@ impl Reactor {
                 && relay.splicing
                 && tgt.life.is_connected()
                 && tgt.outbound.is_empty()
-                && tgt.file_stream.is_none()
+                && tgt.file_streams.is_empty()
                 && self.ensure_pipe(relay.target, relay.bufsize);
             if splice {
                 let pipe = self.conn(relay.target).and_then(|t| t.pipe.as_ref());
