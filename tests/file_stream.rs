@@ -418,3 +418,60 @@ fn a_file_that_shrinks_while_it_streams_closes_the_connection_with_a_read_error(
     server.stop();
     let _ = std::fs::remove_file(path);
 }
+
+#[path = "../examples/file_server.rs"]
+mod file_server;
+
+/// Reads one HTTP/1.1 answer's head; returns the status line and Content-Length.
+fn read_head(stream: &mut impl Read) -> (String, u64) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .map_or(0, |n| n.parse().unwrap());
+    (status, length)
+}
+
+#[test]
+fn the_file_server_example_answers_pipelined_requests_in_order_with_whole_files() {
+    const BIG: u64 = 48 << 20;
+    let big = pattern_file("server_big", BIG, 8);
+    let dir = big.parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("small"), b"small file\n").unwrap();
+    let server =
+        ReactorThread::spawn(move |r| file_server::start(r, dir, "127.0.0.1:0".parse().unwrap()));
+    let mut client = TcpStream::connect(server.value).unwrap();
+    client.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    // Four requests at once, in 1-byte segments; the big file's answer is still going out
+    // when the later ones are answered, so theirs queue behind it.
+    let requests = "GET /data HTTP/1.1\r\nHost: x\r\n\r\n\
+                    HEAD /small HTTP/1.1\r\nHost: x\r\n\r\n\
+                    GET /../data HTTP/1.1\r\nHost: x\r\n\r\n\
+                    GET /small HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    client.set_nodelay(true).unwrap();
+    for byte in requests.as_bytes() {
+        client.write_all(std::slice::from_ref(byte)).unwrap();
+    }
+    let (status, length) = read_head(&mut client);
+    assert_eq!((status.as_str(), length), ("HTTP/1.1 200 OK", BIG));
+    let mut body = (&mut client).take(BIG);
+    assert_eq!(check_to_eof(&mut body, 8, |_| {}), BIG);
+    assert_eq!(
+        read_head(&mut client),
+        ("HTTP/1.1 200 OK".into(), 11),
+        "HEAD"
+    );
+    assert_eq!(read_head(&mut client), ("HTTP/1.1 404 Not Found".into(), 0));
+    assert_eq!(read_head(&mut client), ("HTTP/1.1 200 OK".into(), 11));
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"small file\n", "then closed, as asked");
+    server.stop();
+}
