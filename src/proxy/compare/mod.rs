@@ -42,6 +42,7 @@
 //! The first real difference is the verdict; if there is none but some noise, the first
 //! noisy difference is reported as noise.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fmt::{self, Write as _};

@@ -141,21 +141,20 @@ impl Rules {
 
     /// The compared headers of `digest`: each name once, in first-seen order, repeated
     /// values joined with `, `.
-    pub(super) fn grouped_headers<'d>(
-        &self,
-        digest: &'d ResponseDigest,
-    ) -> Vec<(&'d str, Vec<u8>)> {
-        let mut groups: Vec<(&str, Vec<u8>)> = Vec::new();
-        for (name, value) in &digest.headers {
+    pub(super) fn grouped_headers<'d>(&self, digest: &'d ResponseDigest) -> Vec<Group<'d>> {
+        let mut groups: Vec<Group<'d>> = Vec::with_capacity(digest.parts.headers.len());
+        for (name, value) in digest.headers() {
             if self.ignored_headers.contains(name) {
                 continue;
             }
-            match groups.iter_mut().find(|(n, _)| *n == name.as_str()) {
+            match groups.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, joined)) => {
+                    let joined = joined.to_mut();
                     joined.extend_from_slice(b", ");
                     joined.extend_from_slice(value);
                 }
-                None => groups.push((name.as_str(), value.clone())),
+                // Borrowed: only a repeated header needs a value of its own.
+                None => groups.push((name, Cow::Borrowed(value))),
             }
         }
         groups
@@ -247,25 +246,26 @@ impl Rules {
 /// Each compared header that differs: name, primary's value, shadow's value (`None`:
 /// absent on that side). Primary's order first, then names only the shadow sent.
 pub(super) fn header_differences<'a, 'd>(
-    primary: &'a [(&'d str, Vec<u8>)],
-    shadow: &'a [(&'d str, Vec<u8>)],
+    primary: &'a [Group<'d>],
+    shadow: &'a [Group<'d>],
 ) -> impl Iterator<Item = (&'d str, Option<&'a [u8]>, Option<&'a [u8]>)> {
     let from_primary = primary.iter().filter_map(move |(name, p)| {
         let s = group_value(shadow, name);
-        (s != Some(p.as_slice())).then_some((*name, Some(p.as_slice()), s))
+        (s != Some(&**p)).then_some((*name, Some(&**p), s))
     });
     let only_shadow = shadow
         .iter()
         .filter(move |(name, _)| group_value(primary, name).is_none())
-        .map(|(name, s)| (*name, None, Some(s.as_slice())));
+        .map(|(name, s)| (*name, None, Some(&**s)));
     from_primary.chain(only_shadow)
 }
 
-pub(super) fn group_value<'a>(groups: &'a [(&str, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
-    groups
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.as_slice())
+/// A compared header: its name, and its values joined (borrowed from the digest when it
+/// came once).
+pub(super) type Group<'d> = (&'d str, Cow<'d, [u8]>);
+
+pub(super) fn group_value<'a>(groups: &'a [Group<'_>], name: &str) -> Option<&'a [u8]> {
+    groups.iter().find(|(n, _)| *n == name).map(|(_, v)| &**v)
 }
 
 /// A header value as the log shows it: lossy UTF-8, cut at [`HEADER_VALUE_SHOWN`] bytes.
