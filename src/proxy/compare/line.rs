@@ -103,8 +103,10 @@ impl CompareLine {
     /// The line as JSON, fields in the documented order, without the newline.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(320);
-        out.push_str("{\"time\":");
-        push_json_string(&mut out, &rfc3339(self.time));
+        // The time needs no escaping.
+        out.push_str("{\"time\":\"");
+        push_rfc3339(&mut out, self.time);
+        out.push('"');
         let _ = write!(out, ",\"session\":{}", self.session);
         let http = match &self.exchange {
             Exchange::Http {
@@ -233,7 +235,35 @@ impl CompareLine {
 
 /// Appends `text` as a JSON string literal (serde_json does the escaping).
 pub(super) fn push_json_string(out: &mut String, text: &str) {
-    let _ = write!(out, "{}", Value::from(text));
+    // serde_json's escaping (`"`, `\\`, control bytes; short forms where JSON has them,
+    // `\u00xx` otherwise), written in place rather than through a `Value` copy.
+    out.push('"');
+    let mut clean = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let short = match byte {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'\n' => 'n',
+            b'\r' => 'r',
+            b'\t' => 't',
+            0x08 => 'b',
+            0x0c => 'f',
+            0..=0x1f => 'u',
+            _ => continue,
+        };
+        out.push_str(&text[clean..at]);
+        clean = at + 1;
+        out.push('\\');
+        out.push(short);
+        if short == 'u' {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("00");
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+    }
+    out.push_str(&text[clean..]);
+    out.push('"');
 }
 
 /// Appends a side's object, open: the caller adds fields and the `}`.

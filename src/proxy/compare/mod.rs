@@ -53,7 +53,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Number, Value};
 
 use crate::UnbindReason;
-use crate::timestamp::{parse_rfc3339, rfc3339};
+use crate::timestamp::{parse_rfc3339, push_rfc3339};
 
 mod digest;
 mod json_path;
@@ -291,6 +291,23 @@ mod tests {
                 .expect("renders parse")
                 .matches(&path)
         );
+    }
+
+    #[test]
+    fn log_strings_are_escaped_as_serde_json_escapes_them() {
+        let every_control: String = (0u8..0x20).map(char::from).collect();
+        for text in [
+            "",
+            "/users/42?x=1",
+            "quote \" backslash \\ slash / del \u{7f}",
+            "caf\u{e9} \u{2028} \u{1f600}",
+            &every_control,
+            "\"\"\n",
+        ] {
+            let mut out = String::from("x");
+            push_json_string(&mut out, text);
+            assert_eq!(out, format!("x{}", Value::from(text)), "{text:?}");
+        }
     }
 
     #[test]
