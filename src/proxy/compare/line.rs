@@ -277,8 +277,36 @@ pub(super) fn push_side(out: &mut String, side: &SideSummary, http: bool) {
             None => out.push_str("\"status\":null,"),
         }
     }
-    let ms = side.elapsed.as_micros() as f64 / 1000.0;
-    let _ = write!(out, "\"ms\":{},\"bytes\":{}", Value::from(ms), side.bytes);
+    out.push_str("\"ms\":");
+    push_ms(out, side.elapsed.as_micros());
+    let _ = write!(out, ",\"bytes\":{}", side.bytes);
+}
+
+/// `micros / 1000` as serde_json writes that `f64` (the shortest form that reads back the
+/// same, `.0` for a whole number), from the integer: a whole number of microseconds
+/// divided by 1000 is the double nearest its three-decimal form, so that form, trimmed,
+/// is the shortest. Formatting the `f64` cost a tenth of a comparison.
+pub(super) fn push_ms(out: &mut String, micros: u128) {
+    if micros >= 1 << 50 {
+        // Past 35 years; where the shortcut was not checked.
+        let _ = write!(out, "{}", Value::from(micros as f64 / 1000.0));
+        return;
+    }
+    let (whole, thousandths) = (micros / 1000, micros % 1000);
+    let _ = write!(out, "{whole}.");
+    if thousandths == 0 {
+        out.push('0');
+        return;
+    }
+    let digits = [thousandths / 100, thousandths / 10 % 10, thousandths % 10];
+    let used = if digits[2] != 0 {
+        3
+    } else if digits[1] != 0 {
+        2
+    } else {
+        1
+    };
+    out.extend(digits[..used].iter().map(|&d| char::from(b'0' + d as u8)));
 }
 
 pub(super) fn push_diff(out: &mut String, verdict: &Verdict) {

@@ -44,7 +44,7 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::fmt::{self, Write as _};
 use std::hash::{DefaultHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -307,6 +307,23 @@ mod tests {
             let mut out = String::from("x");
             push_json_string(&mut out, text);
             assert_eq!(out, format!("x{}", Value::from(text)), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn milliseconds_are_written_as_serde_json_writes_them() {
+        let samples = (0..20_000u128)
+            .chain((0..2000).map(|i| i * 7_777_777 + i % 1000))
+            .chain((40..50).map(|bits| (1u128 << bits) + 1))
+            .chain([999, 1000, 1001, 100_000, (1 << 50) - 1, 1 << 50, 1 << 60]);
+        for micros in samples {
+            let mut out = String::new();
+            push_ms(&mut out, micros);
+            assert_eq!(
+                out,
+                Value::from(micros as f64 / 1000.0).to_string(),
+                "{micros}"
+            );
         }
     }
 
