@@ -14,7 +14,7 @@ Modes: `r` (-r only), `http` (--http -d SHADOW), `compare` (--compare --compare-
 FILE -d SHADOW), `compare-nolog` (--compare without a log), `bytes` (plain -d SHADOW).
 
 Usage
-  benches/mirror_ab.py OLD=/tmp/ember-proxy.old NEW=target/release/ember-proxy \\
+  benches/mirror_ab.py BEFORE=/tmp/ember-proxy.old AFTER=target/release/ember-proxy \\
       --modes http,compare --rounds 4 --duration 4
 Each binary is copied first (a rebuild during the run changes nothing).
 """
@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
