@@ -119,6 +119,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// The longest head (start line, fields and the empty line, with any empty lines before
@@ -390,20 +391,27 @@ impl<L> Head<L> {
 
     /// The values of every field named `name` (case-insensitively), in order.
     pub fn header_values<'h>(&'h self, name: &str) -> impl Iterator<Item = &'h [u8]> {
-        self.headers()
-            .filter(move |(field, _)| field.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value)
+        // Names compared as bytes: no field name needs reading as text to be found.
+        self.fields
+            .iter()
+            .filter(move |field| {
+                field
+                    .name
+                    .of(&self.bytes)
+                    .eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(|field| field.value.of(&self.bytes))
     }
 
     /// Whether the sender closes the connection after this message (RFC 9112 §9.3):
     /// `Connection: close`, or an HTTP/1.0 message without `Connection: keep-alive`.
     pub fn closes_connection(&self) -> bool {
-        let has = |token: &str| {
-            self.header_values("connection")
-                .flat_map(list_elements)
-                .any(|element| element.eq_ignore_ascii_case(token.as_bytes()))
-        };
-        has("close") || (self.minor_version == 0 && !has("keep-alive"))
+        let (mut close, mut keep_alive) = (false, false);
+        for element in self.header_values("connection").flat_map(list_elements) {
+            close |= element.eq_ignore_ascii_case(b"close");
+            keep_alive |= element.eq_ignore_ascii_case(b"keep-alive");
+        }
+        close || (self.minor_version == 0 && !keep_alive)
     }
 }
 
@@ -772,9 +780,15 @@ impl StartLine for RequestLine {
     }
 
     fn parse(bytes: &[u8]) -> Result<Head<Self>, Reason> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut fields);
-        let parsed = request.parse(bytes);
+        // Left uninitialised: zeroing room for MAX_HEADERS fields cost more than parsing a
+        // small head's.
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut request,
+            bytes,
+            &mut fields,
+        );
         let refused = |error| refusal(error, bytes, RequestLine::other_version);
         if parsed.map_err(refused)? != httparse::Status::Complete(bytes.len()) {
             return Err(Reason::Malformed);
@@ -817,9 +831,13 @@ impl StartLine for StatusLine {
     }
 
     fn parse(bytes: &[u8]) -> Result<Head<Self>, Reason> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
-        let parsed = response.parse(bytes);
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            bytes,
+            &mut fields,
+        );
         let refused = |error| refusal(error, bytes, StatusLine::other_version);
         if parsed.map_err(refused)? != httparse::Status::Complete(bytes.len()) {
             return Err(Reason::Malformed);
@@ -987,7 +1005,24 @@ impl Framer {
         // How many bytes of `bytes` are in `buffer`: a head's bytes are read where they
         // lie while it all comes in one slice, and gathered into `buffer` otherwise.
         let mut buffered = 0;
-        for (at, &byte) in bytes.iter().enumerate() {
+        let mut next = 0;
+        while next < bytes.len() {
+            // After the start line, only line ends matter: go straight to the next one
+            // (a state step per byte made the scan most of a small head's cost). What is
+            // skipped lies before the byte stepped next, whose limit check covers it.
+            if scan.started {
+                next += scan.skip_line(&bytes[next..]);
+                if next == bytes.len() {
+                    if earlier + next > self.head_limit {
+                        *input = &bytes[buffered..];
+                        self.give_up(Reason::HeadTooLarge);
+                        return None;
+                    }
+                    break;
+                }
+            }
+            let (at, byte) = (next, bytes[next]);
+            next += 1;
             let refused = if earlier + at >= self.head_limit {
                 Reason::HeadTooLarge
             } else {
@@ -1139,6 +1174,22 @@ enum HeadStep {
 }
 
 impl HeadScan {
+    /// Once the start line has ended: takes the bytes of `bytes` before its first LF as
+    /// [`step`](Self::step) would (none of them ends a line), and says how many they are.
+    fn skip_line(&mut self, bytes: &[u8]) -> usize {
+        debug_assert!(self.started);
+        let len = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap_or(bytes.len());
+        self.line = match (self.line, &bytes[..len]) {
+            (line, []) => line,
+            (Line::Empty, b"\r") => Line::Cr,
+            _ => Line::Text,
+        };
+        len
+    }
+
     fn step(&mut self, byte: u8) -> HeadStep {
         if byte == b'\n' {
             let empty = self.line != Line::Text;

@@ -71,14 +71,67 @@ impl BodyHasher {
 #[derive(Clone)]
 pub struct ResponseDigest {
     pub(super) status: u16,
-    /// Names lower-cased, values trimmed of surrounding whitespace, in arrival order.
-    pub(super) headers: Vec<(String, Vec<u8>)>,
     pub(super) body_len: u64,
-    /// Boxed: its block buffer would triple the size of a digest moved by value.
-    pub(super) body_hash: Box<BodyHasher>,
+    /// The hash and the headers, boxed together: one allocation, and a digest small
+    /// enough to move by value.
+    pub(super) parts: Box<DigestParts>,
     /// The body's first `max_body` bytes; its capacity never exceeds `max_body`.
     pub(super) kept: Vec<u8>,
     pub(super) max_body: usize,
+}
+
+#[derive(Clone)]
+pub(super) struct DigestParts {
+    pub(super) body_hash: BodyHasher,
+    pub(super) headers: HeaderList,
+}
+
+/// Headers in arrival order: names lower-cased, values trimmed of surrounding whitespace.
+/// All names in one string and all values in one buffer, so that a response's headers
+/// cost three allocations, not two per header.
+#[derive(Clone, Default)]
+pub(super) struct HeaderList {
+    names: String,
+    values: Vec<u8>,
+    /// Where each header's name and value end in `names` and `values` (each starts where
+    /// the one before it ended).
+    ends: Vec<(usize, usize)>,
+}
+
+impl HeaderList {
+    /// Room for a typical response's headers, so that adding them rarely reallocates.
+    const NAMES: usize = 128;
+    const VALUES: usize = 256;
+    const FIELDS: usize = 12;
+
+    fn push(&mut self, name: &str, value: &[u8]) {
+        if self.ends.is_empty() {
+            self.names.reserve(Self::NAMES);
+            self.values.reserve(Self::VALUES);
+            self.ends.reserve(Self::FIELDS);
+        }
+        let start = self.names.len();
+        self.names.push_str(name);
+        self.names[start..].make_ascii_lowercase();
+        self.values.extend_from_slice(value.trim_ascii());
+        self.ends.push((self.names.len(), self.values.len()));
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Each header as (lower-cased name, value), in arrival order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let mut starts = (0, 0);
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            let (name_start, value_start) = std::mem::replace(&mut starts, (name_end, value_end));
+            (
+                &self.names[name_start..name_end],
+                &self.values[value_start..value_end],
+            )
+        })
+    }
 }
 
 impl ResponseDigest {
@@ -86,9 +139,11 @@ impl ResponseDigest {
     pub fn new(status: u16, max_body: usize) -> ResponseDigest {
         ResponseDigest {
             status,
-            headers: Vec::new(),
             body_len: 0,
-            body_hash: Box::new(BodyHasher::new()),
+            parts: Box::new(DigestParts {
+                body_hash: BodyHasher::new(),
+                headers: HeaderList::default(),
+            }),
             kept: Vec::new(),
             max_body,
         }
@@ -96,14 +151,13 @@ impl ResponseDigest {
 
     /// Adds a header (the name is lower-cased; order is kept, repeats too).
     pub fn add_header(&mut self, name: &str, value: &[u8]) {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.trim_ascii().to_vec()));
+        self.parts.headers.push(name, value);
     }
 
     /// Adds the next piece of the decoded body.
     pub fn add_body(&mut self, piece: &[u8]) {
         self.body_len += piece.len() as u64;
-        self.body_hash.write(piece);
+        self.parts.body_hash.write(piece);
         let take = self
             .max_body
             .saturating_sub(self.kept.len())
@@ -132,15 +186,14 @@ impl ResponseDigest {
 
     /// The headers in arrival order: lower-cased name, value bytes.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+        self.parts.headers.iter()
     }
 
     /// The first value of header `name` (any case), if present.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
+        self.headers()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, v)| v)
     }
 
     /// The whole body's length, however much of it was kept.
@@ -151,7 +204,7 @@ impl ResponseDigest {
     /// The hash of the whole body (SipHash-1-3 with fixed keys: equal bodies hash
     /// equal within one build, however they were split).
     pub fn body_hash(&self) -> u64 {
-        self.body_hash.finish()
+        self.parts.body_hash.finish()
     }
 
     /// The body's first bytes, at most `max_body` of them.
@@ -174,7 +227,7 @@ impl fmt::Debug for ResponseDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseDigest")
             .field("status", &self.status)
-            .field("headers", &self.headers.len())
+            .field("headers", &self.parts.headers.len())
             .field("body_len", &self.body_len)
             .field("body_hash", &format_args!("{:016x}", self.body_hash()))
             .field("kept", &self.kept.len())

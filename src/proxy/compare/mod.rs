@@ -42,8 +42,9 @@
 //! The first real difference is the verdict; if there is none but some noise, the first
 //! noisy difference is reported as noise.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::fmt::{self, Write as _};
 use std::hash::{DefaultHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +53,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Number, Value};
 
 use crate::UnbindReason;
-use crate::timestamp::{parse_rfc3339, rfc3339};
+use crate::timestamp::{parse_rfc3339, push_rfc3339};
 
 mod digest;
 mod json_path;
@@ -290,6 +291,40 @@ mod tests {
                 .expect("renders parse")
                 .matches(&path)
         );
+    }
+
+    #[test]
+    fn log_strings_are_escaped_as_serde_json_escapes_them() {
+        let every_control: String = (0u8..0x20).map(char::from).collect();
+        for text in [
+            "",
+            "/users/42?x=1",
+            "quote \" backslash \\ slash / del \u{7f}",
+            "caf\u{e9} \u{2028} \u{1f600}",
+            &every_control,
+            "\"\"\n",
+        ] {
+            let mut out = String::from("x");
+            push_json_string(&mut out, text);
+            assert_eq!(out, format!("x{}", Value::from(text)), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn milliseconds_are_written_as_serde_json_writes_them() {
+        let samples = (0..20_000u128)
+            .chain((0..2000).map(|i| i * 7_777_777 + i % 1000))
+            .chain((40..50).map(|bits| (1u128 << bits) + 1))
+            .chain([999, 1000, 1001, 100_000, (1 << 50) - 1, 1 << 50, 1 << 60]);
+        for micros in samples {
+            let mut out = String::new();
+            push_ms(&mut out, micros);
+            assert_eq!(
+                out,
+                Value::from(micros as f64 / 1000.0).to_string(),
+                "{micros}"
+            );
+        }
     }
 
     #[test]

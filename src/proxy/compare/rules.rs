@@ -7,8 +7,7 @@ use super::*;
 #[derive(Debug, Clone)]
 pub struct Rules {
     max_body: usize,
-    /// Lower-cased names.
-    ignored_headers: BTreeSet<String>,
+    ignored_headers: IgnoredHeaders,
     ignored_json: Vec<JsonPattern>,
 }
 
@@ -16,10 +15,13 @@ impl Default for Rules {
     fn default() -> Rules {
         Rules {
             max_body: DEFAULT_MAX_BODY,
-            ignored_headers: DEFAULT_IGNORED_HEADERS
-                .iter()
-                .map(|name| (*name).to_owned())
-                .collect(),
+            ignored_headers: DEFAULT_IGNORED_HEADERS.iter().fold(
+                IgnoredHeaders::default(),
+                |mut set, name| {
+                    set.insert(name);
+                    set
+                },
+            ),
             ignored_json: Vec::new(),
         }
     }
@@ -42,7 +44,7 @@ impl Rules {
     /// Also ignores header `name`, in any case (`--compare-ignore-header`).
     pub fn ignore_header(mut self, name: &str) -> Rules {
         self.ignored_headers
-            .insert(name.trim().to_ascii_lowercase());
+            .insert(&name.trim().to_ascii_lowercase());
         self
     }
 
@@ -141,21 +143,20 @@ impl Rules {
 
     /// The compared headers of `digest`: each name once, in first-seen order, repeated
     /// values joined with `, `.
-    pub(super) fn grouped_headers<'d>(
-        &self,
-        digest: &'d ResponseDigest,
-    ) -> Vec<(&'d str, Vec<u8>)> {
-        let mut groups: Vec<(&str, Vec<u8>)> = Vec::new();
-        for (name, value) in &digest.headers {
+    pub(super) fn grouped_headers<'d>(&self, digest: &'d ResponseDigest) -> Vec<Group<'d>> {
+        let mut groups: Vec<Group<'d>> = Vec::with_capacity(digest.parts.headers.len());
+        for (name, value) in digest.headers() {
             if self.ignored_headers.contains(name) {
                 continue;
             }
-            match groups.iter_mut().find(|(n, _)| *n == name.as_str()) {
+            match groups.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, joined)) => {
+                    let joined = joined.to_mut();
                     joined.extend_from_slice(b", ");
                     joined.extend_from_slice(value);
                 }
-                None => groups.push((name.as_str(), value.clone())),
+                // Borrowed: only a repeated header needs a value of its own.
+                None => groups.push((name, Cow::Borrowed(value))),
             }
         }
         groups
@@ -244,28 +245,56 @@ impl Rules {
     }
 }
 
+/// Lower-cased header names, ordered by length first: a lookup (one per header of every
+/// compared response) compares lengths and reads the bytes of a name only when they
+/// match, where a `BTreeSet<String>` compared bytes at every step.
+#[derive(Debug, Clone, Default)]
+struct IgnoredHeaders(Vec<String>);
+
+impl IgnoredHeaders {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0
+            .binary_search_by(|n| (n.len(), n.as_str()).cmp(&(name.len(), name)))
+    }
+
+    fn insert(&mut self, name: &str) {
+        if let Err(at) = self.position(name) {
+            self.0.insert(at, name.to_owned());
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.position(name).is_ok()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// Each compared header that differs: name, primary's value, shadow's value (`None`:
 /// absent on that side). Primary's order first, then names only the shadow sent.
 pub(super) fn header_differences<'a, 'd>(
-    primary: &'a [(&'d str, Vec<u8>)],
-    shadow: &'a [(&'d str, Vec<u8>)],
+    primary: &'a [Group<'d>],
+    shadow: &'a [Group<'d>],
 ) -> impl Iterator<Item = (&'d str, Option<&'a [u8]>, Option<&'a [u8]>)> {
     let from_primary = primary.iter().filter_map(move |(name, p)| {
         let s = group_value(shadow, name);
-        (s != Some(p.as_slice())).then_some((*name, Some(p.as_slice()), s))
+        (s != Some(&**p)).then_some((*name, Some(&**p), s))
     });
     let only_shadow = shadow
         .iter()
         .filter(move |(name, _)| group_value(primary, name).is_none())
-        .map(|(name, s)| (*name, None, Some(s.as_slice())));
+        .map(|(name, s)| (*name, None, Some(&**s)));
     from_primary.chain(only_shadow)
 }
 
-pub(super) fn group_value<'a>(groups: &'a [(&str, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
-    groups
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.as_slice())
+/// A compared header: its name, and its values joined (borrowed from the digest when it
+/// came once).
+pub(super) type Group<'d> = (&'d str, Cow<'d, [u8]>);
+
+pub(super) fn group_value<'a>(groups: &'a [Group<'_>], name: &str) -> Option<&'a [u8]> {
+    groups.iter().find(|(n, _)| *n == name).map(|(_, v)| &**v)
 }
 
 /// A header value as the log shows it: lossy UTF-8, cut at [`HEADER_VALUE_SHOWN`] bytes.
