@@ -1485,7 +1485,8 @@ impl HeadRewrite {
     }
 
     /// Replaces the value of every `Host` field with `host`, or adds `Host: host` after
-    /// the fields when there is none (HTTP/1.0).
+    /// the fields when there is none (HTTP/1.0); and the host of an absolute-form target
+    /// (`GET http://prod.example/a`), which a server goes by before the `Host` field.
     pub fn set_host(&mut self, host: &str) -> Result<&mut Self, InvalidField> {
         if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(InvalidField::Host);
@@ -1528,6 +1529,13 @@ impl HeadRewrite {
         let mut copied = 0;
         let mut host_replaced = false;
         if let Some(host) = &self.host {
+            // An absolute-form target names the host too, and a server goes by it rather
+            // than by the Host field (RFC 9112 §3.2.2): it is replaced as well.
+            if let Some(authority) = absolute_form_authority(head.line.target, bytes) {
+                out.extend_from_slice(&bytes[..authority.start]);
+                out.extend_from_slice(host);
+                copied = authority.end;
+            }
             for field in &head.fields {
                 let name = field.name.of(bytes);
                 if name.eq_ignore_ascii_case(b"host") && field.value.start >= copied {
@@ -1547,6 +1555,27 @@ impl HeadRewrite {
         out.extend_from_slice(&self.added);
         out.extend_from_slice(&bytes[fields_end..]);
     }
+}
+
+/// Where the authority (`host[:port]`, with any `userinfo@`) of an absolute-form request
+/// target lies in `bytes`: after `http://` or `https://` (any case), up to the path,
+/// query or end. `None` for origin-form (`/path`), `*` and `CONNECT`'s `host:port`.
+fn absolute_form_authority(target: Span, bytes: &[u8]) -> Option<Span> {
+    let text = target.of(bytes);
+    let scheme_end = text.windows(3).position(|w| w == b"://")?;
+    let scheme = &text[..scheme_end];
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return None;
+    }
+    let start = scheme_end + 3;
+    let len = text[start..]
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(text.len() - start);
+    Some(Span {
+        start: target.start + start,
+        end: target.start + start + len,
+    })
 }
 
 #[cfg(test)]
@@ -2620,6 +2649,38 @@ mod tests {
         assert_eq!(
             rewrite.apply(&head),
             b"GET / HTTP/1.0\nAccept: */*\nHost: shadow\r\n\n"
+        );
+    }
+
+    #[test]
+    fn a_rewrite_replaces_the_host_of_an_absolute_form_target_too() {
+        let mut rewrite = HeadRewrite::new();
+        rewrite.set_host("shadow:81").expect("valid host");
+        for (target, rewritten) in [
+            ("http://prod.example/a?b", "http://shadow:81/a?b"),
+            ("HTTPS://user@prod.example:8443?x", "HTTPS://shadow:81?x"),
+            ("http://prod.example", "http://shadow:81"),
+            // Not absolute-form: left as they are.
+            ("/http://prod.example/", "/http://prod.example/"),
+            ("ftp://prod.example/", "ftp://prod.example/"),
+            ("*", "*"),
+        ] {
+            let head = request_head(
+                format!("OPTIONS {target} HTTP/1.1\r\nHost: prod.example\r\n\r\n").as_bytes(),
+            );
+            assert_eq!(
+                String::from_utf8(rewrite.apply(&head)).unwrap(),
+                format!("OPTIONS {rewritten} HTTP/1.1\r\nHost: shadow:81\r\n\r\n"),
+                "{target}"
+            );
+        }
+        // CONNECT's authority-form target is where the tunnel goes, not the server's
+        // name: it is left alone.
+        let head = request_head(b"CONNECT prod.example:443 HTTP/1.1\r\nHost: prod.example\r\n\r\n");
+        assert!(
+            rewrite
+                .apply(&head)
+                .starts_with(b"CONNECT prod.example:443 ")
         );
     }
 
