@@ -448,7 +448,7 @@ impl<'r> Context<'r> {
     pub fn comm_inactivity_timeout(&self) -> Option<Duration> {
         self.reactor
             .conn(self.id)
-            .and_then(|c| c.inactivity.map(|(timeout, _)| timeout))
+            .and_then(|c| c.inactivity.map(|i| i.timeout))
     }
 
     /// See [`Reactor::set_half_close_timeout`].

@@ -65,7 +65,7 @@ pub(crate) struct Connection {
     /// When a byte last moved either way (for the inactivity and half-close timeouts).
     pub(crate) last_activity: Instant,
     /// The comm-inactivity timeout and its timer, if set.
-    pub(crate) inactivity: Option<(Duration, TimerId)>,
+    pub(crate) inactivity: Option<Inactivity>,
     /// The pending-connect timer while resolving or connecting.
     pub(crate) connect_timer: Option<TimerId>,
     /// The pending-connect timeout in force: the default it started with, or the last
@@ -96,6 +96,18 @@ pub(crate) struct Connection {
     /// Files on their way to the peer (`stream_file`), in order, each after everything
     /// queued before it.
     pub(crate) file_streams: VecDeque<FileStream>,
+}
+
+/// A comm-inactivity timeout and the timer that enforces it. The timer may be due before
+/// the timeout's deadline (it was armed for a shorter timeout, or before the last
+/// activity): when it fires it closes the connection or re-arms for the time still left,
+/// so a timeout made longer, or set again, never costs a timer operation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Inactivity {
+    pub(crate) timeout: Duration,
+    pub(crate) timer: TimerId,
+    /// When `timer` fires.
+    pub(crate) armed_for: Instant,
 }
 
 impl Connection {
@@ -778,7 +790,7 @@ impl Reactor {
         for timer in [
             handshake_timer,
             conn.connect_timer,
-            conn.inactivity.map(|(_, t)| t),
+            conn.inactivity.map(|i| i.timer),
             linger_timer,
             conn.half_close_timer,
         ]

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::connect_race::interleave_families;
+use super::connection::Inactivity;
 use super::lifecycle::Life;
 use super::resolver::Lookup;
 use super::{Reactor, TimerTask};
@@ -354,18 +355,32 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let old = conn.inactivity.take();
-        let last = conn.last_activity;
-        if let Some((_, timer)) = old {
-            self.timers.cancel(timer);
-        }
-        if let Some(timeout) = timeout {
-            let timer =
-                self.timers
-                    .insert(deadline(last, timeout), None, TimerTask::Inactivity(id));
-            if let Some(conn) = self.conn_mut(id) {
-                conn.inactivity = Some((timeout, timer));
+        let due = timeout.map(|t| deadline(conn.last_activity, t));
+        match (conn.inactivity.as_mut(), timeout, due) {
+            // The timer fires no later than the new deadline: it re-arms for the rest
+            // then, so a proxy switching timeouts per request touches no timer here.
+            (Some(current), Some(timeout), Some(due)) if current.armed_for <= due => {
+                current.timeout = timeout;
             }
+            _ => {
+                if let Some(old) = conn.inactivity.take() {
+                    self.timers.cancel(old.timer);
+                }
+                if let (Some(timeout), Some(due)) = (timeout, due) {
+                    self.arm_inactivity(id, timeout, due);
+                }
+            }
+        }
+    }
+
+    fn arm_inactivity(&mut self, id: ConnId, timeout: Duration, due: Instant) {
+        let timer = self.timers.insert(due, None, TimerTask::Inactivity(id));
+        if let Some(conn) = self.conn_mut(id) {
+            conn.inactivity = Some(Inactivity {
+                timeout,
+                timer,
+                armed_for: due,
+            });
         }
     }
 
@@ -472,18 +487,14 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let Some((timeout, _)) = conn.inactivity else {
+        let Some(Inactivity { timeout, .. }) = conn.inactivity.take() else {
             return;
         };
         let due = deadline(conn.last_activity, timeout);
         if now >= due {
-            conn.inactivity = None;
             self.close_now(id, UnbindReason::InactivityTimeout);
         } else {
-            let timer = self.timers.insert(due, None, TimerTask::Inactivity(id));
-            if let Some(conn) = self.conn_mut(id) {
-                conn.inactivity = Some((timeout, timer));
-            }
+            self.arm_inactivity(id, timeout, due);
         }
     }
 }
