@@ -105,7 +105,8 @@
 //! `Transfer-Encoding` in an HTTP/1.0 message, or without `chunked` last on a request; any
 //! deviation from the chunked grammar (a bare LF where CRLF belongs included); `CONNECT`
 //! and `Upgrade` (after the message that asked for them, since what follows depends on the
-//! peer's answer); a response when no request is queued.
+//! peer's answer; but not an `Upgrade: h2c` probe, see `offers_only_h2c`); a response
+//! when no request is queued.
 //!
 //! The rules lean strict on purpose: the bytes reach the primary unchanged whatever this
 //! module reads, so a doubt costs only the mirroring of one connection, while a guess could
@@ -618,10 +619,27 @@ fn request_framing(head: &RequestHead) -> Result<(Framing, After), Reason> {
         BodyFields::OtherCoding => return Err(Reason::TransferEncoding),
     };
     let after = match head.header("upgrade") {
+        Some(_) if offers_only_h2c(head) => After::NextMessage,
         Some(_) => After::GiveUp(Reason::Upgrade),
         None => After::NextMessage,
     };
     Ok((framing, after))
+}
+
+/// Whether a request's `Upgrade` offers nothing but `h2c` (HTTP/2 in the clear), the
+/// probe curl and other clients put on a first request. Framing goes on after it: a
+/// server that declines (most do) answers in HTTP/1.1 and the stream stays HTTP/1.1, and
+/// after a server's `101` the client must send HTTP/2's preface, which gives up then.
+/// Any other protocol (`websocket`...) could follow the request with anything.
+fn offers_only_h2c(head: &RequestHead) -> bool {
+    let mut offered = false;
+    for protocol in head.header_values("upgrade").flat_map(list_elements) {
+        if !protocol.eq_ignore_ascii_case(b"h2c") {
+            return false;
+        }
+        offered = true;
+    }
+    offered
 }
 
 /// How a response's body is framed, and what follows it (§6.3, in its order); takes the
@@ -2035,6 +2053,32 @@ mod tests {
                 "gave up: upgrade",
                 "opaque \\x81\\x85frame"
             ]
+        );
+    }
+
+    #[test]
+    fn an_h2c_probe_goes_on_framing_until_the_preface_of_an_accepted_upgrade() {
+        let probe = "GET /a HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                     Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+        // Declined (answered in HTTP/1.1): the next request is framed as usual.
+        let declined = requests(format!("{probe}GET /b HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+        assert_eq!(
+            summary(&declined),
+            ["GET /a HTTP/1.1", "end", "GET /b HTTP/1.1", "end"]
+        );
+        // Accepted: the client's next bytes are HTTP/2's preface.
+        let accepted = requests(format!("{probe}PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").as_bytes());
+        assert_eq!(
+            summary(&accepted)[..3],
+            ["GET /a HTTP/1.1", "end", "gave up: http2_preface"]
+        );
+        // h2c among other protocols is an upgrade like any other.
+        let mixed = requests(
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c, websocket\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        );
+        assert_eq!(
+            summary(&mixed)[..3],
+            ["GET / HTTP/1.1", "end", "gave up: upgrade"]
         );
     }
 
