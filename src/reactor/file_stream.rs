@@ -209,12 +209,15 @@ impl Reactor {
                 return;
             };
             let ahead = conn.pending_out_ahead_of_file();
+            let tls = conn.tls.is_some();
             let Some(out) = conn.stream.as_ref().map(Stream::write_fd) else {
                 return;
             };
             let Some(fs) = conn.file_streams.front_mut() else {
                 return;
             };
+            // TLS started after the file was handed over: its bytes must be encrypted.
+            fs.zero_copy &= !tls;
             if ahead > 0 {
                 break Step::Wait; // what is queued goes first; flush calls again
             }
