@@ -272,6 +272,32 @@ fn two_live_addresses_make_one_connection_to_the_first() {
 }
 
 #[test]
+fn one_address_is_not_raced_the_connection_has_its_socket_while_connecting() {
+    // Nothing to race: the connection's own socket connects (its local address is known
+    // at once), and the exchange works as with two.
+    let (racer, log) = Racer::new(b"only one", 8);
+    let local_while_connecting = Rc::new(Cell::new(None));
+    let seen = Rc::clone(&local_while_connecting);
+    run(|r| {
+        let (addr, _) = counted_echo(r, LOOPBACK)?;
+        let id = r.connect_any(&[addr], racer);
+        seen.set(r.local_addr(id));
+        Ok(())
+    });
+    assert!(local_while_connecting.get().is_some());
+    let log = log.borrow();
+    assert_eq!(log.completed, 1, "{log:?}");
+    assert_eq!(log.received, b"only one");
+    // Refused at once or on the first event: unbind says so.
+    let (racer, log) = Racer::new(b"", 0);
+    run(|r| {
+        r.connect_any(&[closed_port()], racer);
+        Ok(())
+    });
+    assert_eq!(log.borrow().unbinds, [UnbindReason::Refused]);
+}
+
+#[test]
 fn attempts_answered_together_leave_one_connection_and_close_the_others() {
     // Both addresses blackholed, so both attempts are in flight; then both accept queues
     // are emptied at once, and the SYNs the kernel retransmits (about a second after each

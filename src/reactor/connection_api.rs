@@ -60,8 +60,10 @@ impl Reactor {
     /// [`UnbindReason::Unresolvable`].
     ///
     /// The connection exists at once, with one id and one handler whichever address wins:
-    /// data sent before it connects is queued and delivered on the winner. Until then it
-    /// has no socket (`peer_addr`, socket options: none yet). What
+    /// data sent before it connects is queued and delivered on the winner. Until then a
+    /// connection racing several addresses has no socket (`peer_addr`, socket options:
+    /// none yet); one address is not raced, and its socket is the connection's at once.
+    /// What
     /// [`connect_host`](Self::connect_host) does with every address a name resolves to.
     pub fn connect_any<H: Handler>(&mut self, addrs: &[SocketAddr], handler: H) -> ConnId {
         let id = self
