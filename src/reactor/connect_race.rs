@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use mio::Token;
 use slab::Slab;
 
+use super::connection::register_stream;
 use super::lifecycle::Life;
 use super::{Reactor, Readiness, TimerTask};
 use crate::handler::UnbindReason;
@@ -184,12 +185,9 @@ impl Reactor {
     /// (two `epoll_ctl` calls saved on each connect to a name with one address, the
     /// usual backend).
     fn connect_directly(&mut self, id: ConnId, addr: SocketAddr, local: Option<SocketAddr>) {
-        let nodelay = self.defaults.nodelay;
         let attempt = socket::tcp_connect(addr, local).and_then(|mut stream| {
-            stream.register(self.poll.registry(), Token(id.slot))?;
-            if nodelay {
-                let _ = stream.set_nodelay(true); // best effort, as for any connection
-            }
+            let nodelay = self.defaults.nodelay;
+            register_stream(self.poll.registry(), &mut stream, Token(id.slot), nodelay)?;
             Ok(stream)
         });
         match attempt {
@@ -250,13 +248,13 @@ impl Reactor {
         let mut stream = socket::tcp_connect(addr, local).map_err(failed)?;
         let entry = races.attempts.vacant_entry();
         let key = entry.key();
-        stream
-            .register(poll.registry(), attempt_token(key))
-            .map_err(failed)?;
-        if defaults.nodelay {
-            // Best effort, as for any connection: a socket that refuses it still works.
-            let _ = stream.set_nodelay(true);
-        }
+        register_stream(
+            poll.registry(),
+            &mut stream,
+            attempt_token(key),
+            defaults.nodelay,
+        )
+        .map_err(failed)?;
         entry.insert(Attempt { conn: id, stream });
         if let Some(race) = races.races.get_mut(&id) {
             race.in_flight.push(key);
@@ -353,6 +351,9 @@ impl Reactor {
     /// delay timer. Called for the winner, for a lost race, and by `reap` for a
     /// connection closed while racing.
     pub(crate) fn end_race(&mut self, id: ConnId) {
+        if self.races.races.is_empty() {
+            return; // every close asks: no hashing when nothing races
+        }
         let Some(race) = self.races.races.remove(&id) else {
             return;
         };

@@ -98,6 +98,22 @@ pub(crate) struct Connection {
     pub(crate) file_streams: VecDeque<FileStream>,
 }
 
+/// Registers a new connection's (or connect attempt's) socket under `token`, with
+/// `TCP_NODELAY` if the reactor's default asks for it.
+pub(crate) fn register_stream(
+    registry: &mio::Registry,
+    stream: &mut Stream,
+    token: mio::Token,
+    nodelay: bool,
+) -> io::Result<()> {
+    stream.register(registry, token)?;
+    if nodelay {
+        // Best effort: a socket that refuses it still works, only slower.
+        let _ = stream.set_nodelay(true);
+    }
+    Ok(())
+}
+
 /// A comm-inactivity timeout and the timer that enforces it. The timer may be due before
 /// the timeout's deadline (it was armed for a shorter timeout, or before the last
 /// activity): when it fires it closes the connection or re-arms for the time still left,
@@ -223,11 +239,12 @@ impl Reactor {
         let entry = self.descriptors.vacant_entry();
         let slot = entry.key();
         if let Some(stream) = stream.as_mut() {
-            stream.register(self.poll.registry(), mio::Token(slot))?;
-            if self.defaults.nodelay {
-                // Best effort: a socket that refuses it still works, only slower.
-                let _ = stream.set_nodelay(true);
-            }
+            register_stream(
+                self.poll.registry(),
+                stream,
+                mio::Token(slot),
+                self.defaults.nodelay,
+            )?;
         }
         let connecting = !life.is_connected();
         let conn = Connection::new(serial, stream, handler, life, &self.defaults, self.now);
@@ -457,7 +474,7 @@ impl Reactor {
     }
 
     /// Queues `data` from the handler or a relay: behind the last file if any is streaming,
-    /// else as [`enqueue_now`](Self::enqueue_now).
+    /// else for the wire now (through TLS if the connection speaks it).
     pub(crate) fn enqueue(&mut self, id: ConnId, data: &[u8]) -> bool {
         let Some(conn) = self.conn_mut(id) else {
             return false;
@@ -472,15 +489,7 @@ impl Reactor {
             }
             return true;
         }
-        self.enqueue_now(id, data)
-    }
-
-    /// Queues `data` for the wire now: through TLS if the connection speaks it.
-    pub(crate) fn enqueue_now(&mut self, id: ConnId, data: &[u8]) -> bool {
-        if self.conn(id).is_some_and(|c| c.tls.is_some()) {
-            return self.tls_send(id, data);
-        }
-        self.enqueue_raw(id, data)
+        self.enqueue_accepted(id, data)
     }
 
     /// Queues bytes for the wire as they are, writing straight to the socket when nothing
@@ -497,8 +506,9 @@ impl Reactor {
         self.write_or_queue(id, data)
     }
 
-    /// Bytes accepted before the write half began to end (a streaming file, and what
-    /// waited behind it): they still go out, through TLS if the connection speaks it.
+    /// Bytes already accepted (by `enqueue`, or before the write half began to end: a
+    /// streaming file and what waited behind it) go out, through TLS if the connection
+    /// speaks it.
     pub(crate) fn enqueue_accepted(&mut self, id: ConnId, data: &[u8]) -> bool {
         if self.conn(id).is_some_and(|c| c.tls.is_some()) {
             return self.tls_send(id, data);
