@@ -10,14 +10,15 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use support::IO_TIMEOUT;
 use support::child::{Child, EmberProxy};
 use support::clients::{connect, fresh_dir, lines_of, wait_until};
-use support::http_app::{Behaviour, HttpApp};
+use support::http_app::{Behaviour, Gate, HttpApp};
 
 /// The compare log's lines, parsed.
 fn compared(log: &Path) -> Vec<Value> {
@@ -27,14 +28,22 @@ fn compared(log: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// Waits until the compare log has `n` lines; returns them.
+/// Waits until the compare log has `n` lines; returns them. On a timeout, the panic shows
+/// the lines that did come and the proxy's stderr.
 fn wait_compared(log: &Path, n: usize, proxy: &Child) -> Vec<Value> {
-    wait_until(&format!("{n} compare-log lines"), IO_TIMEOUT, || {
-        lines_of(log).len() >= n
-    });
-    let lines = compared(log);
-    assert_eq!(lines.len(), n, "{lines:?}\n{}", proxy.stderr());
-    lines
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while lines_of(log).len() < n && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let lines = lines_of(log);
+    assert_eq!(
+        lines.len(),
+        n,
+        "{n} compare-log lines expected within {IO_TIMEOUT:?}; found:\n{}\nproxy stderr:\n{}",
+        lines.join("\n"),
+        proxy.stderr()
+    );
+    compared(log)
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length or chunked body from `s`; returns
@@ -597,13 +606,48 @@ fn curls_h2c_upgrade_probe_does_not_end_mirroring_when_production_declines_it() 
         versions, "1.1 1\n1.1 0\n1.1 0\n",
         "one connection, HTTP/1.1 throughout"
     );
-    let lines = wait_compared(&log, 3, &proxy.child);
+    let mut lines = wait_compared(&log, 3, &proxy.child);
     for line in &lines {
         assert_eq!(line["verdict"], "same", "{line}");
     }
+    // A line is written when its shadow answers, and the shadow's pool may carry the
+    // requests on two connections: the log's order is the answers', not the requests'.
+    lines.sort_by_key(|l| l["request"].as_u64());
     let paths: Vec<_> = lines
         .iter()
         .map(|l| l["path"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(paths, ["/users/1", "/users/2", "/users/3"]);
+}
+
+#[test]
+fn a_shadow_answer_that_comes_after_its_client_has_gone_is_still_compared() {
+    // The client has its answer and closes; the shadow answers only then. The mirrored
+    // request still ends in a compare-log line (it used to vanish with the session).
+    let prod = HttpApp::start(Behaviour::default());
+    let gate = Gate::default();
+    let shadow = HttpApp::start(Behaviour {
+        hold: Some(gate.clone()),
+        ..Behaviour::default()
+    });
+    let dir = fresh_dir("http-shadow", "client-gone");
+    let log = dir.join("compare.log");
+    let proxy = proxy(prod.addr, shadow.addr, &log, &["-v"]);
+    let mut s = connect(proxy.addr);
+    s.write_all(get("/users/1").as_bytes()).unwrap();
+    let (status, _) = read_response(&mut s);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    wait_until("the mirrored request", IO_TIMEOUT, || {
+        shadow.requests().len() == 1
+    });
+    drop(s);
+    wait_until("the client's session to end", IO_TIMEOUT, || {
+        proxy.child.stderr().contains("client gone")
+    });
+    gate.open();
+    let lines = wait_compared(&log, 1, &proxy.child);
+    assert_eq!(lines[0]["verdict"], "same", "{}", lines[0]);
+    assert_eq!(lines[0]["path"], "/users/1", "{}", lines[0]);
+    assert_eq!(lines[0]["request"], 1, "{}", lines[0]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

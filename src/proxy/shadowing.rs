@@ -2,6 +2,10 @@
 //! how they are dressed, and (with comparison) the pairing of each primary response with
 //! the shadows' responses to the same request.
 //!
+//! Every mirrored request ends in one [`CompareLine`] per shadow that was sent it, or is
+//! counted as [`skipped`](ShadowEvents::skipped): a client that leaves before a shadow
+//! answers does not take the comparison with it (the shadows' callbacks keep its tap).
+//!
 //! [`HttpShadowing`] is built once per proxy server and attached to each client's
 //! [`Setup`]. It installs two taps: on the client's bytes (`on_data`), a
 //! [`RequestSplitter`] finds each request; a sampled one, of a chosen method, is copied
@@ -23,7 +27,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::compare::{
@@ -49,7 +53,8 @@ pub trait ShadowEvents {
     /// A client's stream stopped being HTTP/1.1 the proxy can frame: mirroring stops for
     /// that client (`reason` is an [`http1::Reason`](super::http1::Reason) name).
     fn gave_up(&self, _session: u64, _reason: &'static str) {}
-    /// A request was not mirrored: too big, too many waiting, or the shadow's queue full.
+    /// A request was not mirrored (too big, too many waiting, or the shadow's queue
+    /// full), or was mirrored but can never be compared ([`UNPAIRED`]).
     fn skipped(&self, _why: &'static str) {}
     /// A mirrored request got no answer from shadow `shadow` (refused, timed out...),
     /// whether or not answers are compared.
@@ -204,7 +209,14 @@ impl Pair {
     }
 }
 
-/// One client's taps.
+/// What [`ShadowEvents::skipped`] says of a mirrored request that is never compared: its
+/// primary never answered it (the client or the primary went first), or the client's
+/// stream stopped being HTTP the proxy can frame.
+pub const UNPAIRED: &str = "unpaired";
+
+/// One client's taps. The session's hooks hold it, and so (with comparison) does every
+/// shadow's callback for a request still out: it outlives its client until the last
+/// shadow has answered.
 struct Tap {
     shared: Rc<Shared>,
     session: u64,
@@ -348,8 +360,16 @@ impl Tap {
     fn stop(&mut self, reason: &'static str) {
         self.stopped = true;
         self.reading = None;
-        self.pending.clear();
+        self.drop_unpaired();
         self.shared.events.gave_up(self.session, reason);
+    }
+
+    /// The pairs still waiting will never be compared (mirroring stopped, or the tap is
+    /// going): each is counted as skipped, so that no mirrored request goes unaccounted.
+    fn drop_unpaired(&mut self) {
+        for _ in std::mem::take(&mut self.pending) {
+            self.shared.events.skipped(UNPAIRED);
+        }
     }
 
     /// Bytes from the primary: find the responses, digest the ones a pair waits for.
@@ -467,6 +487,12 @@ impl Tap {
     }
 }
 
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.drop_unpaired();
+    }
+}
+
 /// Hands a whole request to every shadow (and the reference), registering its pair when
 /// comparing.
 fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Reading) {
@@ -492,7 +518,11 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
             },
         );
     }
-    let weak = Rc::downgrade(tap);
+    // With comparison, each shadow's callback keeps the tap: a client that has its answer
+    // and leaves before the shadows answer must not take their pairing with it. The
+    // mirror calls every callback it took (an answer, a failure, a timeout), so the tap
+    // goes with the last one.
+    let back = || comparing.then(|| Rc::clone(tap));
     let mut bytes = Some(bytes);
     let last = shared.shadows.len().saturating_sub(1);
     for (i, (_, mirror)) in shared.shadows.iter().enumerate() {
@@ -506,7 +536,7 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
             method: method.clone(),
             bytes,
         };
-        let back = Weak::clone(&weak);
+        let tap_back = back();
         let reports = Rc::clone(&shared);
         let sent = mirror.send(
             s.reactor(),
@@ -515,7 +545,7 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
                 if let Err(failure) = &outcome {
                     reports.events.mirror_failed(&reports.shadows[i].0, failure);
                 }
-                deliver(&back, index, Some(i), comparing, Some(outcome));
+                deliver(tap_back.as_ref(), index, Some(i), Some(outcome));
             }),
         );
         match sent {
@@ -523,43 +553,39 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
             // Load shed: not sent, not a comparison.
             Err(failure) if failure.code() == BUSY => {
                 shared.events.skipped(BUSY);
-                deliver(&weak, index, Some(i), comparing, None);
+                deliver(back().as_ref(), index, Some(i), None);
             }
             Err(failure) => {
                 shared.events.mirror_failed(&shared.shadows[i].0, &failure);
-                deliver(&weak, index, Some(i), comparing, Some(Err(failure)));
+                deliver(back().as_ref(), index, Some(i), Some(Err(failure)));
             }
         }
     }
     if let (Some(reference), Some(bytes)) = (&shared.reference, original) {
         let request = MirroredRequest { method, bytes };
-        let back = Weak::clone(&weak);
+        let tap_back = back();
         let sent = reference.send(
             s.reactor(),
             request,
-            Box::new(move |_, outcome| deliver(&back, index, None, comparing, Some(outcome))),
+            Box::new(move |_, outcome| deliver(tap_back.as_ref(), index, None, Some(outcome))),
         );
         if let Err(failure) = sent {
             // Without the reference's answer, the comparison goes on without it.
             let outcome = (failure.code() != BUSY).then_some(Err(failure));
-            deliver(&weak, index, None, comparing, outcome);
+            deliver(back().as_ref(), index, None, outcome);
         }
     }
 }
 
-/// A shadow's outcome (`None`: not sent) reaches its client's tap, if the client is
-/// still there.
+/// A shadow's outcome (`None`: not sent) reaches its client's tap (`None`: nothing is
+/// compared), whether or not the client is still connected.
 fn deliver(
-    tap: &Weak<RefCell<Tap>>,
+    tap: Option<&Rc<RefCell<Tap>>>,
     index: u64,
     shadow: Option<usize>,
-    comparing: bool,
     outcome: Option<Outcome>,
 ) {
-    if !comparing {
-        return;
-    }
-    let Some(tap) = tap.upgrade() else { return };
+    let Some(tap) = tap else { return };
     // A shadow answering while its client's hook runs cannot happen (the reactor runs
     // one callback at a time), but a borrow conflict must never panic: drop the answer.
     let Ok(mut tap) = tap.try_borrow_mut() else {

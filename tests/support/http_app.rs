@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 application on std threads (one per connection), for the shadow
 //! tests: production and its candidate are two copies with different [`Behaviour`]s — a
 //! deliberate regression on one route, a noisy header, chunked answers, a shadow that is
-//! slow or closes after each response — and each records the requests it saw.
+//! slow, closes after each response or answers only when the test says — and each
+//! records the requests it saw.
 //!
 //! Every route answers JSON describing the request:
 //! `{"method":"GET","path":"/users/7","user":{"id":7,"email":"u7@example.com"},"n":N}`
@@ -12,7 +13,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -33,6 +34,29 @@ pub struct Behaviour {
     pub regress: Option<&'static str>,
     /// Accept connections and never read them.
     pub blackhole: bool,
+    /// Read each request, then hold its answer until the gate opens.
+    pub hold: Option<Gate>,
+}
+
+/// Holds a [`Behaviour::hold`] application's answers until the test opens it: a shadow
+/// that answers exactly when the test says, with no sleep.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    /// Lets every held answer (and every later one) go.
+    pub fn open(&self) {
+        let (open, opened) = &*self.0;
+        *open.lock().unwrap() = true;
+        opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let (open, opened) = &*self.0;
+        let _open = opened
+            .wait_while(open.lock().unwrap(), |open| !*open)
+            .unwrap();
+    }
 }
 
 /// One request as the application read it.
@@ -108,6 +132,9 @@ fn serve(
             return Ok(());
         };
         seen.lock().unwrap().push(request.clone());
+        if let Some(gate) = &behaviour.hold {
+            gate.wait();
+        }
         if !behaviour.delay.is_zero() {
             thread::sleep(behaviour.delay);
         }
