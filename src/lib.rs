@@ -69,7 +69,7 @@ pub use id::{ConnId, ServerId, TimerId};
 pub use limits::raise_descriptor_limit;
 pub use reactor::{
     ACCEPTS_PER_EVENT, CallbackPanic, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HIGH_WATER,
-    DEFAULT_LOW_WATER, DEFAULT_RESOLVE_INTERVAL, LocalHandle, READ_CHUNK, READS_PER_EVENT, Reactor,
-    TimerAction, Unreachable,
+    DEFAULT_LOW_WATER, DEFAULT_RESOLVE_INTERVAL, KERNEL_BUDGET, LocalHandle, READ_CHUNK, READS_PER_EVENT,
+    Reactor, RelayMode, TimerAction, Unreachable,
 };
 pub use remote::ReactorHandle;

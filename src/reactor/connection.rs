@@ -93,6 +93,8 @@ pub(crate) struct Connection {
     /// TLS, once `start_tls_*` ran: what is read is ciphertext for it, what is sent
     /// plaintext for it (see `tls.rs`).
     pub(crate) tls: Option<Box<super::tls::TlsLayer>>,
+    /// Its side of an in-kernel relay pair, once linked (see `kernel_relay.rs`).
+    pub(crate) kernel: Option<super::kernel_relay::KernelSide>,
 }
 
 impl Connection {
@@ -132,6 +134,7 @@ impl Connection {
             untried_addrs: Vec::new(),
             bind_to: None,
             tls: None,
+            kernel: None,
         }
     }
 
@@ -210,7 +213,10 @@ impl Reactor {
         Ok(id)
     }
 
-    pub(crate) fn on_connection_event(&mut self, id: ConnId, ready: Readiness) {
+    pub(crate) fn on_connection_event(&mut self, id: ConnId, mut ready: Readiness) {
+        if self.kernel_relay_event(id) {
+            ready.readable = true;
+        }
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -277,6 +283,7 @@ impl Reactor {
                 }
                 self.notify(id, |h, cx| h.connection_completed(cx));
                 self.flush(id);
+                self.kernel_relay_connected(id);
             }
             Err(e) => {
                 if self.connect_next_address(id).is_err() {
@@ -379,6 +386,12 @@ impl Reactor {
 
     /// Writes as much of the outbound queue as the socket takes.
     pub(crate) fn flush(&mut self, id: ConnId) {
+        if self.conn(id).is_some_and(|c| c.kernel.is_some() && !c.outbound.is_empty())
+            && !self.inbound_settled(id)
+        {
+            self.await_drain(id); // what the kernel relayed into it goes out first
+            return;
+        }
         let now = self.now;
         let Some(conn) = self.conn_mut(id) else {
             return;
@@ -436,6 +449,8 @@ impl Reactor {
     /// close_notify) are still taken while the write half is ending.
     pub(crate) fn enqueue_raw(&mut self, id: ConnId, data: &[u8]) -> bool {
         let now = self.now;
+        // Bytes the kernel relayed into a linked connection go out first.
+        let settled = !self.is_kernel_linked(id) || self.inbound_settled(id);
         let Some(conn) = self.conn_mut(id) else {
             return false;
         };
@@ -444,7 +459,7 @@ impl Reactor {
             return false;
         }
         let mut rest = data;
-        if conn.pending_out() == 0 && conn.life.is_connected() {
+        if conn.pending_out() == 0 && conn.life.is_connected() && settled {
             let Some(stream) = conn.stream.as_mut() else {
                 return false;
             };
@@ -467,6 +482,9 @@ impl Reactor {
             conn.outbound.push(rest);
             if conn.pending_out() > conn.high_water {
                 conn.above_high_water = true;
+            }
+            if !settled {
+                self.await_drain(id);
             }
         }
         true
@@ -505,6 +523,14 @@ impl Reactor {
         if conn.life.ends_writing() && conn.tls.is_some() && self.tls_close_notify(id) {
             // Our FIN waits for the close_notify ahead of it.
             self.flush(id);
+            return;
+        }
+        if self.conn(id).is_some_and(|c| c.kernel.is_some() && c.life.is_closing())
+            && !self.kernel_relay_may_close(id)
+        {
+            // Bytes the kernel relayed into it are still on their way out: the close
+            // (or FIN) waits for them.
+            self.await_drain(id);
             return;
         }
         let Some(conn) = self.conn_mut(id) else {
@@ -633,6 +659,7 @@ impl Reactor {
     /// The half-close timer fired: close if nothing moved for the timeout, else re-arm
     /// for the time left.
     pub(crate) fn half_close_check(&mut self, id: ConnId) {
+        self.refresh_kernel_activity(id);
         let now = self.now;
         let Some(conn) = self.conn_mut(id) else {
             return;
@@ -725,6 +752,7 @@ impl Reactor {
         {
             self.timers.cancel(timer);
         }
+        self.kernel_relay_gone(&mut conn);
         let reason = conn.life.unbind_reason();
         let relay_target = conn.relay.map(|r| r.target);
         if let Some(handler) = conn.handler.take() {

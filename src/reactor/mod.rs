@@ -21,6 +21,7 @@ mod connection;
 mod connection_api;
 mod datagram;
 mod file_watch;
+mod kernel_relay;
 mod lifecycle;
 mod panics;
 mod process;
@@ -49,6 +50,7 @@ use crate::timers::TimerQueue;
 
 pub(crate) use connection::Connection;
 pub use panics::CallbackPanic;
+pub use kernel_relay::{KERNEL_BUDGET, RelayMode};
 pub use queues::LocalHandle;
 use queues::{CarryOver, NextTicks, PendingCloses};
 pub use resolver::DEFAULT_RESOLVE_INTERVAL;
@@ -75,6 +77,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const WAKER_TOKEN: Token = Token(usize::MAX);
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 const INOTIFY_TOKEN: Token = Token(usize::MAX - 2);
+/// The in-kernel relay's signal ring (`kernel_relay.rs`).
+const KERNEL_RELAY_TOKEN: Token = Token(usize::MAX - 3);
 
 /// Everything the reactor can hold a descriptor for.
 // Connections are by far the most common entry and the hot one: boxing them to shrink
@@ -237,6 +241,8 @@ pub struct Reactor {
     listen: server::ListenSettings,
     /// Splice on or off, and the copying path's buffer (`relay.rs`).
     relays: relay::Relays,
+    /// The in-kernel relay's maps and program, once opened (`kernel_relay.rs`).
+    kernel: kernel_relay::KernelRelays,
     /// One datagram's worth (64 KiB), allocated on first use (`datagram.rs`).
     datagram_buf: Vec<u8>,
     /// Closed children awaiting exit, their poll timer and grace (`process.rs`).
@@ -282,6 +288,7 @@ impl Reactor {
             },
             listen: server::ListenSettings::default(),
             relays: relay::Relays::default(),
+            kernel: kernel_relay::KernelRelays::default(),
             datagram_buf: Vec::new(),
             children: process::Children::default(),
             signals: signals::Signals::default(),
@@ -417,6 +424,7 @@ impl Reactor {
                 WAKER_TOKEN => self.run_remote_work(),
                 SIGNAL_TOKEN => self.run_signal_handlers(),
                 INOTIFY_TOKEN => self.read_file_events(),
+                KERNEL_RELAY_TOKEN => self.kernel_relay_signals(),
                 Token(slot) => self.dispatch(slot, Readiness::of(event)),
             }
         }

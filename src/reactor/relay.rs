@@ -148,11 +148,15 @@ impl Reactor {
             self.next_tick(move |r| r.finish_length_relay(source));
         }
         self.schedule_read(source);
+        self.kernel_relay_idle(source, false);
         true
     }
 
     /// The target's pending bytes fell to `pending`: let its source read again if room.
     pub(crate) fn wake_relay_source(&mut self, source: ConnId, pending: usize) {
+        if pending == 0 {
+            self.kernel_relay_target_emptied(source);
+        }
         if let Some(src) = self.conn(source)
             && let Some(relay) = src.relay
             && src.unread
@@ -164,6 +168,9 @@ impl Reactor {
 
     /// Moves bytes from relay source `id` to its target, up to the per-event budget.
     pub(crate) fn relay_some(&mut self, id: ConnId) {
+        if self.kernel_relay_step(id) {
+            return; // the kernel has this direction (see kernel_relay.rs)
+        }
         let now = self.now;
         let budget = self.conn(id).map_or(0, |c| c.reads_per_event);
         for _ in 0..budget {
@@ -193,6 +200,7 @@ impl Reactor {
             }
             let splice = self.relays.splice_enabled
                 && relay.splicing
+                && self.may_splice_from(id)
                 && tgt.life.is_connected()
                 && tgt.outbound.is_empty()
                 && self.ensure_pipe(relay.target, relay.bufsize);
@@ -275,6 +283,7 @@ impl Reactor {
                             .is_some_and(|p| p.len > 0);
                     if !pipe_busy && let Some(src) = self.conn_mut(id) {
                         src.unread = false;
+                        self.kernel_relay_drained(id);
                     }
                     return;
                 }

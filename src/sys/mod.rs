@@ -12,6 +12,7 @@ pub(crate) mod limits;
 pub(crate) mod pipes;
 pub(crate) mod signals;
 pub(crate) mod socket;
+pub(crate) mod sockmap;
 pub(crate) mod splice;
 
 use std::io;
