@@ -145,6 +145,9 @@ pub(crate) struct KernelSide {
     inbound_total: Option<u64>,
     drain_timer: Option<TimerId>,
     drain_wait: Duration,
+    /// Its `proxied_bytes` when it started passing: what the relay has read of the
+    /// bytes the program kept is the difference.
+    proxied_at_pass: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,6 +320,37 @@ impl Reactor {
         }
         let in_map = side.flow == Flow::Passing;
         self.set_flow(source, Flow::Copying { in_map });
+        false
+    }
+
+    /// Called by the relay when a read of `source` found its end: `false` if that is
+    /// too early — a passing socket's kept bytes can wait in a queue `recv` does not
+    /// see (past the receive buffer) while the FIN is already in: then the relay reads
+    /// again shortly.
+    pub(crate) fn kernel_relay_end_is_real(&mut self, source: ConnId) -> bool {
+        let Some(conn) = self.conn(source) else {
+            return true;
+        };
+        let Some(side) = conn.kernel else {
+            return true;
+        };
+        if side.flow != (Flow::Copying { in_map: true }) {
+            return true;
+        }
+        let kept = self
+            .kernel
+            .redirector
+            .as_ref()
+            .map_or(0, |r| r.kept(&side.me));
+        if conn.proxied_bytes.saturating_sub(side.proxied_at_pass) >= kept {
+            return true;
+        }
+        self.add_timer(DRAIN_FIRST_WAIT, move |r| {
+            if let Some(c) = r.conn_mut(source) {
+                c.unread = true;
+            }
+            r.schedule_read(source);
+        });
         false
     }
 
@@ -538,6 +572,7 @@ impl Reactor {
                     inbound_total: Some(0),
                     drain_timer: None,
                     drain_wait: DRAIN_FIRST_WAIT,
+                    proxied_at_pass: 0,
                 });
             }
         }
@@ -599,9 +634,11 @@ impl Reactor {
         let moved = count.saturating_sub(side.count_at_redirect);
         if let Some(c) = self.conn_mut(source) {
             c.proxied_bytes += moved;
+            let proxied = c.proxied_bytes;
             if let Some(s) = c.kernel.as_mut() {
                 s.flow = flow;
                 s.count_at_redirect = count;
+                s.proxied_at_pass = proxied;
             }
         }
         if let Some(s) = self.conn_mut(side.peer).and_then(|c| c.kernel.as_mut()) {

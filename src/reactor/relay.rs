@@ -232,6 +232,12 @@ impl Reactor {
                 continue; // the next step copies, which steps over the mark
             }
             match moved {
+                Io::Eof if !self.kernel_relay_end_is_real(id) => {
+                    if let Some(src) = self.conn_mut(id) {
+                        src.unread = false;
+                    }
+                    return; // bytes the kernel kept are still to come
+                }
                 Io::Eof => {
                     if let Some(src) = self.conn_mut(id) {
                         src.unread = false;

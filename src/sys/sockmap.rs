@@ -221,8 +221,7 @@ mod linux {
             I(insn(MOV64_IMM, R4, 0, 0, 0)),
             I(insn(CALL, 0, 0, 0, FUNC_SK_REDIRECT_HASH)),
             Jump(JNE_IMM, R0, 0, 0, "exit"), // SK_PASS: redirected
-            Label("pass"),
-            I(insn(MOV64_IMM, R0, 0, 0, 1)), // SK_PASS without a redirect: bytes stay
+            I(insn(MOV64_IMM, R0, 0, 0, 1)), // no peer (it closed): the bytes stay
             Label("exit"),
             I(insn(EXIT, 0, 0, 0, 0)),
             Label("start passing"),
@@ -231,7 +230,15 @@ mod linux {
         ]);
         signal(&mut p);
         p.extend([
-            I(insn(MOV64_IMM, R0, 0, 0, 1)), // SK_PASS
+            Label("pass"),
+            // Count what stays: the reactor reads these bytes itself, some of them
+            // from a queue it cannot see yet, and must not take a FIN for the end
+            // before it has read them all.
+            I(insn(LDX_W, R1, R6, 0, 0)), // __sk_buff.len
+            I(insn(LDX_DW, R2, R7, 16, 0)),
+            I(insn(ADD64_REG, R2, R1, 0, 0)),
+            I(insn(STX_DW, R7, R2, 16, 0)),
+            I(insn(MOV64_IMM, R0, 0, 0, 1)), // SK_PASS without a redirect: bytes stay
             I(insn(EXIT, 0, 0, 0, 0)),
         ]);
         assemble(&p)
@@ -338,8 +345,8 @@ mod linux {
         peers: OwnedFd,
         /// Sockets whose input is redirected now (the verdict program is attached).
         relayed: OwnedFd,
-        /// Cookie of a linked socket → {bytes it has redirected since it was linked,
-        /// whether it is passing} (written by the program only).
+        /// Cookie of a linked socket → {bytes it redirected since it was linked,
+        /// whether it is passing, bytes it kept} (written by the program only).
         counts: OwnedFd,
         /// Cookie of a relayed socket → {soft, hard}: past the soft limit the program
         /// signals; past the hard one it keeps the bytes with the socket, for good.
@@ -364,7 +371,7 @@ mod linux {
             let maps = Maps {
                 peers: map(BPF_MAP_TYPE_SOCKHASH, "ember_peers", 4, capacity)?,
                 relayed: map(BPF_MAP_TYPE_SOCKHASH, "ember_relayed", 4, capacity)?,
-                counts: map(BPF_MAP_TYPE_HASH, "ember_counts", 16, capacity)?,
+                counts: map(BPF_MAP_TYPE_HASH, "ember_counts", 24, capacity)?,
                 limits: map(BPF_MAP_TYPE_HASH, "ember_limits", 16, capacity)?,
                 signals: map(BPF_MAP_TYPE_RINGBUF, "ember_signals", 0, RING_BYTES as u32)?,
             };
@@ -425,7 +432,7 @@ mod linux {
         /// redirected yet). Both must be connected TCP sockets. On failure nothing
         /// stays inserted.
         pub(crate) fn link(&self, a: &Paired, b: &Paired) -> io::Result<()> {
-            let zero = [0u64; 2];
+            let zero = [0u64; 3];
             let (fd_a, fd_b) = (a.fd as u32, b.fd as u32);
             let steps: [(&OwnedFd, u64, *const u8); 4] = [
                 (&self.maps.counts, a.cookie, zero.as_ptr().cast()),
@@ -470,8 +477,13 @@ mod linux {
         /// Bytes `socket` has redirected since it was linked, and whether it passed its
         /// hard limit (then the program redirects nothing more of it, ever).
         pub(crate) fn count(&self, socket: &Paired) -> (u64, bool) {
-            let [count, passing] = lookup(&self.maps.counts, socket.cookie).unwrap_or([0, 0]);
+            let [count, passing, _] = lookup(&self.maps.counts, socket.cookie).unwrap_or([0; 3]);
             (count, passing != 0)
+        }
+
+        /// Bytes the program kept with `socket` since it started passing.
+        pub(crate) fn kept(&self, socket: &Paired) -> u64 {
+            lookup(&self.maps.counts, socket.cookie).map_or(0, |v| v[2])
         }
 
         /// Stops running the program on `socket`'s input; returns its count. Only for a
@@ -660,8 +672,9 @@ mod linux {
         bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
     }
 
-    fn lookup(map: &OwnedFd, key: u64) -> Option<[u64; 2]> {
-        let mut value = [0u64; 2];
+    /// `key`'s value in a map of one, two or three u64s (the rest left zero).
+    fn lookup(map: &OwnedFd, key: u64) -> Option<[u64; 3]> {
+        let mut value = [0u64; 3];
         let mut attr = MapElem {
             map_fd: map.as_raw_fd() as u32,
             key: &key as *const u64 as u64,
@@ -834,6 +847,9 @@ mod elsewhere {
         }
         pub(crate) fn count(&self, _socket: &Paired) -> (u64, bool) {
             (0, false)
+        }
+        pub(crate) fn kept(&self, _socket: &Paired) -> u64 {
+            0
         }
         pub(crate) fn hold(&self, _socket: &Paired) -> u64 {
             0
