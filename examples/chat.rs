@@ -1,12 +1,14 @@
 //! Line-based chat: every line a client sends is broadcast to everyone else, through an
 //! [`ember::em::Channel`] (EventMachine's `EM::Channel`): each client subscribes when it
-//! connects, pushes its lines, and unsubscribes when it goes.
+//! connects, pushes its lines, and unsubscribes when it goes. Lines are cut by a
+//! [`Tokenizer`] (EventMachine's `BufferedTokenizer`), which also bounds them.
 //! `cargo run --example chat -- [ADDR]` (default 127.0.0.1:8082), then `nc 127.0.0.1 8082`.
 
 use std::io;
 use std::net::SocketAddr;
 
 use ember::em::{Channel, SubscriptionId};
+use ember::protocols::Tokenizer;
 use ember::{ConnId, Context, Handler, IntoSocketAddr, Reactor, UnbindReason};
 
 /// Longest line kept; a client that sends more without a newline is disconnected.
@@ -21,7 +23,7 @@ struct Said {
 struct ChatClient {
     room: Channel<Said>,
     subscription: Option<SubscriptionId>,
-    partial: Vec<u8>,
+    lines: Tokenizer,
     name: String,
 }
 
@@ -30,7 +32,7 @@ impl ChatClient {
         ChatClient {
             room,
             subscription: None,
-            partial: Vec::new(),
+            lines: Tokenizer::new(b"\n", MAX_LINE),
             name: String::new(),
         }
     }
@@ -58,16 +60,24 @@ impl Handler for ChatClient {
         self.say(cx, format!("* {} joined\n", self.name).into_bytes());
     }
 
-    fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
-        self.partial.extend_from_slice(data);
-        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+    fn receive_data(&mut self, cx: &mut Context<'_>, mut data: &[u8]) {
+        while let Some(line) = self.lines.next_token(&mut data) {
+            let line = match line {
+                Ok(line) => line,
+                Err(too_long) => {
+                    cx.send_data(b"line too long, bye\n");
+                    cx.close_after_writing_with(too_long.into());
+                    return;
+                }
+            };
             let mut message = format!("{}: ", self.name).into_bytes();
-            message.extend(self.partial.drain(..=end));
-            self.say(cx, message);
-        }
-        if self.partial.len() > MAX_LINE {
-            cx.send_data(b"line too long, bye\n");
-            cx.close_after_writing();
+            message.extend_from_slice(line);
+            message.push(b'\n');
+            let said = Said {
+                from: cx.id(),
+                text: message,
+            };
+            self.room.push(said);
         }
     }
 

@@ -173,6 +173,10 @@ pub enum UnbindReason {
     /// common, an alert from the peer, the handshake timeout) or a record; what went
     /// wrong, as rustls says it.
     TlsFailed(Arc<str>),
+    /// This side closed it because the peer broke the protocol (a line over the limit, a
+    /// frame it could not parse); what was wrong, as the handler said it
+    /// ([`Context::close_after_writing_with`], or `TooLong.into()`).
+    ProtocolError(Arc<str>),
 }
 
 impl UnbindReason {
@@ -205,7 +209,7 @@ impl UnbindReason {
     /// A short fixed name for the reason, for logs a machine reads: `peer_closed`,
     /// `reset`, `refused`, `connect_timeout`, `inactivity_timeout`, `unresolvable`,
     /// `closed_by_us`, `reactor_stopped`, `detached`, `process_exited`, `file_gone`,
-    /// `io_error`, `panicked`, `half_close_timeout`.
+    /// `io_error`, `panicked`, `half_close_timeout`, `tls_failed`, `protocol_error`.
     pub fn code(&self) -> &'static str {
         match self {
             UnbindReason::PeerClosed => "peer_closed",
@@ -223,6 +227,7 @@ impl UnbindReason {
             UnbindReason::Panicked(_) => "panicked",
             UnbindReason::HalfCloseTimeout => "half_close_timeout",
             UnbindReason::TlsFailed(_) => "tls_failed",
+            UnbindReason::ProtocolError(_) => "protocol_error",
         }
     }
 }
@@ -245,6 +250,7 @@ impl fmt::Display for UnbindReason {
             UnbindReason::Panicked(message) => write!(f, "a callback panicked: {message}"),
             UnbindReason::HalfCloseTimeout => f.write_str("half-closed and idle too long"),
             UnbindReason::TlsFailed(why) => write!(f, "TLS failed: {why}"),
+            UnbindReason::ProtocolError(why) => write!(f, "protocol error: {why}"),
         }
     }
 }
@@ -277,6 +283,31 @@ impl<'r> Context<'r> {
         self.reactor.send_to(self.id, data)
     }
 
+    /// Queues the whole file at `path` without reading it into memory (see
+    /// [`Reactor::send_file_data`]); returns its length.
+    pub fn send_file_data(&mut self, path: impl AsRef<std::path::Path>) -> io::Result<u64> {
+        self.reactor.send_file_data(self.id, path)
+    }
+
+    /// Streams the file at `path` to the peer with `sendfile(2)` where it can, and calls
+    /// `done` once it has gone or failed (see [`Reactor::stream_file`]); returns its length.
+    pub fn stream_file_data(
+        &mut self,
+        path: impl AsRef<std::path::Path>,
+        done: impl FnOnce(&mut Reactor, crate::FileStreamResult) + 'static,
+    ) -> io::Result<u64> {
+        self.reactor.stream_file_data(self.id, path, done)
+    }
+
+    /// Streams an open file from its current position (see [`Reactor::stream_file`]).
+    pub fn stream_file(
+        &mut self,
+        file: std::fs::File,
+        done: impl FnOnce(&mut Reactor, crate::FileStreamResult) + 'static,
+    ) -> io::Result<u64> {
+        self.reactor.stream_file(self.id, file, done)
+    }
+
     /// Starts TLS as the server on this connection (see
     /// [`Reactor::start_tls_server`]); plaintext keeps flowing through `receive_data`
     /// and `send_data`.
@@ -307,6 +338,14 @@ impl<'r> Context<'r> {
     /// Stops reading and closes once everything queued has been written.
     pub fn close_after_writing(&mut self) {
         self.reactor.close_connection_after_writing(self.id);
+    }
+
+    /// [`close_after_writing`](Self::close_after_writing), saying why: `unbind` gets
+    /// `reason` (say [`UnbindReason::ProtocolError`]) instead of
+    /// [`UnbindReason::ClosedByUs`].
+    pub fn close_after_writing_with(&mut self, reason: UnbindReason) {
+        self.reactor
+            .close_connection_after_writing_with(self.id, reason);
     }
 
     /// Half-close: sends FIN once everything queued has been written, and keeps reading.
@@ -377,10 +416,39 @@ impl<'r> Context<'r> {
         self.reactor.set_sock_opt(self.id, level, name, value)
     }
 
+    /// A raw integer `getsockopt(level, name)`, for example
+    /// `cx.sock_opt(libc::SOL_SOCKET, libc::SO_RCVBUF)` (EventMachine's `get_sock_opt`,
+    /// which returns the raw bytes; ember reads options whose value is one `int`: an
+    /// option the kernel answers with another size is `InvalidInput`). `NotConnected` if
+    /// the connection has no socket (still resolving its name, or being unbound).
+    #[doc(alias = "get_sock_opt")]
+    pub fn sock_opt(&self, level: i32, name: i32) -> io::Result<i32> {
+        self.reactor.sock_opt(self.id, level, name)
+    }
+
+    /// How long since a byte last moved on this connection, either way (EventMachine's
+    /// `get_idle_time`); counted from when it was created if none has. The same clock
+    /// the comm-inactivity timeout reads. `None` once the connection is gone (during
+    /// `unbind`). Another connection's, from a timer:
+    /// `r.with_handler::<H, _>(id, |_, cx| cx.idle_time())`.
+    #[doc(alias = "get_idle_time")]
+    pub fn idle_time(&self) -> Option<Duration> {
+        let conn = self.reactor.conn(self.id)?;
+        Some(std::time::Instant::now().saturating_duration_since(conn.last_activity))
+    }
+
     /// Closes the connection with [`UnbindReason::InactivityTimeout`] after `timeout`
     /// without traffic in either direction; `None` turns it off.
     pub fn set_comm_inactivity_timeout(&mut self, timeout: Option<Duration>) {
         self.reactor.set_comm_inactivity_timeout(self.id, timeout);
+    }
+
+    /// The comm-inactivity timeout in force, if any (EventMachine's
+    /// `comm_inactivity_timeout`, the reader of `set_comm_inactivity_timeout`).
+    pub fn comm_inactivity_timeout(&self) -> Option<Duration> {
+        self.reactor
+            .conn(self.id)
+            .and_then(|c| c.inactivity.map(|i| i.timeout))
     }
 
     /// See [`Reactor::set_half_close_timeout`].
@@ -401,6 +469,14 @@ impl<'r> Context<'r> {
     /// Replaces the pending-connect timeout (default 20 s) of a connection still connecting.
     pub fn set_pending_connect_timeout(&mut self, timeout: Duration) {
         self.reactor.set_pending_connect_timeout(self.id, timeout);
+    }
+
+    /// The pending-connect timeout in force (EventMachine's `pending_connect_timeout`,
+    /// the reader of `set_pending_connect_timeout`); see
+    /// [`Reactor::pending_connect_timeout`]. `None` once the connection is gone.
+    #[doc(alias = "get_pending_connect_timeout")]
+    pub fn pending_connect_timeout(&self) -> Option<Duration> {
+        self.reactor.pending_connect_timeout(self.id)
     }
 }
 

@@ -22,7 +22,7 @@ pub(crate) fn physical_memory() -> u64 {
 pub fn raise_descriptor_limit() -> io::Result<u64> {
     let (soft, hard) = sys::descriptor_limits()?;
     if soft < hard {
-        sys::raise_soft_descriptor_limit()?;
+        sys::set_soft_descriptor_limit(hard)?;
     }
     Ok(soft.max(hard))
 }

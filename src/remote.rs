@@ -22,6 +22,8 @@ pub(crate) type DeferOutcome = (u64, thread::Result<Box<dyn Any + Send>>);
 pub(crate) struct Shared {
     waker: Waker,
     stop: AtomicBool,
+    /// The thread running the loop, while it runs (`run_loop`).
+    loop_thread: Mutex<Option<thread::ThreadId>>,
     tasks: Mutex<Vec<RemoteTask>>,
     deferred: Mutex<Vec<DeferOutcome>>,
 }
@@ -31,9 +33,15 @@ impl Shared {
         Shared {
             waker,
             stop: AtomicBool::new(false),
+            loop_thread: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             deferred: Mutex::new(Vec::new()),
         }
+    }
+
+    /// `run_loop` started (`Some`: on the calling thread) or ended (`None`).
+    pub(crate) fn set_loop_thread(&self, thread: Option<thread::ThreadId>) {
+        *lock(&self.loop_thread) = thread;
     }
 
     pub(crate) fn stop_requested(&self) -> bool {
@@ -95,8 +103,26 @@ impl ReactorHandle {
 
     /// Runs `task` on the reactor thread during its next tick. Tasks scheduled after the
     /// reactor has stopped are dropped without running.
+    ///
+    /// EventMachine's `schedule` runs its block at once when called on the reactor
+    /// thread; there, code already holds the `&mut Reactor` (a handler's
+    /// [`Context::reactor`](crate::Context::reactor)) and calls the closure itself. Use
+    /// [`is_reactor_thread`](Self::is_reactor_thread) to tell the two apart.
     pub fn schedule(&self, task: impl FnOnce(&mut Reactor) + Send + 'static) {
         self.shared.push_task(Box::new(task));
+    }
+
+    /// Whether the reactor's loop is running (EventMachine's `reactor_running?`).
+    #[doc(alias = "reactor_running")]
+    pub fn is_running(&self) -> bool {
+        lock(&self.shared.loop_thread).is_some()
+    }
+
+    /// Whether the calling thread is the one running the loop (EventMachine's
+    /// `reactor_thread?`).
+    #[doc(alias = "reactor_thread")]
+    pub fn is_reactor_thread(&self) -> bool {
+        *lock(&self.shared.loop_thread) == Some(thread::current().id())
     }
 }
 

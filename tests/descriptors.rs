@@ -506,3 +506,57 @@ fn ids_of_closed_descriptors_do_nothing() {
     assert!(!r.send_datagram(id, b"x", "127.0.0.1:9"));
     assert!(r.detach(id).is_none());
 }
+
+/// EventMachine's `detach` on a TCP connection: the reactor stops reading it and hands
+/// the socket back open; whoever takes it talks to the same peer.
+#[test]
+fn a_tcp_connection_detached_hands_its_socket_back_open() {
+    struct DetachOnLine {
+        handed: std::sync::mpsc::Sender<(Vec<u8>, std::os::fd::RawFd)>,
+        got: Vec<u8>,
+        unbound: std::sync::mpsc::Sender<UnbindReason>,
+    }
+    impl Handler for DetachOnLine {
+        fn receive_data(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+            self.got.extend_from_slice(data);
+            if self.got.ends_with(b"\n") {
+                let id = cx.id();
+                let fd = cx.detach(id).expect("a TCP connection can be detached");
+                let _ = self.handed.send((std::mem::take(&mut self.got), fd));
+            }
+        }
+        fn unbind(&mut self, _cx: &mut Context<'_>, reason: UnbindReason) {
+            let _ = self.unbound.send(reason);
+        }
+    }
+    let (handed_tx, handed_rx) = std::sync::mpsc::channel();
+    let (unbound_tx, unbound_rx) = std::sync::mpsc::channel();
+    let server = ReactorThread::spawn(move |r| {
+        let id = r.start_server("127.0.0.1:0", move || DetachOnLine {
+            handed: handed_tx.clone(),
+            got: Vec::new(),
+            unbound: unbound_tx.clone(),
+        })?;
+        Ok(r.server_addr(id).unwrap())
+    });
+    let mut client = std::net::TcpStream::connect(server.value).unwrap();
+    client.write_all(b"hello\n").unwrap();
+    let (line, fd) = handed_rx.recv_timeout(support::IO_TIMEOUT).unwrap();
+    assert_eq!(line, b"hello\n");
+    assert_eq!(
+        unbound_rx.recv_timeout(support::IO_TIMEOUT).unwrap(),
+        UnbindReason::Detached
+    );
+    // SAFETY: `detach` handed this descriptor over; nothing else owns or closes it.
+    let mut detached = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    detached.set_nonblocking(false).unwrap();
+    detached.write_all(b"from the detached socket\n").unwrap();
+    let mut reply = [0u8; 25];
+    client.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"from the detached socket\n");
+    // The reactor reads it no more: what the client sends now reaches the new owner.
+    client.write_all(b"second line\n").unwrap();
+    let mut again = [0u8; 12];
+    detached.read_exact(&mut again).unwrap();
+    assert_eq!(&again, b"second line\n");
+}

@@ -16,13 +16,15 @@ mod chat;
 use std::cell::{Cell, RefCell};
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ember::em::{
-    Channel, Deferrable, DeferredStatus, EachLimited, Queue, SubscriptionId, TimedOut,
+    Channel, Deferrable, DeferredStatus, EachLimited, Queue, SubscriptionId, SystemFailed,
+    SystemOptions, SystemResult, TimedOut, system, system_with,
 };
-use ember::{CallbackPanic, Reactor};
+use ember::{CallbackPanic, Context, Handler, Reactor};
 
 use support::clients::{connect, find, read_all, read_until};
 use support::reactor_thread::{ReactorThread, run_bounded};
@@ -611,9 +613,380 @@ fn chat_broadcasts_each_line_to_everyone_else_through_the_channel() {
     carol.write_all(&[b'x'; 5000]).unwrap();
     let rest = read_all(&mut carol);
     assert_eq!(rest, b"line too long, bye\n");
-    let gone = format!("* {carol_name} left (");
+    let gone =
+        format!("* {carol_name} left (protocol error: frame over the limit of 4096 bytes)\n");
     let seen = read_until(&mut alice, gone.as_bytes());
     assert!(find(&seen, gone.as_bytes()).is_some(), "{seen:?}");
 
     server.stop();
+}
+
+// ---------------------------------------------------------------------------------------
+// system (EM.system)
+// ---------------------------------------------------------------------------------------
+
+/// Runs `command` with `options` on a reactor of its own and returns what `done` got,
+/// checking that it was called exactly once.
+fn run_system(command: &mut Command, options: SystemOptions) -> SystemResult {
+    let results = Rc::new(RefCell::new(Vec::new()));
+    let seen = Rc::clone(&results);
+    run(move |r| {
+        system_with(r, command, options, move |r, result| {
+            seen.borrow_mut().push(result);
+            // Stop on the next tick: a second call would still be recorded.
+            r.next_tick(|r| r.stop());
+        })?;
+        Ok(())
+    });
+    let mut results = results.take();
+    assert_eq!(results.len(), 1, "done runs exactly once");
+    results.pop().unwrap()
+}
+
+#[test]
+fn system_collects_more_than_10_mib_of_stdout_byte_exact_with_the_exit_status() {
+    let expected: String = (1..=1_500_000).map(|n| format!("{n}\n")).collect();
+    assert!(expected.len() > 10 << 20);
+    let output = run_system(
+        Command::new("seq").args(["1", "1500000"]),
+        SystemOptions::new(),
+    )
+    .expect("seq exits");
+    assert!(output.status.success(), "{:?}", output.status);
+    assert_eq!(output.stdout.len(), expected.len());
+    assert!(output.stdout == expected.as_bytes(), "stdout differs");
+    assert!(output.stderr.is_empty());
+}
+
+#[test]
+fn system_reports_stderr_and_a_failing_exit_status() {
+    let output = run_system(
+        Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+        SystemOptions::new(),
+    )
+    .expect("sh exits");
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(output.stdout, b"out\n");
+    assert_eq!(output.stderr, b"err\n");
+}
+
+#[test]
+fn system_feeds_its_input_to_the_command_and_closes_its_stdin() {
+    // More than a pipe holds either way: cat writes back while it is still being fed.
+    let input: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let output = run_system(
+        &mut Command::new("cat"),
+        SystemOptions::new().input(input.clone()),
+    )
+    .expect("cat exits at the end of its input");
+    assert!(output.status.success());
+    assert!(
+        output.stdout == input,
+        "cat's output differs from its input"
+    );
+
+    // No input: stdin is closed at once, so a command reading it ends.
+    let output = run_system(&mut Command::new("cat"), SystemOptions::new()).unwrap();
+    assert!(output.status.success());
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn system_kills_a_command_that_writes_past_its_limit_and_says_so() {
+    // `yes` never ends by itself: only the limit ends it.
+    let result = run_system(
+        &mut Command::new("yes"),
+        SystemOptions::new().max_output(1 << 20),
+    );
+    assert_eq!(
+        result,
+        Err(SystemFailed::OutputOverLimit { limit: 1 << 20 })
+    );
+}
+
+#[test]
+fn system_on_a_command_that_cannot_start_fails_at_once_and_never_calls_back() {
+    let called = counter();
+    let seen = Rc::clone(&called);
+    run(move |r| {
+        let e = system(
+            r,
+            &mut Command::new("/nonexistent/ember-test-command"),
+            move |_, _| bump(&seen),
+        )
+        .expect_err("no such program");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        // Give a wrongly queued callback a tick to show itself.
+        r.next_tick(|r| r.next_tick(|r| r.stop()));
+        Ok(())
+    });
+    assert_eq!(called.get(), 0);
+}
+
+#[test]
+fn system_still_calls_back_once_when_the_reactor_stops_before_the_command_ends() {
+    use std::os::unix::process::ExitStatusExt;
+    let results = Rc::new(RefCell::new(Vec::new()));
+    let seen = Rc::clone(&results);
+    let started = Instant::now();
+    run(move |r| {
+        system(r, Command::new("sleep").arg("30"), move |_, result| {
+            seen.borrow_mut().push(result);
+        })?;
+        r.next_tick(|r| r.stop());
+        Ok(())
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the stop waited for sleep"
+    );
+    let results = results.take();
+    assert_eq!(results.len(), 1, "done runs exactly once");
+    let output = results[0].as_ref().expect("killed, with a status");
+    assert_eq!(output.status.signal(), Some(libc::SIGKILL));
+}
+
+#[test]
+fn system_runs_commands_side_by_side_without_blocking_the_loop() {
+    // The first command waits for the second to finish (through a FIFO): on a loop that
+    // blocked on the first, the second could never run.
+    let dir = support::clients::fresh_dir("em-system", "fifo");
+    let fifo = dir.join("fifo");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let outputs = Rc::new(RefCell::new(Vec::new()));
+    let (first, second) = (Rc::clone(&outputs), Rc::clone(&outputs));
+    let stop_when_both = |r: &mut Reactor, outputs: &RefCell<Vec<Vec<u8>>>| {
+        if outputs.borrow().len() == 2 {
+            r.stop();
+        }
+    };
+    run(move |r| {
+        let reader = format!("cat {}", fifo.display());
+        system(
+            r,
+            Command::new("sh").args(["-c", &reader]),
+            move |r, result| {
+                first.borrow_mut().push(result.unwrap().stdout);
+                stop_when_both(r, &first);
+            },
+        )?;
+        let writer = format!("echo through the fifo > {}", fifo.display());
+        system(
+            r,
+            Command::new("sh").args(["-c", &writer]),
+            move |r, result| {
+                assert!(result.unwrap().status.success());
+                second.borrow_mut().push(b"writer done".to_vec());
+                stop_when_both(r, &second);
+            },
+        )?;
+        Ok(())
+    });
+    let mut outputs = outputs.take();
+    outputs.sort();
+    assert_eq!(
+        outputs,
+        vec![b"through the fifo\n".to_vec(), b"writer done".to_vec()]
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection introspection: idle_time (get_idle_time), sock_opt (get_sock_opt)
+// ---------------------------------------------------------------------------------------
+
+/// Accepts one client, records its idle time when a byte arrives, after 150 ms of
+/// silence, and during `unbind`; answers "ok" and closes.
+struct IdleWatcher {
+    readings: Rc<RefCell<Vec<IdleReading>>>,
+}
+
+/// When an idle time was read, and what it was.
+type IdleReading = (&'static str, Option<Duration>);
+
+const QUIET: Duration = Duration::from_millis(150);
+
+impl Handler for IdleWatcher {
+    fn receive_data(&mut self, cx: &mut Context<'_>, _data: &[u8]) {
+        self.readings.borrow_mut().push(("on_read", cx.idle_time()));
+        let id = cx.id();
+        cx.add_timer(QUIET, move |r| {
+            let idle = r.with_handler::<IdleWatcher, _>(id, |w, cx| {
+                w.readings
+                    .borrow_mut()
+                    .push(("after_quiet", cx.idle_time()));
+                cx.send_data(b"ok");
+                cx.close_after_writing();
+            });
+            assert!(idle.is_ok(), "{idle:?}");
+        });
+    }
+
+    fn unbind(&mut self, cx: &mut Context<'_>, _reason: ember::UnbindReason) {
+        self.readings.borrow_mut().push(("unbind", cx.idle_time()));
+        cx.stop();
+    }
+}
+
+#[test]
+fn idle_time_is_near_zero_after_a_read_and_grows_while_nothing_moves() {
+    let readings = Rc::new(RefCell::new(Vec::new()));
+    let record = Rc::clone(&readings);
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
+    let client = std::thread::spawn(move || {
+        let mut stream = connect(addr_rx.recv().unwrap());
+        stream.write_all(b"a").unwrap();
+        read_all(&mut stream)
+    });
+    run(move |r| {
+        let server = r.start_server("127.0.0.1:0", move || IdleWatcher {
+            readings: Rc::clone(&record),
+        })?;
+        addr_tx.send(r.server_addr(server).unwrap()).unwrap();
+        Ok(())
+    });
+    assert_eq!(client.join().unwrap(), b"ok");
+    let readings = readings.take();
+    let names: Vec<_> = readings.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, ["on_read", "after_quiet", "unbind"]);
+    let on_read = readings[0].1.expect("alive while reading");
+    let after_quiet = readings[1].1.expect("alive in the timer");
+    assert!(on_read < QUIET, "the byte just moved, yet idle {on_read:?}");
+    assert!(
+        after_quiet >= QUIET,
+        "nothing moved for {QUIET:?}, yet idle {after_quiet:?}"
+    );
+    assert_eq!(
+        readings[2].1, None,
+        "no idle time once the connection is gone"
+    );
+}
+
+/// Sets options in `post_init` and reads them back, reporting what it read.
+struct OptionProbe {
+    seen: Rc<RefCell<Vec<io::Result<i32>>>>,
+}
+
+impl Handler for OptionProbe {
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        let mut seen = self.seen.borrow_mut();
+        cx.set_sock_opt(libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+            .unwrap();
+        seen.push(cx.sock_opt(libc::IPPROTO_TCP, libc::TCP_NODELAY));
+        cx.set_nodelay(false).unwrap();
+        seen.push(cx.sock_opt(libc::IPPROTO_TCP, libc::TCP_NODELAY));
+        cx.set_sock_opt(libc::SOL_SOCKET, libc::SO_RCVBUF, 64 * 1024)
+            .unwrap();
+        seen.push(cx.sock_opt(libc::SOL_SOCKET, libc::SO_RCVBUF));
+        seen.push(cx.sock_opt(libc::SOL_SOCKET, libc::SO_TYPE));
+        // Not a socket option at this level: the kernel's error comes back.
+        seen.push(cx.sock_opt(libc::SOL_SOCKET, -1));
+        drop(seen);
+        assert_eq!(cx.comm_inactivity_timeout(), None, "off by default");
+        cx.set_comm_inactivity_timeout(Some(Duration::from_secs(5)));
+        assert_eq!(cx.comm_inactivity_timeout(), Some(Duration::from_secs(5)));
+        cx.set_comm_inactivity_timeout(None);
+        assert_eq!(cx.comm_inactivity_timeout(), None);
+        cx.close();
+    }
+
+    fn unbind(&mut self, cx: &mut Context<'_>, _reason: ember::UnbindReason) {
+        let gone = cx.sock_opt(libc::SOL_SOCKET, libc::SO_TYPE);
+        self.seen.borrow_mut().push(gone);
+        cx.stop();
+    }
+}
+
+#[test]
+fn sock_opt_and_comm_inactivity_timeout_read_back_what_their_setters_wrote() {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let record = Rc::clone(&seen);
+    // Open until the test ends: the connect succeeds (the kernel completes it).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    run(move |r| {
+        r.connect(addr, OptionProbe { seen: record })?;
+        Ok(())
+    });
+    let seen = seen.take();
+    let values: Vec<_> = seen.iter().map(|v| v.as_ref().ok().copied()).collect();
+    assert_eq!(values[0], Some(1), "TCP_NODELAY on");
+    assert_eq!(values[1], Some(0), "TCP_NODELAY off");
+    // Linux doubles the asked size for its bookkeeping; no kernel gives less.
+    assert!(values[2].unwrap() >= 64 * 1024, "SO_RCVBUF {:?}", values[2]);
+    assert_eq!(values[3], Some(libc::SOCK_STREAM));
+    assert!(seen[4].is_err(), "an unknown option is the kernel's error");
+    let gone = seen[5].as_ref().unwrap_err();
+    assert_eq!(gone.kind(), io::ErrorKind::NotConnected, "during unbind");
+}
+
+#[test]
+fn set_descriptor_table_size_sets_the_soft_limit_within_the_hard_one() {
+    // Returns the hard limit: the soft one is raised to it.
+    let hard = ember::raise_descriptor_limit().unwrap();
+    // Lowering by one is harmless to the other tests in this process; asking for more
+    // than the hard limit gets the hard limit (what an unprivileged process may have).
+    assert_eq!(
+        ember::em::set_descriptor_table_size(hard - 1).unwrap(),
+        hard - 1
+    );
+    assert_eq!(ember::em::descriptor_table_size().unwrap(), hard - 1);
+    assert_eq!(
+        ember::em::set_descriptor_table_size(u64::MAX).unwrap(),
+        hard
+    );
+    assert_eq!(ember::em::descriptor_table_size().unwrap(), hard);
+}
+
+/// Reads the pending-connect timeout at each stage of a connect, reporting what it read.
+struct ConnectTimeoutProbe {
+    seen: Rc<RefCell<Vec<Option<Duration>>>>,
+}
+
+impl Handler for ConnectTimeoutProbe {
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        let mut seen = self.seen.borrow_mut();
+        seen.push(cx.pending_connect_timeout());
+        cx.set_pending_connect_timeout(Duration::from_secs(7));
+        seen.push(cx.pending_connect_timeout());
+    }
+
+    fn connection_completed(&mut self, cx: &mut Context<'_>) {
+        // Connected: a new timeout has nothing left to bound.
+        cx.set_pending_connect_timeout(Duration::from_secs(1));
+        let id = cx.id();
+        let from_reactor = cx.reactor().pending_connect_timeout(id);
+        self.seen.borrow_mut().push(from_reactor);
+        cx.close();
+    }
+
+    fn unbind(&mut self, cx: &mut Context<'_>, _reason: ember::UnbindReason) {
+        self.seen.borrow_mut().push(cx.pending_connect_timeout());
+        cx.stop();
+    }
+}
+
+#[test]
+fn pending_connect_timeout_reads_back_the_default_or_what_was_set_while_connecting() {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let record = Rc::clone(&seen);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let r = run(move |r| {
+        assert_eq!(r.default_pending_connect_timeout(), Duration::from_secs(20));
+        r.set_default_pending_connect_timeout(Duration::from_secs(3));
+        assert_eq!(r.default_pending_connect_timeout(), Duration::from_secs(3));
+        r.connect(addr, ConnectTimeoutProbe { seen: record })?;
+        Ok(())
+    });
+    assert_eq!(
+        *seen.borrow(),
+        [
+            Some(Duration::from_secs(3)), // the default it started with
+            Some(Duration::from_secs(7)), // set while connecting
+            Some(Duration::from_secs(7)), // a set once connected changes nothing
+            None,                         // gone, in unbind
+        ]
+    );
+    assert_eq!(r.default_pending_connect_timeout(), Duration::from_secs(3));
 }

@@ -68,7 +68,7 @@ impl Handler for LineServer {
                 Err(too_long) => {
                     report.too_long = Some(too_long);
                     cx.send_data(format!("ERROR {too_long}\n").as_bytes());
-                    cx.close_after_writing();
+                    cx.close_after_writing_with(too_long.into());
                     return;
                 }
             }
@@ -196,7 +196,12 @@ fn a_one_mib_line_closes_the_connection_with_the_reason_holding_no_more_than_the
             length: None
         })
     );
-    assert_eq!(report.unbind, Some(UnbindReason::ClosedByUs));
+    assert_eq!(
+        report.unbind,
+        Some(UnbindReason::ProtocolError(
+            format!("frame over the limit of {LIMIT} bytes").into()
+        ))
+    );
     assert!(report.received > LIMIT, "{report:?}");
     assert!(
         report.received < 1 << 20,
@@ -233,7 +238,7 @@ impl Handler for FrameServer {
                     let answer = format!("ERROR {too_long}");
                     self.framer.encode(answer.as_bytes(), &mut out).unwrap();
                     cx.send_data(&out);
-                    cx.close_after_writing();
+                    cx.close_after_writing_with(too_long.into());
                     return;
                 }
             }
@@ -313,7 +318,12 @@ fn length_prefixed_frames_split_across_reads_and_an_oversized_one() {
         report.lock().unwrap().unbind.is_some()
     });
     let report = report.lock().unwrap();
-    assert_eq!(report.unbind, Some(UnbindReason::ClosedByUs));
+    assert_eq!(
+        report.unbind,
+        Some(UnbindReason::ProtocolError(
+            format!("frame of {} bytes over the limit of {LIMIT} bytes", 1 << 20).into()
+        ))
+    );
     assert_eq!(
         report.too_long,
         Some(TooLong {

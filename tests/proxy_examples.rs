@@ -12,6 +12,9 @@ mod support;
 #[path = "../examples/balancing.rs"]
 mod balancing;
 #[allow(dead_code)]
+#[path = "../examples/balancing_client.rs"]
+mod balancing_client;
+#[allow(dead_code)]
 #[path = "../examples/beanstalkd_interceptor.rs"]
 mod beanstalkd_interceptor;
 #[allow(dead_code)]
@@ -23,6 +26,9 @@ mod http_proxy;
 #[allow(dead_code)]
 #[path = "../examples/line_interceptor.rs"]
 mod line_interceptor;
+#[allow(dead_code)]
+#[path = "../examples/mysql_interceptor.rs"]
+mod mysql_interceptor;
 #[allow(dead_code)]
 #[path = "../examples/port_forward.rs"]
 mod port_forward;
@@ -55,7 +61,7 @@ use support::IO_TIMEOUT;
 use support::backends::{Echo, Record, record_of, serve, serve_recorder};
 use support::clients::{closed_port, connect, exchange, find, read_all, read_until};
 use support::pattern::Pattern;
-use support::reactor_thread::ReactorThread;
+use support::reactor_thread::{ReactorThread, run_bounded};
 
 // balancing.rs includes appserver.rs for its embedded backends; use that copy.
 use balancing::appserver;
@@ -571,4 +577,313 @@ fn balancing_random_only_picks_real_backends() {
             "{body}"
         );
     }
+}
+
+#[test]
+fn balancing_client_sends_every_request_at_once_and_gets_each_answer_through_the_balancer() {
+    let answers = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let got = std::rc::Rc::clone(&answers);
+    let (_, watchdog_fired) = run_bounded(IO_TIMEOUT, move |r| {
+        let backends = [app(r, "A")?, app(r, "B")?, app(r, "C")?];
+        let proxy = balancing::start(r, any_port(), &backends, Strategy::RoundRobin)?;
+        let proxy = proxy.local_addr().unwrap();
+        balancing_client::start(r, proxy, 6, move |r, answers| {
+            *got.borrow_mut() = answers;
+            r.stop();
+        });
+        Ok(())
+    });
+    assert!(!watchdog_fired, "the client never finished");
+    let answers = answers.take();
+    let numbers: Vec<usize> = answers.iter().map(|a| a.number).collect();
+    assert_eq!(numbers, [1, 2, 3, 4, 5, 6]);
+    let mut bodies: Vec<String> = answers
+        .into_iter()
+        .map(|a| a.body.expect("every request is answered"))
+        .collect();
+    // Connections open in order but may be accepted in any: round-robin gives each
+    // backend two of the six, whichever they are.
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [
+            "hello world: A",
+            "hello world: A",
+            "hello world: B",
+            "hello world: B",
+            "hello world: C",
+            "hello world: C"
+        ]
+    );
+}
+
+#[test]
+fn balancing_client_reports_a_proxy_that_is_not_there() {
+    let answers = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let got = std::rc::Rc::clone(&answers);
+    let (_, watchdog_fired) = run_bounded(IO_TIMEOUT, move |r| {
+        balancing_client::start(r, closed_port(), 2, move |r, answers| {
+            *got.borrow_mut() = answers;
+            r.stop();
+        });
+        Ok(())
+    });
+    assert!(!watchdog_fired);
+    let answers = answers.take();
+    assert_eq!(answers.len(), 2);
+    for answer in answers {
+        let why = answer.body.expect_err("nobody answers");
+        assert!(why.contains("refused"), "{why}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// mysql_interceptor, against a fake MySQL server speaking the wire protocol
+// ---------------------------------------------------------------------------------------
+
+/// A MySQL 8 server's greeting (protocol 10, sequence id 0): version, connection id,
+/// the two halves of the scramble, capabilities, charset, status, auth plugin.
+const GREETING: &[u8] = b"\x4f\x00\x00\x00\
+    \x0a8.0.36-fake\x00\
+    \x2a\x00\x00\x00\
+    \x3b\x2f\x5c\x11\x6e\x7f\x41\x0c\x00\
+    \xff\xff\xff\x02\x00\xff\xdf\x15\
+    \x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+    \x29\x44\x13\x62\x0f\x5a\x7e\x33\x55\x08\x4d\x1c\x00\
+    mysql_native_password\x00";
+
+/// A client's HandshakeResponse41 (sequence id 1): capabilities (CLIENT_PROTOCOL_41,
+/// no SSL), max packet, charset, 23 zero bytes, user `root`, an empty auth response.
+const HANDSHAKE_RESPONSE: &[u8] = b"\x3c\x00\x00\x01\
+    \x05\xa6\x0f\x00\
+    \x00\x00\x00\x01\
+    \x21\
+    \x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+    root\x00\
+    \x00\
+    mysql_native_password\x00";
+
+/// OK_Packet: 0 rows, no insert id, autocommit on, no warnings.
+fn ok_packet(seq: u8) -> Vec<u8> {
+    vec![7, 0, 0, seq, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00]
+}
+
+/// ERR_Packet 1146 (42S02), "Table '...' doesn't exist".
+fn no_such_table(seq: u8, table: &str) -> Vec<u8> {
+    let mut payload = vec![0xff, 0x7a, 0x04, b'#'];
+    payload.extend_from_slice(b"42S02");
+    payload.extend_from_slice(format!("Table 'noschema.{table}' doesn't exist").as_bytes());
+    mysql_interceptor::encode(&payload, seq)
+}
+
+fn read_packet(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).ok()?;
+    let len = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).unwrap();
+    Some((header[3], payload))
+}
+
+/// A one-connection MySQL server: greets, checks the handshake response arrived byte for
+/// byte, then answers every query OK, except an insert into a table it has not seen
+/// created (ERR 1146). Returns every query it was sent, in order.
+fn fake_mysql() -> (SocketAddr, thread::JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        conn.write_all(GREETING).unwrap();
+        let mut response = vec![0u8; HANDSHAKE_RESPONSE.len()];
+        conn.read_exact(&mut response).unwrap();
+        assert_eq!(
+            response, HANDSHAKE_RESPONSE,
+            "the handshake passes unchanged"
+        );
+        conn.write_all(&ok_packet(2)).unwrap();
+        let mut tables = vec!["posts".to_owned()];
+        let mut queries = Vec::new();
+        while let Some((seq, payload)) = read_packet(&mut conn) {
+            assert_eq!(seq, 0, "every command starts a sequence");
+            match payload.split_first() {
+                Some((&mysql_interceptor::COM_QUERY, sql)) => {
+                    let sql = String::from_utf8(sql.to_vec()).unwrap();
+                    let words: Vec<&str> = sql.split_whitespace().collect();
+                    let answer = match words[..] {
+                        ["create", "table", name, ..] => {
+                            tables.push(name.to_owned());
+                            ok_packet(1)
+                        }
+                        ["insert", "into", table, ..] if !tables.iter().any(|t| t == table) => {
+                            no_such_table(1, table)
+                        }
+                        _ => ok_packet(1),
+                    };
+                    queries.push(sql);
+                    conn.write_all(&answer).unwrap();
+                }
+                Some((&1, _)) => break, // COM_QUIT
+                _ => {
+                    queries.push(format!("command {:?}", payload));
+                    conn.write_all(&ok_packet(1)).unwrap();
+                }
+            }
+        }
+        queries
+    });
+    (addr, server)
+}
+
+/// Sends `packet` one byte per write, as slow networks split it.
+fn write_bytewise(client: &mut TcpStream, packet: &[u8]) {
+    client.set_nodelay(true).unwrap();
+    for byte in packet {
+        client.write_all(std::slice::from_ref(byte)).unwrap();
+    }
+}
+
+#[test]
+fn mysql_interceptor_makes_tables_schemaless_in_the_wire_protocol() {
+    for packet in [GREETING, HANDSHAKE_RESPONSE] {
+        assert_eq!(
+            usize::from(packet[0]),
+            packet.len() - 4,
+            "a well-formed header"
+        );
+    }
+    let (mysql, server) = fake_mysql();
+    let running =
+        ReactorThread::spawn(move |r| addr_of(mysql_interceptor::start(r, any_port(), mysql)));
+    let mut client = connect(running.value);
+
+    // The handshake passes byte for byte both ways.
+    let mut greeting = vec![0u8; GREETING.len()];
+    client.read_exact(&mut greeting).unwrap();
+    assert_eq!(greeting, GREETING);
+    client.write_all(HANDSHAKE_RESPONSE).unwrap();
+    assert_eq!(
+        read_packet(&mut client),
+        Some((2, ok_packet(2)[4..].to_vec()))
+    );
+
+    let query = |client: &mut TcpStream, sql: &str, bytewise: bool| {
+        let packet = mysql_interceptor::query_packet(sql);
+        if bytewise {
+            write_bytewise(client, &packet);
+        } else {
+            client.write_all(&packet).unwrap();
+        }
+        // Exactly one answer comes back, the one for the client's own statement.
+        read_packet(client).expect("an answer")
+    };
+    let ok = (1, ok_packet(1)[4..].to_vec());
+    assert_eq!(query(&mut client, "CREATE TABLE comments", true), ok);
+    assert_eq!(
+        query(
+            &mut client,
+            "insert into posts (id, author, nickname) values ('ilya', 'Ilya Grigorik', 'igrigorik')",
+            false,
+        ),
+        ok
+    );
+    assert_eq!(
+        query(
+            &mut client,
+            "insert into posts (id, author) values ('bob', 'Bob')",
+            false
+        ),
+        ok
+    );
+    assert_eq!(
+        query(
+            &mut client,
+            "select author, nickname from posts where id = 'ilya'",
+            true
+        ),
+        ok
+    );
+    assert_eq!(query(&mut client, "select * from posts", false), ok);
+    // A ping (not a query) passes unchanged.
+    client.write_all(&[1, 0, 0, 0, 0x0e]).unwrap();
+    assert_eq!(read_packet(&mut client), Some(ok));
+    // Nothing more is waiting for the client: no answer of the proxy's own leaked.
+    client.write_all(&[1, 0, 0, 0, 0x01]).unwrap(); // COM_QUIT
+    let queries = server.join().unwrap();
+    assert_eq!(read_all(&mut client), b"", "nothing after the answers");
+
+    assert_eq!(
+        queries,
+        [
+            "create table comments (id varchar(255), UNIQUE(id));",
+            // The first attribute's table is missing: created, then the insert again.
+            "insert into posts_author values('ilya', 'Ilya Grigorik')",
+            "create table posts_author (id varchar(255), value varchar(255), UNIQUE(id))",
+            "insert into posts_author values('ilya', 'Ilya Grigorik')",
+            "insert into posts_nickname values('ilya', 'igrigorik')",
+            "create table posts_nickname (id varchar(255), value varchar(255), UNIQUE(id))",
+            "insert into posts_nickname values('ilya', 'igrigorik')",
+            "insert into posts values('ilya')",
+            // Now the table exists: no create.
+            "insert into posts_author values('bob', 'Bob')",
+            "insert into posts values('bob')",
+            "select posts.id as id, posts_author.value as author, \
+             posts_nickname.value as nickname from posts \
+             left outer join posts_author on posts_author.id = posts.id \
+             left outer join posts_nickname on posts_nickname.id = posts.id \
+             where posts.id = 'ilya'",
+            "select * from posts",
+            "command [14]",
+        ]
+    );
+}
+
+#[test]
+fn mysql_packets_are_cut_whole_from_any_split_and_long_ones_stream_through() {
+    use mysql_interceptor::{Packet, Packets, Piece, encode};
+    let stream = [
+        encode(b"\x03select 1", 0),
+        encode(b"", 1),
+        encode(&[7u8; 300], 2),
+    ]
+    .concat();
+    for split in [1, 3, 5, stream.len()] {
+        let mut reader = Packets::new(1024);
+        let pieces: Vec<Piece> = stream.chunks(split).flat_map(|c| reader.feed(c)).collect();
+        assert_eq!(
+            pieces,
+            [
+                Piece::Packet(Packet {
+                    seq: 0,
+                    payload: b"\x03select 1".to_vec()
+                }),
+                Piece::Packet(Packet {
+                    seq: 1,
+                    payload: Vec::new()
+                }),
+                Piece::Packet(Packet {
+                    seq: 2,
+                    payload: vec![7u8; 300]
+                }),
+            ],
+            "split every {split} bytes"
+        );
+    }
+    // Over the limit: passed on as it arrives, header first, nothing held.
+    let mut reader = Packets::new(100);
+    let long = encode(&[9u8; 300], 0);
+    let raw: Vec<u8> = long
+        .chunks(64)
+        .flat_map(|c| reader.feed(c))
+        .flat_map(|p| match p {
+            Piece::Raw(bytes) => bytes,
+            Piece::Packet(p) => panic!("held a packet over the limit: {} bytes", p.payload.len()),
+        })
+        .collect();
+    assert_eq!(raw, long);
+    // A payload of exactly the longest packet ends with an empty one.
+    let max = vec![0u8; mysql_interceptor::MAX_PACKET_LENGTH];
+    let packets = encode(&max, 0);
+    assert_eq!(packets.len(), max.len() + 8);
+    assert_eq!(&packets[packets.len() - 4..], &[0, 0, 0, 1]);
 }

@@ -353,7 +353,11 @@ fn a_dead_shadow_is_reported_refused_and_not_retried_in_a_loop() {
         assert_eq!(line["verdict"], "shadow_error", "{line}");
         assert_eq!(line["shadow"]["error"], "refused", "{line}");
     }
-    // Said once, not once per request.
+    // Said once, not once per request (the log line is written off the reactor thread,
+    // so it may follow the compare log's lines).
+    wait_until("the unreachable shadow's log line", IO_TIMEOUT, || {
+        proxy.child.stderr().contains("unreachable (refused)")
+    });
     let stderr = proxy.child.stderr();
     assert_eq!(
         stderr.matches("unreachable (refused)").count(),
@@ -550,4 +554,56 @@ fn a_stream_that_is_not_http_is_relayed_and_no_longer_mirrored() {
         shadow.requests().len() == 1
     });
     assert_eq!(shadow.requests()[0].target, "/users/1");
+}
+
+#[test]
+fn curls_h2c_upgrade_probe_does_not_end_mirroring_when_production_declines_it() {
+    // `curl --http2` on http:// asks for `Upgrade: h2c` on its first request; production
+    // answers in HTTP/1.1, and the connection's next requests are mirrored as before.
+    let prod = HttpApp::start(Behaviour::default());
+    let shadow = HttpApp::start(Behaviour::default());
+    let dir = fresh_dir("http-shadow", "h2c");
+    let log = dir.join("compare.log");
+    // `n` counts requests per connection: the shadow's pool may open a second one.
+    let proxy = proxy(
+        prod.addr,
+        shadow.addr,
+        &log,
+        &["--compare-ignore-json", "$.n"],
+    );
+    let base = format!("http://{}", proxy.addr);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-w", "%{http_version} %{num_connects}\\n"])
+        .args([1, 2, 3].map(|i| format!("{base}/users/{i}")))
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let versions = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        versions, "1.1 1\n1.1 0\n1.1 0\n",
+        "one connection, HTTP/1.1 throughout"
+    );
+    let lines = wait_compared(&log, 3, &proxy.child);
+    for line in &lines {
+        assert_eq!(line["verdict"], "same", "{line}");
+    }
+    let paths: Vec<_> = lines
+        .iter()
+        .map(|l| l["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(paths, ["/users/1", "/users/2", "/users/3"]);
 }

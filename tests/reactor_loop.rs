@@ -995,3 +995,32 @@ fn stop_unbinds_a_connection_whose_close_after_writing_is_still_flushing() {
     );
     assert_eq!(r.connection_count(), 0);
 }
+
+/// EventMachine's `reactor_running?` and `reactor_thread?`, through a handle: true while
+/// the loop runs, and only on its thread.
+#[test]
+fn a_handle_tells_whether_the_loop_runs_and_on_which_thread() {
+    let mut reactor = ember::Reactor::new().unwrap();
+    let handle = reactor.handle();
+    assert!(!handle.is_running(), "not running before run_loop");
+    assert!(!handle.is_reactor_thread());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let inside = handle.clone();
+    reactor.next_tick(move |r| {
+        let outside = inside.clone();
+        let seen_from_another_thread =
+            std::thread::spawn(move || (outside.is_running(), outside.is_reactor_thread()))
+                .join()
+                .unwrap();
+        tx.send((
+            inside.is_running(),
+            inside.is_reactor_thread(),
+            seen_from_another_thread,
+        ))
+        .unwrap();
+        r.stop();
+    });
+    reactor.run_loop().unwrap();
+    assert_eq!(rx.recv().unwrap(), (true, true, (true, false)));
+    assert!(!handle.is_running(), "not running once run_loop returned");
+}

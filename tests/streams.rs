@@ -30,8 +30,7 @@ use support::clients::{closed_port, connect, read_all, recv};
 use support::pattern::Pattern;
 use support::reactor_thread::{ReactorThread, run_bounded};
 use support::sys::{
-    raise_fd_limit, reset_on_close, shrink_accept_queue, vm_rss,
-    wait_until_peer_kernel_has_everything,
+    Blackhole, raise_fd_limit, reset_on_close, vm_rss, wait_until_peer_kernel_has_everything,
 };
 
 const SECS_5: Duration = Duration::from_secs(5);
@@ -777,35 +776,65 @@ fn comm_inactivity_timeout_closes_idle_connection_but_not_a_talking_one() {
     );
 }
 
+/// Records when and why it ended.
+struct EndTimer {
+    ended: Rc<RefCell<Option<(UnbindReason, Instant)>>>,
+}
+
+impl Handler for EndTimer {
+    fn unbind(&mut self, cx: &mut Context<'_>, reason: UnbindReason) {
+        *self.ended.borrow_mut() = Some((reason, Instant::now()));
+        cx.reactor().stop();
+    }
+}
+
+#[test]
+fn a_comm_inactivity_timeout_made_longer_then_shorter_is_kept_each_time() {
+    // A proxy switches timeouts per request: a longer one must not close at the shorter
+    // one's deadline (its timer is kept and re-armed when it fires), and a shorter one
+    // must close at its own.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ended = Rc::new(RefCell::new(None));
+    let shortened_at = Rc::new(RefCell::new(None));
+    let (e, s) = (Rc::clone(&ended), Rc::clone(&shortened_at));
+    let (_, timed_out) = run_bounded(SECS_10, move |r| {
+        let id = r.connect(addr, EndTimer { ended: e })?;
+        r.set_comm_inactivity_timeout(id, Some(Duration::from_millis(100)));
+        r.set_comm_inactivity_timeout(id, Some(Duration::from_secs(5)));
+        r.add_timer(Duration::from_millis(400), move |r| {
+            assert!(
+                r.connection_ids().contains(&id),
+                "closed at the old, shorter deadline"
+            );
+            *s.borrow_mut() = Some(Instant::now());
+            r.set_comm_inactivity_timeout(id, Some(Duration::from_millis(50)));
+        });
+        Ok(())
+    });
+    assert!(!timed_out);
+    let (reason, at) = ended.borrow().clone().expect("it ended");
+    assert_eq!(reason, UnbindReason::InactivityTimeout);
+    let after = at - shortened_at.borrow().expect("shortened");
+    // Idle since the connect: the 50 ms timeout is already past when it is set.
+    assert!(
+        after < Duration::from_millis(500),
+        "closed {after:?} after shortening"
+    );
+    drop(listener);
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. Pending-connect timeout
 // ---------------------------------------------------------------------------------------
 
-/// A listener whose accept queue is full: further SYNs are dropped, so connects hang.
-/// Returns `None` if this kernel does not make connects hang that way.
-fn listener_with_full_backlog() -> Option<(TcpListener, Vec<TcpStream>, SocketAddr)> {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    shrink_accept_queue(&listener);
-    let addr = listener.local_addr().unwrap();
-    let mut queued = Vec::new();
-    for _ in 0..16 {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            Ok(s) => queued.push(s),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Some((listener, queued, addr));
-            }
-            Err(e) => panic!("filling the backlog: {e}"),
-        }
-    }
-    None
-}
-
 #[test]
 fn pending_connect_timeout_fires_when_the_peer_never_answers() {
-    let Some((_listener, _queued, addr)) = listener_with_full_backlog() else {
+    let Some(blackhole) = Blackhole::on(IpAddr::from([127, 0, 0, 1])) else {
         println!("SKIPPED: this kernel does not leave connects to a full backlog pending");
         return;
     };
+    let addr = blackhole.addr;
     struct Hanging {
         log: Rc<RefCell<ProbeLog>>,
         timeout: Option<Duration>,

@@ -31,6 +31,13 @@ fn identity(leaf: &Leaf) -> Identity {
     Identity::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap()
 }
 
+/// A server config with a certificate for `localhost` from `ca`, and nothing else.
+fn localhost_server(ca: &TestCa) -> Arc<ServerConfig> {
+    ServerTls::new(identity(&ca.server(&["localhost"])))
+        .build()
+        .unwrap()
+}
+
 /// What one side saw.
 #[derive(Default, Debug)]
 struct Seen {
@@ -190,11 +197,7 @@ fn a_mebibyte_each_way_byte_for_byte_with_the_handshakes_facts() {
 fn verification_is_on_by_default_an_unknown_issuer_or_a_wrong_name_fails_the_handshake() {
     let ca = TestCa::new("test CA");
     let stranger = TestCa::new("some other CA");
-    let server = || {
-        ServerTls::new(identity(&ca.server(&["localhost"])))
-            .build()
-            .unwrap()
-    };
+    let server = || localhost_server(&ca);
     for (client, name, why) in [
         (
             ClientTls::with_ca(stranger.cert_pem.as_bytes()).unwrap(),
@@ -336,9 +339,7 @@ impl Handler for Recorded {
 #[test]
 fn a_client_that_never_finishes_the_handshake_meets_the_handshake_timeout() {
     let ca = TestCa::new("test CA");
-    let config = ServerTls::new(identity(&ca.server(&["localhost"])))
-        .build()
-        .unwrap();
+    let config = localhost_server(&ca);
     let seen = Shared::default();
     let recorded = Rc::clone(&seen);
     let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
@@ -388,9 +389,7 @@ fn openssl_s_client_talks_to_an_ember_server() {
     std::fs::create_dir_all(&dir).unwrap();
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, &ca.cert_pem).unwrap();
-    let config = ServerTls::new(identity(&ca.server(&["localhost"])))
-        .build()
-        .unwrap();
+    let config = localhost_server(&ca);
     let seen = Shared::default();
     let recorded = Rc::clone(&seen);
     let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
@@ -540,4 +539,59 @@ impl Handler for Reverser {
     fn unbind(&mut self, cx: &mut Context<'_>, _reason: UnbindReason) {
         cx.stop();
     }
+}
+
+/// Greets in `post_init`, before its handshake has even started, and closes after
+/// writing (a server-speaks-first protocol over implicit TLS: SMTPS, IMAPS, FTPS).
+struct Greeter {
+    config: Arc<ServerConfig>,
+}
+
+impl Handler for Greeter {
+    fn post_init(&mut self, cx: &mut Context<'_>) {
+        cx.start_tls_server(Arc::clone(&self.config)).unwrap();
+        cx.send_data(b"220 ember ready\r\n");
+        cx.close_after_writing();
+    }
+}
+
+#[test]
+fn a_server_that_speaks_first_is_heard_once_the_handshake_is_done() {
+    // The greeting waits for the handshake, whose records must not queue behind it (they
+    // did: the handshake stalled); closing after writing must still read the client's
+    // half of the handshake; and the client, which has nothing to send and ends its side
+    // at once, must not send its close_notify into the middle of the handshake (it did:
+    // the server answered with a DecodeError alert).
+    let ca = TestCa::new("test CA");
+    let server = localhost_server(&ca);
+    let client = ClientTls::with_ca(ca.cert_pem.as_bytes())
+        .unwrap()
+        .build()
+        .unwrap();
+    let seen = Shared::default();
+    let c = Rc::clone(&seen);
+    let (_, fired) = run_bounded(LIMIT, move |r| {
+        let id = r.start_server("127.0.0.1:0", move || Greeter {
+            config: Arc::clone(&server),
+        })?;
+        let addr = r.server_addr(id).unwrap();
+        r.connect(
+            addr,
+            Client {
+                config: client,
+                name: "localhost".into(),
+                payload: Vec::new(),
+                seen: c,
+            },
+        )?;
+        Ok(())
+    });
+    assert!(!fired, "the greeting did not arrive in {LIMIT:?}");
+    let seen = seen.borrow();
+    assert_eq!(seen.received, b"220 ember ready\r\n");
+    assert!(
+        seen.unbind.as_ref().is_some_and(UnbindReason::is_orderly),
+        "{:?}",
+        seen.unbind
+    );
 }

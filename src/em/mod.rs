@@ -1,5 +1,6 @@
-//! EventMachine's standard library on the reactor: [`Deferrable`], [`Channel`], [`Queue`]
-//! and [`EachLimited`] (`EM::Iterator`).
+//! EventMachine's standard library on the reactor: [`Deferrable`], [`Channel`], [`Queue`],
+//! [`EachLimited`] (`EM::Iterator`), [`system`] (`EM.system`) and
+//! [`set_descriptor_table_size`].
 //!
 //! Each is a cheap handle (`Clone` shares it) on state in an `Rc`, for the reactor
 //! thread only: none is `Send`, and none needs a lock. What must run later runs from the
@@ -26,16 +27,24 @@
 //! | `Channel.new`, `subscribe`, `unsubscribe`, `push`, `num_subscribers` | [`Channel`] (`new`, `subscribe`, `unsubscribe`, `push`, `subscriber_count`) |
 //! | `Queue.new`, `push`, `pop`, `size`, `empty?`, `num_waiting` | [`Queue`] (`new`, `push`, `pop`, `len`, `is_empty`, `waiting`) |
 //! | `Iterator.new(list, n).each(foreach, after)`, `iter.next` | [`EachLimited::start`], [`Next::next`] |
+//! | `EM.system(cmd) { \|output, status\| }` | [`system`], [`system_with`] (input, output limit) |
+//! | `EM.set_descriptor_table_size(n)` | [`set_descriptor_table_size`] (and [`descriptor_table_size`] to read it) |
 
 mod channel;
 mod deferrable;
+mod descriptors;
 mod iterator;
 mod queue;
+mod system;
 
 pub use channel::{Channel, SubscriptionId};
 pub use deferrable::{Deferrable, DeferredStatus, TimedOut};
+pub use descriptors::{descriptor_table_size, set_descriptor_table_size};
 pub use iterator::{EachLimited, Next};
 pub use queue::Queue;
+pub use system::{
+    DEFAULT_MAX_OUTPUT, SystemFailed, SystemOptions, SystemResult, system, system_with,
+};
 
 /// Runs a reactor until a callback stops it (or 10 s pass, which fails the test).
 #[cfg(test)]

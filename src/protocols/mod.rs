@@ -131,6 +131,14 @@ pub struct TooLong {
     pub length: Option<u64>,
 }
 
+/// The reason a connection closed for a frame over the limit ends with
+/// ([`Context::close_after_writing_with`](crate::Context::close_after_writing_with)).
+impl From<TooLong> for crate::UnbindReason {
+    fn from(too_long: TooLong) -> Self {
+        crate::UnbindReason::ProtocolError(too_long.to_string().into())
+    }
+}
+
 impl fmt::Display for TooLong {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.length {

@@ -105,7 +105,8 @@
 //! `Transfer-Encoding` in an HTTP/1.0 message, or without `chunked` last on a request; any
 //! deviation from the chunked grammar (a bare LF where CRLF belongs included); `CONNECT`
 //! and `Upgrade` (after the message that asked for them, since what follows depends on the
-//! peer's answer); a response when no request is queued.
+//! peer's answer; but not an `Upgrade: h2c` probe, see `offers_only_h2c`); a response
+//! when no request is queued.
 //!
 //! The rules lean strict on purpose: the bytes reach the primary unchanged whatever this
 //! module reads, so a doubt costs only the mirroring of one connection, while a guess could
@@ -119,6 +120,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// The longest head (start line, fields and the empty line, with any empty lines before
@@ -390,20 +392,27 @@ impl<L> Head<L> {
 
     /// The values of every field named `name` (case-insensitively), in order.
     pub fn header_values<'h>(&'h self, name: &str) -> impl Iterator<Item = &'h [u8]> {
-        self.headers()
-            .filter(move |(field, _)| field.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value)
+        // Names compared as bytes: no field name needs reading as text to be found.
+        self.fields
+            .iter()
+            .filter(move |field| {
+                field
+                    .name
+                    .of(&self.bytes)
+                    .eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(|field| field.value.of(&self.bytes))
     }
 
     /// Whether the sender closes the connection after this message (RFC 9112 §9.3):
     /// `Connection: close`, or an HTTP/1.0 message without `Connection: keep-alive`.
     pub fn closes_connection(&self) -> bool {
-        let has = |token: &str| {
-            self.header_values("connection")
-                .flat_map(list_elements)
-                .any(|element| element.eq_ignore_ascii_case(token.as_bytes()))
-        };
-        has("close") || (self.minor_version == 0 && !has("keep-alive"))
+        let (mut close, mut keep_alive) = (false, false);
+        for element in self.header_values("connection").flat_map(list_elements) {
+            close |= element.eq_ignore_ascii_case(b"close");
+            keep_alive |= element.eq_ignore_ascii_case(b"keep-alive");
+        }
+        close || (self.minor_version == 0 && !keep_alive)
     }
 }
 
@@ -610,10 +619,27 @@ fn request_framing(head: &RequestHead) -> Result<(Framing, After), Reason> {
         BodyFields::OtherCoding => return Err(Reason::TransferEncoding),
     };
     let after = match head.header("upgrade") {
+        Some(_) if offers_only_h2c(head) => After::NextMessage,
         Some(_) => After::GiveUp(Reason::Upgrade),
         None => After::NextMessage,
     };
     Ok((framing, after))
+}
+
+/// Whether a request's `Upgrade` offers nothing but `h2c` (HTTP/2 in the clear), the
+/// probe curl and other clients put on a first request. Framing goes on after it: a
+/// server that declines (most do) answers in HTTP/1.1 and the stream stays HTTP/1.1, and
+/// after a server's `101` the client must send HTTP/2's preface, which gives up then.
+/// Any other protocol (`websocket`...) could follow the request with anything.
+fn offers_only_h2c(head: &RequestHead) -> bool {
+    let mut offered = false;
+    for protocol in head.header_values("upgrade").flat_map(list_elements) {
+        if !protocol.eq_ignore_ascii_case(b"h2c") {
+            return false;
+        }
+        offered = true;
+    }
+    offered
 }
 
 /// How a response's body is framed, and what follows it (§6.3, in its order); takes the
@@ -772,9 +798,15 @@ impl StartLine for RequestLine {
     }
 
     fn parse(bytes: &[u8]) -> Result<Head<Self>, Reason> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut fields);
-        let parsed = request.parse(bytes);
+        // Left uninitialised: zeroing room for MAX_HEADERS fields cost more than parsing a
+        // small head's.
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut request,
+            bytes,
+            &mut fields,
+        );
         let refused = |error| refusal(error, bytes, RequestLine::other_version);
         if parsed.map_err(refused)? != httparse::Status::Complete(bytes.len()) {
             return Err(Reason::Malformed);
@@ -817,9 +849,13 @@ impl StartLine for StatusLine {
     }
 
     fn parse(bytes: &[u8]) -> Result<Head<Self>, Reason> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
-        let parsed = response.parse(bytes);
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            bytes,
+            &mut fields,
+        );
         let refused = |error| refusal(error, bytes, StatusLine::other_version);
         if parsed.map_err(refused)? != httparse::Status::Complete(bytes.len()) {
             return Err(Reason::Malformed);
@@ -987,7 +1023,24 @@ impl Framer {
         // How many bytes of `bytes` are in `buffer`: a head's bytes are read where they
         // lie while it all comes in one slice, and gathered into `buffer` otherwise.
         let mut buffered = 0;
-        for (at, &byte) in bytes.iter().enumerate() {
+        let mut next = 0;
+        while next < bytes.len() {
+            // After the start line, only line ends matter: go straight to the next one
+            // (a state step per byte made the scan most of a small head's cost). What is
+            // skipped lies before the byte stepped next, whose limit check covers it.
+            if scan.started {
+                next += scan.skip_line(&bytes[next..]);
+                if next == bytes.len() {
+                    if earlier + next > self.head_limit {
+                        *input = &bytes[buffered..];
+                        self.give_up(Reason::HeadTooLarge);
+                        return None;
+                    }
+                    break;
+                }
+            }
+            let (at, byte) = (next, bytes[next]);
+            next += 1;
             let refused = if earlier + at >= self.head_limit {
                 Reason::HeadTooLarge
             } else {
@@ -1139,6 +1192,22 @@ enum HeadStep {
 }
 
 impl HeadScan {
+    /// Once the start line has ended: takes the bytes of `bytes` before its first LF as
+    /// [`step`](Self::step) would (none of them ends a line), and says how many they are.
+    fn skip_line(&mut self, bytes: &[u8]) -> usize {
+        debug_assert!(self.started);
+        let len = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap_or(bytes.len());
+        self.line = match (self.line, &bytes[..len]) {
+            (line, []) => line,
+            (Line::Empty, b"\r") => Line::Cr,
+            _ => Line::Text,
+        };
+        len
+    }
+
     fn step(&mut self, byte: u8) -> HeadStep {
         if byte == b'\n' {
             let empty = self.line != Line::Text;
@@ -1434,7 +1503,8 @@ impl HeadRewrite {
     }
 
     /// Replaces the value of every `Host` field with `host`, or adds `Host: host` after
-    /// the fields when there is none (HTTP/1.0).
+    /// the fields when there is none (HTTP/1.0); and the host of an absolute-form target
+    /// (`GET http://prod.example/a`), which a server goes by before the `Host` field.
     pub fn set_host(&mut self, host: &str) -> Result<&mut Self, InvalidField> {
         if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(InvalidField::Host);
@@ -1477,6 +1547,13 @@ impl HeadRewrite {
         let mut copied = 0;
         let mut host_replaced = false;
         if let Some(host) = &self.host {
+            // An absolute-form target names the host too, and a server goes by it rather
+            // than by the Host field (RFC 9112 §3.2.2): it is replaced as well.
+            if let Some(authority) = absolute_form_authority(head.line.target, bytes) {
+                out.extend_from_slice(&bytes[..authority.start]);
+                out.extend_from_slice(host);
+                copied = authority.end;
+            }
             for field in &head.fields {
                 let name = field.name.of(bytes);
                 if name.eq_ignore_ascii_case(b"host") && field.value.start >= copied {
@@ -1496,6 +1573,27 @@ impl HeadRewrite {
         out.extend_from_slice(&self.added);
         out.extend_from_slice(&bytes[fields_end..]);
     }
+}
+
+/// Where the authority (`host[:port]`, with any `userinfo@`) of an absolute-form request
+/// target lies in `bytes`: after `http://` or `https://` (any case), up to the path,
+/// query or end. `None` for origin-form (`/path`), `*` and `CONNECT`'s `host:port`.
+fn absolute_form_authority(target: Span, bytes: &[u8]) -> Option<Span> {
+    let text = target.of(bytes);
+    let scheme_end = text.windows(3).position(|w| w == b"://")?;
+    let scheme = &text[..scheme_end];
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return None;
+    }
+    let start = scheme_end + 3;
+    let len = text[start..]
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(text.len() - start);
+    Some(Span {
+        start: target.start + start,
+        end: target.start + start + len,
+    })
 }
 
 #[cfg(test)]
@@ -1955,6 +2053,32 @@ mod tests {
                 "gave up: upgrade",
                 "opaque \\x81\\x85frame"
             ]
+        );
+    }
+
+    #[test]
+    fn an_h2c_probe_goes_on_framing_until_the_preface_of_an_accepted_upgrade() {
+        let probe = "GET /a HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                     Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+        // Declined (answered in HTTP/1.1): the next request is framed as usual.
+        let declined = requests(format!("{probe}GET /b HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+        assert_eq!(
+            summary(&declined),
+            ["GET /a HTTP/1.1", "end", "GET /b HTTP/1.1", "end"]
+        );
+        // Accepted: the client's next bytes are HTTP/2's preface.
+        let accepted = requests(format!("{probe}PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").as_bytes());
+        assert_eq!(
+            summary(&accepted)[..3],
+            ["GET /a HTTP/1.1", "end", "gave up: http2_preface"]
+        );
+        // h2c among other protocols is an upgrade like any other.
+        let mixed = requests(
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c, websocket\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        );
+        assert_eq!(
+            summary(&mixed)[..3],
+            ["GET / HTTP/1.1", "end", "gave up: upgrade"]
         );
     }
 
@@ -2569,6 +2693,38 @@ mod tests {
         assert_eq!(
             rewrite.apply(&head),
             b"GET / HTTP/1.0\nAccept: */*\nHost: shadow\r\n\n"
+        );
+    }
+
+    #[test]
+    fn a_rewrite_replaces_the_host_of_an_absolute_form_target_too() {
+        let mut rewrite = HeadRewrite::new();
+        rewrite.set_host("shadow:81").expect("valid host");
+        for (target, rewritten) in [
+            ("http://prod.example/a?b", "http://shadow:81/a?b"),
+            ("HTTPS://user@prod.example:8443?x", "HTTPS://shadow:81?x"),
+            ("http://prod.example", "http://shadow:81"),
+            // Not absolute-form: left as they are.
+            ("/http://prod.example/", "/http://prod.example/"),
+            ("ftp://prod.example/", "ftp://prod.example/"),
+            ("*", "*"),
+        ] {
+            let head = request_head(
+                format!("OPTIONS {target} HTTP/1.1\r\nHost: prod.example\r\n\r\n").as_bytes(),
+            );
+            assert_eq!(
+                String::from_utf8(rewrite.apply(&head)).unwrap(),
+                format!("OPTIONS {rewritten} HTTP/1.1\r\nHost: shadow:81\r\n\r\n"),
+                "{target}"
+            );
+        }
+        // CONNECT's authority-form target is where the tunnel goes, not the server's
+        // name: it is left alone.
+        let head = request_head(b"CONNECT prod.example:443 HTTP/1.1\r\nHost: prod.example\r\n\r\n");
+        assert!(
+            rewrite
+                .apply(&head)
+                .starts_with(b"CONNECT prod.example:443 ")
         );
     }
 

@@ -90,20 +90,26 @@ impl Reactor {
         self.update_watch(id, |w| w.notify_writable = on);
     }
 
-    /// Hands an attached or watched descriptor back to the caller without closing it;
-    /// `unbind` follows with [`UnbindReason::Detached`]. `None` if `id` is not one.
+    /// Hands a descriptor back to the caller without closing it (EventMachine's
+    /// `detach`): an attached or watched one, or a plain TCP or Unix connection's socket
+    /// (not one speaking TLS, whose session cannot go with it). Bytes still queued for
+    /// it are not sent. `unbind` follows with [`UnbindReason::Detached`]. `None` if `id`
+    /// is none of these.
     pub fn detach(&mut self, id: ConnId) -> Option<RawFd> {
         let registry = self.poll.registry();
         let fd = match self.descriptors.get_mut(id.slot) {
             Some(Descriptor::Conn(c)) if c.serial == id.serial => {
-                let Some(Stream::Fd(_)) = c.stream.as_ref() else {
+                let plain_socket =
+                    matches!(c.stream, Some(Stream::Tcp(_) | Stream::Unix(_))) && c.tls.is_none();
+                if !plain_socket && !matches!(c.stream, Some(Stream::Fd(_))) {
                     return None;
-                };
-                let Some(Stream::Fd(fd)) = c.stream.take() else {
-                    unreachable!("checked just above")
-                };
-                fd.deregister(registry);
-                fd.release()
+                }
+                let mut stream = c.stream.take()?;
+                stream.deregister(registry);
+                match stream {
+                    Stream::Fd(fd) => fd.release(),
+                    socket => socket.into_socket_fd()?,
+                }
             }
             Some(Descriptor::Watch(w)) if w.serial == id.serial => {
                 if w.registered {

@@ -9,9 +9,11 @@
 //! and replayed through the carry-over list when reading is allowed again, because no
 //! new edge will come for bytes already waiting.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
+use super::file_stream::FileStream;
 use super::lifecycle::{Life, OnEmptied, OnEof, OnFailure};
 use super::{ConnDefaults, Descriptor, READS_PER_EVENT, Reactor, Readiness};
 use crate::buffer::OutBuffer;
@@ -63,9 +65,12 @@ pub(crate) struct Connection {
     /// When a byte last moved either way (for the inactivity and half-close timeouts).
     pub(crate) last_activity: Instant,
     /// The comm-inactivity timeout and its timer, if set.
-    pub(crate) inactivity: Option<(Duration, TimerId)>,
+    pub(crate) inactivity: Option<Inactivity>,
     /// The pending-connect timer while resolving or connecting.
     pub(crate) connect_timer: Option<TimerId>,
+    /// The pending-connect timeout in force: the default it started with, or the last
+    /// `set_pending_connect_timeout` while connecting.
+    pub(crate) connect_timeout: Duration,
     /// Set while this connection's input is relayed to another (it is the source).
     pub(crate) relay: Option<super::relay::RelayState>,
     /// The source relaying into this connection, if any (this is its target).
@@ -85,16 +90,42 @@ pub(crate) struct Connection {
     pub(crate) reads_per_event: usize,
     /// Input is thrown away unread (in the kernel where possible); `receive_data` never runs.
     pub(crate) discard_input: bool,
-    /// Addresses a host name resolved to that were not tried yet (`connect_host`): a
-    /// connect that fails moves on to the next.
-    pub(crate) untried_addrs: Vec<std::net::SocketAddr>,
-    /// The local address each of those attempts binds to first (`bind_connect_host`).
-    pub(crate) bind_to: Option<std::net::SocketAddr>,
     /// TLS, once `start_tls_*` ran: what is read is ciphertext for it, what is sent
     /// plaintext for it (see `tls.rs`).
     pub(crate) tls: Option<Box<super::tls::TlsLayer>>,
     /// Its side of an in-kernel relay pair, once linked (see `kernel_relay.rs`).
     pub(crate) kernel: Option<super::kernel_relay::KernelSide>,
+    /// Files on their way to the peer (`stream_file`), in order, each after everything
+    /// queued before it.
+    pub(crate) file_streams: VecDeque<FileStream>,
+}
+
+/// Registers a new connection's (or connect attempt's) socket under `token`, with
+/// `TCP_NODELAY` if the reactor's default asks for it.
+pub(crate) fn register_stream(
+    registry: &mio::Registry,
+    stream: &mut Stream,
+    token: mio::Token,
+    nodelay: bool,
+) -> io::Result<()> {
+    stream.register(registry, token)?;
+    if nodelay {
+        // Best effort: a socket that refuses it still works, only slower.
+        let _ = stream.set_nodelay(true);
+    }
+    Ok(())
+}
+
+/// A comm-inactivity timeout and the timer that enforces it. The timer may be due before
+/// the timeout's deadline (it was armed for a shorter timeout, or before the last
+/// activity): when it fires it closes the connection or re-arms for the time still left,
+/// so a timeout made longer, or set again, never costs a timer operation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Inactivity {
+    pub(crate) timeout: Duration,
+    pub(crate) timer: TimerId,
+    /// When `timer` fires.
+    pub(crate) armed_for: Instant,
 }
 
 impl Connection {
@@ -122,6 +153,7 @@ impl Connection {
             last_activity: now,
             inactivity: None,
             connect_timer: None,
+            connect_timeout: defaults.connect_timeout,
             relay: None,
             relayed_from: None,
             pipe: None,
@@ -131,18 +163,34 @@ impl Connection {
             half_close_timer: None,
             reads_per_event: READS_PER_EVENT,
             discard_input: false,
-            untried_addrs: Vec::new(),
-            bind_to: None,
             tls: None,
             kernel: None,
+            file_streams: VecDeque::new(),
         }
     }
 
-    /// Bytes accepted for this connection and not yet written: queue plus splice pipe.
+    /// Bytes accepted for this connection and not yet written: queue, splice pipe, TLS
+    /// plaintext held for the handshake, and bytes waiting behind a streaming file (not
+    /// the file itself).
     pub(crate) fn pending_out(&self) -> usize {
-        self.outbound.len()
-            + self.pipe.as_ref().map_or(0, |p| p.len)
-            + self.tls.as_ref().map_or(0, |t| t.held())
+        let behind_files: usize = self.file_streams.iter().map(|f| f.after.len()).sum();
+        self.pending_out_ahead_of_file() + behind_files
+    }
+
+    /// Bytes that go out before the first streaming file's next byte.
+    pub(crate) fn pending_out_ahead_of_file(&self) -> usize {
+        self.pending_on_wire() + self.tls.as_ref().map_or(0, |t| t.held())
+    }
+
+    /// Bytes ready for the socket and not yet written: the queue and the splice pipe
+    /// (not TLS plaintext held for the handshake, which follows the handshake's records).
+    fn pending_on_wire(&self) -> usize {
+        self.outbound.len() + self.pipe.as_ref().map_or(0, |p| p.len)
+    }
+
+    /// Nothing is left to write: no queued bytes and no file streaming.
+    pub(crate) fn output_done(&self) -> bool {
+        self.pending_out() == 0 && self.file_streams.is_empty()
     }
 
     pub(crate) fn is_lingering(&self) -> bool {
@@ -153,7 +201,12 @@ impl Connection {
         if self.is_lingering() {
             return true; // discarding input until the peer's FIN, paused or not
         }
-        self.life.may_read() && !self.paused && !(self.read_backpressure && self.above_high_water)
+        // A TLS handshake must finish for anything queued to go, closing or not.
+        let handshake_reads = self.life.closing_with_peer_sending()
+            && self.tls.as_ref().is_some_and(|t| t.is_handshaking());
+        (self.life.may_read() || handshake_reads)
+            && !self.paused
+            && !(self.read_backpressure && self.above_high_water)
     }
 
     /// Whether the socket holds bytes the peer sent that we have not read.
@@ -189,11 +242,12 @@ impl Reactor {
         let entry = self.descriptors.vacant_entry();
         let slot = entry.key();
         if let Some(stream) = stream.as_mut() {
-            stream.register(self.poll.registry(), mio::Token(slot))?;
-            if self.defaults.nodelay {
-                // Best effort: a socket that refuses it still works, only slower.
-                let _ = stream.set_nodelay(true);
-            }
+            register_stream(
+                self.poll.registry(),
+                stream,
+                mio::Token(slot),
+                self.defaults.nodelay,
+            )?;
         }
         let connecting = !life.is_connected();
         let conn = Connection::new(serial, stream, handler, life, &self.defaults, self.now);
@@ -260,7 +314,8 @@ impl Reactor {
         }
     }
 
-    /// Completes (or fails) an in-flight connect after any event on it.
+    /// Completes (or fails) an in-flight connect after any event on it. A connection
+    /// racing several addresses has no socket until one wins (`connect_race`).
     pub(crate) fn finish_connect(&mut self, id: ConnId) {
         let now = self.now;
         let Some(conn) = self.conn_mut(id) else {
@@ -269,11 +324,7 @@ impl Reactor {
         let Some(stream) = conn.stream.as_ref() else {
             return;
         };
-        let outcome = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => stream.is_connected(),
-        };
-        match outcome {
+        match stream.connect_outcome() {
             Ok(false) => {}
             Ok(true) => {
                 conn.life.connected();
@@ -285,11 +336,7 @@ impl Reactor {
                 self.flush(id);
                 self.kernel_relay_connected(id);
             }
-            Err(e) => {
-                if self.connect_next_address(id).is_err() {
-                    self.close_now(id, UnbindReason::from_io_error(&e));
-                }
-            }
+            Err(e) => self.close_now(id, UnbindReason::from_io_error(&e)),
         }
     }
 
@@ -433,24 +480,35 @@ impl Reactor {
                 }
             }
         }
+        if conn.outbound.is_empty() && !conn.file_streams.is_empty() {
+            self.pump_file(id);
+        }
         self.after_write_progress(id);
     }
 
-    /// Queues `data` from the handler: through TLS if the connection speaks it.
+    /// Queues `data` from the handler or a relay: behind the last file if any is streaming,
+    /// else for the wire now (through TLS if the connection speaks it).
     pub(crate) fn enqueue(&mut self, id: ConnId, data: &[u8]) -> bool {
-        if self.conn(id).is_some_and(|c| c.tls.is_some()) {
-            return self.tls_send(id, data);
+        let Some(conn) = self.conn_mut(id) else {
+            return false;
+        };
+        if !conn.life.accepts_output() {
+            return false;
         }
-        self.enqueue_raw(id, data)
+        if let Some(file) = conn.file_streams.back_mut() {
+            file.after.push(data);
+            if conn.pending_out() > conn.high_water {
+                conn.above_high_water = true;
+            }
+            return true;
+        }
+        self.enqueue_accepted(id, data)
     }
 
     /// Queues bytes for the wire as they are, writing straight to the socket when nothing
     /// is queued ahead of them. TLS's own records (the rest of a handshake, its
     /// close_notify) are still taken while the write half is ending.
     pub(crate) fn enqueue_raw(&mut self, id: ConnId, data: &[u8]) -> bool {
-        let now = self.now;
-        // Bytes the kernel relayed into a linked connection go out first.
-        let settled = !self.is_kernel_linked(id) || self.inbound_settled(id);
         let Some(conn) = self.conn_mut(id) else {
             return false;
         };
@@ -458,8 +516,29 @@ impl Reactor {
         if !conn.life.accepts_output() && !tls_while_ending {
             return false;
         }
+        self.write_or_queue(id, data)
+    }
+
+    /// Bytes already accepted (by `enqueue`, or before the write half began to end: a
+    /// streaming file and what waited behind it) go out, through TLS if the connection
+    /// speaks it.
+    pub(crate) fn enqueue_accepted(&mut self, id: ConnId, data: &[u8]) -> bool {
+        if self.conn(id).is_some_and(|c| c.tls.is_some()) {
+            return self.tls_send(id, data);
+        }
+        self.write_or_queue(id, data)
+    }
+
+    /// Writes `data` to the socket if nothing is queued ahead of it, and queues the rest.
+    fn write_or_queue(&mut self, id: ConnId, data: &[u8]) -> bool {
+        let now = self.now;
+        // Bytes the kernel relayed into a linked connection go out first.
+        let settled = !self.is_kernel_linked(id) || self.inbound_settled(id);
+        let Some(conn) = self.conn_mut(id) else {
+            return false;
+        };
         let mut rest = data;
-        if conn.pending_out() == 0 && conn.life.is_connected() && settled {
+        if conn.pending_on_wire() == 0 && conn.life.is_connected() && settled {
             let Some(stream) = conn.stream.as_mut() else {
                 return false;
             };
@@ -517,7 +596,12 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if conn.pending_out() > 0 {
+        if !conn.output_done() {
+            return;
+        }
+        if conn.life.ends_writing() && conn.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+            // A close_notify now would cut the handshake short: the end of our side
+            // waits for it (its completion flushes again).
             return;
         }
         if conn.life.ends_writing() && conn.tls.is_some() && self.tls_close_notify(id) {
@@ -696,7 +780,7 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let nothing_queued = conn.pending_out() == 0;
+        let nothing_queued = conn.output_done();
         if !conn.life.close_after_writing(reason.clone()) || !nothing_queued {
             return;
         }
@@ -743,7 +827,7 @@ impl Reactor {
         for timer in [
             handshake_timer,
             conn.connect_timer,
-            conn.inactivity.map(|(_, t)| t),
+            conn.inactivity.map(|i| i.timer),
             linger_timer,
             conn.half_close_timer,
         ]
@@ -754,6 +838,9 @@ impl Reactor {
         }
         self.kernel_relay_gone(&mut conn);
         let reason = conn.life.unbind_reason();
+        for file in conn.file_streams.drain(..) {
+            self.abandon_file_stream(file, reason.clone());
+        }
         let relay_target = conn.relay.map(|r| r.target);
         if let Some(handler) = conn.handler.take() {
             // Let `proxied_bytes` answer for this id while its unbind runs.

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::connect_race::interleave_families;
+use super::connection::Inactivity;
 use super::lifecycle::Life;
 use super::resolver::Lookup;
 use super::{Reactor, TimerTask};
@@ -45,15 +47,29 @@ impl Reactor {
         self.open_outbound(socket::tcp_connect(remote, Some(local)), Box::new(handler))
     }
 
-    /// Connects to the first of `addrs` that accepts, trying them in order: a connect
-    /// that fails (refused, unreachable) moves on to the next; `unbind` reports the last
-    /// failure. What [`connect_host`](Self::connect_host) does with every address a name
-    /// resolves to.
+    /// Connects to whichever of `addrs` answers first, racing them in the order given,
+    /// happy-eyeballs style (RFC 8305): the first address is tried at once; while no
+    /// attempt has connected, the next address is tried *beside* the earlier ones when
+    /// the latest attempt has neither connected nor failed within the
+    /// [connection attempt delay](Self::set_connection_attempt_delay) (250 ms), and at
+    /// once when an attempt fails. The first attempt to connect becomes the connection's
+    /// socket and every other is closed, so a blackholed address costs one delay, not the
+    /// whole pending-connect timeout. If every attempt fails, `unbind` reports the last
+    /// failure ([`UnbindReason::Refused`]...); the pending-connect timeout bounds the
+    /// whole race ([`UnbindReason::ConnectTimeout`]). An empty list ends in
+    /// [`UnbindReason::Unresolvable`].
+    ///
+    /// The connection exists at once, with one id and one handler whichever address wins:
+    /// data sent before it connects is queued and delivered on the winner. Until then a
+    /// connection racing several addresses has no socket (`peer_addr`, socket options:
+    /// none yet); one address is not raced, and its socket is the connection's at once.
+    /// What
+    /// [`connect_host`](Self::connect_host) does with every address a name resolves to.
     pub fn connect_any<H: Handler>(&mut self, addrs: &[SocketAddr], handler: H) -> ConnId {
         let id = self
             .adopt(None, Box::new(handler), Life::resolving())
             .expect("adopting a connection without a socket cannot fail");
-        self.resolved(id, addrs.to_vec());
+        self.resolved(id, None, addrs.to_vec());
         id
     }
 
@@ -69,8 +85,12 @@ impl Reactor {
     /// Connects to `host:port`, resolving `host` on the defer pool so the reactor thread
     /// never blocks on DNS. The connection exists at once (data sent now is queued); a
     /// name that does not resolve ends in `unbind` with [`UnbindReason::Unresolvable`].
-    /// Every address the name resolves to is tried in turn (IPv6 and IPv4, in the
-    /// resolver's order) until one accepts; `unbind` reports the last one's failure.
+    /// Every address the name resolves to is raced as in
+    /// [`connect_any`](Self::connect_any), the families interleaved (RFC 8305): the
+    /// resolver's first address, then one of the other family (IPv4 after IPv6, or the
+    /// reverse), and so on, so a blackholed family delays the connect by one
+    /// [attempt delay](Self::set_connection_attempt_delay) only. `unbind` reports the last
+    /// failure if every address fails.
     pub fn connect_host<H: Handler>(&mut self, host: &str, port: u16, handler: H) -> ConnId {
         self.open_to_host(None, host, port, Box::new(handler))
     }
@@ -99,23 +119,21 @@ impl Reactor {
         let id = self
             .adopt(None, handler, Life::resolving())
             .expect("adopting a connection without a socket cannot fail");
-        if let Some(conn) = self.conn_mut(id) {
-            conn.bind_to = local;
-        }
+        let race = move |r: &mut Reactor, addrs| r.resolved(id, local, interleave_families(addrs));
         match self.resolver.lookup(host, port, self.now) {
-            Lookup::Known(addrs) => self.resolved(id, addrs),
+            Lookup::Known(addrs) => race(self, addrs),
             Lookup::Stale(addrs) => {
-                self.resolved(id, addrs);
+                race(self, addrs);
                 self.resolve_in_background(host, port, |_, _| {});
             }
-            Lookup::Unknown => {
-                self.resolve_in_background(host, port, move |r, addrs| r.resolved(id, addrs));
-            }
+            Lookup::Unknown => self.resolve_in_background(host, port, race),
         }
         id
     }
 
-    fn resolved(&mut self, id: ConnId, addrs: Vec<SocketAddr>) {
+    /// A resolving connection's addresses are known: race them (only those of `local`'s
+    /// family if it binds first).
+    fn resolved(&mut self, id: ConnId, local: Option<SocketAddr>, mut addrs: Vec<SocketAddr>) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -123,58 +141,15 @@ impl Reactor {
         if !matches!(conn.life, Life::Resolving { .. }) {
             return;
         }
-        let mut addrs = addrs;
-        if let Some(local) = conn.bind_to {
+        if let Some(local) = local {
             addrs.retain(|a| a.is_ipv4() == local.is_ipv4());
         }
         if addrs.is_empty() {
             self.close_now(id, UnbindReason::Unresolvable);
             return;
         }
-        conn.untried_addrs = addrs;
         conn.life.resolved();
-        if let Err(reason) = self.connect_next_address(id) {
-            // Every address failed at once (unreachable, out of descriptors...).
-            self.close_now(id, reason);
-        }
-    }
-
-    /// Replaces a resolved connection's socket with one connecting to its next untried
-    /// address. `Err` if none is left, with the last attempt's reason (`Refused` if
-    /// there was none to try).
-    pub(crate) fn connect_next_address(&mut self, id: ConnId) -> Result<(), UnbindReason> {
-        let nodelay = self.defaults.nodelay;
-        let Reactor {
-            descriptors, poll, ..
-        } = self;
-        let Some(super::Descriptor::Conn(conn)) = descriptors.get_mut(id.slot) else {
-            return Err(UnbindReason::ClosedByUs);
-        };
-        if conn.serial != id.serial {
-            return Err(UnbindReason::ClosedByUs);
-        }
-        let mut last = UnbindReason::Refused;
-        while !conn.untried_addrs.is_empty() {
-            let addr = conn.untried_addrs.remove(0);
-            if let Some(mut old) = conn.stream.take() {
-                old.deregister(poll.registry());
-            }
-            let attempt = socket::tcp_connect(addr, conn.bind_to).and_then(|mut s| {
-                s.register(poll.registry(), mio::Token(id.slot))?;
-                if nodelay {
-                    let _ = s.set_nodelay(true);
-                }
-                Ok(s)
-            });
-            match attempt {
-                Ok(stream) => {
-                    conn.stream = Some(stream);
-                    return Ok(());
-                }
-                Err(e) => last = UnbindReason::from_io_error(&e),
-            }
-        }
-        Err(last)
+        self.race(id, addrs, local);
     }
 
     fn open_outbound(
@@ -220,6 +195,15 @@ impl Reactor {
         };
         let reason = conn.life.after_writing_reason();
         self.close_after_writing(id, reason);
+    }
+
+    /// [`close_connection_after_writing`](Self::close_connection_after_writing), with
+    /// the reason `unbind` will get (unless the connection fails or is closed otherwise
+    /// first: the first close wins).
+    pub fn close_connection_after_writing_with(&mut self, id: ConnId, reason: UnbindReason) {
+        if self.conn(id).is_some() {
+            self.close_after_writing(id, reason);
+        }
     }
 
     /// Half-closes `id`: FIN once its queue is written; reading goes on until the peer's
@@ -347,7 +331,17 @@ impl Reactor {
         })
     }
 
-    fn with_stream(&self, id: ConnId, f: impl FnOnce(&Stream) -> io::Result<()>) -> io::Result<()> {
+    /// A raw integer `getsockopt(level, name)` on `id`'s socket (see
+    /// [`Context::sock_opt`](crate::Context::sock_opt)).
+    pub fn sock_opt(&self, id: ConnId, level: i32, name: i32) -> io::Result<i32> {
+        self.with_stream(id, |s| socket::int_option(s.read_fd(), level, name))
+    }
+
+    fn with_stream<T>(
+        &self,
+        id: ConnId,
+        f: impl FnOnce(&Stream) -> io::Result<T>,
+    ) -> io::Result<T> {
         match self.conn(id).and_then(|c| c.stream.as_ref()) {
             Some(s) => f(s),
             None => Err(io::Error::new(
@@ -363,18 +357,32 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let old = conn.inactivity.take();
-        let last = conn.last_activity;
-        if let Some((_, timer)) = old {
-            self.timers.cancel(timer);
-        }
-        if let Some(timeout) = timeout {
-            let timer =
-                self.timers
-                    .insert(deadline(last, timeout), None, TimerTask::Inactivity(id));
-            if let Some(conn) = self.conn_mut(id) {
-                conn.inactivity = Some((timeout, timer));
+        let due = timeout.map(|t| deadline(conn.last_activity, t));
+        match (conn.inactivity.as_mut(), timeout, due) {
+            // The timer fires no later than the new deadline: it re-arms for the rest
+            // then, so a proxy switching timeouts per request touches no timer here.
+            (Some(current), Some(timeout), Some(due)) if current.armed_for <= due => {
+                current.timeout = timeout;
             }
+            _ => {
+                if let Some(old) = conn.inactivity.take() {
+                    self.timers.cancel(old.timer);
+                }
+                if let (Some(timeout), Some(due)) = (timeout, due) {
+                    self.arm_inactivity(id, timeout, due);
+                }
+            }
+        }
+    }
+
+    fn arm_inactivity(&mut self, id: ConnId, timeout: Duration, due: Instant) {
+        let timer = self.timers.insert(due, None, TimerTask::Inactivity(id));
+        if let Some(conn) = self.conn_mut(id) {
+            conn.inactivity = Some(Inactivity {
+                timeout,
+                timer,
+                armed_for: due,
+            });
         }
     }
 
@@ -419,8 +427,9 @@ impl Reactor {
         self.defaults.nodelay = on;
     }
 
-    /// Replaces the pending-connect timeout of `id` if it is still connecting, counting
-    /// from now.
+    /// Replaces the pending-connect timeout of `id` if it is still connecting (resolving
+    /// its name, or racing its addresses), counting from now; once connected it is
+    /// ignored.
     pub fn set_pending_connect_timeout(&mut self, id: ConnId, timeout: Duration) {
         let Some(conn) = self.conn_mut(id) else {
             return;
@@ -428,6 +437,7 @@ impl Reactor {
         if conn.life.is_connected() {
             return;
         }
+        conn.connect_timeout = timeout;
         let old = conn.connect_timer.take();
         if let Some(timer) = old {
             self.timers.cancel(timer);
@@ -442,9 +452,25 @@ impl Reactor {
         }
     }
 
+    /// The pending-connect timeout of connection `id` (EventMachine's
+    /// `get_pending_connect_timeout`): the default it started with, or the last
+    /// [`set_pending_connect_timeout`](Self::set_pending_connect_timeout) made while it
+    /// was connecting. An accepted connection reports the default it started with, which
+    /// never applied to it. `None` if `id` is no stream connection.
+    #[doc(alias = "get_pending_connect_timeout")]
+    pub fn pending_connect_timeout(&self, id: ConnId) -> Option<Duration> {
+        self.conn(id).map(|c| c.connect_timeout)
+    }
+
     /// The pending-connect timeout connections made from now on start with.
     pub fn set_default_pending_connect_timeout(&mut self, timeout: Duration) {
         self.defaults.connect_timeout = timeout;
+    }
+
+    /// The pending-connect timeout connections made from now on start with (default
+    /// [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT), 20 s).
+    pub fn default_pending_connect_timeout(&self) -> Duration {
+        self.defaults.connect_timeout
     }
 
     /// A connect timer fired.
@@ -464,18 +490,14 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let Some((timeout, _)) = conn.inactivity else {
+        let Some(Inactivity { timeout, .. }) = conn.inactivity.take() else {
             return;
         };
         let due = deadline(conn.last_activity, timeout);
         if now >= due {
-            conn.inactivity = None;
             self.close_now(id, UnbindReason::InactivityTimeout);
         } else {
-            let timer = self.timers.insert(due, None, TimerTask::Inactivity(id));
-            if let Some(conn) = self.conn_mut(id) {
-                conn.inactivity = Some((timeout, timer));
-            }
+            self.arm_inactivity(id, timeout, due);
         }
     }
 }

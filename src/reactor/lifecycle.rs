@@ -178,6 +178,18 @@ impl Life {
         }
     }
 
+    /// Closing after writing while the peer still sends: reading has stopped, but may go
+    /// on where the queue cannot go out without it (a TLS handshake to finish).
+    pub(crate) fn closing_with_peer_sending(&self) -> bool {
+        matches!(
+            self,
+            Life::Open {
+                read: ReadHalf::Open,
+                write: WriteHalf::CloseAfterFlush(_)
+            }
+        )
+    }
+
     /// Whether the queue may be written to the socket now.
     pub(crate) fn may_flush(&self) -> bool {
         match self {

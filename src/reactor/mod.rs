@@ -1,7 +1,8 @@
 //! The loop: one `mio::Poll`, one slab of descriptors, and the order of a tick.
 //!
 //! [`Reactor`] owns every descriptor (connections and servers share one slab, and a
-//! descriptor's slab slot is its mio token), the timer queue, the next-tick queue, the
+//! descriptor's slab slot is its mio token; the sockets of racing connect attempts have
+//! tokens of their own, see `connect_race`), the timer queue, the next-tick queue, the
 //! defer pool's callbacks, the signal pipe and the queue of pending closes. One tick
 //! ([`Reactor::run_loop`] repeats it) goes, in order:
 //!
@@ -17,14 +18,17 @@
 //! and never runs `unbind` anywhere but in step 6 (`reap`).
 
 mod attach;
+mod connect_race;
 mod connection;
 mod connection_api;
 mod datagram;
+mod file_stream;
 mod file_watch;
 mod kernel_relay;
 mod lifecycle;
 mod panics;
 mod process;
+mod process_watch;
 mod queues;
 mod relay;
 mod resolver;
@@ -48,7 +52,9 @@ use crate::id::ConnId;
 use crate::remote::{ReactorHandle, Shared};
 use crate::timers::TimerQueue;
 
+pub use connect_race::{DEFAULT_CONNECTION_ATTEMPT_DELAY, MIN_CONNECTION_ATTEMPT_DELAY};
 pub(crate) use connection::Connection;
+pub use file_stream::{FileStreamFailed, FileStreamResult};
 pub use panics::CallbackPanic;
 pub use kernel_relay::{KERNEL_BUDGET, RelayMode};
 pub use queues::LocalHandle;
@@ -253,6 +259,9 @@ pub struct Reactor {
     file_watches: Option<file_watch::Inotify>,
     /// Host names `connect_host` resolved, and for how long they are trusted (`resolver.rs`).
     resolver: resolver::Resolver,
+    /// Connects racing a name's addresses, their attempts' sockets and the attempt delay
+    /// (`connect_race.rs`).
+    races: connect_race::Races,
 }
 
 impl Reactor {
@@ -294,6 +303,7 @@ impl Reactor {
             signals: signals::Signals::default(),
             file_watches: None,
             resolver: resolver::Resolver::default(),
+            races: connect_race::Races::default(),
         })
     }
 
@@ -309,6 +319,8 @@ impl Reactor {
     /// live connection with [`UnbindReason::ReactorStopped`](crate::UnbindReason) and
     /// closes every server.
     pub fn run_loop(&mut self) -> io::Result<()> {
+        self.shared
+            .set_loop_thread(Some(std::thread::current().id()));
         let result = loop {
             if self.is_stopping() {
                 break Ok(());
@@ -318,6 +330,7 @@ impl Reactor {
             }
         };
         self.shutdown();
+        self.shared.set_loop_thread(None);
         result
     }
 
@@ -425,7 +438,10 @@ impl Reactor {
                 SIGNAL_TOKEN => self.run_signal_handlers(),
                 INOTIFY_TOKEN => self.read_file_events(),
                 KERNEL_RELAY_TOKEN => self.kernel_relay_signals(),
-                Token(slot) => self.dispatch(slot, Readiness::of(event)),
+                token => match connect_race::attempt_of(token) {
+                    Some(attempt) => self.on_attempt_event(attempt),
+                    None => self.dispatch(token.0, Readiness::of(event)),
+                },
             }
         }
         self.events = Some(events);
@@ -585,7 +601,11 @@ impl Reactor {
                 _ => continue,
             }
             match self.descriptors.remove(id.slot) {
-                Descriptor::Conn(conn) => self.retire_connection(id, conn),
+                Descriptor::Conn(conn) => {
+                    // Closed while its connect was racing: the attempts go first.
+                    self.end_race(id);
+                    self.retire_connection(id, conn);
+                }
                 Descriptor::Datagram(d) => self.retire_datagram(id, d),
                 Descriptor::Watch(w) => self.retire_watch(id, w),
                 Descriptor::FileWatch(f) => self.retire_file_watch(id, f),

@@ -4,10 +4,21 @@
 //! On Linux, when the target has nothing queued in user space, the source is spliced into
 //! a kernel pipe owned by the target and the pipe into the target's socket: zero copies.
 //! Otherwise (or with [`Reactor::set_splice`] off) bytes are read into a reactor buffer
-//! and queued like `send_data`. Either way the source is not read while the target holds
-//! `bufsize` bytes or more, and the target's writes wake the source when room returns.
-//! A source's FIN becomes the target's FIN (half-close passes through); a length-limited
-//! relay stops after exactly `length` bytes and calls `proxy_completed`.
+//! and queued like `send_data`. A copying relay stops reading the source while the target
+//! holds `bufsize` bytes or more; a splicing one once the pipe is full (`bufsize`, kept
+//! within 256 KiB – 1 MiB: kernel pages moved from the source's socket, not process
+//! memory). Either way the target's writes wake the source once it is back
+//! under `bufsize`. A source's FIN becomes the target's FIN (half-close passes
+//! through); a length-limited relay stops after exactly `length` bytes and calls
+//! `proxy_completed`.
+//!
+//! The relay starts by copying and splices once a copy fills what it asked for (a bulk
+//! transfer); a splice that finds the source short, under 16 KiB, turns it back to
+//! copying (small messages). Splicing saves the proxy both copies, but the reader gets
+//! the writer's pages as they are: when it shares the proxy's core, its own copy of
+//! them (written on another core, megabytes of queue earlier) costs it more than a
+//! copying proxy's fresh, cache-warm write would, so the gain in throughput there is
+//! smaller than the gain in the proxy's CPU.
 
 use std::io::{self, Read};
 
@@ -19,8 +30,9 @@ use crate::sys::{Io, classify};
 
 /// Bytes moved per relay step: larger than a handler read, since no handler sees them.
 const RELAY_CHUNK: usize = 64 * 1024;
-/// A splice that moves less than this turns the relay back to copying: for small
-/// messages two splices cost more than one read and one write.
+/// A splice that moves less than this, though the pipe had room for more, turns the
+/// relay back to copying: for small messages two splices cost more than one read and
+/// one write.
 const SPLICE_WORTHWHILE: usize = 16 * 1024;
 
 /// What the reactor keeps for all relays: whether they may splice, and the scratch
@@ -56,8 +68,9 @@ pub(crate) struct RelayState {
 impl Reactor {
     /// Relays everything `source` receives to `target` without calling its
     /// `receive_data`; `source` is not read while `target` has `bufsize` or more bytes
-    /// pending. Returns `false` if either is gone, they are the same connection, or
-    /// another source already relays into `target` (one source per target).
+    /// pending (a splicing relay: while its pipe is full, see the module docs). Returns
+    /// `false` if either is gone, they are the same connection, or another source
+    /// already relays into `target` (one source per target).
     pub fn proxy_incoming_to(&mut self, source: ConnId, target: ConnId, bufsize: usize) -> bool {
         self.start_relay(source, target, bufsize, None)
     }
@@ -195,23 +208,25 @@ impl Reactor {
                 return;
             }
             let mut want = relay.bufsize.saturating_sub(tgt.pending_out());
-            if let Some(remaining) = relay.remaining {
-                want = want.min(usize::try_from(remaining).unwrap_or(usize::MAX));
-            }
             let splice = self.relays.splice_enabled
                 && relay.splicing
                 && self.may_splice_from(id)
                 && tgt.life.is_connected()
                 && tgt.outbound.is_empty()
+                && tgt.file_streams.is_empty()
                 && self.ensure_pipe(relay.target, relay.bufsize);
             if splice {
-                let room = self
-                    .conn(relay.target)
-                    .and_then(|t| t.pipe.as_ref())
-                    .map_or(0, SplicePipe::room);
-                want = want.min(room);
+                let pipe = self.conn(relay.target).and_then(|t| t.pipe.as_ref());
+                // A splicing relay fills its whole pipe, past bufsize if the pipe is
+                // bigger: it holds the source's own kernel pages, not ours. The source
+                // is woken again only below bufsize (`wake_relay_source`), so a slow
+                // target is refilled in large steps rather than a few KiB at a time.
+                want = pipe.map_or(0, SplicePipe::room);
             } else {
                 want = want.min(RELAY_CHUNK);
+            }
+            if let Some(remaining) = relay.remaining {
+                want = want.min(usize::try_from(remaining).unwrap_or(usize::MAX));
             }
             if want == 0 {
                 return; // target full: its writes wake us (wake_relay_source)
@@ -256,10 +271,14 @@ impl Reactor {
                     }
                     let mut completed = false;
                     if let Some(relay) = src.relay.as_mut() {
+                        // Small messages are told by a step that found the source short:
+                        // a splice that filled all the room the pipe had says the target
+                        // is slow, not that the messages are small (it used to turn the
+                        // relay to copying about 400 times per GiB of a bulk stream).
                         relay.splicing = if splice {
-                            n >= SPLICE_WORTHWHILE
+                            n >= SPLICE_WORTHWHILE || n == want
                         } else {
-                            n == RELAY_CHUNK
+                            n == want && n >= SPLICE_WORTHWHILE
                         };
                         if let Some(remaining) = relay.remaining.as_mut() {
                             *remaining -= n as u64;
@@ -342,18 +361,22 @@ impl Reactor {
     }
 
     /// Gives `target` a splice pipe if it has none. `false` if one cannot be made (then
-    /// splicing is turned off for this reactor and relays copy).
+    /// splicing is turned off for this reactor and relays copy), or if the one it has is
+    /// too small to be worth splicing through (relays into it copy).
     fn ensure_pipe(&mut self, target: ConnId, size: usize) -> bool {
         let Some(tgt) = self.conn_mut(target) else {
             return false;
         };
-        if tgt.pipe.is_some() {
-            return true;
+        if let Some(pipe) = tgt.pipe.as_ref() {
+            return pipe.capacity >= SPLICE_WORTHWHILE;
         }
         match SplicePipe::new(size) {
             Ok(pipe) => {
+                // Past the user's pipe quota the kernel hands out pipes of a page or
+                // two: kept (so no new one is tried per step), never spliced through.
+                let usable = pipe.capacity >= SPLICE_WORTHWHILE;
                 tgt.pipe = Some(pipe);
-                true
+                usable
             }
             Err(_) => {
                 self.relays.splice_enabled = false;

@@ -92,6 +92,15 @@ impl Reactor {
         }
     }
 
+    /// Answers `host:port` with `addrs` as if a lookup had just returned them (remembered
+    /// for the resolve interval like any answer; nothing with an interval of zero). For
+    /// tests that need a name with several addresses; not part of the API.
+    #[doc(hidden)]
+    pub fn seed_resolver(&mut self, host: &str, port: u16, addrs: &[SocketAddr]) {
+        let now = self.now;
+        self.resolver.learned(host.to_owned(), port, addrs, now);
+    }
+
     /// Resolves `host:port` on the defer pool, remembers the answer, and hands it to
     /// `then` (an empty list if it did not resolve).
     pub(crate) fn resolve_in_background(

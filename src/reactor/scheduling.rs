@@ -19,6 +19,7 @@ pub(crate) enum TimerTask {
     Linger(ConnId),
     HalfClose(ConnId),
     TlsHandshake(ConnId),
+    AttemptDelay(ConnId),
 }
 
 /// What a periodic timer's callback wants next (calloop's `TimeoutAction`, reduced to
@@ -141,6 +142,7 @@ impl Reactor {
                 TimerTask::Linger(conn) => self.linger_expired(conn),
                 TimerTask::HalfClose(conn) => self.half_close_check(conn),
                 TimerTask::TlsHandshake(conn) => self.tls_handshake_expired(conn),
+                TimerTask::AttemptDelay(conn) => self.attempt_delay_passed(conn),
             }
         }
     }

@@ -52,6 +52,11 @@ impl TlsLayer {
         self.held_plaintext
     }
 
+    /// Whether the handshake is still going: until it ends, nothing queued can be sent.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.session.is_handshaking()
+    }
+
     pub(crate) fn take_handshake_timer(&mut self) -> Option<TimerId> {
         self.handshake_timer.take()
     }
@@ -278,8 +283,9 @@ impl Reactor {
             if let Some(timer) = tls.handshake_timer.take() {
                 self.timers.cancel(timer);
             }
-            // Plaintext held during the handshake can go now.
+            // Plaintext held during the handshake can go now, and a streaming file after it.
             self.tls_push(id);
+            self.flush(id);
             self.notify(id, |h, cx| h.tls_handshake_completed(cx));
         }
         self.tls_push(id);

@@ -21,15 +21,15 @@ pub(crate) fn descriptor_limits() -> io::Result<(u64, u64)> {
     Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
 }
 
-/// Sets the soft descriptor limit to the hard one.
-pub(crate) fn raise_soft_descriptor_limit() -> io::Result<()> {
+/// Sets the soft descriptor limit to `soft` (the caller keeps it at or below the hard one).
+pub(crate) fn set_soft_descriptor_limit(soft: u64) -> io::Result<()> {
     let limit = rlimit()?;
-    let raised = libc::rlimit {
-        rlim_cur: limit.rlim_max,
+    let wanted = libc::rlimit {
+        rlim_cur: libc::rlim_t::try_from(soft).unwrap_or(limit.rlim_max),
         rlim_max: limit.rlim_max,
     };
     // SAFETY: setrlimit reads one rlimit from the live struct we pass.
-    syscall!(setrlimit(libc::RLIMIT_NOFILE, &raised))?;
+    syscall!(setrlimit(libc::RLIMIT_NOFILE, &wanted))?;
     Ok(())
 }
 

@@ -2,14 +2,17 @@
 //! directory, each with its `// SAFETY:` line (mio's `src/sys` is the model). Above it,
 //! the reactor sees safe types and functions: sockets and listeners ([`socket`]),
 //! attached descriptors and child pipes ([`pipes`]), splice pipes ([`splice`]), the
-//! signal self-pipe ([`signals`]), inotify ([`inotify`]), process signals and limits.
+//! signal self-pipe ([`signals`]), inotify ([`inotify`]), `sendfile(2)` ([`sendfile`]),
+//! process signals and limits.
 //!
 //! It also owns the one place an I/O result is classified for the loop ([`classify`]):
 //! progress, drained, end of stream, or failure.
 
 pub(crate) mod inotify;
 pub(crate) mod limits;
+pub(crate) mod pidfd;
 pub(crate) mod pipes;
+pub(crate) mod sendfile;
 pub(crate) mod signals;
 pub(crate) mod socket;
 pub(crate) mod sockmap;

@@ -43,6 +43,17 @@ impl Stream {
         }
     }
 
+    /// The socket's descriptor, handed over (`detach`): nothing here closes it any more.
+    /// `None` for what is not a socket (an attached descriptor, a child's pipes).
+    pub(crate) fn into_socket_fd(self) -> Option<RawFd> {
+        use std::os::fd::IntoRawFd;
+        match self {
+            Stream::Tcp(s) => Some(s.into_raw_fd()),
+            Stream::Unix(s) => Some(s.into_raw_fd()),
+            Stream::Fd(_) | Stream::Child(_) => None,
+        }
+    }
+
     pub(crate) fn deregister(&mut self, registry: &Registry) {
         let _ = match self {
             Stream::Tcp(s) => registry.deregister(s),
@@ -78,6 +89,16 @@ impl Stream {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// How a non-blocking connect stands after an event on it: `Ok(true)` connected,
+    /// `Ok(false)` still in progress (the event was not about the connect), `Err` the
+    /// connect's failure (refused, unreachable...).
+    pub(crate) fn connect_outcome(&self) -> io::Result<bool> {
+        match self.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => self.is_connected(),
         }
     }
 
@@ -408,6 +429,26 @@ pub(crate) fn set_int_option(fd: RawFd, level: i32, name: i32, value: i32) -> io
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `getsockopt(fd, level, name, &value, &len)` for an option whose value is one `int`;
+/// an option of another size (a struct such as `SO_LINGER`) is `InvalidInput`.
+pub(crate) fn int_option(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into the live `c_int` we pass and
+    // stores the option's real size in the live `len`.
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != mem::size_of::<libc::c_int>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the socket option's value is not an int",
+        ));
+    }
+    Ok(value)
 }
 
 /// Turns TCP keepalive on with the given idle time before the first probe, or off.

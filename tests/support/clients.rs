@@ -27,6 +27,24 @@ pub fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     read_all(&mut stream)
 }
 
+/// Like [`exchange`], for a server that may close before reading: the request may not
+/// all go, and a reset counts as the end. Returns what came back before the end.
+pub fn exchange_with_a_closing_server(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = connect(addr);
+    let _ = stream.write_all(request);
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return answer,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return answer,
+            Err(e) => panic!("reading the answer: {e}"),
+        }
+    }
+}
+
 /// Reads until EOF; panics on an error (a reset included) or a timeout.
 pub fn read_all(stream: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();

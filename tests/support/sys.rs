@@ -1,10 +1,10 @@
 //! The libc edges the tests need, each written once: a close that sends a reset, the
 //! bytes a socket has sent that its peer has not acknowledged, a listener's accept queue
-//! shrunk to one, the process's RSS, and the descriptor limit (raised by the crate's own
+//! shrunk to one (and a blackholed address made of one), the process's RSS, and the descriptor limit (raised by the crate's own
 //! [`ember::raise_descriptor_limit`]).
 
 use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -73,6 +73,53 @@ pub fn shrink_accept_queue(listener: &TcpListener) {
     // SAFETY: listen(2) on a listening socket we own only changes its backlog.
     let rc = unsafe { libc::listen(listener.as_raw_fd(), 0) };
     assert_eq!(rc, 0, "listen(0): {}", io::Error::last_os_error());
+}
+
+/// A listener whose accept queue is full, so the kernel drops further SYNs: a connect to
+/// `addr` hangs, as to a blackholed address, until a queued connection is accepted.
+pub struct Blackhole {
+    pub listener: TcpListener,
+    /// The connections that fill the accept queue, never accepted.
+    pub queued: Vec<TcpStream>,
+    pub addr: SocketAddr,
+}
+
+impl Blackhole {
+    /// A blackholed address on `ip` (a loopback address). `None` if this kernel does not
+    /// leave connects to a full accept queue pending.
+    pub fn on(ip: IpAddr) -> Option<Blackhole> {
+        let listener = TcpListener::bind((ip, 0)).expect("bind a listener to blackhole");
+        shrink_accept_queue(&listener);
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..16 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => queued.push(s),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Some(Blackhole {
+                        listener,
+                        queued,
+                        addr,
+                    });
+                }
+                Err(e) => panic!("filling the backlog: {e}"),
+            }
+        }
+        None
+    }
+
+    /// Accepts (and closes) every queued connection: the next SYN retransmitted to `addr`
+    /// is answered. Returns what the accepts' peers were.
+    pub fn open_up(&mut self) -> Vec<SocketAddr> {
+        self.listener.set_nonblocking(true).unwrap();
+        let mut peers = Vec::new();
+        while let Ok((_, peer)) = self.listener.accept() {
+            peers.push(peer);
+        }
+        self.listener.set_nonblocking(false).unwrap();
+        self.queued.clear();
+        peers
+    }
 }
 
 /// The process's resident set size in bytes, from `/proc/self/status`.
