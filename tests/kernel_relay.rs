@@ -49,7 +49,10 @@ fn relay_proxy(target: SocketAddr, mode: RelayMode) -> ReactorThread<Option<Sock
             return Ok(None);
         }
         let p = proxy::start(r, "127.0.0.1:0", move |conn| {
-            conn.server("backend", Backend::tcp(target).relay_client().relay_server());
+            conn.server(
+                "backend",
+                Backend::tcp(target).relay_client().relay_server(),
+            );
         })?;
         Ok(Some(p.local_addr().unwrap()))
     })
@@ -159,7 +162,10 @@ fn a_client_that_stops_reading_pushes_back_on_the_backend_in_every_mode() {
             if n == 0 {
                 break;
             }
-            assert!(pattern.matches(&buf[..n]), "{mode}: bytes differ at {total}");
+            assert!(
+                pattern.matches(&buf[..n]),
+                "{mode}: bytes differ at {total}"
+            );
             total += n;
         }
         assert_eq!(total, pushed, "{mode}: bytes lost");
@@ -231,7 +237,10 @@ fn a_backend_reset_mid_stream_loses_none_of_its_earlier_bytes_in_every_mode() {
             match client.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    assert!(pattern.matches(&buf[..n]), "{mode}: bytes differ at {total}");
+                    assert!(
+                        pattern.matches(&buf[..n]),
+                        "{mode}: bytes differ at {total}"
+                    );
                     total += n;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
@@ -304,7 +313,10 @@ fn kernel_relayed_and_hooked_sessions_share_one_reactor() {
             return Ok(None);
         }
         let relayed = proxy::start(r, "127.0.0.1:0", move |conn| {
-            conn.server("backend", Backend::tcp(target).relay_client().relay_server());
+            conn.server(
+                "backend",
+                Backend::tcp(target).relay_client().relay_server(),
+            );
         })?;
         let hooked = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("backend", target);

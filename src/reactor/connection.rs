@@ -433,7 +433,9 @@ impl Reactor {
 
     /// Writes as much of the outbound queue as the socket takes.
     pub(crate) fn flush(&mut self, id: ConnId) {
-        if self.conn(id).is_some_and(|c| c.kernel.is_some() && !c.outbound.is_empty())
+        if self
+            .conn(id)
+            .is_some_and(|c| c.kernel.is_some() && !c.outbound.is_empty())
             && !self.inbound_settled(id)
         {
             self.await_drain(id); // what the kernel relayed into it goes out first
@@ -609,7 +611,9 @@ impl Reactor {
             self.flush(id);
             return;
         }
-        if self.conn(id).is_some_and(|c| c.kernel.is_some() && c.life.is_closing())
+        if self
+            .conn(id)
+            .is_some_and(|c| c.kernel.is_some() && c.life.is_closing())
             && !self.kernel_relay_may_close(id)
         {
             // Bytes the kernel relayed into it are still on their way out: the close

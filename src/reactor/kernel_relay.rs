@@ -58,9 +58,10 @@ const DRAIN_LONGEST_WAIT: Duration = Duration::from_millis(50);
 /// How relays move bytes ([`Reactor::set_relay_mode`]; `--relay-mode` of the binary).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RelayMode {
-    /// The best measured mode: today adaptive splice (see docs/benchmarks.md: the
-    /// kernel relay costs less CPU per small request but moves bulk transfers at
-    /// half of splice's rate on the machines measured).
+    /// The best measured mode: today adaptive splice. The kernel relay takes the
+    /// bytes out of the process, but the kernel sends each buffer it redirects from a
+    /// worker thread woken for it, which costs the machine more CPU per small request
+    /// than the reactor's own relay (docs/benchmarks.md, "The in-kernel relay").
     Auto,
     /// The in-kernel relay (BPF sockmap) for connection pairs relaying to each other;
     /// splice or copying for the rest. Falls back to splice where unavailable.
@@ -214,7 +215,11 @@ impl Reactor {
     /// Connections linked in the kernel relay now, and entries in its maps. For tests
     /// and leak checks: both fall to zero once every relayed connection has closed.
     pub fn kernel_relay_entries(&self) -> (usize, usize) {
-        let entries = self.kernel.redirector.as_ref().map_or(0, Redirector::entries);
+        let entries = self
+            .kernel
+            .redirector
+            .as_ref()
+            .map_or(0, Redirector::entries);
         (self.kernel.linked, entries)
     }
 
@@ -443,9 +448,9 @@ impl Reactor {
     /// sockmap's own queue (splice reads only the TCP queue), nor while the kernel has
     /// its input.
     pub(crate) fn may_splice_from(&self, id: ConnId) -> bool {
-        self.conn(id).and_then(|c| c.kernel).is_none_or(|s| {
-            matches!(s.flow, Flow::Fresh | Flow::Copying { in_map: false })
-        })
+        self.conn(id)
+            .and_then(|c| c.kernel)
+            .is_none_or(|s| matches!(s.flow, Flow::Fresh | Flow::Copying { in_map: false }))
     }
 
     /// Whether every byte the kernel redirected into `target` has left through its

@@ -1,8 +1,9 @@
 //! In-kernel socket redirection with a BPF sockmap (Linux only): the kernel relays two
 //! connected TCP sockets to each other and their bytes never reach this process.
 //!
-//! Three maps and one 24-instruction `SK_SKB` stream-verdict program, loaded through
-//! the raw `bpf(2)` syscall — no BPF toolchain, no loader crate:
+//! Four maps, a ring buffer and one `SK_SKB` stream-verdict program of about forty
+//! instructions, loaded through the raw `bpf(2)` syscall — no BPF toolchain, no loader
+//! crate (the program is written below through a small label assembler):
 //!
 //! - `peers` (`SOCKHASH`) maps the cookie of a socket (`SO_COOKIE`, unique for the
 //!   socket's life) to the socket its bytes go to. No program is attached to it: it is
@@ -10,40 +11,42 @@
 //! - `relayed` (`SOCKHASH`) holds the sockets whose incoming bytes are redirected now;
 //!   the verdict program is attached to it, so a socket inserted here runs the program
 //!   on every socket buffer it receives.
-//! - `budgets` (`HASH`) maps the cookie of a relayed socket to the bytes it may still
-//!   redirect.
+//! - `counts` (`HASH`): per socket, the bytes it redirected, whether it is passing
+//!   (below), and the bytes the program kept with it since.
+//! - `limits` (`HASH`): per relayed socket, a soft and a hard limit on its count.
+//! - `signals` (`RINGBUF`): the cookie of a socket whose count crossed a limit; its
+//!   descriptor is readable while records wait, so the reactor polls it.
 //!
-//! The program, for each socket buffer received on a relayed socket:
+//! The program, for each socket buffer a relayed socket receives:
 //!
 //! ```text
-//! r6 = r1                                ; the skb
-//! r0 = get_socket_cookie(r1)             ; the receiving socket
-//! *(u64 *)(r10 - 8) = r0                 ; the key, on the stack
-//! r0 = map_lookup_elem(&budgets, r10 - 8)
-//! if r0 == 0 goto pass
-//! r1 = skb->len; r2 = *r0
-//! if r1 > r2 goto pass                   ; over budget: keep the bytes here
-//! *r0 = r2 - r1
-//! r0 = sk_redirect_hash(r6, &peers, r10 - 8, 0)   ; to the peer's egress
-//! if r0 != 0 goto out                    ; SK_PASS: redirected
-//! pass: r0 = 1                           ; SK_PASS without a redirect: bytes stay
-//! out: exit
+//! if skb->len == 0: drop                 ; a bare FIN: redirected it breaks the peer's
+//!                                        ; pipe, kept it reads as EFAULT
+//! key = get_socket_cookie(skb); c = counts[key]
+//! if c.passing: c.kept += len; pass      ; for good: nothing may overtake kept bytes
+//! after = c.count + len; l = limits[key]
+//! if after > l.hard: c.passing = 1; signal(key); c.kept += len; pass
+//! if c.count <= l.soft < after: signal(key)
+//! c.count = after
+//! sk_redirect_hash(skb, &peers, key, 0)  ; to the peer's egress
 //! ```
+//!
+//! "Pass" leaves the buffer with its own socket, where `recv` finds it; the kernel
+//! charges it to the socket's receive buffer, so TCP's window closes on the sender —
+//! the only way to stop a source, since a redirected buffer is queued to the peer's
+//! `psock` and sent by a kernel worker with no bound at all (measured: 2 GB in two
+//! seconds into a target that does not read). Past the receive buffer kept bytes wait
+//! in a second queue that `recv` cannot see yet, which is why the program counts them:
+//! the reactor takes an end of stream for the end only once it has read them all.
 //!
 //! Peers are linked before a socket is relayed, so the program never looks up a socket
 //! whose peer is missing (and if it did, the bytes would stay, not drop). Bytes already
 //! in a socket's receive queue when it is inserted are not redirected until the kernel
 //! runs its data-ready callback again; [`Redirector::redirect`] makes it run at once
-//! (setting `SO_RCVLOWAT` calls it), so those bytes go first, in order.
-//!
-//! The redirected bytes are queued to the peer's `psock` and sent by a kernel worker
-//! thread. The kernel bounds that queue by nothing: a peer that stops reading would let
-//! it grow without end (measured: 2 GB in two seconds). So each socket redirects a
-//! *budget* of bytes (a third map the program counts down); past it, the program lets
-//! the bytes stay with the socket, which wakes the reactor like any readable socket. The
-//! reactor then holds the socket (out of `relayed`: its bytes stay in its TCP queue and
-//! flow control applies), waits until everything redirected has left the peer
-//! ([`bytes_written`]), and moves on.
+//! (setting `SO_RCVLOWAT` calls it), so those bytes go first, in order. A socket leaves
+//! `relayed` only once nothing more can reach it (past its peer's FIN, or closing):
+//! the kernel clears the program before it restores the socket's own callback, so a
+//! buffer arriving in between would be dropped.
 
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
@@ -75,7 +78,6 @@ mod linux {
     const FUNC_RINGBUF_OUTPUT: i32 = 130;
     const FUNC_GET_SOCKET_COOKIE: i32 = 46;
     const FUNC_SK_REDIRECT_HASH: i32 = 72;
-
 
     /// One BPF instruction (`struct bpf_insn`): opcode, two 4-bit registers, offset and
     /// immediate.
@@ -181,7 +183,7 @@ mod linux {
             // A buffer with no bytes is a bare FIN (the socket has taken it already):
             // redirected, the kernel would send nothing and call that a broken pipe on
             // the peer; left with the socket, it reads as an error (EFAULT). Dropped.
-            I(insn(LDX_W, R2, R1, 0, 0)), // __sk_buff.len
+            I(insn(LDX_W, R2, R1, 0, 0)),    // __sk_buff.len
             I(insn(MOV64_IMM, R0, 0, 0, 0)), // SK_DROP
             Jump(JEQ_IMM, R2, 0, 0, "exit"),
             I(insn(MOV64_REG, R6, R1, 0, 0)),
@@ -195,8 +197,8 @@ mod linux {
             I(insn(MOV64_REG, R7, R0, 0, 0)), // &{count, passing}
             I(insn(LDX_DW, R1, R7, 8, 0)),
             Jump(JNE_IMM, R1, 0, 0, "pass"), // passing already: everything stays
-            I(insn(LDX_DW, R8, R7, 0, 0)), // the count before
-            I(insn(LDX_W, R9, R6, 0, 0)), // __sk_buff.len
+            I(insn(LDX_DW, R8, R7, 0, 0)),   // the count before
+            I(insn(LDX_W, R9, R6, 0, 0)),    // __sk_buff.len
             I(insn(ADD64_REG, R9, R8, 0, 0)), // the count after
             I(insn(LD_IMM64, R1, BPF_PSEUDO_MAP_FD, 0, map(&maps.limits))),
             I(insn(MOV64_REG, R2, R10, 0, 0)),
@@ -205,7 +207,7 @@ mod linux {
             Jump(JEQ_IMM, R0, 0, 0, "count"),
             I(insn(LDX_DW, R1, R0, 8, 0)), // the hard limit
             Jump(JGT_REG, R9, R1, 0, "start passing"),
-            I(insn(LDX_DW, R1, R0, 0, 0)), // the soft limit
+            I(insn(LDX_DW, R1, R0, 0, 0)),     // the soft limit
             Jump(JGT_REG, R8, R1, 0, "count"), // crossed before
             Jump(JLE_REG, R9, R1, 0, "count"), // not crossing now
         ];
@@ -620,7 +622,10 @@ mod linux {
             // after this.
             unsafe {
                 libc::munmap(self.consumer.cast(), self.page);
-                libc::munmap(self.producer as *mut libc::c_void, self.page + 2 * RING_BYTES);
+                libc::munmap(
+                    self.producer as *mut libc::c_void,
+                    self.page + 2 * RING_BYTES,
+                );
             }
         }
     }
@@ -880,7 +885,12 @@ mod elsewhere {
         true
     }
 
-    pub(crate) fn watch_input(_epoll: RawFd, _fd: RawFd, _token: usize, _on: bool) -> io::Result<()> {
+    pub(crate) fn watch_input(
+        _epoll: RawFd,
+        _fd: RawFd,
+        _token: usize,
+        _on: bool,
+    ) -> io::Result<()> {
         Err(unsupported())
     }
 }
@@ -903,10 +913,24 @@ mod tests {
         (outside, inside)
     }
 
+    /// Reads `n` bytes within 5 s. A socket in a sockmap may answer a blocking read
+    /// with `EAGAIN` at once (when it finds bytes the program has not seen yet, it
+    /// runs the program and asks for a retry), so that is retried.
     fn read_exactly(from: &mut TcpStream, n: usize) -> Vec<u8> {
-        from.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        from.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
         let mut out = vec![0u8; n];
-        from.read_exact(&mut out).unwrap();
+        let mut got = 0;
+        while got < n {
+            match from.read(&mut out[got..]) {
+                Ok(0) => panic!("end of stream after {got} of {n} bytes"),
+                Ok(k) => got += k,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {}
+                Err(e) => panic!("after {got} of {n} bytes: {e}"),
+            }
+        }
         out
     }
 
@@ -921,8 +945,8 @@ mod tests {
     }
 
     #[test]
-    fn a_linked_pair_relays_both_ways_signals_past_its_soft_limit_and_keeps_bytes_past_its_hard_one(
-    ) {
+    fn a_linked_pair_relays_both_ways_signals_past_its_soft_limit_and_keeps_bytes_past_its_hard_one()
+     {
         let Some(mut r) = open() else { return };
         let (mut client, p_client) = pair();
         let (mut backend, p_backend) = pair();
@@ -932,7 +956,14 @@ mod tests {
         let base = bytes_written(b.fd).unwrap();
         r.link(&a, &b).unwrap();
         r.redirect(&a, Limits { soft: 10, hard: 12 }).unwrap();
-        r.redirect(&b, Limits { soft: 1 << 20, hard: 2 << 20 }).unwrap();
+        r.redirect(
+            &b,
+            Limits {
+                soft: 1 << 20,
+                hard: 2 << 20,
+            },
+        )
+        .unwrap();
         assert_eq!(r.entries(), 2 + 2 + 2 + 2);
         client.write_all(b"late").unwrap();
         assert_eq!(read_exactly(&mut backend, 10), b"early late");
@@ -952,14 +983,29 @@ mod tests {
         // Past the hard limit of 12 the bytes stay with the socket, and every later
         // buffer too, even once the limit moves: nothing may overtake them.
         client.write_all(b"kept").unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        r.set_limits(&a, Limits { soft: 1 << 20, hard: 2 << 20 }).unwrap();
+        let start = Instant::now();
+        while !r.count(&a).1 && start.elapsed() < Duration::from_secs(5) {
+            std::thread::yield_now();
+        }
+        r.set_limits(
+            &a,
+            Limits {
+                soft: 1 << 20,
+                hard: 2 << 20,
+            },
+        )
+        .unwrap();
         client.write_all(b" too").unwrap();
         let mut inside = p_client.try_clone().unwrap();
         assert_eq!(read_exactly(&mut inside, 8), b"kept too");
         assert_eq!(r.count(&a), (11, true));
-        backend.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        assert!(backend.read(&mut [0u8; 16]).is_err(), "nothing more redirected");
+        backend
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        assert!(
+            backend.read(&mut [0u8; 16]).is_err(),
+            "nothing more redirected"
+        );
         // Closing a socket takes it out of the socket maps; forget drops the rest.
         r.forget(&a);
         r.forget(&b);

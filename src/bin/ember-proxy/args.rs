@@ -8,10 +8,10 @@
 //!
 //! Every mistake becomes one `Err(String)` that `main` prints as a single line.
 
+use ember::RelayMode;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
-use ember::RelayMode;
 
 use ember::proxy::{
     DEFAULT_FIN_TIMEOUT, DEFAULT_SHADOW_BUFFER, Strategy, Target, parse_port, proxy_protocol,
@@ -84,9 +84,10 @@ every byte the clients send, and their answers are discarded.
       --grace SECONDS               On SIGINT/SIGTERM, how long live clients may take to
                                     finish (default 10)
       --relay-mode MODE             How plain relays move bytes: auto (default: the
-                                    in-kernel relay where the kernel and privileges
-                                    allow, else splice), kernel (BPF sockmap: bytes
-                                    never enter the process), splice, or copy
+                                    mode measured best, today splice), kernel (BPF
+                                    sockmap: bytes never enter the process; needs
+                                    CAP_BPF and CAP_NET_ADMIN, else splice), splice,
+                                    or copy
       --no-splice                   The same as --relay-mode copy
       --send-proxy                  Start every backend connection with a PROXY protocol v1
                                     header naming the client (HAProxy's send-proxy)
@@ -873,7 +874,9 @@ impl Seen {
                             (--no-splice is --relay-mode copy)"
                     .into());
             }
-            (Some(mode), false) => mode.parse::<RelayMode>().map_err(|e| format!("--relay-mode: {e}"))?,
+            (Some(mode), false) => mode
+                .parse::<RelayMode>()
+                .map_err(|e| format!("--relay-mode: {e}"))?,
             (None, true) => RelayMode::Copy,
             (None, false) => RelayMode::Auto,
         };
