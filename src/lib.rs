@@ -69,8 +69,8 @@ pub use id::{ConnId, ServerId, TimerId};
 pub use limits::raise_descriptor_limit;
 pub use reactor::{
     ACCEPTS_PER_EVENT, CallbackPanic, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HIGH_WATER,
-    DEFAULT_LOW_WATER, DEFAULT_RESOLVE_INTERVAL, FileStreamFailed, FileStreamResult, LocalHandle,
-    READ_CHUNK, READS_PER_EVENT, Reactor, TimerAction, Unreachable,
+    DEFAULT_LOW_WATER, DEFAULT_RESOLVE_INTERVAL, FileStreamFailed, FileStreamResult, KERNEL_BUDGET,
+    LocalHandle, READ_CHUNK, READS_PER_EVENT, Reactor, RelayMode, TimerAction, Unreachable,
 };
 pub use reactor::{DEFAULT_CONNECTION_ATTEMPT_DELAY, MIN_CONNECTION_ATTEMPT_DELAY};
 pub use remote::ReactorHandle;

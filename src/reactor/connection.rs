@@ -93,6 +93,8 @@ pub(crate) struct Connection {
     /// TLS, once `start_tls_*` ran: what is read is ciphertext for it, what is sent
     /// plaintext for it (see `tls.rs`).
     pub(crate) tls: Option<Box<super::tls::TlsLayer>>,
+    /// Its side of an in-kernel relay pair, once linked (see `kernel_relay.rs`).
+    pub(crate) kernel: Option<super::kernel_relay::KernelSide>,
     /// Files on their way to the peer (`stream_file`), in order, each after everything
     /// queued before it.
     pub(crate) file_streams: VecDeque<FileStream>,
@@ -162,6 +164,7 @@ impl Connection {
             reads_per_event: READS_PER_EVENT,
             discard_input: false,
             tls: None,
+            kernel: None,
             file_streams: VecDeque::new(),
         }
     }
@@ -264,7 +267,10 @@ impl Reactor {
         Ok(id)
     }
 
-    pub(crate) fn on_connection_event(&mut self, id: ConnId, ready: Readiness) {
+    pub(crate) fn on_connection_event(&mut self, id: ConnId, mut ready: Readiness) {
+        if self.kernel_relay_event(id) {
+            ready.readable = true;
+        }
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -328,6 +334,7 @@ impl Reactor {
                 }
                 self.notify(id, |h, cx| h.connection_completed(cx));
                 self.flush(id);
+                self.kernel_relay_connected(id);
             }
             Err(e) => self.close_now(id, UnbindReason::from_io_error(&e)),
         }
@@ -426,6 +433,14 @@ impl Reactor {
 
     /// Writes as much of the outbound queue as the socket takes.
     pub(crate) fn flush(&mut self, id: ConnId) {
+        if self
+            .conn(id)
+            .is_some_and(|c| c.kernel.is_some() && !c.outbound.is_empty())
+            && !self.inbound_settled(id)
+        {
+            self.await_drain(id); // what the kernel relayed into it goes out first
+            return;
+        }
         let now = self.now;
         let Some(conn) = self.conn_mut(id) else {
             return;
@@ -519,11 +534,13 @@ impl Reactor {
     /// Writes `data` to the socket if nothing is queued ahead of it, and queues the rest.
     fn write_or_queue(&mut self, id: ConnId, data: &[u8]) -> bool {
         let now = self.now;
+        // Bytes the kernel relayed into a linked connection go out first.
+        let settled = !self.is_kernel_linked(id) || self.inbound_settled(id);
         let Some(conn) = self.conn_mut(id) else {
             return false;
         };
         let mut rest = data;
-        if conn.pending_on_wire() == 0 && conn.life.is_connected() {
+        if conn.pending_on_wire() == 0 && conn.life.is_connected() && settled {
             let Some(stream) = conn.stream.as_mut() else {
                 return false;
             };
@@ -546,6 +563,9 @@ impl Reactor {
             conn.outbound.push(rest);
             if conn.pending_out() > conn.high_water {
                 conn.above_high_water = true;
+            }
+            if !settled {
+                self.await_drain(id);
             }
         }
         true
@@ -589,6 +609,16 @@ impl Reactor {
         if conn.life.ends_writing() && conn.tls.is_some() && self.tls_close_notify(id) {
             // Our FIN waits for the close_notify ahead of it.
             self.flush(id);
+            return;
+        }
+        if self
+            .conn(id)
+            .is_some_and(|c| c.kernel.is_some() && c.life.is_closing())
+            && !self.kernel_relay_may_close(id)
+        {
+            // Bytes the kernel relayed into it are still on their way out: the close
+            // (or FIN) waits for them.
+            self.await_drain(id);
             return;
         }
         let Some(conn) = self.conn_mut(id) else {
@@ -717,6 +747,7 @@ impl Reactor {
     /// The half-close timer fired: close if nothing moved for the timeout, else re-arm
     /// for the time left.
     pub(crate) fn half_close_check(&mut self, id: ConnId) {
+        self.refresh_kernel_activity(id);
         let now = self.now;
         let Some(conn) = self.conn_mut(id) else {
             return;
@@ -809,6 +840,7 @@ impl Reactor {
         {
             self.timers.cancel(timer);
         }
+        self.kernel_relay_gone(&mut conn);
         let reason = conn.life.unbind_reason();
         for file in conn.file_streams.drain(..) {
             self.abandon_file_stream(file, reason.clone());

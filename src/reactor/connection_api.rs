@@ -485,6 +485,7 @@ impl Reactor {
 
     /// An inactivity timer fired: close, or re-arm for the time still left.
     pub(crate) fn inactivity_check(&mut self, id: ConnId) {
+        self.refresh_kernel_activity(id);
         let now = self.now;
         let Some(conn) = self.conn_mut(id) else {
             return;

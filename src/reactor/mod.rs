@@ -24,6 +24,7 @@ mod connection_api;
 mod datagram;
 mod file_stream;
 mod file_watch;
+mod kernel_relay;
 mod lifecycle;
 mod panics;
 mod process;
@@ -54,6 +55,7 @@ use crate::timers::TimerQueue;
 pub use connect_race::{DEFAULT_CONNECTION_ATTEMPT_DELAY, MIN_CONNECTION_ATTEMPT_DELAY};
 pub(crate) use connection::Connection;
 pub use file_stream::{FileStreamFailed, FileStreamResult};
+pub use kernel_relay::{KERNEL_BUDGET, RelayMode};
 pub use panics::CallbackPanic;
 pub use queues::LocalHandle;
 use queues::{CarryOver, NextTicks, PendingCloses};
@@ -81,6 +83,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const WAKER_TOKEN: Token = Token(usize::MAX);
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 const INOTIFY_TOKEN: Token = Token(usize::MAX - 2);
+/// The in-kernel relay's signal ring (`kernel_relay.rs`).
+const KERNEL_RELAY_TOKEN: Token = Token(usize::MAX - 3);
 
 /// Everything the reactor can hold a descriptor for.
 // Connections are by far the most common entry and the hot one: boxing them to shrink
@@ -243,6 +247,8 @@ pub struct Reactor {
     listen: server::ListenSettings,
     /// Splice on or off, and the copying path's buffer (`relay.rs`).
     relays: relay::Relays,
+    /// The in-kernel relay's maps and program, once opened (`kernel_relay.rs`).
+    kernel: kernel_relay::KernelRelays,
     /// One datagram's worth (64 KiB), allocated on first use (`datagram.rs`).
     datagram_buf: Vec<u8>,
     /// Closed children awaiting exit, their poll timer and grace (`process.rs`).
@@ -291,6 +297,7 @@ impl Reactor {
             },
             listen: server::ListenSettings::default(),
             relays: relay::Relays::default(),
+            kernel: kernel_relay::KernelRelays::default(),
             datagram_buf: Vec::new(),
             children: process::Children::default(),
             signals: signals::Signals::default(),
@@ -430,6 +437,7 @@ impl Reactor {
                 WAKER_TOKEN => self.run_remote_work(),
                 SIGNAL_TOKEN => self.run_signal_handlers(),
                 INOTIFY_TOKEN => self.read_file_events(),
+                KERNEL_RELAY_TOKEN => self.kernel_relay_signals(),
                 token => match connect_race::attempt_of(token) {
                     Some(attempt) => self.on_attempt_event(attempt),
                     None => self.dispatch(token.0, Readiness::of(event)),

@@ -161,11 +161,15 @@ impl Reactor {
             self.next_tick(move |r| r.finish_length_relay(source));
         }
         self.schedule_read(source);
+        self.kernel_relay_idle(source, false);
         true
     }
 
     /// The target's pending bytes fell to `pending`: let its source read again if room.
     pub(crate) fn wake_relay_source(&mut self, source: ConnId, pending: usize) {
+        if pending == 0 {
+            self.kernel_relay_target_emptied(source);
+        }
         if let Some(src) = self.conn(source)
             && let Some(relay) = src.relay
             && src.unread
@@ -177,6 +181,9 @@ impl Reactor {
 
     /// Moves bytes from relay source `id` to its target, up to the per-event budget.
     pub(crate) fn relay_some(&mut self, id: ConnId) {
+        if self.kernel_relay_step(id) {
+            return; // the kernel has this direction (see kernel_relay.rs)
+        }
         let now = self.now;
         let budget = self.conn(id).map_or(0, |c| c.reads_per_event);
         for _ in 0..budget {
@@ -203,6 +210,7 @@ impl Reactor {
             let mut want = relay.bufsize.saturating_sub(tgt.pending_out());
             let splice = self.relays.splice_enabled
                 && relay.splicing
+                && self.may_splice_from(id)
                 && tgt.life.is_connected()
                 && tgt.outbound.is_empty()
                 && tgt.file_streams.is_empty()
@@ -239,6 +247,12 @@ impl Reactor {
                 continue; // the next step copies, which steps over the mark
             }
             match moved {
+                Io::Eof if !self.kernel_relay_end_is_real(id) => {
+                    if let Some(src) = self.conn_mut(id) {
+                        src.unread = false;
+                    }
+                    return; // bytes the kernel kept are still to come
+                }
                 Io::Eof => {
                     if let Some(src) = self.conn_mut(id) {
                         src.unread = false;
@@ -294,6 +308,7 @@ impl Reactor {
                             .is_some_and(|p| p.len > 0);
                     if !pipe_busy && let Some(src) = self.conn_mut(id) {
                         src.unread = false;
+                        self.kernel_relay_drained(id);
                     }
                     return;
                 }

@@ -15,6 +15,7 @@ pub(crate) mod pipes;
 pub(crate) mod sendfile;
 pub(crate) mod signals;
 pub(crate) mod socket;
+pub(crate) mod sockmap;
 pub(crate) mod splice;
 
 use std::io;

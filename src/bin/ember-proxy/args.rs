@@ -8,6 +8,7 @@
 //!
 //! Every mistake becomes one `Err(String)` that `main` prints as a single line.
 
+use ember::RelayMode;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -82,8 +83,12 @@ every byte the clients send, and their answers are discarded.
                                     sent FIN (default 5; 0 waits forever)
       --grace SECONDS               On SIGINT/SIGTERM, how long live clients may take to
                                     finish (default 10)
-      --no-splice                   Relay by copying through user space instead of
-                                    splice(2) (for comparison; splice is the default)
+      --relay-mode MODE             How plain relays move bytes: auto (default: the
+                                    mode measured best, today splice), kernel (BPF
+                                    sockmap: bytes never enter the process; needs
+                                    CAP_BPF and CAP_NET_ADMIN, else splice), splice,
+                                    or copy
+      --no-splice                   The same as --relay-mode copy
       --send-proxy                  Start every backend connection with a PROXY protocol v1
                                     header naming the client (HAProxy's send-proxy)
       --send-proxy-v2               The same with the binary v2 header
@@ -258,7 +263,8 @@ pub struct RunArgs {
     pub verbose: bool,
     pub shadow_buffer: usize,
     pub grace: Duration,
-    pub splice: bool,
+    /// `--relay-mode` (`--no-splice` is `copy`).
+    pub relay_mode: RelayMode,
     /// `None`: half-closed connections wait forever.
     pub fin_timeout: Option<Duration>,
     pub retries: u32,
@@ -370,6 +376,7 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("", "--retries"),
     ("", "--max-conn"),
     ("", "--resolve-interval"),
+    ("", "--relay-mode"),
     ("", "--check-http"),
     ("", "--check-interval"),
     ("", "--rise"),
@@ -607,6 +614,7 @@ fn placeholder(flag: &str) -> &'static str {
         "--retries" | "--rise" | "--fall" | "--max-conn" => "N",
         "--check-http" => "PATH",
         "--check-interval" | "--resolve-interval" => "SECONDS",
+        "--relay-mode" => "auto, kernel, splice or copy",
         "--shadow-max-conns" | "--workers" => "N",
         "--requests" => "N",
         "--access-log" => "PATH, - or off",
@@ -651,6 +659,7 @@ struct Seen {
     retries: Option<String>,
     max_conn: Option<String>,
     resolve_interval: Option<String>,
+    relay_mode: Option<String>,
     check: bool,
     check_http: Option<String>,
     check_interval: Option<String>,
@@ -701,6 +710,7 @@ impl Seen {
             "--retries" => &mut self.retries,
             "--max-conn" => &mut self.max_conn,
             "--resolve-interval" => &mut self.resolve_interval,
+            "--relay-mode" => &mut self.relay_mode,
             "--check-http" => &mut self.check_http,
             "--check-interval" => &mut self.check_interval,
             "--rise" => &mut self.rise,
@@ -858,6 +868,18 @@ impl Seen {
                 .ok_or_else(|| format!("--retries `{n}` is not a number from 0 to 100"))?,
             None => DEFAULT_RETRIES,
         };
+        let relay_mode = match (&self.relay_mode, self.no_splice) {
+            (Some(_), true) => {
+                return Err("--no-splice and --relay-mode cannot be used together \
+                            (--no-splice is --relay-mode copy)"
+                    .into());
+            }
+            (Some(mode), false) => mode
+                .parse::<RelayMode>()
+                .map_err(|e| format!("--relay-mode: {e}"))?,
+            (None, true) => RelayMode::Copy,
+            (None, false) => RelayMode::Auto,
+        };
         let resolve_interval = match &self.resolve_interval {
             Some(s) => parse_seconds(s, "--resolve-interval")?,
             None => ember::DEFAULT_RESOLVE_INTERVAL,
@@ -908,7 +930,7 @@ impl Seen {
             verbose: self.verbose,
             shadow_buffer,
             grace,
-            splice: !self.no_splice,
+            relay_mode,
             send_proxy: self.send_proxy,
             accept_proxy: self.accept_proxy,
             tls,

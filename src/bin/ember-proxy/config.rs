@@ -10,7 +10,7 @@
 //! `compare_ignore_header`, `compare_ignore_json` — the flag repeated), or `true` for a
 //! flag that takes none (`check = true`). Keys at the top level apply to every
 //! `[[listener]]`, which may override them. `admin`, `access_log`, `log_format`,
-//! `workers`, `max_conn` (on the sum of every listener's clients), `grace`, `no_splice`,
+//! `workers`, `max_conn` (on the sum of every listener's clients), `grace`, `no_splice`, `relay_mode`,
 //! `resolve_interval` and `compare_log` belong to the whole process ([`Process`]): they are only
 //! allowed at the top level, and a reload does not change them. Two listeners on one
 //! address are refused.
@@ -53,6 +53,7 @@ const PROCESS_WIDE: &[&str] = &[
     "max-conn",
     "grace",
     "no-splice",
+    "relay-mode",
     "resolve-interval",
     "compare-log",
 ];
@@ -68,7 +69,7 @@ pub struct Process {
     /// `--max-conn`: on the sum of every listener's clients, over every worker.
     pub max_conn: Option<usize>,
     pub grace: std::time::Duration,
-    pub splice: bool,
+    pub relay_mode: ember::RelayMode,
     pub resolve_interval: std::time::Duration,
     /// `--compare-log`: one file for every listener's comparisons.
     pub compare_log: Option<std::path::PathBuf>,
@@ -85,7 +86,7 @@ impl Process {
             log_format: run.log_format,
             max_conn: run.max_conn,
             grace: run.grace,
-            splice: run.splice,
+            relay_mode: run.relay_mode,
             resolve_interval: run.resolve_interval,
             compare_log: run.compare.as_ref().and_then(|c| c.log.clone()),
         }
@@ -105,7 +106,7 @@ impl Process {
         differs("log-format", self.log_format != other.log_format);
         differs("max-conn", self.max_conn != other.max_conn);
         differs("grace", self.grace != other.grace);
-        differs("no-splice", self.splice != other.splice);
+        differs("relay-mode", self.relay_mode != other.relay_mode);
         differs(
             "resolve-interval",
             self.resolve_interval != other.resolve_interval,

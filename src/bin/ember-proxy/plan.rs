@@ -64,7 +64,7 @@ pub struct Plan {
     pub relay: Relay,
     pub duplex: Vec<Target>,
     pub options: Options,
-    pub splice: bool,
+    pub relay_mode: ember::RelayMode,
     pub retries: u32,
     /// How long a client waits for a backend under its `maxconn`.
     pub queue_timeout: Duration,
@@ -317,7 +317,7 @@ impl Plan {
             relay,
             duplex,
             options,
-            splice: run.splice,
+            relay_mode: run.relay_mode,
             retries: run.retries,
             queue_timeout: run.queue_timeout,
             check: run.check.clone(),
@@ -476,7 +476,11 @@ impl Plan {
         socket: Socket,
         worker: &Worker,
     ) -> io::Result<Started> {
-        r.set_splice(self.splice);
+        if let Err(why) = r.set_relay_mode(self.relay_mode) {
+            // Said once per process: every worker and listener falls back alike.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| log::warn!("{why}"));
+        }
         r.set_resolve_interval(self.resolve_interval);
         let on_change = change_log(&worker.label);
         let http = self.http_shadowing(worker);
