@@ -48,14 +48,20 @@ fn relay_proxy(target: SocketAddr, mode: RelayMode) -> ReactorThread<Option<Sock
         if !choose(r, mode) {
             return Ok(None);
         }
-        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
-            conn.server(
-                "backend",
-                Backend::tcp(target).relay_client().relay_server(),
-            );
-        })?;
-        Ok(Some(p.local_addr().unwrap()))
+        Ok(Some(start_cut_through(r, target)?))
     })
+}
+
+/// Starts a proxy on `r` whose one backend is `target`, cut through both ways (each end
+/// the other's relay target); returns its address.
+fn start_cut_through(r: &mut Reactor, target: SocketAddr) -> std::io::Result<SocketAddr> {
+    let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+        conn.server(
+            "backend",
+            Backend::tcp(target).relay_client().relay_server(),
+        );
+    })?;
+    Ok(p.local_addr().unwrap())
 }
 
 fn echo_backend() -> ReactorThread<SocketAddr> {
@@ -312,20 +318,12 @@ fn kernel_relayed_and_hooked_sessions_share_one_reactor() {
         if !choose(r, RelayMode::Kernel) {
             return Ok(None);
         }
-        let relayed = proxy::start(r, "127.0.0.1:0", move |conn| {
-            conn.server(
-                "backend",
-                Backend::tcp(target).relay_client().relay_server(),
-            );
-        })?;
+        let relayed = start_cut_through(r, target)?;
         let hooked = proxy::start(r, "127.0.0.1:0", move |conn| {
             conn.server("backend", target);
             conn.on_data(|_, data| Relay::All(data.to_vec()));
         })?;
-        Ok(Some((
-            relayed.local_addr().unwrap(),
-            hooked.local_addr().unwrap(),
-        )))
+        Ok(Some((relayed, hooked.local_addr().unwrap())))
     });
     let Some((relayed, hooked)) = proxies.value else {
         return;

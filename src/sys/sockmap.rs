@@ -48,6 +48,24 @@
 //! the kernel clears the program before it restores the socket's own callback, so a
 //! buffer arriving in between would be dropped.
 
+use std::os::fd::RawFd;
+
+/// Where the program stands on a socket's count: past `soft` it signals (once per
+/// crossing); past `hard` it redirects nothing more of the socket, ever, and keeps the
+/// bytes with it (where the reactor reads them), signalling each buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) soft: u64,
+    pub(crate) hard: u64,
+}
+
+/// A socket and its cookie, as the maps know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Paired {
+    pub(crate) fd: RawFd,
+    pub(crate) cookie: u64,
+}
+
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
 
@@ -56,6 +74,7 @@ mod linux {
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+    use super::{Limits, Paired};
     use crate::sys::syscall;
 
     const BPF_MAP_CREATE: libc::c_long = 0;
@@ -630,22 +649,6 @@ mod linux {
         }
     }
 
-    /// Where the program stands on a socket's count: past `soft` it signals (once per
-    /// crossing); past `hard` it redirects nothing more of the socket, ever, and keeps
-    /// the bytes with it (where the reactor reads them), signalling each buffer.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub(crate) struct Limits {
-        pub(crate) soft: u64,
-        pub(crate) hard: u64,
-    }
-
-    /// A socket and its cookie, as the maps know it.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub(crate) struct Paired {
-        pub(crate) fd: RawFd,
-        pub(crate) cookie: u64,
-    }
-
     impl Paired {
         pub(crate) fn of(fd: RawFd) -> io::Result<Paired> {
             Ok(Paired {
@@ -812,19 +815,9 @@ mod elsewhere {
     use std::os::fd::RawFd;
     use std::time::Duration;
 
+    use super::{Limits, Paired};
+
     pub(crate) struct Redirector;
-
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub(crate) struct Limits {
-        pub(crate) soft: u64,
-        pub(crate) hard: u64,
-    }
-
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub(crate) struct Paired {
-        pub(crate) fd: RawFd,
-        pub(crate) cookie: u64,
-    }
 
     fn unsupported() -> io::Error {
         io::Error::new(
