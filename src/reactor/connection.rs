@@ -98,6 +98,17 @@ pub(crate) struct Connection {
     /// Files on their way to the peer (`stream_file`), in order, each after everything
     /// queued before it.
     pub(crate) file_streams: VecDeque<FileStream>,
+    /// Its addresses, where known without asking the kernel.
+    pub(crate) addrs: KnownAddrs,
+}
+
+/// A connection's addresses as its listener learnt them: `accept4` returns the peer's,
+/// and a listener bound to one IP address gives every connection that local address.
+/// `None` is asked of the socket when wanted (`getpeername`, `getsockname`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KnownAddrs {
+    pub(crate) peer: Option<std::net::SocketAddr>,
+    pub(crate) local: Option<std::net::SocketAddr>,
 }
 
 /// Registers a new connection's (or connect attempt's) socket under `token`, with
@@ -166,6 +177,7 @@ impl Connection {
             tls: None,
             kernel: None,
             file_streams: VecDeque::new(),
+            addrs: KnownAddrs::default(),
         }
     }
 
@@ -234,9 +246,21 @@ impl Reactor {
     /// `post_init`.
     pub(crate) fn adopt(
         &mut self,
+        stream: Option<Stream>,
+        handler: Box<dyn Handler>,
+        life: Life,
+    ) -> io::Result<ConnId> {
+        self.adopt_with(stream, handler, life, KnownAddrs::default())
+    }
+
+    /// [`adopt`](Self::adopt) for a connection whose addresses are (partly) known
+    /// already: an accepted one.
+    pub(crate) fn adopt_with(
+        &mut self,
         mut stream: Option<Stream>,
         handler: Box<dyn Handler>,
         life: Life,
+        addrs: KnownAddrs,
     ) -> io::Result<ConnId> {
         let serial = self.next_serial();
         let entry = self.descriptors.vacant_entry();
@@ -250,7 +274,8 @@ impl Reactor {
             )?;
         }
         let connecting = !life.is_connected();
-        let conn = Connection::new(serial, stream, handler, life, &self.defaults, self.now);
+        let mut conn = Connection::new(serial, stream, handler, life, &self.defaults, self.now);
+        conn.addrs = addrs;
         entry.insert(Descriptor::Conn(conn));
         self.connections += 1;
         let id = ConnId { slot, serial };
@@ -801,7 +826,13 @@ impl Reactor {
         self.connections -= 1;
         let mut child = None;
         if let Some(mut stream) = conn.stream.take() {
-            stream.deregister(self.poll.registry());
+            // A socket of ours leaves the poller as it closes, just below (its descriptor
+            // is its only one: sockets are close-on-exec and never duplicated), so only
+            // an attached descriptor and a child's pipes, which may outlive this, are
+            // deregistered first: one `epoll_ctl` less per connection.
+            if !matches!(stream, Stream::Tcp(_) | Stream::Unix(_)) {
+                stream.deregister(self.poll.registry());
+            }
             if let Stream::Child(mut pipes) = stream {
                 // What the child wrote to stderr before its stdout closed still counts.
                 if let Some(handler) = conn.handler.as_mut() {

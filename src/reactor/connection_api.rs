@@ -253,7 +253,10 @@ impl Reactor {
     /// the last datagram).
     pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
         match self.conn(id) {
-            Some(conn) => conn.stream.as_ref()?.peer_addr(),
+            Some(conn) => conn
+                .addrs
+                .peer
+                .or_else(|| conn.stream.as_ref()?.peer_addr()),
             None => self.datagram(id)?.last_sender,
         }
     }
@@ -261,7 +264,10 @@ impl Reactor {
     /// The local address of TCP connection or datagram socket `id`.
     pub fn local_addr(&self, id: ConnId) -> Option<SocketAddr> {
         match self.conn(id) {
-            Some(conn) => conn.stream.as_ref()?.local_addr(),
+            Some(conn) => conn
+                .addrs
+                .local
+                .or_else(|| conn.stream.as_ref()?.local_addr()),
             None => self.datagram(id)?.socket.local_addr().ok(),
         }
     }

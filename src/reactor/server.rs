@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::connection::KnownAddrs;
 use super::{ACCEPTS_PER_EVENT, Descriptor, Reactor, TimerTask};
 use crate::addr::IntoSocketAddr;
 use crate::handler::Handler;
@@ -44,6 +45,10 @@ pub(crate) struct Server {
     /// Accepting is suspended until this timer fires.
     resume_timer: Option<TimerId>,
     unix_path: Option<PathBuf>,
+    /// The address every accepted connection has as its local one: the listener's, if
+    /// it is bound to one IP address (on a wildcard address each connection's own local
+    /// address is asked for when wanted).
+    local_of_accepted: Option<SocketAddr>,
     /// `pause_accepting`: new connections wait in the kernel's backlog.
     paused: bool,
     accepted: u64,
@@ -104,8 +109,12 @@ impl Reactor {
         let entry = self.descriptors.vacant_entry();
         let slot = entry.key();
         listener.register(self.poll.registry(), mio::Token(slot))?;
+        let local_of_accepted = listener
+            .local_addr()
+            .filter(|addr| !addr.ip().is_unspecified());
         entry.insert(Descriptor::Server(Server {
             serial,
+            local_of_accepted,
             listener,
             factory,
             backoff: Duration::ZERO,
@@ -217,16 +226,24 @@ impl Reactor {
                 return;
             }
             match server.listener.accept() {
-                Ok(stream) => {
+                Ok((stream, peer)) => {
                     server.backoff = Duration::ZERO;
                     server.accepted += 1;
+                    let addrs = KnownAddrs {
+                        peer,
+                        local: server.local_of_accepted,
+                    };
                     let factory = &mut server.factory;
                     let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(factory));
                     match made {
                         // A failed registration drops the stream: the peer sees a close.
                         Ok(handler) => {
-                            let _ =
-                                self.adopt(Some(stream), handler, super::lifecycle::Life::open());
+                            let _ = self.adopt_with(
+                                Some(stream),
+                                handler,
+                                super::lifecycle::Life::open(),
+                                addrs,
+                            );
                         }
                         // No handler, no connection: the peer sees a close.
                         Err(payload) => self.callback_panicked(None, payload),

@@ -286,10 +286,12 @@ impl Listener {
         };
     }
 
-    pub(crate) fn accept(&self) -> io::Result<Stream> {
+    /// The next connection, with its peer's address for TCP (`accept4` returns it: no
+    /// `getpeername` needed).
+    pub(crate) fn accept(&self) -> io::Result<(Stream, Option<SocketAddr>)> {
         match self {
-            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
-            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, peer)| (Stream::Tcp(s), Some(peer))),
+            Listener::Unix(l) => l.accept().map(|(s, _)| (Stream::Unix(s), None)),
         }
     }
 
