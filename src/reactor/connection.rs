@@ -489,6 +489,7 @@ impl Reactor {
                 }
             }
             if pipe.len > 0 {
+                self.kernel_output_queued(id);
                 self.after_write_progress(id);
                 return;
             }
@@ -509,6 +510,8 @@ impl Reactor {
         }
         if conn.outbound.is_empty() && !conn.file_streams.is_empty() {
             self.pump_file(id);
+        } else if !conn.outbound.is_empty() && conn.kernel.is_some() {
+            self.kernel_output_queued(id);
         }
         self.after_write_progress(id);
     }
@@ -588,6 +591,9 @@ impl Reactor {
             conn.outbound.push(rest);
             if conn.pending_out() > conn.high_water {
                 conn.above_high_water = true;
+            }
+            if conn.kernel.is_some() {
+                self.kernel_output_queued(id);
             }
             if !settled {
                 self.await_drain(id);

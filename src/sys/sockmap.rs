@@ -729,14 +729,25 @@ mod linux {
         Ok(cookie)
     }
 
-    /// Turns the readable interest of a TCP socket registered (edge-triggered, both
-    /// directions, priority, by mio) in `epoll` off or back on, keeping its `token`. A
-    /// socket whose input the kernel redirects still wakes readers after every buffer;
-    /// without `EPOLLIN` only its peer's FIN (`EPOLLRDHUP`), errors and hangups do.
-    pub(crate) fn watch_input(epoll: RawFd, fd: RawFd, token: usize, on: bool) -> io::Result<()> {
-        let mut events = libc::EPOLLET | libc::EPOLLOUT | libc::EPOLLPRI | libc::EPOLLRDHUP;
-        if on {
+    /// Sets the interest of a TCP socket registered (edge-triggered, both directions,
+    /// priority, by mio) in `epoll`, keeping its `token`: readable and writable each on
+    /// or off; its peer's FIN (`EPOLLRDHUP`), errors and hangups always wake. A socket
+    /// whose input the kernel redirects still wakes readers after every buffer, and one
+    /// the kernel writes wakes writers after every acknowledgement: `watch(.., false,
+    /// false)` spares the reactor both.
+    pub(crate) fn watch(
+        epoll: RawFd,
+        fd: RawFd,
+        token: usize,
+        input: bool,
+        output: bool,
+    ) -> io::Result<()> {
+        let mut events = libc::EPOLLET | libc::EPOLLPRI | libc::EPOLLRDHUP;
+        if input {
             events |= libc::EPOLLIN;
+        }
+        if output {
+            events |= libc::EPOLLOUT;
         }
         let mut event = libc::epoll_event {
             events: events as u32,
@@ -878,11 +889,12 @@ mod elsewhere {
         true
     }
 
-    pub(crate) fn watch_input(
+    pub(crate) fn watch(
         _epoll: RawFd,
         _fd: RawFd,
         _token: usize,
-        _on: bool,
+        _input: bool,
+        _output: bool,
     ) -> io::Result<()> {
         Err(unsupported())
     }
