@@ -339,3 +339,47 @@ fn kernel_relayed_and_hooked_sessions_share_one_reactor() {
         proxies.on_reactor(|r| r.kernel_relay_entries()) == (0, 0)
     });
 }
+
+/// How many times the calling thread has blocked (`voluntary_ctxt_switches`): for the
+/// reactor thread, its wake-ups from `epoll_wait` (and little else).
+fn voluntary_switches_of_this_thread() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("voluntary_ctxt_switches in /proc/thread-self/status")
+}
+
+/// Once the kernel carries both directions of a session, the reactor is out of its
+/// path: 2,000 request/response exchanges wake it (nearly) never — not for the bytes,
+/// nor for the acknowledgements of what the kernel writes.
+#[test]
+fn a_session_the_kernel_carries_both_ways_does_not_wake_the_reactor() {
+    let echo = echo_backend();
+    let proxy = relay_proxy(echo.value, RelayMode::Kernel);
+    let Some(addr) = proxy.value else { return };
+    let mut client = connect(addr);
+    let mut answer = [0u8; 64];
+    let mut exchange = |client: &mut TcpStream| {
+        client.write_all(&[7u8; 64]).unwrap();
+        client.read_exact(&mut answer).unwrap();
+        assert_eq!(answer, [7u8; 64]);
+    };
+    // The first exchanges go through the relay until each direction's read finds its
+    // socket drained; then both are the kernel's.
+    wait_until("both directions to go to the kernel", IO_TIMEOUT, || {
+        exchange(&mut client);
+        proxy.on_reactor(|r| r.kernel_relay_entries()).1 >= 8
+    });
+    let before = proxy.on_reactor(|_| voluntary_switches_of_this_thread());
+    for _ in 0..2000 {
+        exchange(&mut client);
+    }
+    let after = proxy.on_reactor(|_| voluntary_switches_of_this_thread());
+    assert!(
+        after - before < 100,
+        "the reactor woke {} times for 2,000 exchanges",
+        after - before
+    );
+}

@@ -730,11 +730,12 @@ mod linux {
     }
 
     /// Sets the interest of a TCP socket registered (edge-triggered, both directions,
-    /// priority, by mio) in `epoll`, keeping its `token`: readable and writable each on
-    /// or off; its peer's FIN (`EPOLLRDHUP`), errors and hangups always wake. A socket
-    /// whose input the kernel redirects still wakes readers after every buffer, and one
-    /// the kernel writes wakes writers after every acknowledgement: `watch(.., false,
-    /// false)` spares the reactor both.
+    /// priority, by mio) in `epoll`, keeping its `token`: readable (with urgent data)
+    /// and writable each on or off; its peer's FIN (`EPOLLRDHUP`), errors and hangups
+    /// always wake. A socket whose input the kernel redirects still wakes readers after
+    /// every buffer — `EPOLLPRI` included, which the kernel's wake-up names whatever
+    /// arrived — and one the kernel writes wakes writers after every acknowledgement:
+    /// `watch(.., false, false)` spares the reactor both.
     pub(crate) fn watch(
         epoll: RawFd,
         fd: RawFd,
@@ -742,9 +743,9 @@ mod linux {
         input: bool,
         output: bool,
     ) -> io::Result<()> {
-        let mut events = libc::EPOLLET | libc::EPOLLPRI | libc::EPOLLRDHUP;
+        let mut events = libc::EPOLLET | libc::EPOLLRDHUP;
         if input {
-            events |= libc::EPOLLIN;
+            events |= libc::EPOLLIN | libc::EPOLLPRI;
         }
         if output {
             events |= libc::EPOLLOUT;
