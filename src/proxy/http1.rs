@@ -1196,10 +1196,7 @@ impl HeadScan {
     /// [`step`](Self::step) would (none of them ends a line), and says how many they are.
     fn skip_line(&mut self, bytes: &[u8]) -> usize {
         debug_assert!(self.started);
-        let len = bytes
-            .iter()
-            .position(|&b| b == b'\n')
-            .unwrap_or(bytes.len());
+        let len = memchr::memchr(b'\n', bytes).unwrap_or(bytes.len());
         self.line = match (self.line, &bytes[..len]) {
             (line, []) => line,
             (Line::Empty, b"\r") => Line::Cr,
