@@ -408,9 +408,13 @@ impl<L> Head<L> {
     /// `Connection: close`, or an HTTP/1.0 message without `Connection: keep-alive`.
     pub fn closes_connection(&self) -> bool {
         let (mut close, mut keep_alive) = (false, false);
-        for element in self.header_values("connection").flat_map(list_elements) {
-            close |= element.eq_ignore_ascii_case(b"close");
-            keep_alive |= element.eq_ignore_ascii_case(b"keep-alive");
+        // Two plain loops: as one `flat_map` this was 4% of a mirrored request's
+        // instructions (the mirror asks it of every shadow answer).
+        for value in self.header_values("connection") {
+            for element in list_elements(value) {
+                close |= element.eq_ignore_ascii_case(b"close");
+                keep_alive |= element.eq_ignore_ascii_case(b"keep-alive");
+            }
         }
         close || (self.minor_version == 0 && !keep_alive)
     }
@@ -1196,10 +1200,7 @@ impl HeadScan {
     /// [`step`](Self::step) would (none of them ends a line), and says how many they are.
     fn skip_line(&mut self, bytes: &[u8]) -> usize {
         debug_assert!(self.started);
-        let len = bytes
-            .iter()
-            .position(|&b| b == b'\n')
-            .unwrap_or(bytes.len());
+        let len = memchr::memchr(b'\n', bytes).unwrap_or(bytes.len());
         self.line = match (self.line, &bytes[..len]) {
             (line, []) => line,
             (Line::Empty, b"\r") => Line::Cr,

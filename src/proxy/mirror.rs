@@ -18,6 +18,7 @@
 //! is refused at once as [`BUSY`]), and the time a request may take
 //! ([`MirrorOptions::timeout`]).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
@@ -73,10 +74,23 @@ impl Default for MirrorOptions {
 /// framed as the client framed it) and its method (a response to `HEAD` has no body).
 #[derive(Clone, Debug)]
 pub struct MirroredRequest {
-    /// `GET`, `HEAD`, ...
-    pub method: String,
+    /// `GET`, `HEAD`, ... ([`method_name`] borrows the standard ones: a request mirrored
+    /// to several shadows copies no method).
+    pub method: Cow<'static, str>,
     /// The whole request, head and body.
     pub bytes: Vec<u8>,
+}
+
+/// `method` as a [`MirroredRequest::method`]: the methods of RFC 9110 and `PATCH`
+/// borrowed, any other copied.
+pub fn method_name(method: &str) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    match STANDARD.iter().find(|&&name| name == method) {
+        Some(&name) => Cow::Borrowed(name),
+        None => Cow::Owned(method.to_owned()),
+    }
 }
 
 /// The shadow's answer to one request.
@@ -432,14 +446,14 @@ impl Handler for MirrorConn {
         }
         match self.reader.feed(data) {
             Progress::Pending => {}
-            Progress::Answered { digest, reusable } => self.finish(cx, Ok(*digest), reusable),
+            Progress::Answered { digest, reusable } => self.finish(cx, Ok(digest), reusable),
             Progress::Broken => self.finish(cx, Err(ShadowFailure::Unparseable), false),
         }
     }
 
     fn unbind(&mut self, cx: &mut Context<'_>, reason: UnbindReason) {
         let outcome = match self.reader.finish() {
-            Progress::Answered { digest, .. } => Ok(*digest),
+            Progress::Answered { digest, .. } => Ok(digest),
             Progress::Broken => Err(ShadowFailure::Unparseable),
             Progress::Pending => Err(ShadowFailure::from_unbind(&reason)),
         };
@@ -493,7 +507,7 @@ enum Progress {
     /// The whole response is in; `reusable` unless it said `Connection: close` or ended
     /// with the connection.
     Answered {
-        digest: Box<ResponseDigest>,
+        digest: ResponseDigest,
         reusable: bool,
     },
     /// Not an HTTP/1.1 response the framing can read.
@@ -501,7 +515,8 @@ enum Progress {
 }
 
 /// One connection's response reading: the HTTP/1.1 framing, and the digest of the
-/// response in flight (interim 1xx responses are skipped).
+/// response in flight (interim 1xx responses are skipped). Without a comparison the
+/// digest holds only the status, and costs no allocation.
 struct ResponseReader {
     responses: ResponseSplitter,
     digest: Option<ResponseDigest>,
@@ -552,10 +567,7 @@ impl ResponseReader {
                         // Bytes after the end of the only response asked for: the
                         // connection is not trustworthy for another.
                         let reusable = !self.close && data.is_empty();
-                        return Progress::Answered {
-                            digest: Box::new(digest),
-                            reusable,
-                        };
+                        return Progress::Answered { digest, reusable };
                     }
                 }
                 Piece::Truncated(_) | Piece::GaveUp(_) | Piece::Opaque(_) => {

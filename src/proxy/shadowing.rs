@@ -25,6 +25,7 @@
 //! can frame (an `Upgrade`, garbage) ends mirroring for that client only: the bytes go on
 //! being relayed, and the reason is counted and logged once.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
@@ -35,7 +36,7 @@ use super::compare::{
     Verdict,
 };
 use super::http1::{HeadRewrite, Piece, RequestSplitter, ResponseSplitter};
-use super::mirror::{Answer, BUSY, Mirror, MirroredRequest};
+use super::mirror::{Answer, BUSY, Mirror, MirroredRequest, method_name};
 use super::{Finish, LOG_TARGET, Relay, Sampler, Session, Setup};
 use crate::UnbindReason;
 
@@ -176,7 +177,9 @@ struct Reading {
     mirrored: Option<Vec<u8>>,
     /// The original head and body, for the reference (a copy of production).
     original: Option<Vec<u8>>,
-    method: String,
+    /// The method, for each shadow's framing of its answer (empty when not mirrored).
+    method: Cow<'static, str>,
+    /// The target, for the comparison's line (empty unless mirrored and compared).
     target: String,
 }
 
@@ -190,7 +193,7 @@ enum Slot {
 
 /// A mirrored request waiting for its comparison.
 struct Pair {
-    method: String,
+    method: Cow<'static, str>,
     target: String,
     primary: Option<(ResponseDigest, Duration)>,
     shadows: Vec<Slot>,
@@ -221,6 +224,9 @@ struct Tap {
     shared: Rc<Shared>,
     session: u64,
     requests: RequestSplitter,
+    /// The requests found in one slice of the client's bytes, ready for the shadows; kept
+    /// empty between slices so that its room is reused.
+    ready: Vec<Reading>,
     responses: ResponseSplitter,
     /// Mirroring has stopped for this client (its stream is not HTTP we can frame).
     stopped: bool,
@@ -240,6 +246,7 @@ impl Tap {
             shared,
             session,
             requests: RequestSplitter::new(),
+            ready: Vec::new(),
             responses: ResponseSplitter::new(),
             stopped: false,
             reading: None,
@@ -252,12 +259,13 @@ impl Tap {
 
     /// Bytes from the client: find the requests in them, mirror the chosen ones.
     fn client_sent<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, mut data: &[u8]) {
-        let mut ready = Vec::new();
+        let mut ready;
         {
             let mut this = tap.borrow_mut();
             if this.stopped {
                 return;
             }
+            ready = std::mem::take(&mut this.ready);
             // The splitter lends out its pieces while the rest of the tap takes them.
             let mut requests = std::mem::take(&mut this.requests);
             while let Some(piece) = requests.next_piece(&mut data) {
@@ -279,9 +287,10 @@ impl Tap {
             }
             this.requests = requests;
         }
-        for request in ready {
+        for request in ready.drain(..) {
             send(tap, s, request);
         }
+        tap.borrow_mut().ready = ready;
     }
 
     fn request_started(&mut self, head: &super::http1::RequestHead) {
@@ -303,17 +312,19 @@ impl Tap {
             self.shared.events.skipped("pending");
         }
         let reference = mirrored && self.shared.reference.is_some();
-        // A request not mirrored is only counted: nothing of it is copied.
+        let compared = mirrored && self.shared.rules.is_some();
+        // A request not mirrored is only counted: nothing of it is copied. The target is
+        // for the comparison only.
         self.reading = Some(Reading {
             index,
             mirrored: mirrored.then(|| self.shared.rewrite.apply(head)),
             original: reference.then(|| head.as_bytes().to_vec()),
             method: if mirrored {
-                head.method().to_owned()
+                method_name(head.method())
             } else {
-                String::new()
+                Cow::Borrowed("")
             },
-            target: if mirrored {
+            target: if compared {
                 head.target().to_owned()
             } else {
                 String::new()
@@ -474,7 +485,7 @@ impl Tap {
                 session: self.session,
                 exchange: Exchange::Http {
                     request: index,
-                    method: pair.method.clone(),
+                    method: pair.method.clone().into_owned(),
                     path: pair.target.clone(),
                 },
                 shadow_name: self.shared.shadows[i].0.clone(),

@@ -68,13 +68,17 @@ impl BodyHasher {
 /// size (chunk framing already removed). Beyond `max_body` bytes only the length and the
 /// hash grow: the kept copy never holds (or allocates) more than `max_body` bytes. The
 /// headers kept are the ones the caller parsed, so its header-block limit bounds them.
+///
+/// A digest that is only ever given a status (a mirror that frames its shadow's answers
+/// without comparing them) allocates nothing: the hash and the headers are made on the
+/// first header or body piece.
 #[derive(Clone)]
 pub struct ResponseDigest {
     pub(super) status: u16,
     pub(super) body_len: u64,
     /// The hash and the headers, boxed together: one allocation, and a digest small
-    /// enough to move by value.
-    pub(super) parts: Box<DigestParts>,
+    /// enough to move by value. `None` until the first header or body piece.
+    parts: Option<Box<DigestParts>>,
     /// The body's first `max_body` bytes; its capacity never exceeds `max_body`.
     pub(super) kept: Vec<u8>,
     pub(super) max_body: usize,
@@ -136,28 +140,36 @@ impl HeaderList {
 
 impl ResponseDigest {
     /// A digest of a response with this status, keeping at most `max_body` body bytes.
+    /// Allocates nothing until a header or body piece is added.
     pub fn new(status: u16, max_body: usize) -> ResponseDigest {
         ResponseDigest {
             status,
             body_len: 0,
-            parts: Box::new(DigestParts {
-                body_hash: BodyHasher::new(),
-                headers: HeaderList::default(),
-            }),
+            parts: None,
             kept: Vec::new(),
             max_body,
         }
     }
 
+    /// The hash and the headers, made on first use.
+    fn parts_mut(&mut self) -> &mut DigestParts {
+        self.parts.get_or_insert_with(|| {
+            Box::new(DigestParts {
+                body_hash: BodyHasher::new(),
+                headers: HeaderList::default(),
+            })
+        })
+    }
+
     /// Adds a header (the name is lower-cased; order is kept, repeats too).
     pub fn add_header(&mut self, name: &str, value: &[u8]) {
-        self.parts.headers.push(name, value);
+        self.parts_mut().headers.push(name, value);
     }
 
     /// Adds the next piece of the decoded body.
     pub fn add_body(&mut self, piece: &[u8]) {
         self.body_len += piece.len() as u64;
-        self.parts.body_hash.write(piece);
+        self.parts_mut().body_hash.write(piece);
         let take = self
             .max_body
             .saturating_sub(self.kept.len())
@@ -186,7 +198,12 @@ impl ResponseDigest {
 
     /// The headers in arrival order: lower-cased name, value bytes.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.parts.headers.iter()
+        self.parts.iter().flat_map(|parts| parts.headers.iter())
+    }
+
+    /// How many headers there are (repeats counted).
+    pub(super) fn header_count(&self) -> usize {
+        self.parts.as_ref().map_or(0, |parts| parts.headers.len())
     }
 
     /// The first value of header `name` (any case), if present.
@@ -204,7 +221,10 @@ impl ResponseDigest {
     /// The hash of the whole body (SipHash-1-3 with fixed keys: equal bodies hash
     /// equal within one build, however they were split).
     pub fn body_hash(&self) -> u64 {
-        self.parts.body_hash.finish()
+        match &self.parts {
+            Some(parts) => parts.body_hash.finish(),
+            None => BodyHasher::new().finish(),
+        }
     }
 
     /// The body's first bytes, at most `max_body` of them.
@@ -227,7 +247,7 @@ impl fmt::Debug for ResponseDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseDigest")
             .field("status", &self.status)
-            .field("headers", &self.parts.headers.len())
+            .field("headers", &self.header_count())
             .field("body_len", &self.body_len)
             .field("body_hash", &format_args!("{:016x}", self.body_hash()))
             .field("kept", &self.kept.len())

@@ -144,7 +144,7 @@ impl Rules {
     /// The compared headers of `digest`: each name once, in first-seen order, repeated
     /// values joined with `, `.
     pub(super) fn grouped_headers<'d>(&self, digest: &'d ResponseDigest) -> Vec<Group<'d>> {
-        let mut groups: Vec<Group<'d>> = Vec::with_capacity(digest.parts.headers.len());
+        let mut groups: Vec<Group<'d>> = Vec::with_capacity(digest.header_count());
         for (name, value) in digest.headers() {
             if self.ignored_headers.contains(name) {
                 continue;
