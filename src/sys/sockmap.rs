@@ -599,7 +599,7 @@ mod linux {
         }
 
         fn drain(&mut self, into: &mut Vec<u64>) {
-            use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+            use std::sync::atomic::{AtomicU64, Ordering};
             // SAFETY: both positions are 8-byte aligned u64s at the start of pages
             // mapped for this ring's life; the kernel updates the producer's
             // concurrently, so both are read (and ours written) atomically.
@@ -609,10 +609,27 @@ mod linux {
                     &*(self.producer as *const AtomicU64),
                 )
             };
+            // The kernel wakes a reader only for a record committed while the consumer
+            // position stands at it, so a record committed after `end` was read but
+            // before the new position is stored wakes nobody: read the producer's
+            // position again after storing ours, until nothing new came.
             let mut at = consumer_pos.load(Ordering::Acquire);
-            let end = producer_pos.load(Ordering::Acquire);
-            while at < end {
-                let offset = (at as usize) & (RING_BYTES - 1);
+            loop {
+                let end = producer_pos.load(Ordering::Acquire);
+                if at >= end || !self.drain_to(&mut at, end, into) {
+                    consumer_pos.store(at, Ordering::Release);
+                    return;
+                }
+                consumer_pos.store(at, Ordering::Release);
+            }
+        }
+
+        /// Reads the records from `at` to `end` into `into`, moving `at` past them;
+        /// `false` if it stopped at one still being written.
+        fn drain_to(&self, at: &mut u64, end: u64, into: &mut Vec<u64>) -> bool {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            while *at < end {
+                let offset = (*at as usize) & (RING_BYTES - 1);
                 // SAFETY: `offset + RING_HEADER + 8` stays within the data area mapped
                 // twice over (2 * RING_BYTES after the producer page); the header's
                 // length word is written by the kernel as it commits, read atomically.
@@ -623,15 +640,15 @@ mod linux {
                     (len, cookie)
                 };
                 if len & RING_BUSY != 0 {
-                    break; // still being written
+                    return false; // still being written: its commit wakes us
                 }
                 let size = (len & !(RING_BUSY | RING_DISCARD)) as usize;
                 if len & RING_DISCARD == 0 && size == 8 {
                     into.push(cookie);
                 }
-                at += ((RING_HEADER + size + 7) & !7) as u64;
+                *at += ((RING_HEADER + size + 7) & !7) as u64;
             }
-            consumer_pos.store(at, Ordering::Release);
+            true
         }
     }
 
