@@ -60,8 +60,9 @@ const DRAIN_LONGEST_WAIT: Duration = Duration::from_millis(50);
 pub enum RelayMode {
     /// The best measured mode: today adaptive splice. The kernel relay takes the
     /// bytes out of the process, but the kernel sends each buffer it redirects from a
-    /// worker thread woken for it, which costs the machine more CPU per small request
-    /// than the reactor's own relay (docs/benchmarks.md, "The in-kernel relay").
+    /// worker thread woken for it, which under load costs the machine more CPU per
+    /// small request than the reactor's own relay, and moves bulk slower than splice
+    /// (docs/benchmarks.md, "The in-kernel relay").
     Auto,
     /// The in-kernel relay (BPF sockmap) for connection pairs relaying to each other;
     /// splice or copying for the rest. Falls back to splice where unavailable.
