@@ -81,6 +81,18 @@ def measure(binary, mode, args, workdir, tag, port):
             "shadow": (shadow_after - shadow_before - 1) / n if mode != "r" and shadow_after else None}
 
 
+def copy_binaries(specs, workdir):
+    """NAME=PATH specs -> [(NAME, copy)], each binary copied into workdir first (a rebuild
+    during the run changes nothing)."""
+    bins = []
+    for spec in specs:
+        name, path = spec.split("=", 1)
+        copy = workdir / f"ember-proxy-{name}"
+        shutil.copy2(path, copy)
+        bins.append((name, str(copy)))
+    return bins
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("binaries", nargs="+", help="NAME=PATH")
@@ -92,12 +104,7 @@ def main():
     ensure_tools({"nginx": "nginx-light", "wrk": "wrk"})
     workdir = Path(tempfile.mkdtemp(prefix="mirror-ab-"))
     workdir.chmod(0o755)  # nginx's workers are not root and read the files under it
-    bins = []
-    for spec in args.binaries:
-        name, path = spec.split("=", 1)
-        copy = workdir / f"ember-proxy-{name}"
-        shutil.copy2(path, copy)
-        bins.append((name, str(copy)))
+    bins = copy_binaries(args.binaries, workdir)
     modes = args.modes.split(",")
     variants = [(name, path, mode) for mode in modes for name, path in bins]
     prod = start_nginx(workdir, PROD)

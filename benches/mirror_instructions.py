@@ -20,7 +20,6 @@ The callgrind files stay in the printed work directory (callgrind_annotate FILE)
 import argparse
 import fcntl
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,12 +73,7 @@ def main():
     ensure_tools({"nginx": "nginx-light", "wrk": "wrk", "valgrind": "valgrind"})
     workdir = Path(tempfile.mkdtemp(prefix="mirror-instructions-"))
     workdir.chmod(0o755)  # nginx's workers are not root and read the files under it
-    bins = []
-    for spec in args.binaries:
-        name, path = spec.split("=", 1)
-        copy = workdir / f"ember-proxy-{name}"
-        shutil.copy2(path, copy)
-        bins.append((name, str(copy)))
+    bins = mirror_ab.copy_binaries(args.binaries, workdir)
     prod = start_nginx(workdir, PROD)
     shadow = start_shadow_nginx(workdir, workdir / "www", "shadow", SHADOW, False, "1")
     rows = []
