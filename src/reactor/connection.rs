@@ -562,8 +562,9 @@ impl Reactor {
     /// Writes `data` to the socket if nothing is queued ahead of it, and queues the rest.
     fn write_or_queue(&mut self, id: ConnId, data: &[u8]) -> bool {
         let now = self.now;
-        // Bytes the kernel relayed into a linked connection go out first.
-        let settled = !self.is_kernel_linked(id) || self.inbound_settled(id);
+        // Bytes the kernel relayed into a linked connection go out first (any other
+        // connection is always settled).
+        let settled = self.inbound_settled(id);
         let Some(conn) = self.conn_mut(id) else {
             return false;
         };

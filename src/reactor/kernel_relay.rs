@@ -442,11 +442,6 @@ impl Reactor {
         }
     }
 
-    /// Whether `id` is a linked socket.
-    pub(crate) fn is_kernel_linked(&self, id: ConnId) -> bool {
-        self.conn(id).is_some_and(|c| c.kernel.is_some())
-    }
-
     /// Whether the relay may splice from `id`: not while its bytes may wait in the
     /// sockmap's own queue (splice reads only the TCP queue), nor while the kernel has
     /// its input.
