@@ -35,6 +35,8 @@ impl Nginx {
             .find(|candidate| candidate.is_file())
             .expect("nginx is not installed (not on PATH nor /usr/sbin): `apt-get install nginx`");
         let dir = std::env::temp_dir().join(format!("ember-http1-{}-{test}", std::process::id()));
+        // A directory left by an earlier run under the same pid holds a stale pid file.
+        let _ = std::fs::remove_dir_all(&dir);
         let html = dir.join("html");
         std::fs::create_dir_all(&html).unwrap();
         std::fs::write(html.join("small.txt"), SMALL_FILE).unwrap();
@@ -80,31 +82,34 @@ impl Nginx {
         Nginx { child, addr, dir }
     }
 
-    /// A connection to nginx, retried until it listens.
+    /// A connection to nginx, once it listens.
+    ///
+    /// nginx writes its pid file after it has bound its port, so the test waits for the
+    /// file rather than for the first connection that succeeds: the port was free a moment
+    /// ago, but another test thread's child, forked while this thread held the port and
+    /// not yet exec'd, can still hold that listener. A connection queued there is reset
+    /// when the child execs (and nginx, retrying its bind meanwhile, says so only on the
+    /// discarded stderr).
     fn connect(&mut self) -> TcpStream {
         let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            match TcpStream::connect(self.addr) {
-                Ok(stream) => {
-                    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                    return stream;
-                }
-                Err(e) => {
-                    let exited = self.child.try_wait().ok().flatten();
-                    assert!(
-                        exited.is_none(),
-                        "nginx exited ({exited:?}): {}",
-                        self.log()
-                    );
-                    assert!(
-                        Instant::now() < deadline,
-                        "nginx not listening: {e}\n{}",
-                        self.log()
-                    );
-                    thread::sleep(Duration::from_millis(5));
-                }
-            }
+        while !self.dir.join("nginx.pid").exists() {
+            let exited = self.child.try_wait().ok().flatten();
+            assert!(
+                exited.is_none(),
+                "nginx exited ({exited:?}): {}",
+                self.log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "nginx not listening on {} after {IO_TIMEOUT:?}: {}",
+                self.addr,
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(5));
         }
+        let stream = TcpStream::connect(self.addr).expect("nginx listens once its pid file exists");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream
     }
 
     fn log(&self) -> String {
