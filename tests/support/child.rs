@@ -294,6 +294,46 @@ impl Child {
             .unwrap_or_else(|| panic!("no admin line: {line:?}\n{}", self.describe()))
     }
 
+    /// Whether one of this child's own descriptors is a socket listening on `addr` (IPv4),
+    /// read from `/proc/net/tcp` and `/proc/PID/fd`.
+    ///
+    /// Stronger than "a connection to `addr` succeeds": a port free a moment ago can still
+    /// be held by another test thread's child, forked while that thread held the port and
+    /// not yet exec'd; a connection queued there is reset at its exec.
+    pub fn listens_on(&self, addr: SocketAddr) -> bool {
+        let SocketAddr::V4(v4) = addr else {
+            panic!("listens_on reads /proc/net/tcp, IPv4 only: {addr}");
+        };
+        let wanted = format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(v4.ip().octets()),
+            v4.port()
+        );
+        const LISTEN: &str = "0A";
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let inodes: Vec<String> = table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let listening =
+                    fields.get(1) == Some(&wanted.as_str()) && fields.get(3) == Some(&LISTEN);
+                let inode = fields.get(9)?;
+                listening.then(|| format!("socket:[{inode}]"))
+            })
+            .collect();
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) else {
+            return false;
+        };
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| {
+                inodes
+                    .iter()
+                    .any(|inode| target.as_os_str() == inode.as_str())
+            })
+        })
+    }
+
     pub fn has_exited(&mut self) -> bool {
         self.child.try_wait().expect("poll the child").is_some()
     }

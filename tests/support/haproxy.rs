@@ -51,7 +51,6 @@ impl Haproxy {
         frontend_rules: &str,
         server: &str,
     ) -> Haproxy {
-        let frontend = closed_port();
         let test = thread::current()
             .name()
             .unwrap_or("test")
@@ -62,59 +61,72 @@ impl Haproxy {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("haproxy.cfg");
-        std::fs::write(
-            &config,
-            format!(
-                "global\n    nbthread 1\n\
-                 defaults\n    mode tcp\n    timeout connect 5s\n    \
-                 timeout client 30s\n    timeout server 30s\n\
-                 frontend fe\n    bind {frontend} {bind_options}\n    {frontend_rules}\n    \
-                 default_backend be\n\
-                 backend be\n    server s1 {server}\n"
-            ),
-        )
-        .unwrap();
-        let child = Child::spawn(
-            Command::new(binary)
-                .arg("-db")
-                .arg("-f")
-                .arg(&config)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        );
-        Haproxy {
-            child,
-            frontend,
-            dir,
+        // A port free a moment ago can still be held by another test thread's child that
+        // has not exec'd yet: haproxy then cannot bind it and exits. Another port, then.
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let frontend = closed_port();
+            std::fs::write(
+                &config,
+                format!(
+                    "global\n    nbthread 1\n\
+                     defaults\n    mode tcp\n    timeout connect 5s\n    \
+                     timeout client 30s\n    timeout server 30s\n\
+                     frontend fe\n    bind {frontend} {bind_options}\n    {frontend_rules}\n    \
+                     default_backend be\n\
+                     backend be\n    server s1 {server}\n"
+                ),
+            )
+            .unwrap();
+            let mut child = Child::spawn(
+                Command::new(binary)
+                    .arg("-db")
+                    .arg("-f")
+                    .arg(&config)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped()),
+            );
+            let deadline = Instant::now() + IO_TIMEOUT;
+            while !child.listens_on(frontend) {
+                if child.has_exited() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "haproxy not listening on {frontend} after {IO_TIMEOUT:?}\n{}",
+                    child.describe()
+                );
+                thread::sleep(Duration::from_millis(5));
+            }
+            if !child.has_exited() {
+                return Haproxy {
+                    child,
+                    frontend,
+                    dir,
+                };
+            }
+            let _ = child.wait_exit(IO_TIMEOUT);
+            assert!(
+                attempt < ATTEMPTS && child.stderr().contains("cannot bind socket"),
+                "haproxy exited before listening on {frontend}\n{}",
+                child.describe()
+            );
         }
+        unreachable!("the last attempt returns or panics")
     }
 
-    /// A client connection through the frontend, retried until haproxy listens: the first
-    /// connection that succeeds is the only one haproxy relays.
+    /// A client connection through the frontend (haproxy listens from
+    /// [`start`](Self::start) on); haproxy relays it to the server.
     pub fn connect(&mut self) -> TcpStream {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            match TcpStream::connect(self.frontend) {
-                Ok(stream) => {
-                    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                    return stream;
-                }
-                Err(e) => {
-                    assert!(
-                        !self.child.has_exited(),
-                        "haproxy exited ({e} connecting)\n{}",
-                        self.child.describe()
-                    );
-                    assert!(
-                        Instant::now() < deadline,
-                        "haproxy not listening on {} after {IO_TIMEOUT:?}: {e}\n{}",
-                        self.frontend,
-                        self.child.describe()
-                    );
-                    thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        let stream = TcpStream::connect(self.frontend).unwrap_or_else(|e| {
+            panic!(
+                "connect to haproxy on {}: {e}\n{}",
+                self.frontend,
+                self.child.describe()
+            )
+        });
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream
     }
 }
 
