@@ -181,14 +181,6 @@ fn one_exchange(addr: SocketAddr, message: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// A loopback port free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
-}
-
 /// How many times the port changes hands in the restart test.
 const HANDOVERS: usize = 3;
 
@@ -197,15 +189,16 @@ fn new_processes_take_over_the_port_while_old_ones_drain_refusing_nobody() {
     let _migrate = MigrateReq::enable();
     let echo = ReactorThread::spawn(|r| serve(r, || Echo));
     let relay = echo.value.to_string();
-    let listen = format!("127.0.0.1:{}", free_port());
     let dir = temp_dir("handover");
     let logs: Vec<PathBuf> = (0..=HANDOVERS)
         .map(|i| dir.join(format!("proxy-{i}.log")))
         .collect();
-    let proxy = |log: &Path| {
+    // The first process picks the port (a port merely free a moment ago may still be held
+    // by another test thread's child that has not exec'd); the next ones join it.
+    let proxy = |listen: &str, log: &Path| {
         ember_proxy(&[
             "-l",
-            &listen,
+            listen,
             "-r",
             &relay,
             "--access-log",
@@ -213,14 +206,15 @@ fn new_processes_take_over_the_port_while_old_ones_drain_refusing_nobody() {
         ])
     };
 
-    let (mut old, addr) = proxy(&logs[0]);
+    let (mut old, addr) = proxy("127.0.0.1:0", &logs[0]);
+    let listen = addr.to_string();
     let load = Load::start(addr);
     wait_until("the first process to serve clients", IO_TIMEOUT, || {
         load.ok() >= 200
     });
     for log in &logs[1..] {
         // Same address, same flags: SO_REUSEPORT lets both listen.
-        let (new, new_addr) = proxy(log);
+        let (new, new_addr) = proxy(&listen, log);
         assert_eq!(new_addr, addr);
         wait_until("the new process to serve a client", IO_TIMEOUT, || {
             lines_in(log) >= 1
