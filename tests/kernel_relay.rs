@@ -3,8 +3,9 @@
 //! (`relay_client().relay_server()`, so the client and the backend relay to each
 //! other): 1 GiB each way byte for byte, half-close, a target that stops reading and a
 //! client that stops reading (bounded, then everything arrives), a backend that resets
-//! mid-stream, thousands of sessions entering and leaving the maps, and kernel-relayed
-//! sessions beside hooked ones in one reactor. Where the kernel refuses the sockmap
+//! mid-stream, a linked backend that resets with its last bytes unread, thousands of
+//! sessions entering and leaving the maps, and kernel-relayed sessions beside hooked
+//! ones in one reactor. Where the kernel refuses the sockmap
 //! (no CAP_BPF/CAP_NET_ADMIN, an old kernel) the kernel cases say why and pass.
 
 #[allow(dead_code)] // each test binary uses a different part of the support library
@@ -256,6 +257,83 @@ fn a_backend_reset_mid_stream_loses_none_of_its_earlier_bytes_in_every_mode() {
         assert_eq!(total, SENT, "{mode}: the bytes before the reset");
         backend.join().unwrap();
     }
+}
+
+/// The backend's last bytes reach the proxy's socket once the pair is linked in the
+/// sockmap but before that direction is redirected (they were waiting when it was
+/// linked, so the ordinary relay has them), and the backend resets before the proxy
+/// reads them: the client still gets every one of them, then the end. A linked socket's
+/// `FIONREAD` counts only the sockmap's queue, so these bytes must be found otherwise.
+#[test]
+fn a_linked_source_that_resets_still_delivers_its_unread_bytes() {
+    /// Small enough for the proxy's socket to take while nobody reads it.
+    const LAST_BYTES: usize = 16 * 1024;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    let (linked_tx, linked_rx) = mpsc::channel();
+    let proxy = ReactorThread::spawn(move |r| {
+        if !choose(r, RelayMode::Kernel) {
+            return Ok(None);
+        }
+        let mut listener = Some(listener);
+        let p = proxy::start(r, "127.0.0.1:0", move |conn| {
+            conn.server(
+                "backend",
+                Backend::tcp(target).relay_client().relay_server(),
+            );
+            let mut listener = listener.take();
+            let linked_tx = linked_tx.clone();
+            conn.on_connect(move |session, _| {
+                let Some(listener) = listener.take() else {
+                    return;
+                };
+                // The reactor waits here, inside the backend's connect completion:
+                // the backend's bytes are in the proxy's socket before the pair is
+                // linked (which comes next), and no read of them is due.
+                let (mut backend, _) = listener.accept().unwrap();
+                backend.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+                backend
+                    .write_all(&Pattern::new(17).bytes(LAST_BYTES))
+                    .unwrap();
+                support::sys::wait_until_peer_kernel_has_everything(&backend, IO_TIMEOUT);
+                // The reset comes at the end of this tick: after the link, before the
+                // next poll could report the bytes alone.
+                let linked_tx = linked_tx.clone();
+                session.reactor().next_tick(move |r| {
+                    let (linked, _) = r.kernel_relay_entries();
+                    reset_on_close(&backend);
+                    drop(backend);
+                    let _ = linked_tx.send(linked);
+                });
+            });
+        })?;
+        Ok(Some(p.local_addr().unwrap()))
+    });
+    let Some(addr) = proxy.value else { return };
+    let mut client = connect(addr);
+    let linked = support::clients::recv(&linked_rx, IO_TIMEOUT, "the backend's reset");
+    assert_eq!(
+        linked, 2,
+        "the pair was not linked when the backend reset: not the case under test"
+    );
+    let mut pattern = Pattern::new(17);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        match client.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                assert!(pattern.matches(&buf[..n]), "bytes differ at {total}");
+                total += n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("after {total} bytes: {e}"),
+        }
+    }
+    assert_eq!(
+        total, LAST_BYTES,
+        "the bytes the backend sent before its reset"
+    );
 }
 
 /// 2,000 sessions, 200 at a time, each exchanging bytes through the kernel relay: every

@@ -1,7 +1,8 @@
 //! What an operator reads: one access-log line per client session (text and JSON), its
 //! byte counts checked against what the clients sent and got; SIGUSR1 reopening the
 //! access log after logrotate renamed it; session ids tying every line about a session
-//! together; and backend failures visible without `-v`, rate-limited.
+//! together; backend failures visible without `-v`, rate-limited; and a log nobody reads
+//! (stderr a full pipe) never keeping the process from exiting on SIGTERM.
 
 #[allow(dead_code)] // each test binary uses a different part of the support library
 mod support;
@@ -11,10 +12,12 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use support::IO_TIMEOUT;
 use support::backends::{Echo, serve};
-use support::child::EmberProxy;
+use support::child::{Child, EMBER_PROXY, EmberProxy};
 use support::clients::{closed_port, exchange, fresh_dir, lines_of, wait_until};
 use support::pattern::Pattern;
 use support::reactor_thread::ReactorThread;
@@ -209,4 +212,48 @@ fn a_unix_socket_backend_that_is_not_there_is_warned_about_at_start() {
             .stderr()
             .contains("backend unix:/nonexistent/ember.sock cannot be reached now")
     });
+}
+
+/// Nobody reads the proxy's stderr, where its access log goes: the pipe fills and the
+/// log's writer thread blocks in `write`. SIGTERM must still end the process (the lines
+/// that cannot go out are given up after a bounded wait), and with status 0.
+#[test]
+fn sigterm_exits_though_nobody_reads_stderr() {
+    /// Access-log lines are over 100 bytes: several times what a pipe holds.
+    const SESSIONS: usize = 1000;
+    /// Far longer than the proxy waits for its log, and than its drain with no client.
+    const EXIT_LIMIT: Duration = Duration::from_secs(30);
+    let echo = echo_backend();
+    let mut spawned = Command::new(EMBER_PROXY)
+        .args(["-l", "127.0.0.1:0", "-r", &echo.value.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ember-proxy");
+    // Held open and never read while the proxy runs.
+    let mut stderr = spawned.stderr.take().expect("stderr is piped");
+    let mut proxy = Child::adopt(spawned);
+    let addr = proxy.listening_addr(IO_TIMEOUT);
+    for i in 0..SESSIONS {
+        let request = format!("session {i}");
+        assert_eq!(exchange(addr, request.as_bytes()), request.as_bytes());
+    }
+    proxy.signal(libc::SIGTERM);
+    wait_until(
+        "ember-proxy to exit after SIGTERM with nobody reading its stderr",
+        EXIT_LIMIT,
+        || proxy.has_exited(),
+    );
+    let status = proxy.wait_exit(IO_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{status}");
+    // What reached stderr before the exit: a pipe's worth of access lines, not them all.
+    let mut written = String::new();
+    stderr.read_to_string(&mut written).unwrap();
+    let logged = written.lines().filter(|l| l.contains(" session=")).count();
+    assert!(
+        logged > 0 && logged < SESSIONS,
+        "{logged} of {SESSIONS} access lines reached stderr: the pipe never filled, \
+         not the case under test"
+    );
 }

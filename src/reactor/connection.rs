@@ -221,9 +221,13 @@ impl Connection {
             && !(self.read_backpressure && self.above_high_water)
     }
 
-    /// Whether the socket holds bytes the peer sent that we have not read.
+    /// Whether the socket holds bytes the peer sent that we have not read, in the
+    /// kernel relay's sockmap too (where `FIONREAD` alone misses them).
     fn has_unread_input(&self) -> bool {
-        self.stream.as_ref().is_some_and(Stream::has_unread_input)
+        let in_sockmap = self.kernel.is_some();
+        self.stream
+            .as_ref()
+            .is_some_and(|s| s.has_unread_input(in_sockmap))
     }
 }
 
@@ -656,10 +660,11 @@ impl Reactor {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
+        let in_sockmap = conn.kernel.is_some();
         let stream = conn.stream.as_ref();
         let emptied = conn
             .life
-            .queue_emptied(|| stream.is_some_and(Stream::has_unread_input));
+            .queue_emptied(|| stream.is_some_and(|s| s.has_unread_input(in_sockmap)));
         match emptied {
             OnEmptied::Nothing => {}
             OnEmptied::Close(reason) => self.close_now(id, reason),

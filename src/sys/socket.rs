@@ -136,10 +136,16 @@ impl Stream {
     }
 
     /// Whether a socket has received bytes not yet read (always `false` for pipes and
-    /// attached descriptors, where the question has no cheap answer).
-    pub(crate) fn has_unread_input(&self) -> bool {
+    /// attached descriptors, where the question has no cheap answer). `in_sockmap`: the
+    /// socket is linked in the kernel relay's sockmap, where `FIONREAD` counts only the
+    /// sockmap's own queue and answers 0 for bytes still in the socket's receive queue
+    /// (never handed to the program): then a 0 is checked with a one-byte peek.
+    pub(crate) fn has_unread_input(&self, in_sockmap: bool) -> bool {
         match self {
-            Stream::Tcp(_) | Stream::Unix(_) => bytes_waiting(self.read_fd()) > 0,
+            Stream::Tcp(_) | Stream::Unix(_) => {
+                let fd = self.read_fd();
+                bytes_waiting(fd) > 0 || (in_sockmap && peek_finds_a_byte(fd))
+            }
             Stream::Fd(_) | Stream::Child(_) => false,
         }
     }
@@ -329,6 +335,24 @@ pub(crate) fn bytes_waiting(fd: RawFd) -> usize {
     } else {
         usize::try_from(n).unwrap_or(0)
     }
+}
+
+/// Whether a socket has a byte to read, wherever it waits: a one-byte
+/// `recv(MSG_PEEK | MSG_DONTWAIT)`, which leaves it there. An end of stream, nothing
+/// yet, or an error (which this consumes, as any `recv` does) are all `false`.
+fn peek_finds_a_byte(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most one byte into the live local we pass; MSG_PEEK leaves
+    // it in the socket and MSG_DONTWAIT keeps the call from blocking.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
 }
 
 /// Whether the next byte to read on a TCP socket is an urgent mark (`SIOCATMARK`, which

@@ -8,14 +8,16 @@
 //! The writer flushes at most 50 ms after a line was written, so a quiet proxy's log is
 //! on disk at once and a busy one's is written in large chunks (one write per batch, not
 //! one per line). SIGUSR1 asks it to reopen the
-//! access-log file (what logrotate sends after it renamed the old one).
+//! access-log file (what logrotate sends after it renamed the old one). At exit the
+//! writer gets [`FINISH_WAIT`] to write what is queued: a log nobody reads (stderr a
+//! full pipe) blocks it for good, and must not keep the process from exiting.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +28,10 @@ const QUEUE_LINES: usize = 16 * 1024;
 
 /// How long a written line may wait in the writer's buffer before it is flushed.
 const FLUSH_AFTER: Duration = Duration::from_millis(50);
+
+/// How long [`LogWriter::finish`] waits for the writer to write what is queued before it
+/// gives the rest up and lets the process exit.
+const FINISH_WAIT: Duration = Duration::from_secs(2);
 
 /// The buffer of each log file: a batch of 50 ms of compare-log lines at 15,000 requests
 /// a second is about 250 KB, which BufWriter's default 8 KiB wrote in some 30 writes.
@@ -99,6 +105,11 @@ impl LogHandle {
 pub struct LogWriter {
     handle: LogHandle,
     thread: Option<JoinHandle<()>>,
+    /// Set by `finish`: the writer stops at the first empty queue it finds (the stop
+    /// message cannot always be queued: the queue may be full).
+    stopping: Arc<AtomicBool>,
+    /// Disconnected once the writer thread has ended (its sender goes with it).
+    ended: Receiver<()>,
 }
 
 impl LogWriter {
@@ -126,6 +137,8 @@ impl LogWriter {
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
         let dropped = Arc::new(AtomicU64::new(0));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (thread_alive, ended) = mpsc::channel::<()>();
         let writer = Writer {
             stderr: BufWriter::new(io::stderr()),
             access: match (access, file) {
@@ -136,10 +149,15 @@ impl LogWriter {
             },
             compare,
             dropped: Arc::clone(&dropped),
+            stopping: Arc::clone(&stopping),
         };
         let thread = thread::Builder::new()
             .name("ember-proxy log".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                // Dropped when the thread ends, however it ends: `finish` sees it go.
+                let _thread_alive = thread_alive;
+                writer.run(rx);
+            })?;
         Ok(LogWriter {
             handle: LogHandle {
                 tx,
@@ -147,6 +165,8 @@ impl LogWriter {
                 access: *access != AccessLog::Off,
             },
             thread: Some(thread),
+            stopping,
+            ended,
         })
     }
 
@@ -154,12 +174,22 @@ impl LogWriter {
         self.handle.clone()
     }
 
-    /// Writes everything queued, then stops the thread.
+    /// Writes everything queued, then stops the thread; waits at most [`FINISH_WAIT`]
+    /// for that. A writer still blocked then (a log nobody reads: a full pipe) is left
+    /// behind with the lines it had not written, and the process exits around it.
     pub fn finish(mut self) {
-        // Blocking here is fine: the reactor is done.
-        let _ = self.handle.tx.send(Message::Stop);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        self.stopping.store(true, Ordering::Release);
+        // Wakes a writer waiting for lines. A full queue refuses it, but then the writer
+        // is busy, and stops at the first empty queue it finds.
+        let _ = self.handle.tx.try_send(Message::Stop);
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        match self.ended.recv_timeout(FINISH_WAIT) {
+            Err(RecvTimeoutError::Disconnected) | Ok(()) => {
+                let _ = thread.join();
+            }
+            Err(RecvTimeoutError::Timeout) => {} // stuck: not joined, never waited for
         }
     }
 }
@@ -171,6 +201,8 @@ struct Writer {
     /// The `--compare-log` file and its path.
     compare: Option<(PathBuf, BufWriter<File>)>,
     dropped: Arc<AtomicU64>,
+    /// `LogWriter::finish` was called: stop once the queue is empty.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -198,7 +230,10 @@ impl Writer {
                                 break;
                             }
                         }
-                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Empty) => {
+                            stopped = self.stopping.load(Ordering::Acquire);
+                            break;
+                        }
                         Err(TryRecvError::Disconnected) => {
                             stopped = true;
                             break;
