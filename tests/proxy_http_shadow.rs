@@ -651,3 +651,57 @@ fn a_shadow_answer_that_comes_after_its_client_has_gone_is_still_compared() {
     assert_eq!(lines[0]["request"], 1, "{}", lines[0]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What a flooding shadow may send, on average, during one production round trip: 12 MB.
+/// The proxy reads the flood as fast as it can, so this counts the loop's time spent on
+/// the shadow while production waits. Measured (8 floods, 100 round trips, on a loaded
+/// two-core machine, 20 runs and 8 runs): 0.3 to 6 MB with mirror connections reading
+/// once per readiness event, 29 to 229 MB when they read up to ten times. A count, not a
+/// clock, but it moves with the machine's load as a time would: the bound sits in the
+/// middle of the gap, about 2.4 times from each side's worst.
+const FLOOD_PER_ROUND_TRIP: u64 = 12_000_000;
+
+#[test]
+fn a_shadow_flooding_its_answers_does_not_take_the_loop_from_production() {
+    // Eight mirrored POSTs, each answered with a body that does not end while the test
+    // runs; then production's keep-alive round trips (GETs, not mirrored). What the
+    // shadow gets to send during a round trip is what the loop read of it while
+    // production waited: counted in bytes, not timed.
+    const FLOODING: usize = 8;
+    const ROUND_TRIPS: u64 = 100;
+    let prod = HttpApp::start(Behaviour::default());
+    let shadow = HttpApp::start(Behaviour {
+        flood: Some(1 << 40),
+        ..Behaviour::default()
+    });
+    let dir = fresh_dir("http-shadow", "flood");
+    let log = dir.join("compare.log");
+    let proxy = proxy(prod.addr, shadow.addr, &log, &["--shadow-methods", "POST"]);
+    let mut s = connect(proxy.addr);
+    for i in 0..FLOODING {
+        let post =
+            format!("POST /users/{i} HTTP/1.1\r\nHost: prod.test\r\nContent-Length: 0\r\n\r\n");
+        s.write_all(post.as_bytes()).unwrap();
+        let (status, _) = read_response(&mut s);
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    }
+    wait_until("every flood to start", IO_TIMEOUT, || {
+        shadow.requests().len() == FLOODING && shadow.body_bytes_sent() > 0
+    });
+    let before = shadow.body_bytes_sent();
+    for i in 0..ROUND_TRIPS {
+        s.write_all(get(&format!("/users/{i}")).as_bytes()).unwrap();
+        let (status, body) = read_response(&mut s);
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["path"], format!("/users/{i}"));
+    }
+    let flooded = shadow.body_bytes_sent() - before;
+    assert!(flooded > 0, "the shadow was flooding all along");
+    assert!(
+        flooded / ROUND_TRIPS < FLOOD_PER_ROUND_TRIP,
+        "the shadow sent {} MB per production round trip",
+        flooded / ROUND_TRIPS / 1_000_000
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,8 +15,9 @@
 //! or with why there is none. Everything is bounded: connections
 //! ([`MirrorOptions::max_connections`]), requests and bytes waiting for one
 //! ([`MirrorOptions::max_queued`], [`MirrorOptions::max_queued_bytes`]: beyond, a request
-//! is refused at once as [`BUSY`]), and the time a request may take
-//! ([`MirrorOptions::timeout`]).
+//! is refused at once as [`BUSY`]), the time a request may take
+//! ([`MirrorOptions::timeout`]), and the loop's time: a mirror connection gets one read
+//! per readiness event, so a shadow flooding its answers yields the loop to production.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -421,6 +422,9 @@ impl MirrorConn {
 impl Handler for MirrorConn {
     fn post_init(&mut self, cx: &mut Context<'_>) {
         cx.set_pending_connect_timeout(self.timeout);
+        // A shadow's answers are worth less than production's: one read per readiness
+        // event, so a shadow that floods cannot take the loop from the primaries.
+        cx.set_read_budget(1);
         if let Some((config, name)) = self.tls.take()
             && let Err(e) = cx.start_tls_client(config, &name)
         {

@@ -8,7 +8,8 @@
 //! `{"method":"GET","path":"/users/7","user":{"id":7,"email":"u7@example.com"},"n":N}`
 //! where `n` is the request's index on its connection. `HEAD` gets the headers only; a
 //! request with `Expect: 100-continue` gets `100 Continue` first; `/big/N` answers N
-//! bytes of the test pattern, streamed.
+//! bytes of the test pattern, streamed. Each copy counts the body bytes it has written
+//! ([`HttpApp::body_bytes_sent`]), so a test can tell whether a flood is still going.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -36,6 +37,9 @@ pub struct Behaviour {
     pub blackhole: bool,
     /// Read each request, then hold its answer until the gate opens.
     pub hold: Option<Gate>,
+    /// Answer every request with this many bytes of the test pattern, as `/big/N` does:
+    /// a shadow that floods its answers.
+    pub flood: Option<u64>,
 }
 
 /// Holds a [`Behaviour::hold`] application's answers until the test opens it: a shadow
@@ -81,6 +85,7 @@ impl Seen {
 pub struct HttpApp {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    body_bytes_sent: Arc<AtomicU64>,
 }
 
 impl HttpApp {
@@ -91,6 +96,8 @@ impl HttpApp {
         let recorded = Arc::clone(&seen);
         // Each copy counts from its own port: no two copies send the same X-Random.
         let counter = Arc::new(AtomicU64::new(u64::from(addr.port()) << 32));
+        let body_bytes_sent = Arc::new(AtomicU64::new(0));
+        let sent = Arc::clone(&body_bytes_sent);
         thread::spawn(move || {
             let mut held = Vec::new();
             for stream in listener.incoming() {
@@ -99,17 +106,31 @@ impl HttpApp {
                     held.push(stream); // never read, never closed
                     continue;
                 }
-                let (behaviour, seen, counter) = (
+                let (behaviour, seen, counter, sent) = (
                     behaviour.clone(),
                     Arc::clone(&recorded),
                     Arc::clone(&counter),
+                    Arc::clone(&sent),
                 );
                 thread::spawn(move || {
-                    let _ = serve(stream, &behaviour, &seen, &counter);
+                    let counters = Counters {
+                        noise: &counter,
+                        body_bytes_sent: &sent,
+                    };
+                    let _ = serve(stream, &behaviour, &seen, counters);
                 });
             }
         });
-        HttpApp { addr, seen }
+        HttpApp {
+            addr,
+            seen,
+            body_bytes_sent,
+        }
+    }
+
+    /// The bytes of `/big/N` (and [`Behaviour::flood`]) bodies written to sockets so far.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.body_bytes_sent.load(Ordering::Relaxed)
     }
 
     /// The requests seen so far.
@@ -118,11 +139,20 @@ impl HttpApp {
     }
 }
 
+/// What every connection of one copy counts.
+#[derive(Clone, Copy)]
+struct Counters<'a> {
+    /// For the X-Random values.
+    noise: &'a AtomicU64,
+    /// See [`HttpApp::body_bytes_sent`].
+    body_bytes_sent: &'a AtomicU64,
+}
+
 fn serve(
     stream: TcpStream,
     behaviour: &Behaviour,
     seen: &Mutex<Vec<Seen>>,
-    counter: &AtomicU64,
+    counters: Counters<'_>,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -138,7 +168,7 @@ fn serve(
         if !behaviour.delay.is_zero() {
             thread::sleep(behaviour.delay);
         }
-        answer(&mut out, &request, behaviour, n, counter)?;
+        answer(&mut out, &request, behaviour, n, counters)?;
         let client_closes = request
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
@@ -233,13 +263,13 @@ fn answer(
     request: &Seen,
     behaviour: &Behaviour,
     n: u64,
-    counter: &AtomicU64,
+    counters: Counters<'_>,
 ) -> io::Result<()> {
     let path = request.target.split('?').next().unwrap_or("");
     let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n");
     if behaviour.random_header {
         // A value no two responses share (an LCG over a process-wide counter).
-        let x = counter.fetch_add(1, Ordering::Relaxed);
+        let x = counters.noise.fetch_add(1, Ordering::Relaxed);
         let noise = x
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
@@ -248,10 +278,10 @@ fn answer(
     if behaviour.close_after_each {
         head.push_str("Connection: close\r\n");
     }
-    if let Some(size) = path
+    let big = path
         .strip_prefix("/big/")
-        .and_then(|n| n.parse::<u64>().ok())
-    {
+        .and_then(|n| n.parse::<u64>().ok());
+    if let Some(size) = behaviour.flood.or(big) {
         head = head.replace("application/json", "application/octet-stream");
         head.push_str(&format!("Content-Length: {size}\r\n\r\n"));
         out.write_all(head.as_bytes())?;
@@ -263,6 +293,9 @@ fn answer(
                 let n = left.min(buf.len() as u64) as usize;
                 pattern.fill(&mut buf[..n]);
                 out.write_all(&buf[..n])?;
+                counters
+                    .body_bytes_sent
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 left -= n as u64;
             }
         }
