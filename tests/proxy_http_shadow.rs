@@ -19,6 +19,7 @@ use support::IO_TIMEOUT;
 use support::child::{Child, EmberProxy};
 use support::clients::{connect, fresh_dir, lines_of, wait_until};
 use support::http_app::{Behaviour, Gate, HttpApp};
+use support::toxics::{Toxic, ToxicProxy};
 
 /// The compare log's lines, parsed.
 fn compared(log: &Path) -> Vec<Value> {
@@ -702,6 +703,39 @@ fn a_shadow_flooding_its_answers_does_not_take_the_loop_from_production() {
         flooded / ROUND_TRIPS < FLOOD_PER_ROUND_TRIP,
         "the shadow sent {} MB per production round trip",
         flooded / ROUND_TRIPS / 1_000_000
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_shadow_trickling_its_answer_times_out_and_is_let_go() {
+    // The shadow's 10 MB answer comes through at 10 kB/s, a hundred bytes every 10 ms:
+    // never idle, never done. Past --shadow-timeout the request is a shadow timeout and
+    // the proxy lets go of the connection.
+    let prod = HttpApp::start(Behaviour::default());
+    let shadow = HttpApp::start(Behaviour {
+        flood: Some(10_000_000),
+        ..Behaviour::default()
+    });
+    let trickle = ToxicProxy::start(shadow.addr, Toxic::Pass, Toxic::Bandwidth(10_000));
+    let dir = fresh_dir("http-shadow", "trickle");
+    let log = dir.join("compare.log");
+    let proxy = proxy(prod.addr, trickle.addr(), &log, &["--shadow-timeout", "1"]);
+    let mut s = connect(proxy.addr);
+    s.write_all(get("/users/1").as_bytes()).unwrap();
+    let (status, _) = read_response(&mut s);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let lines = wait_compared(&log, 1, &proxy.child);
+    assert_eq!(lines[0]["verdict"], "shadow_error", "{}", lines[0]);
+    assert_eq!(lines[0]["shadow"]["error"], "timeout", "{}", lines[0]);
+    wait_until(
+        "the proxy to close the trickling connection",
+        IO_TIMEOUT,
+        || trickle.live() == 0,
+    );
+    assert!(
+        shadow.body_bytes_sent() < 10_000_000,
+        "the answer was still coming"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

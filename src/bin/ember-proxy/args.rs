@@ -120,7 +120,8 @@ every byte the clients send, and their answers are discarded.
       --shadow-header 'NAME: VALUE' With --http, a header added to mirrored requests
                                     (repeatable)
       --shadow-timeout SECONDS      With --http, how long a shadow may take to answer a
-                                    mirrored request (default 10)
+                                    mirrored request, its whole answer however slowly
+                                    it comes (default 10)
       --compare                     Compare every mirrored response with the primary's
                                     (implies --http): same, or differs in status, a header,
                                     the body (with the JSON path); counted in /metrics
