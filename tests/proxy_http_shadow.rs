@@ -739,3 +739,74 @@ fn a_shadow_trickling_its_answer_times_out_and_is_let_go() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn comparisons_waiting_for_clients_that_do_not_read_stay_within_the_memory_budget() {
+    // Four clients each send 100 requests for 64 KiB answers and read nothing: production's
+    // answers stall, the shadow's come in, and every comparison waits for production's.
+    // Each waiting request reserves two answers (production's and the shadow's) at their
+    // largest, about 200 kB each with --compare-max-body 64k: 4 MB fits about ten.
+    const CLIENTS: usize = 4;
+    const REQUESTS: usize = 100;
+    let prod = HttpApp::start(Behaviour::default());
+    let shadow = HttpApp::start(Behaviour::default());
+    let dir = fresh_dir("http-shadow", "memory");
+    let log = dir.join("compare.log");
+    let mut proxy = proxy(
+        prod.addr,
+        shadow.addr,
+        &log,
+        &[
+            "--compare-max-body",
+            "64k",
+            "--shadow-max-memory",
+            "4M",
+            // `n` counts requests per connection: the shadow's differ from production's.
+            "--compare-ignore-json",
+            "$.n",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let admin = proxy.child.admin_addr(IO_TIMEOUT);
+    let pipelined = get("/big/65536").repeat(REQUESTS);
+    let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| connect(proxy.addr)).collect();
+    for s in &mut clients {
+        s.write_all(pipelined.as_bytes()).unwrap();
+    }
+    let skipped = || {
+        let (_, metrics) = support::clients::http_get(admin, "/metrics");
+        support::clients::prometheus_samples(&metrics)["ember_mirror_skipped_total"] as usize
+    };
+    wait_until("every request mirrored or skipped", IO_TIMEOUT, || {
+        skipped() + shadow.requests().len() == CLIENTS * REQUESTS
+    });
+    let mirrored = shadow.requests().len();
+    assert!(
+        (1..=20).contains(&mirrored),
+        "{mirrored} of {} requests mirrored within the budget",
+        CLIENTS * REQUESTS
+    );
+    // The clients read their answers: the waiting comparisons are made and give their
+    // reservations back, and the next request is mirrored again.
+    for s in &mut clients {
+        for _ in 0..REQUESTS {
+            let (status, body) = read_response(s);
+            assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+            assert_eq!(body.len(), 65536);
+        }
+    }
+    let lines = wait_compared(&log, mirrored, &proxy.child);
+    assert!(lines.iter().all(|l| l["verdict"] == "same"), "{lines:?}");
+    let s = &mut clients[0];
+    s.write_all(get("/users/1").as_bytes()).unwrap();
+    read_response(s);
+    let lines = wait_compared(&log, mirrored + 1, &proxy.child);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["path"] == "/users/1" && l["verdict"] == "same"),
+        "{lines:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

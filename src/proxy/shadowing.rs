@@ -21,9 +21,15 @@
 //! request is mirrored only up to [`HttpShadowing::max_request`] bytes (a bigger one is
 //! not mirrored), at most [`MAX_PENDING`] requests of a session wait for their pairing
 //! (beyond, new ones are not mirrored), and the digests keep at most
-//! [`Rules::body_limit`] bytes of body. A stream that stops being HTTP/1.1 the splitters
-//! can frame (an `Upgrade`, garbage) ends mirroring for that client only: the bytes go on
-//! being relayed, and the reason is counted and logged once.
+//! [`Rules::body_limit`] bytes of body. What the waiting comparisons of all of a
+//! worker's clients hold is bounded too ([`ShadowingSpec::max_memory`]): a request is
+//! mirrored only if what its pair could come to hold (each answer's digest at its
+//! largest) fits in what is left, and its reservation shrinks to what each answer really
+//! holds as it comes in. Over the budget (clients that do not read their answers leave
+//! pairs waiting for the primary's), new requests are not mirrored ([`OVER_MEMORY`]).
+//! A stream that stops being HTTP/1.1 the splitters can frame (an `Upgrade`, garbage)
+//! ends mirroring for that client only: the bytes go on being relayed, and the reason is
+//! counted and logged once.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -36,6 +42,7 @@ use super::compare::{
     Verdict,
 };
 use super::http1::{HeadRewrite, Piece, RequestSplitter, ResponseSplitter};
+use super::memory_budget::{MemoryBudget, Reservation};
 use super::mirror::{Answer, BUSY, Mirror, MirroredRequest, method_name};
 use super::{Finish, LOG_TARGET, Relay, Sampler, Session, Setup};
 use crate::UnbindReason;
@@ -46,6 +53,16 @@ pub const MAX_PENDING: usize = 128;
 
 /// The default [`HttpShadowing::max_request`]: 1 MiB.
 pub const DEFAULT_MAX_REQUEST: usize = 1024 * 1024;
+
+/// What [`ShadowEvents::skipped`] says of a request not mirrored because the waiting
+/// comparisons hold their whole [`ShadowingSpec::max_memory`].
+pub const OVER_MEMORY: &str = "memory";
+
+/// The default [`ShadowingSpec::max_memory`] of a proxy run by one worker: an eighth of
+/// the machine's physical memory (as for the byte shadows' queues).
+pub fn default_max_memory() -> usize {
+    usize::try_from(crate::limits::physical_memory() / 8).unwrap_or(usize::MAX)
+}
 
 /// What the proxy hears about each comparison (and each request not mirrored).
 pub trait ShadowEvents {
@@ -83,6 +100,8 @@ struct Shared {
     max_request: usize,
     /// With comparison: its rules.
     rules: Option<Rules>,
+    /// What the waiting comparisons of this worker's clients may hold.
+    budget: Rc<MemoryBudget>,
     events: Rc<dyn ShadowEvents>,
 }
 
@@ -112,6 +131,10 @@ pub struct ShadowingSpec {
     pub max_request: usize,
     /// `Some`: compare every mirrored response with the primary's.
     pub rules: Option<Rules>,
+    /// The most bytes the comparisons waiting for their answers may hold, together, for
+    /// this shadowing's clients (one worker's: [`default_max_memory`] is the usual
+    /// total). Beyond, new requests are not mirrored ([`OVER_MEMORY`]).
+    pub max_memory: usize,
 }
 
 impl HttpShadowing {
@@ -128,6 +151,7 @@ impl HttpShadowing {
                 rewrite: spec.rewrite,
                 max_request: spec.max_request,
                 rules: spec.rules,
+                budget: MemoryBudget::new(spec.max_memory),
                 events,
             }),
         }
@@ -181,6 +205,8 @@ struct Reading {
     method: Cow<'static, str>,
     /// The target, for the comparison's line (empty unless mirrored and compared).
     target: String,
+    /// What its pair may hold, taken from the budget (mirrored and compared only).
+    reservation: Option<Reservation>,
 }
 
 /// Where one shadow's answer to a mirrored request stands.
@@ -199,6 +225,9 @@ struct Pair {
     shadows: Vec<Slot>,
     /// `None`: no reference; `Some(None)`: its answer is still to come.
     reference: Option<Option<Outcome>>,
+    /// Its share of the budget: each answer's largest digest until that answer is in,
+    /// then what its digest holds.
+    reservation: Reservation,
 }
 
 impl Pair {
@@ -238,6 +267,33 @@ struct Tap {
     /// The response being read from the primary: its request and digest.
     primary_reading: Option<(u64, Instant, Option<ResponseDigest>)>,
     pending: BTreeMap<u64, Pair>,
+}
+
+impl Shared {
+    /// What one answer's digest may come to hold.
+    fn largest_answer(&self) -> usize {
+        self.rules.as_ref().map_or(0, |rules| {
+            ResponseDigest::largest_memory(rules.body_limit())
+        })
+    }
+
+    /// Reserves what the pair of a request for `target` could come to hold: itself, and
+    /// the primary's, every shadow's and the reference's answers at their largest.
+    fn reserve_pair(&self, target: &str) -> Option<Reservation> {
+        let answers = 1 + self.shadows.len() + usize::from(self.reference.is_some());
+        let pair = std::mem::size_of::<Pair>()
+            + target.len()
+            + self.shadows.len() * std::mem::size_of::<Slot>();
+        self.budget.reserve(pair + answers * self.largest_answer())
+    }
+}
+
+/// What an answer's digest holds (none for a failure).
+fn memory_of(outcome: Option<&Outcome>) -> usize {
+    match outcome {
+        Some(Ok(answer)) => answer.digest.memory(),
+        _ => 0,
+    }
 }
 
 impl Tap {
@@ -307,12 +363,23 @@ impl Tap {
             .as_ref()
             .is_none_or(|methods| methods.iter().any(|m| m == head.method()));
         let room = self.pending.len() < MAX_PENDING;
-        let mirrored = wanted && room && self.shared.sample.admit();
+        let mut mirrored = wanted && room && self.shared.sample.admit();
         if wanted && !room {
             self.shared.events.skipped("pending");
         }
+        let comparing = self.shared.rules.is_some();
+        let reservation = if mirrored && comparing {
+            let reservation = self.shared.reserve_pair(head.target());
+            if reservation.is_none() {
+                mirrored = false;
+                self.shared.events.skipped(OVER_MEMORY);
+            }
+            reservation
+        } else {
+            None
+        };
         let reference = mirrored && self.shared.reference.is_some();
-        let compared = mirrored && self.shared.rules.is_some();
+        let compared = mirrored && comparing;
         // A request not mirrored is only counted: nothing of it is copied. The target is
         // for the comparison only.
         self.reading = Some(Reading {
@@ -329,6 +396,7 @@ impl Tap {
             } else {
                 String::new()
             },
+            reservation,
         });
     }
 
@@ -344,6 +412,7 @@ impl Tap {
         if too_big {
             reading.mirrored = None;
             reading.original = None;
+            reading.reservation = None;
             self.shared.events.skipped("too_big");
             return;
         }
@@ -423,6 +492,8 @@ impl Tap {
                     if let Some((index, sent, Some(digest))) = self.primary_reading.take()
                         && let Some(pair) = self.pending.get_mut(&index)
                     {
+                        let largest = self.shared.largest_answer();
+                        pair.reservation.settle(largest, digest.memory());
                         pair.primary = Some((digest, sent.elapsed()));
                         self.try_compare(index);
                     }
@@ -443,6 +514,9 @@ impl Tap {
         let Some(pair) = self.pending.get_mut(&index) else {
             return;
         };
+        let largest = self.shared.largest_answer();
+        pair.reservation
+            .settle(largest, memory_of(outcome.as_ref()));
         match (shadow, outcome) {
             (Some(i), outcome) => {
                 if let Some(slot) = pair.shadows.get_mut(i) {
@@ -514,10 +588,11 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
         original,
         method,
         target,
+        reservation,
     } = reading;
     let Some(bytes) = mirrored else { return };
     let comparing = shared.rules.is_some();
-    if comparing {
+    if let Some(reservation) = reservation {
         tap.borrow_mut().pending.insert(
             index,
             Pair {
@@ -526,6 +601,7 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
                 primary: None,
                 shadows: shared.shadows.iter().map(|_| Slot::Waiting).collect(),
                 reference: shared.reference.as_ref().map(|_| None),
+                reservation,
             },
         );
     }

@@ -24,7 +24,7 @@ use ember::proxy::compare::{CompareLine, Rules, ShadowFailure, VerdictCounts};
 use ember::proxy::http1::HeadRewrite;
 use ember::proxy::mirror::{Mirror, MirrorOptions};
 use ember::proxy::shadowing::{
-    ByteComparing, DEFAULT_MAX_REQUEST, HttpShadowing, ShadowEvents, ShadowingSpec,
+    self, ByteComparing, DEFAULT_MAX_REQUEST, HttpShadowing, ShadowEvents, ShadowingSpec,
 };
 use ember::proxy::{
     Backend, Balancer, Change, Check, DEFAULT_QUEUE_LENGTH, Ejection, Finish, Lease, Options, Pool,
@@ -96,6 +96,8 @@ pub struct HttpPlan {
     pub methods: Option<Vec<String>>,
     pub rewrite: HeadRewrite,
     pub timeout: Duration,
+    /// `--shadow-max-memory`: what waiting comparisons may hold (this worker's share).
+    pub max_memory: usize,
     /// `--compare`: the rules' settings and the reference.
     pub compare: Option<ComparePlan>,
 }
@@ -140,7 +142,8 @@ pub struct ShadowCounts {
     pub verdicts: VerdictCounts,
     /// Clients whose stream stopped being HTTP the proxy can frame.
     pub gave_up: AtomicU64,
-    /// Requests not mirrored (too big, too many waiting, the shadow's queue full).
+    /// Requests not mirrored (too big, too many waiting, over the memory budget, the
+    /// shadow's queue full).
     pub skipped: AtomicU64,
     /// Mirrored requests the shadow did not answer (refused, timed out, reset...).
     pub mirror_failed: AtomicU64,
@@ -299,7 +302,11 @@ impl Plan {
             .map(|(name, target)| Ok((name.clone(), args::resolve_target(target, "--sni-route")?)))
             .collect::<Result<_, String>>()?;
         let http = match &run.http {
-            Some(http) => Some(http_plan(http, run.compare.as_ref())?),
+            Some(http) => Some(http_plan(
+                http,
+                run.compare.as_ref(),
+                run.shadow_max_memory,
+            )?),
             None => None,
         };
         Ok(Plan {
@@ -371,6 +378,9 @@ impl Plan {
             for m in members {
                 m.max_conn = m.max_conn.map(|n| share(n, worker, workers));
             }
+        }
+        if let Some(http) = &mut plan.http {
+            http.max_memory = share(http.max_memory, worker, workers);
         }
         plan
     }
@@ -445,6 +455,7 @@ impl Plan {
             rewrite: http.rewrite.clone(),
             max_request: DEFAULT_MAX_REQUEST,
             rules,
+            max_memory: http.max_memory,
         };
         Some(HttpShadowing::new(spec, self.reporter(worker)))
     }
@@ -629,6 +640,7 @@ impl Plan {
 fn http_plan(
     http: &args::HttpShadowing,
     compare: Option<&args::CompareArgs>,
+    max_memory: Option<usize>,
 ) -> Result<HttpPlan, String> {
     let mut rewrite = HeadRewrite::new();
     if let Some(host) = &http.host {
@@ -665,6 +677,8 @@ fn http_plan(
         methods: http.methods.clone(),
         rewrite,
         timeout: http.timeout,
+        // Over all workers: each gets its share (`Plan::for_worker`).
+        max_memory: max_memory.unwrap_or_else(shadowing::default_max_memory),
         compare,
     })
 }
