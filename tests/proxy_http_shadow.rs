@@ -810,3 +810,46 @@ fn comparisons_waiting_for_clients_that_do_not_read_stay_within_the_memory_budge
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn answers_delimited_by_the_close_of_their_connection_are_compared_on_either_side() {
+    // No Content-Length, no chunks: the body ends when the server closes. Production
+    // answering so, then a shadow answering so; each pair ends in a verdict.
+    let plain = HttpApp::start(Behaviour::default());
+    let closing = HttpApp::start(Behaviour {
+        close_delimited: true,
+        ..Behaviour::default()
+    });
+    for (side, prod, shadow) in [("primary", &closing, &plain), ("shadow", &plain, &closing)] {
+        let dir = fresh_dir("http-shadow", &format!("close-delimited-{side}"));
+        let log = dir.join("compare.log");
+        let proxy = proxy(
+            prod.addr,
+            shadow.addr,
+            &log,
+            &["--compare-ignore-json", "$.n"],
+        );
+        let mut s = connect(proxy.addr);
+        s.write_all(get("/users/1").as_bytes()).unwrap();
+        let body = if side == "primary" {
+            // Read until production's close reaches the client, then close as a client
+            // does: the proxy's connection to production ends, and with it the answer.
+            let answer = support::clients::read_all(&mut s);
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let at = support::clients::find(&answer, b"\r\n\r\n").expect("a head");
+            answer[at + 4..].to_vec()
+        } else {
+            read_response(&mut s).1
+        };
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["path"], "/users/1", "{side}");
+        let lines = wait_compared(&log, 1, &proxy.child);
+        assert_eq!(lines[0]["verdict"], "same", "{side}: {}", lines[0]);
+        assert_eq!(
+            lines[0]["primary"]["bytes"], lines[0]["shadow"]["bytes"],
+            "{side}: {}",
+            lines[0]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -170,8 +170,15 @@ impl HttpShadowing {
 
     /// Installs the taps on a client whose primary backend is called `primary`: its
     /// `on_data` (every byte still goes to the backends unchanged) and, with comparison,
-    /// its `on_response` (every byte still goes to the client unchanged).
-    pub fn attach<S: 'static>(&self, conn: &mut Setup<'_, S>, primary: &str) {
+    /// its `on_response` (every byte still goes to the client unchanged) and its
+    /// `on_finish`, which ends a primary's answer read until close when the primary goes,
+    /// then decides as `finish` does.
+    pub fn attach<S: 'static>(
+        &self,
+        conn: &mut Setup<'_, S>,
+        primary: &str,
+        mut finish: impl FnMut(&mut Session<'_, S>, &str, UnbindReason) -> Finish + 'static,
+    ) {
         let tap = Rc::new(RefCell::new(Tap::new(
             Rc::clone(&self.inner),
             conn.session_id(),
@@ -181,15 +188,25 @@ impl HttpShadowing {
             Tap::client_sent(&requests, s, data);
             Relay::Unchanged
         });
-        if self.reads_responses() {
-            let primary = primary.to_owned();
-            conn.on_response(move |_, name, data| {
-                if name == primary {
-                    tap.borrow_mut().primary_sent(data);
-                }
-                Some(data.to_vec())
-            });
+        if !self.reads_responses() {
+            conn.on_finish(finish);
+            return;
         }
+        let answers = Rc::clone(&tap);
+        let primary = primary.to_owned();
+        let primary_sent = primary.clone();
+        conn.on_response(move |_, name, data| {
+            if name == primary_sent {
+                answers.borrow_mut().primary_sent(data);
+            }
+            Some(data.to_vec())
+        });
+        conn.on_finish(move |s, name, reason| {
+            if name == primary {
+                tap.borrow_mut().primary_ended();
+            }
+            finish(s, name, reason)
+        });
     }
 }
 
@@ -459,6 +476,17 @@ impl Tap {
         }
         let mut responses = std::mem::take(&mut self.responses);
         self.primary_pieces(&mut responses, &mut data);
+        self.responses = responses;
+    }
+
+    /// The primary is gone: an answer it was sending until it closed is whole.
+    fn primary_ended(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let mut responses = std::mem::take(&mut self.responses);
+        responses.finish();
+        self.primary_pieces(&mut responses, &mut &[][..]);
         self.responses = responses;
     }
 

@@ -27,6 +27,9 @@ pub struct Behaviour {
     pub chunked: bool,
     /// Say `Connection: close` and close after each response.
     pub close_after_each: bool,
+    /// Frame no body (neither a length nor chunks): the body ends when the connection
+    /// closes, after each response (implies `close_after_each`).
+    pub close_delimited: bool,
     /// Wait this long before each answer.
     pub delay: Duration,
     /// Send `X-Random: <a different value each time>`.
@@ -172,7 +175,7 @@ fn serve(
         let client_closes = request
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if behaviour.close_after_each || client_closes {
+        if behaviour.close_after_each || behaviour.close_delimited || client_closes {
             let _ = out.shutdown(Shutdown::Write);
             return Ok(());
         }
@@ -275,7 +278,7 @@ fn answer(
             .wrapping_add(1442695040888963407);
         head.push_str(&format!("X-Random: {noise:016x}\r\n"));
     }
-    if behaviour.close_after_each {
+    if behaviour.close_after_each || behaviour.close_delimited {
         head.push_str("Connection: close\r\n");
     }
     let big = path
@@ -315,7 +318,13 @@ fn answer(
         request.method,
         request.body.len()
     );
-    if behaviour.chunked {
+    if behaviour.close_delimited {
+        head.push_str("\r\n");
+        out.write_all(head.as_bytes())?;
+        if request.method != "HEAD" {
+            out.write_all(body.as_bytes())?;
+        }
+    } else if behaviour.chunked {
         head.push_str("Transfer-Encoding: chunked\r\n\r\n");
         out.write_all(head.as_bytes())?;
         if request.method != "HEAD" {

@@ -521,6 +521,7 @@ impl Plan {
         };
         let decide = Ending {
             bytes,
+            http,
             shadows: (0..self.duplex.len())
                 .map(|i| format!("duplex_{i}"))
                 .collect(),
@@ -543,12 +544,9 @@ impl Plan {
                     worker,
                     || (),
                     move |conn| {
-                        if let Some(http) = &http {
-                            http.attach(conn, "relay");
-                        }
+                        decide.install(conn);
                         conn.server("relay", relay.clone());
                         shadows.open(conn);
-                        decide.install(conn);
                     },
                 )?;
                 return Ok(Started {
@@ -597,9 +595,6 @@ impl Plan {
             || None::<Lease>,
             move |conn| {
                 decide.install(conn);
-                if let Some(http) = &http {
-                    http.attach(conn, "relay");
-                }
                 if !relay.routes.is_empty() {
                     route_by_server_name(conn, &relay);
                     return;
@@ -838,19 +833,23 @@ fn seconds(d: Option<Duration>) -> String {
     }
 }
 
-/// How a client's end is decided: by the relay ([`relay_decides`]), watched by the byte
-/// comparison (`--compare-tcp`) when it is on.
+/// How a client's end is decided: by the relay ([`relay_decides`]), watched by the HTTP
+/// shadowing (`--http`: it also taps the client's requests and the relay's answers, and
+/// the relay's end ends an answer read until close) or the byte comparison
+/// (`--compare-tcp`) when one is on.
 struct Ending {
     bytes: Option<ByteComparing>,
+    http: Option<HttpShadowing>,
     /// The shadows' names, for the comparison.
     shadows: Vec<String>,
 }
 
 impl Ending {
     fn install<S: 'static>(&self, conn: &mut Setup<'_, S>) {
-        match &self.bytes {
-            Some(bytes) => bytes.attach(conn, "relay", &self.shadows, relay_decides),
-            None => {
+        match (&self.http, &self.bytes) {
+            (Some(http), _) => http.attach(conn, "relay", relay_decides),
+            (None, Some(bytes)) => bytes.attach(conn, "relay", &self.shadows, relay_decides),
+            (None, None) => {
                 conn.on_finish(relay_decides);
             }
         }
