@@ -853,3 +853,71 @@ fn answers_delimited_by_the_close_of_their_connection_are_compared_on_either_sid
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[test]
+fn answers_sent_before_the_request_body_are_compared() {
+    // Production and the shadow answer a request with a body as soon as its head is in:
+    // 200 to a POST, 417 to one that expects 100-continue. The client waits for that
+    // answer before it sends the body, as a client does when told no early.
+    let early = Behaviour {
+        early_answer: true,
+        ..Behaviour::default()
+    };
+    let prod = HttpApp::start(early.clone());
+    let shadow = HttpApp::start(early);
+    let dir = fresh_dir("http-shadow", "early-answer");
+    let log = dir.join("compare.log");
+    let proxy = proxy(
+        prod.addr,
+        shadow.addr,
+        &log,
+        &["--compare-ignore-json", "$.n"],
+    );
+    let mut s = connect(proxy.addr);
+    for (path, expect, status) in [
+        ("/users/1", "", "HTTP/1.1 200"),
+        ("/users/2", "Expect: 100-continue\r\n", "HTTP/1.1 417"),
+    ] {
+        let head =
+            format!("POST {path} HTTP/1.1\r\nHost: prod.test\r\nContent-Length: 5\r\n{expect}\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let (answer, _) = read_response(&mut s);
+        assert!(answer.starts_with(status), "{path}: {answer}");
+        s.write_all(b"hello").unwrap();
+    }
+    // The connection is still framed right after the early answers.
+    s.write_all(get("/users/3").as_bytes()).unwrap();
+    let (_, body) = read_response(&mut s);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["path"], "/users/3");
+    let mut lines = wait_compared(&log, 3, &proxy.child);
+    lines.sort_by_key(|l| l["request"].as_u64());
+    let seen: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["path"].as_str().unwrap(),
+                l["primary"]["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("/users/1", 200), ("/users/2", 417), ("/users/3", 200)]
+    );
+    for line in &lines {
+        assert_eq!(line["verdict"], "same", "{line}");
+    }
+    // The shadow got each request whole (it records one once it has read its body).
+    wait_until("the shadow to read both bodies", IO_TIMEOUT, || {
+        shadow.requests().len() == 3
+    });
+    let posts: Vec<_> = shadow
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(posts, [b"hello".to_vec(), b"hello".to_vec()]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

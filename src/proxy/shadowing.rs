@@ -7,13 +7,15 @@
 //! answers does not take the comparison with it (the shadows' callbacks keep its tap).
 //!
 //! [`HttpShadowing`] is built once per proxy server and attached to each client's
-//! [`Setup`]. It installs two taps: on the client's bytes (`on_data`), a
+//! [`Setup`]. It installs its taps: on the client's bytes (`on_data`), a
 //! [`RequestSplitter`] finds each request; a sampled one, of a chosen method, is copied
 //! (its head rewritten for the shadow) and, once whole, handed to every shadow's
 //! [`Mirror`] — on connections of the shadow's own. With comparison, on the primary's
 //! answers (`on_response`), a [`ResponseSplitter`] finds each response and digests it.
-//! A mirrored request waits for the primary's digest and every shadow's answer (and the
-//! reference's, for noise), then each shadow is classified ([`Rules::classify`]) and the
+//! When the primary goes (`on_finish`), an answer it was sending until it closed ends.
+//! A mirrored request waits, from its head on (a primary may answer before the body is
+//! in), for the primary's digest and every shadow's answer (and the reference's, for
+//! noise), then each shadow is classified ([`Rules::classify`]) and the
 //! [`CompareLine`] handed to the proxy's callback.
 //!
 //! The client never waits for any of it: its bytes go to the primary unchanged as they
@@ -220,10 +222,6 @@ struct Reading {
     original: Option<Vec<u8>>,
     /// The method, for each shadow's framing of its answer (empty when not mirrored).
     method: Cow<'static, str>,
-    /// The target, for the comparison's line (empty unless mirrored and compared).
-    target: String,
-    /// What its pair may hold, taken from the budget (mirrored and compared only).
-    reservation: Option<Reservation>,
 }
 
 /// Where one shadow's answer to a mirrored request stands.
@@ -384,36 +382,40 @@ impl Tap {
         if wanted && !room {
             self.shared.events.skipped("pending");
         }
-        let comparing = self.shared.rules.is_some();
-        let reservation = if mirrored && comparing {
-            let reservation = self.shared.reserve_pair(head.target());
-            if reservation.is_none() {
-                mirrored = false;
-                self.shared.events.skipped(OVER_MEMORY);
-            }
-            reservation
+        let method = if mirrored {
+            method_name(head.method())
         } else {
-            None
+            Cow::Borrowed("")
         };
+        if mirrored && self.shared.rules.is_some() {
+            // The pair waits from the request's head on: the primary may answer before
+            // the body is in (a 417 to `Expect: 100-continue`, an early error), and its
+            // answer must find the pair.
+            match self.shared.reserve_pair(head.target()) {
+                Some(reservation) => {
+                    let pair = Pair {
+                        method: method.clone(),
+                        target: head.target().to_owned(),
+                        primary: None,
+                        shadows: self.shared.shadows.iter().map(|_| Slot::Waiting).collect(),
+                        reference: self.shared.reference.as_ref().map(|_| None),
+                        reservation,
+                    };
+                    self.pending.insert(index, pair);
+                }
+                None => {
+                    mirrored = false;
+                    self.shared.events.skipped(OVER_MEMORY);
+                }
+            }
+        }
         let reference = mirrored && self.shared.reference.is_some();
-        let compared = mirrored && comparing;
-        // A request not mirrored is only counted: nothing of it is copied. The target is
-        // for the comparison only.
+        // A request not mirrored is only counted: nothing of it is copied.
         self.reading = Some(Reading {
             index,
             mirrored: mirrored.then(|| self.shared.rewrite.apply(head)),
             original: reference.then(|| head.as_bytes().to_vec()),
-            method: if mirrored {
-                method_name(head.method())
-            } else {
-                Cow::Borrowed("")
-            },
-            target: if compared {
-                head.target().to_owned()
-            } else {
-                String::new()
-            },
-            reservation,
+            method,
         });
     }
 
@@ -429,7 +431,8 @@ impl Tap {
         if too_big {
             reading.mirrored = None;
             reading.original = None;
-            reading.reservation = None;
+            // Not mirrored after all: nothing to compare (it is counted as too big).
+            self.pending.remove(&reading.index);
             self.shared.events.skipped("too_big");
             return;
         }
@@ -606,8 +609,8 @@ impl Drop for Tap {
     }
 }
 
-/// Hands a whole request to every shadow (and the reference), registering its pair when
-/// comparing.
+/// Hands a whole request to every shadow (and the reference); when comparing, its pair
+/// has been waiting since its head.
 fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Reading) {
     let shared = Rc::clone(&tap.borrow().shared);
     let Reading {
@@ -615,24 +618,9 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
         mirrored,
         original,
         method,
-        target,
-        reservation,
     } = reading;
     let Some(bytes) = mirrored else { return };
     let comparing = shared.rules.is_some();
-    if let Some(reservation) = reservation {
-        tap.borrow_mut().pending.insert(
-            index,
-            Pair {
-                method: method.clone(),
-                target,
-                primary: None,
-                shadows: shared.shadows.iter().map(|_| Slot::Waiting).collect(),
-                reference: shared.reference.as_ref().map(|_| None),
-                reservation,
-            },
-        );
-    }
     // With comparison, each shadow's callback keeps the tap: a client that has its answer
     // and leaves before the shadows answer must not take their pairing with it. The
     // mirror calls every callback it took (an answer, a failure, a timeout), so the tap

@@ -40,6 +40,9 @@ pub struct Behaviour {
     pub blackhole: bool,
     /// Read each request, then hold its answer until the gate opens.
     pub hold: Option<Gate>,
+    /// Answer a request that has a body as soon as its head is read, then read the body:
+    /// `417 Expectation Failed` to `Expect: 100-continue`, else the usual answer.
+    pub early_answer: bool,
     /// Answer every request with this many bytes of the test pattern, as `/big/N` does:
     /// a shadow that floods its answers.
     pub flood: Option<u64>,
@@ -161,9 +164,30 @@ fn serve(
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     for n in 1.. {
-        let Some(request) = read_request(&mut reader, &mut out)? else {
+        let Some(mut request) = read_head(&mut reader)? else {
             return Ok(());
         };
+        let expects_continue = request
+            .header("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        let has_body = request.header("transfer-encoding").is_some()
+            || request
+                .header("content-length")
+                .is_some_and(|l| l.trim() != "0");
+        if behaviour.early_answer && has_body {
+            if expects_continue {
+                out.write_all(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n")?;
+            } else {
+                answer(&mut out, &request, behaviour, n, counters)?;
+            }
+            read_body(&mut reader, &mut request)?;
+            seen.lock().unwrap().push(request);
+            continue;
+        }
+        if expects_continue {
+            out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        read_body(&mut reader, &mut request)?;
         seen.lock().unwrap().push(request.clone());
         if let Some(gate) = &behaviour.hold {
             gate.wait();
@@ -183,12 +207,8 @@ fn serve(
     Ok(())
 }
 
-/// Reads one request (its head, then a Content-Length or chunked body); `None` at EOF
-/// before a request starts.
-fn read_request(
-    reader: &mut BufReader<TcpStream>,
-    out: &mut TcpStream,
-) -> io::Result<Option<Seen>> {
+/// Reads one request's head; `None` at EOF before a request starts.
+fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Seen>> {
     let mut head = Vec::new();
     loop {
         let mut line = Vec::new();
@@ -209,7 +229,7 @@ fn read_request(
     parsed
         .parse(&head)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let mut seen = Seen {
+    let seen = Seen {
         method: parsed.method.unwrap_or("").to_owned(),
         target: parsed.path.unwrap_or("").to_owned(),
         headers: parsed
@@ -224,12 +244,11 @@ fn read_request(
             .collect(),
         body: Vec::new(),
     };
-    if seen
-        .header("expect")
-        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-    {
-        out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-    }
+    Ok(Some(seen))
+}
+
+/// Reads the body of the request whose head `seen` is: a Content-Length or chunked one.
+fn read_body(reader: &mut BufReader<TcpStream>, seen: &mut Seen) -> io::Result<()> {
     if seen
         .header("transfer-encoding")
         .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
@@ -258,7 +277,7 @@ fn read_request(
         seen.body = vec![0; length];
         reader.read_exact(&mut seen.body)?;
     }
-    Ok(Some(seen))
+    Ok(())
 }
 
 fn answer(
