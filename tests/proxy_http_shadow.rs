@@ -19,6 +19,7 @@ use support::IO_TIMEOUT;
 use support::child::{Child, EmberProxy};
 use support::clients::{connect, fresh_dir, lines_of, wait_until};
 use support::http_app::{Behaviour, Gate, HttpApp};
+use support::toxics::{Toxic, ToxicProxy};
 
 /// The compare log's lines, parsed.
 fn compared(log: &Path) -> Vec<Value> {
@@ -649,5 +650,274 @@ fn a_shadow_answer_that_comes_after_its_client_has_gone_is_still_compared() {
     assert_eq!(lines[0]["verdict"], "same", "{}", lines[0]);
     assert_eq!(lines[0]["path"], "/users/1", "{}", lines[0]);
     assert_eq!(lines[0]["request"], 1, "{}", lines[0]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a flooding shadow may send, on average, during one production round trip: 12 MB.
+/// The proxy reads the flood as fast as it can, so this counts the loop's time spent on
+/// the shadow while production waits. Measured (8 floods, 100 round trips, on a loaded
+/// two-core machine, 20 runs and 8 runs): 0.3 to 6 MB with mirror connections reading
+/// once per readiness event, 29 to 229 MB when they read up to ten times. A count, not a
+/// clock, but it moves with the machine's load as a time would: the bound sits in the
+/// middle of the gap, about 2.4 times from each side's worst.
+const FLOOD_PER_ROUND_TRIP: u64 = 12_000_000;
+
+#[test]
+fn a_shadow_flooding_its_answers_does_not_take_the_loop_from_production() {
+    // Eight mirrored POSTs, each answered with a body that does not end while the test
+    // runs; then production's keep-alive round trips (GETs, not mirrored). What the
+    // shadow gets to send during a round trip is what the loop read of it while
+    // production waited: counted in bytes, not timed.
+    const FLOODING: usize = 8;
+    const ROUND_TRIPS: u64 = 100;
+    let prod = HttpApp::start(Behaviour::default());
+    let shadow = HttpApp::start(Behaviour {
+        flood: Some(1 << 40),
+        ..Behaviour::default()
+    });
+    let dir = fresh_dir("http-shadow", "flood");
+    let log = dir.join("compare.log");
+    let proxy = proxy(prod.addr, shadow.addr, &log, &["--shadow-methods", "POST"]);
+    let mut s = connect(proxy.addr);
+    for i in 0..FLOODING {
+        let post =
+            format!("POST /users/{i} HTTP/1.1\r\nHost: prod.test\r\nContent-Length: 0\r\n\r\n");
+        s.write_all(post.as_bytes()).unwrap();
+        let (status, _) = read_response(&mut s);
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    }
+    wait_until("every flood to start", IO_TIMEOUT, || {
+        shadow.requests().len() == FLOODING && shadow.body_bytes_sent() > 0
+    });
+    let before = shadow.body_bytes_sent();
+    for i in 0..ROUND_TRIPS {
+        s.write_all(get(&format!("/users/{i}")).as_bytes()).unwrap();
+        let (status, body) = read_response(&mut s);
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["path"], format!("/users/{i}"));
+    }
+    let flooded = shadow.body_bytes_sent() - before;
+    assert!(flooded > 0, "the shadow was flooding all along");
+    assert!(
+        flooded / ROUND_TRIPS < FLOOD_PER_ROUND_TRIP,
+        "the shadow sent {} MB per production round trip",
+        flooded / ROUND_TRIPS / 1_000_000
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_shadow_trickling_its_answer_times_out_and_is_let_go() {
+    // The shadow's 10 MB answer comes through at 10 kB/s, a hundred bytes every 10 ms:
+    // never idle, never done. Past --shadow-timeout the request is a shadow timeout and
+    // the proxy lets go of the connection.
+    let prod = HttpApp::start(Behaviour::default());
+    let shadow = HttpApp::start(Behaviour {
+        flood: Some(10_000_000),
+        ..Behaviour::default()
+    });
+    let trickle = ToxicProxy::start(shadow.addr, Toxic::Pass, Toxic::Bandwidth(10_000));
+    let dir = fresh_dir("http-shadow", "trickle");
+    let log = dir.join("compare.log");
+    let proxy = proxy(prod.addr, trickle.addr(), &log, &["--shadow-timeout", "1"]);
+    let mut s = connect(proxy.addr);
+    s.write_all(get("/users/1").as_bytes()).unwrap();
+    let (status, _) = read_response(&mut s);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let lines = wait_compared(&log, 1, &proxy.child);
+    assert_eq!(lines[0]["verdict"], "shadow_error", "{}", lines[0]);
+    assert_eq!(lines[0]["shadow"]["error"], "timeout", "{}", lines[0]);
+    wait_until(
+        "the proxy to close the trickling connection",
+        IO_TIMEOUT,
+        || trickle.live() == 0,
+    );
+    assert!(
+        shadow.body_bytes_sent() < 10_000_000,
+        "the answer was still coming"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn comparisons_waiting_for_clients_that_do_not_read_stay_within_the_memory_budget() {
+    // Four clients each send 100 requests for 64 KiB answers and read nothing: production's
+    // answers stall, the shadow's come in, and every comparison waits for production's.
+    // Each waiting request reserves two answers (production's and the shadow's) at their
+    // largest, about 200 kB each with --compare-max-body 64k: 4 MB fits about ten.
+    const CLIENTS: usize = 4;
+    const REQUESTS: usize = 100;
+    let prod = HttpApp::start(Behaviour::default());
+    let shadow = HttpApp::start(Behaviour::default());
+    let dir = fresh_dir("http-shadow", "memory");
+    let log = dir.join("compare.log");
+    let mut proxy = proxy(
+        prod.addr,
+        shadow.addr,
+        &log,
+        &[
+            "--compare-max-body",
+            "64k",
+            "--shadow-max-memory",
+            "4M",
+            // `n` counts requests per connection: the shadow's differ from production's.
+            "--compare-ignore-json",
+            "$.n",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let admin = proxy.child.admin_addr(IO_TIMEOUT);
+    let pipelined = get("/big/65536").repeat(REQUESTS);
+    let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| connect(proxy.addr)).collect();
+    for s in &mut clients {
+        s.write_all(pipelined.as_bytes()).unwrap();
+    }
+    let skipped = || {
+        let (_, metrics) = support::clients::http_get(admin, "/metrics");
+        support::clients::prometheus_samples(&metrics)["ember_mirror_skipped_total"] as usize
+    };
+    wait_until("every request mirrored or skipped", IO_TIMEOUT, || {
+        skipped() + shadow.requests().len() == CLIENTS * REQUESTS
+    });
+    let mirrored = shadow.requests().len();
+    assert!(
+        (1..=20).contains(&mirrored),
+        "{mirrored} of {} requests mirrored within the budget",
+        CLIENTS * REQUESTS
+    );
+    // The clients read their answers: the waiting comparisons are made and give their
+    // reservations back, and the next request is mirrored again.
+    for s in &mut clients {
+        for _ in 0..REQUESTS {
+            let (status, body) = read_response(s);
+            assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+            assert_eq!(body.len(), 65536);
+        }
+    }
+    let lines = wait_compared(&log, mirrored, &proxy.child);
+    assert!(lines.iter().all(|l| l["verdict"] == "same"), "{lines:?}");
+    let s = &mut clients[0];
+    s.write_all(get("/users/1").as_bytes()).unwrap();
+    read_response(s);
+    let lines = wait_compared(&log, mirrored + 1, &proxy.child);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["path"] == "/users/1" && l["verdict"] == "same"),
+        "{lines:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn answers_delimited_by_the_close_of_their_connection_are_compared_on_either_side() {
+    // No Content-Length, no chunks: the body ends when the server closes. Production
+    // answering so, then a shadow answering so; each pair ends in a verdict.
+    let plain = HttpApp::start(Behaviour::default());
+    let closing = HttpApp::start(Behaviour {
+        close_delimited: true,
+        ..Behaviour::default()
+    });
+    for (side, prod, shadow) in [("primary", &closing, &plain), ("shadow", &plain, &closing)] {
+        let dir = fresh_dir("http-shadow", &format!("close-delimited-{side}"));
+        let log = dir.join("compare.log");
+        let proxy = proxy(
+            prod.addr,
+            shadow.addr,
+            &log,
+            &["--compare-ignore-json", "$.n"],
+        );
+        let mut s = connect(proxy.addr);
+        s.write_all(get("/users/1").as_bytes()).unwrap();
+        let body = if side == "primary" {
+            // Read until production's close reaches the client, then close as a client
+            // does: the proxy's connection to production ends, and with it the answer.
+            let answer = support::clients::read_all(&mut s);
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let at = support::clients::find(&answer, b"\r\n\r\n").expect("a head");
+            answer[at + 4..].to_vec()
+        } else {
+            read_response(&mut s).1
+        };
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["path"], "/users/1", "{side}");
+        let lines = wait_compared(&log, 1, &proxy.child);
+        assert_eq!(lines[0]["verdict"], "same", "{side}: {}", lines[0]);
+        assert_eq!(
+            lines[0]["primary"]["bytes"], lines[0]["shadow"]["bytes"],
+            "{side}: {}",
+            lines[0]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn answers_sent_before_the_request_body_are_compared() {
+    // Production and the shadow answer a request with a body as soon as its head is in:
+    // 200 to a POST, 417 to one that expects 100-continue. The client waits for that
+    // answer before it sends the body, as a client does when told no early.
+    let early = Behaviour {
+        early_answer: true,
+        ..Behaviour::default()
+    };
+    let prod = HttpApp::start(early.clone());
+    let shadow = HttpApp::start(early);
+    let dir = fresh_dir("http-shadow", "early-answer");
+    let log = dir.join("compare.log");
+    let proxy = proxy(
+        prod.addr,
+        shadow.addr,
+        &log,
+        &["--compare-ignore-json", "$.n"],
+    );
+    let mut s = connect(proxy.addr);
+    for (path, expect, status) in [
+        ("/users/1", "", "HTTP/1.1 200"),
+        ("/users/2", "Expect: 100-continue\r\n", "HTTP/1.1 417"),
+    ] {
+        let head =
+            format!("POST {path} HTTP/1.1\r\nHost: prod.test\r\nContent-Length: 5\r\n{expect}\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let (answer, _) = read_response(&mut s);
+        assert!(answer.starts_with(status), "{path}: {answer}");
+        s.write_all(b"hello").unwrap();
+    }
+    // The connection is still framed right after the early answers.
+    s.write_all(get("/users/3").as_bytes()).unwrap();
+    let (_, body) = read_response(&mut s);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["path"], "/users/3");
+    let mut lines = wait_compared(&log, 3, &proxy.child);
+    lines.sort_by_key(|l| l["request"].as_u64());
+    let seen: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["path"].as_str().unwrap(),
+                l["primary"]["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("/users/1", 200), ("/users/2", 417), ("/users/3", 200)]
+    );
+    for line in &lines {
+        assert_eq!(line["verdict"], "same", "{line}");
+    }
+    // The shadow got each request whole (it records one once it has read its body).
+    wait_until("the shadow to read both bodies", IO_TIMEOUT, || {
+        shadow.requests().len() == 3
+    });
+    let posts: Vec<_> = shadow
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(posts, [b"hello".to_vec(), b"hello".to_vec()]);
     let _ = std::fs::remove_dir_all(&dir);
 }

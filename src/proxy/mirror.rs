@@ -15,8 +15,9 @@
 //! or with why there is none. Everything is bounded: connections
 //! ([`MirrorOptions::max_connections`]), requests and bytes waiting for one
 //! ([`MirrorOptions::max_queued`], [`MirrorOptions::max_queued_bytes`]: beyond, a request
-//! is refused at once as [`BUSY`]), and the time a request may take
-//! ([`MirrorOptions::timeout`]).
+//! is refused at once as [`BUSY`]), the time a request may take
+//! ([`MirrorOptions::timeout`]), and the loop's time: a mirror connection gets one read
+//! per readiness event, so a shadow flooding its answers yields the loop to production.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 
-use crate::{ConnId, Context, Handler, Reactor, UnbindReason, Unreachable};
+use crate::{ConnId, Context, Handler, Reactor, TimerId, UnbindReason, Unreachable};
 
 use super::compare::{ResponseDigest, ShadowFailure};
 use super::http1::{Piece, ResponseSplitter};
@@ -42,7 +43,9 @@ pub struct MirrorOptions {
     pub max_queued: usize,
     /// Bytes of those requests at most (default 8 MiB).
     pub max_queued_bytes: usize,
-    /// How long a request may take once sent: connect, answer and all (default 10 s).
+    /// How long a request may take once sent: connect, answer and all, however steadily
+    /// the answer trickles in (default 10 s). Past it, the request fails as a timeout and
+    /// its connection, with whatever it had read, is closed.
     pub timeout: Duration,
     /// How long an idle connection is kept for the next request (default 30 s).
     pub idle_timeout: Duration,
@@ -317,6 +320,8 @@ fn open(r: &mut Reactor, pool: &Rc<RefCell<Inner>>) {
 struct InFlight {
     done: Done,
     sent: Instant,
+    /// Ends the request as a timeout when its whole answer is not in by then.
+    deadline: TimerId,
 }
 
 /// One connection of a mirror's pool.
@@ -374,11 +379,24 @@ impl MirrorConn {
         self.reader.expect(&request.method);
         cx.set_comm_inactivity_timeout(Some(self.timeout));
         cx.send_data(&request.bytes);
+        // The inactivity timeout alone would let a shadow that trickles its answer hold
+        // the request (and this connection, and the pair waiting for it) for ever.
+        let id = cx.id();
+        let deadline = cx.add_timer(self.timeout, move |r| {
+            let _ = r.with_handler::<MirrorConn, _>(id, |conn, cx| conn.timed_out(cx));
+        });
         self.current = Some(InFlight {
             done,
             sent: Instant::now(),
+            deadline,
         });
         true
+    }
+
+    /// The request in flight ran out of time: it fails, and the connection goes with
+    /// what it had read of the answer.
+    fn timed_out(&mut self, cx: &mut Context<'_>) {
+        self.finish(cx, Err(ShadowFailure::Timeout), false);
     }
 
     /// The request in flight ends with `outcome`: the next one goes out first (so that
@@ -390,9 +408,15 @@ impl MirrorConn {
         outcome: Result<ResponseDigest, ShadowFailure>,
         reusable: bool,
     ) {
-        let Some(InFlight { done, sent }) = self.current.take() else {
+        let Some(InFlight {
+            done,
+            sent,
+            deadline,
+        }) = self.current.take()
+        else {
             return;
         };
+        cx.cancel_timer(deadline);
         if let Some(pool) = self.pool.upgrade() {
             let mut inner = pool.borrow_mut();
             match &outcome {
@@ -421,6 +445,9 @@ impl MirrorConn {
 impl Handler for MirrorConn {
     fn post_init(&mut self, cx: &mut Context<'_>) {
         cx.set_pending_connect_timeout(self.timeout);
+        // A shadow's answers are worth less than production's: one read per readiness
+        // event, so a shadow that floods cannot take the loop from the primaries.
+        cx.set_read_budget(1);
         if let Some((config, name)) = self.tls.take()
             && let Err(e) = cx.start_tls_client(config, &name)
         {

@@ -53,6 +53,7 @@
 // - core:    one client's rules whatever the hooks do, and its count of waiting jobs.
 // - backend: one backend connection: opens it, passes its events to the client.
 // - target, balance, stats: where a backend is, picking one, the counters.
+// - memory_budget: the bytes one worker's waiting HTTP comparisons may hold.
 mod backend;
 mod balance;
 mod client;
@@ -64,6 +65,7 @@ mod dispatch;
 mod health;
 mod hooks;
 pub mod http1;
+mod memory_budget;
 pub mod mirror;
 mod pool;
 mod probe;

@@ -7,13 +7,15 @@
 //! answers does not take the comparison with it (the shadows' callbacks keep its tap).
 //!
 //! [`HttpShadowing`] is built once per proxy server and attached to each client's
-//! [`Setup`]. It installs two taps: on the client's bytes (`on_data`), a
+//! [`Setup`]. It installs its taps: on the client's bytes (`on_data`), a
 //! [`RequestSplitter`] finds each request; a sampled one, of a chosen method, is copied
 //! (its head rewritten for the shadow) and, once whole, handed to every shadow's
 //! [`Mirror`] — on connections of the shadow's own. With comparison, on the primary's
 //! answers (`on_response`), a [`ResponseSplitter`] finds each response and digests it.
-//! A mirrored request waits for the primary's digest and every shadow's answer (and the
-//! reference's, for noise), then each shadow is classified ([`Rules::classify`]) and the
+//! When the primary goes (`on_finish`), an answer it was sending until it closed ends.
+//! A mirrored request waits, from its head on (a primary may answer before the body is
+//! in), for the primary's digest and every shadow's answer (and the reference's, for
+//! noise), then each shadow is classified ([`Rules::classify`]) and the
 //! [`CompareLine`] handed to the proxy's callback.
 //!
 //! The client never waits for any of it: its bytes go to the primary unchanged as they
@@ -21,9 +23,15 @@
 //! request is mirrored only up to [`HttpShadowing::max_request`] bytes (a bigger one is
 //! not mirrored), at most [`MAX_PENDING`] requests of a session wait for their pairing
 //! (beyond, new ones are not mirrored), and the digests keep at most
-//! [`Rules::body_limit`] bytes of body. A stream that stops being HTTP/1.1 the splitters
-//! can frame (an `Upgrade`, garbage) ends mirroring for that client only: the bytes go on
-//! being relayed, and the reason is counted and logged once.
+//! [`Rules::body_limit`] bytes of body. What the waiting comparisons of all of a
+//! worker's clients hold is bounded too ([`ShadowingSpec::max_memory`]): a request is
+//! mirrored only if what its pair could come to hold (each answer's digest at its
+//! largest) fits in what is left, and its reservation shrinks to what each answer really
+//! holds as it comes in. Over the budget (clients that do not read their answers leave
+//! pairs waiting for the primary's), new requests are not mirrored ([`OVER_MEMORY`]).
+//! A stream that stops being HTTP/1.1 the splitters can frame (an `Upgrade`, garbage)
+//! ends mirroring for that client only: the bytes go on being relayed, and the reason is
+//! counted and logged once.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -36,6 +44,7 @@ use super::compare::{
     Verdict,
 };
 use super::http1::{HeadRewrite, Piece, RequestSplitter, ResponseSplitter};
+use super::memory_budget::{MemoryBudget, Reservation};
 use super::mirror::{Answer, BUSY, Mirror, MirroredRequest, method_name};
 use super::{Finish, LOG_TARGET, Relay, Sampler, Session, Setup};
 use crate::UnbindReason;
@@ -46,6 +55,16 @@ pub const MAX_PENDING: usize = 128;
 
 /// The default [`HttpShadowing::max_request`]: 1 MiB.
 pub const DEFAULT_MAX_REQUEST: usize = 1024 * 1024;
+
+/// What [`ShadowEvents::skipped`] says of a request not mirrored because the waiting
+/// comparisons hold their whole [`ShadowingSpec::max_memory`].
+pub const OVER_MEMORY: &str = "memory";
+
+/// The default [`ShadowingSpec::max_memory`] of a proxy run by one worker: an eighth of
+/// the machine's physical memory (as for the byte shadows' queues).
+pub fn default_max_memory() -> usize {
+    usize::try_from(crate::limits::physical_memory() / 8).unwrap_or(usize::MAX)
+}
 
 /// What the proxy hears about each comparison (and each request not mirrored).
 pub trait ShadowEvents {
@@ -83,6 +102,8 @@ struct Shared {
     max_request: usize,
     /// With comparison: its rules.
     rules: Option<Rules>,
+    /// What the waiting comparisons of this worker's clients may hold.
+    budget: Rc<MemoryBudget>,
     events: Rc<dyn ShadowEvents>,
 }
 
@@ -112,6 +133,10 @@ pub struct ShadowingSpec {
     pub max_request: usize,
     /// `Some`: compare every mirrored response with the primary's.
     pub rules: Option<Rules>,
+    /// The most bytes the comparisons waiting for their answers may hold, together, for
+    /// this shadowing's clients (one worker's: [`default_max_memory`] is the usual
+    /// total). Beyond, new requests are not mirrored ([`OVER_MEMORY`]).
+    pub max_memory: usize,
 }
 
 impl HttpShadowing {
@@ -128,6 +153,7 @@ impl HttpShadowing {
                 rewrite: spec.rewrite,
                 max_request: spec.max_request,
                 rules: spec.rules,
+                budget: MemoryBudget::new(spec.max_memory),
                 events,
             }),
         }
@@ -146,8 +172,15 @@ impl HttpShadowing {
 
     /// Installs the taps on a client whose primary backend is called `primary`: its
     /// `on_data` (every byte still goes to the backends unchanged) and, with comparison,
-    /// its `on_response` (every byte still goes to the client unchanged).
-    pub fn attach<S: 'static>(&self, conn: &mut Setup<'_, S>, primary: &str) {
+    /// its `on_response` (every byte still goes to the client unchanged) and its
+    /// `on_finish`, which ends a primary's answer read until close when the primary goes,
+    /// then decides as `finish` does.
+    pub fn attach<S: 'static>(
+        &self,
+        conn: &mut Setup<'_, S>,
+        primary: &str,
+        mut finish: impl FnMut(&mut Session<'_, S>, &str, UnbindReason) -> Finish + 'static,
+    ) {
         let tap = Rc::new(RefCell::new(Tap::new(
             Rc::clone(&self.inner),
             conn.session_id(),
@@ -157,15 +190,25 @@ impl HttpShadowing {
             Tap::client_sent(&requests, s, data);
             Relay::Unchanged
         });
-        if self.reads_responses() {
-            let primary = primary.to_owned();
-            conn.on_response(move |_, name, data| {
-                if name == primary {
-                    tap.borrow_mut().primary_sent(data);
-                }
-                Some(data.to_vec())
-            });
+        if !self.reads_responses() {
+            conn.on_finish(finish);
+            return;
         }
+        let answers = Rc::clone(&tap);
+        let primary = primary.to_owned();
+        let primary_sent = primary.clone();
+        conn.on_response(move |_, name, data| {
+            if name == primary_sent {
+                answers.borrow_mut().primary_sent(data);
+            }
+            Some(data.to_vec())
+        });
+        conn.on_finish(move |s, name, reason| {
+            if name == primary {
+                tap.borrow_mut().primary_ended();
+            }
+            finish(s, name, reason)
+        });
     }
 }
 
@@ -179,8 +222,6 @@ struct Reading {
     original: Option<Vec<u8>>,
     /// The method, for each shadow's framing of its answer (empty when not mirrored).
     method: Cow<'static, str>,
-    /// The target, for the comparison's line (empty unless mirrored and compared).
-    target: String,
 }
 
 /// Where one shadow's answer to a mirrored request stands.
@@ -199,6 +240,9 @@ struct Pair {
     shadows: Vec<Slot>,
     /// `None`: no reference; `Some(None)`: its answer is still to come.
     reference: Option<Option<Outcome>>,
+    /// Its share of the budget: each answer's largest digest until that answer is in,
+    /// then what its digest holds.
+    reservation: Reservation,
 }
 
 impl Pair {
@@ -238,6 +282,33 @@ struct Tap {
     /// The response being read from the primary: its request and digest.
     primary_reading: Option<(u64, Instant, Option<ResponseDigest>)>,
     pending: BTreeMap<u64, Pair>,
+}
+
+impl Shared {
+    /// What one answer's digest may come to hold.
+    fn largest_answer(&self) -> usize {
+        self.rules.as_ref().map_or(0, |rules| {
+            ResponseDigest::largest_memory(rules.body_limit())
+        })
+    }
+
+    /// Reserves what the pair of a request for `target` could come to hold: itself, and
+    /// the primary's, every shadow's and the reference's answers at their largest.
+    fn reserve_pair(&self, target: &str) -> Option<Reservation> {
+        let answers = 1 + self.shadows.len() + usize::from(self.reference.is_some());
+        let pair = std::mem::size_of::<Pair>()
+            + target.len()
+            + self.shadows.len() * std::mem::size_of::<Slot>();
+        self.budget.reserve(pair + answers * self.largest_answer())
+    }
+}
+
+/// What an answer's digest holds (none for a failure).
+fn memory_of(outcome: Option<&Outcome>) -> usize {
+    match outcome {
+        Some(Ok(answer)) => answer.digest.memory(),
+        _ => 0,
+    }
 }
 
 impl Tap {
@@ -307,28 +378,44 @@ impl Tap {
             .as_ref()
             .is_none_or(|methods| methods.iter().any(|m| m == head.method()));
         let room = self.pending.len() < MAX_PENDING;
-        let mirrored = wanted && room && self.shared.sample.admit();
+        let mut mirrored = wanted && room && self.shared.sample.admit();
         if wanted && !room {
             self.shared.events.skipped("pending");
         }
+        let method = if mirrored {
+            method_name(head.method())
+        } else {
+            Cow::Borrowed("")
+        };
+        if mirrored && self.shared.rules.is_some() {
+            // The pair waits from the request's head on: the primary may answer before
+            // the body is in (a 417 to `Expect: 100-continue`, an early error), and its
+            // answer must find the pair.
+            match self.shared.reserve_pair(head.target()) {
+                Some(reservation) => {
+                    let pair = Pair {
+                        method: method.clone(),
+                        target: head.target().to_owned(),
+                        primary: None,
+                        shadows: self.shared.shadows.iter().map(|_| Slot::Waiting).collect(),
+                        reference: self.shared.reference.as_ref().map(|_| None),
+                        reservation,
+                    };
+                    self.pending.insert(index, pair);
+                }
+                None => {
+                    mirrored = false;
+                    self.shared.events.skipped(OVER_MEMORY);
+                }
+            }
+        }
         let reference = mirrored && self.shared.reference.is_some();
-        let compared = mirrored && self.shared.rules.is_some();
-        // A request not mirrored is only counted: nothing of it is copied. The target is
-        // for the comparison only.
+        // A request not mirrored is only counted: nothing of it is copied.
         self.reading = Some(Reading {
             index,
             mirrored: mirrored.then(|| self.shared.rewrite.apply(head)),
             original: reference.then(|| head.as_bytes().to_vec()),
-            method: if mirrored {
-                method_name(head.method())
-            } else {
-                Cow::Borrowed("")
-            },
-            target: if compared {
-                head.target().to_owned()
-            } else {
-                String::new()
-            },
+            method,
         });
     }
 
@@ -344,6 +431,8 @@ impl Tap {
         if too_big {
             reading.mirrored = None;
             reading.original = None;
+            // Not mirrored after all: nothing to compare (it is counted as too big).
+            self.pending.remove(&reading.index);
             self.shared.events.skipped("too_big");
             return;
         }
@@ -393,6 +482,17 @@ impl Tap {
         self.responses = responses;
     }
 
+    /// The primary is gone: an answer it was sending until it closed is whole.
+    fn primary_ended(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let mut responses = std::mem::take(&mut self.responses);
+        responses.finish();
+        self.primary_pieces(&mut responses, &mut &[][..]);
+        self.responses = responses;
+    }
+
     fn primary_pieces(&mut self, responses: &mut ResponseSplitter, data: &mut &[u8]) {
         while let Some(piece) = responses.next_piece(data) {
             match piece {
@@ -423,6 +523,8 @@ impl Tap {
                     if let Some((index, sent, Some(digest))) = self.primary_reading.take()
                         && let Some(pair) = self.pending.get_mut(&index)
                     {
+                        let largest = self.shared.largest_answer();
+                        pair.reservation.settle(largest, digest.memory());
                         pair.primary = Some((digest, sent.elapsed()));
                         self.try_compare(index);
                     }
@@ -443,6 +545,9 @@ impl Tap {
         let Some(pair) = self.pending.get_mut(&index) else {
             return;
         };
+        let largest = self.shared.largest_answer();
+        pair.reservation
+            .settle(largest, memory_of(outcome.as_ref()));
         match (shadow, outcome) {
             (Some(i), outcome) => {
                 if let Some(slot) = pair.shadows.get_mut(i) {
@@ -504,8 +609,8 @@ impl Drop for Tap {
     }
 }
 
-/// Hands a whole request to every shadow (and the reference), registering its pair when
-/// comparing.
+/// Hands a whole request to every shadow (and the reference); when comparing, its pair
+/// has been waiting since its head.
 fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Reading) {
     let shared = Rc::clone(&tap.borrow().shared);
     let Reading {
@@ -513,22 +618,9 @@ fn send<S: 'static>(tap: &Rc<RefCell<Tap>>, s: &mut Session<'_, S>, reading: Rea
         mirrored,
         original,
         method,
-        target,
     } = reading;
     let Some(bytes) = mirrored else { return };
     let comparing = shared.rules.is_some();
-    if comparing {
-        tap.borrow_mut().pending.insert(
-            index,
-            Pair {
-                method: method.clone(),
-                target,
-                primary: None,
-                shadows: shared.shadows.iter().map(|_| Slot::Waiting).collect(),
-                reference: shared.reference.as_ref().map(|_| None),
-            },
-        );
-    }
     // With comparison, each shadow's callback keeps the tap: a client that has its answer
     // and leaves before the shadows answer must not take their pairing with it. The
     // mirror calls every callback it took (an answer, a failure, a timeout), so the tap

@@ -8,7 +8,8 @@
 //! `{"method":"GET","path":"/users/7","user":{"id":7,"email":"u7@example.com"},"n":N}`
 //! where `n` is the request's index on its connection. `HEAD` gets the headers only; a
 //! request with `Expect: 100-continue` gets `100 Continue` first; `/big/N` answers N
-//! bytes of the test pattern, streamed.
+//! bytes of the test pattern, streamed. Each copy counts the body bytes it has written
+//! ([`HttpApp::body_bytes_sent`]), so a test can tell whether a flood is still going.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -26,6 +27,9 @@ pub struct Behaviour {
     pub chunked: bool,
     /// Say `Connection: close` and close after each response.
     pub close_after_each: bool,
+    /// Frame no body (neither a length nor chunks): the body ends when the connection
+    /// closes, after each response (implies `close_after_each`).
+    pub close_delimited: bool,
     /// Wait this long before each answer.
     pub delay: Duration,
     /// Send `X-Random: <a different value each time>`.
@@ -36,6 +40,12 @@ pub struct Behaviour {
     pub blackhole: bool,
     /// Read each request, then hold its answer until the gate opens.
     pub hold: Option<Gate>,
+    /// Answer a request that has a body as soon as its head is read, then read the body:
+    /// `417 Expectation Failed` to `Expect: 100-continue`, else the usual answer.
+    pub early_answer: bool,
+    /// Answer every request with this many bytes of the test pattern, as `/big/N` does:
+    /// a shadow that floods its answers.
+    pub flood: Option<u64>,
 }
 
 /// Holds a [`Behaviour::hold`] application's answers until the test opens it: a shadow
@@ -81,6 +91,7 @@ impl Seen {
 pub struct HttpApp {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    body_bytes_sent: Arc<AtomicU64>,
 }
 
 impl HttpApp {
@@ -91,6 +102,8 @@ impl HttpApp {
         let recorded = Arc::clone(&seen);
         // Each copy counts from its own port: no two copies send the same X-Random.
         let counter = Arc::new(AtomicU64::new(u64::from(addr.port()) << 32));
+        let body_bytes_sent = Arc::new(AtomicU64::new(0));
+        let sent = Arc::clone(&body_bytes_sent);
         thread::spawn(move || {
             let mut held = Vec::new();
             for stream in listener.incoming() {
@@ -99,17 +112,31 @@ impl HttpApp {
                     held.push(stream); // never read, never closed
                     continue;
                 }
-                let (behaviour, seen, counter) = (
+                let (behaviour, seen, counter, sent) = (
                     behaviour.clone(),
                     Arc::clone(&recorded),
                     Arc::clone(&counter),
+                    Arc::clone(&sent),
                 );
                 thread::spawn(move || {
-                    let _ = serve(stream, &behaviour, &seen, &counter);
+                    let counters = Counters {
+                        noise: &counter,
+                        body_bytes_sent: &sent,
+                    };
+                    let _ = serve(stream, &behaviour, &seen, counters);
                 });
             }
         });
-        HttpApp { addr, seen }
+        HttpApp {
+            addr,
+            seen,
+            body_bytes_sent,
+        }
+    }
+
+    /// The bytes of `/big/N` (and [`Behaviour::flood`]) bodies written to sockets so far.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.body_bytes_sent.load(Ordering::Relaxed)
     }
 
     /// The requests seen so far.
@@ -118,19 +145,49 @@ impl HttpApp {
     }
 }
 
+/// What every connection of one copy counts.
+#[derive(Clone, Copy)]
+struct Counters<'a> {
+    /// For the X-Random values.
+    noise: &'a AtomicU64,
+    /// See [`HttpApp::body_bytes_sent`].
+    body_bytes_sent: &'a AtomicU64,
+}
+
 fn serve(
     stream: TcpStream,
     behaviour: &Behaviour,
     seen: &Mutex<Vec<Seen>>,
-    counter: &AtomicU64,
+    counters: Counters<'_>,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     for n in 1.. {
-        let Some(request) = read_request(&mut reader, &mut out)? else {
+        let Some(mut request) = read_head(&mut reader)? else {
             return Ok(());
         };
+        let expects_continue = request
+            .header("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        let has_body = request.header("transfer-encoding").is_some()
+            || request
+                .header("content-length")
+                .is_some_and(|l| l.trim() != "0");
+        if behaviour.early_answer && has_body {
+            if expects_continue {
+                out.write_all(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n")?;
+            } else {
+                answer(&mut out, &request, behaviour, n, counters)?;
+            }
+            read_body(&mut reader, &mut request)?;
+            seen.lock().unwrap().push(request);
+            continue;
+        }
+        if expects_continue {
+            out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        read_body(&mut reader, &mut request)?;
         seen.lock().unwrap().push(request.clone());
         if let Some(gate) = &behaviour.hold {
             gate.wait();
@@ -138,11 +195,11 @@ fn serve(
         if !behaviour.delay.is_zero() {
             thread::sleep(behaviour.delay);
         }
-        answer(&mut out, &request, behaviour, n, counter)?;
+        answer(&mut out, &request, behaviour, n, counters)?;
         let client_closes = request
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if behaviour.close_after_each || client_closes {
+        if behaviour.close_after_each || behaviour.close_delimited || client_closes {
             let _ = out.shutdown(Shutdown::Write);
             return Ok(());
         }
@@ -150,12 +207,8 @@ fn serve(
     Ok(())
 }
 
-/// Reads one request (its head, then a Content-Length or chunked body); `None` at EOF
-/// before a request starts.
-fn read_request(
-    reader: &mut BufReader<TcpStream>,
-    out: &mut TcpStream,
-) -> io::Result<Option<Seen>> {
+/// Reads one request's head; `None` at EOF before a request starts.
+fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Seen>> {
     let mut head = Vec::new();
     loop {
         let mut line = Vec::new();
@@ -176,7 +229,7 @@ fn read_request(
     parsed
         .parse(&head)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let mut seen = Seen {
+    let seen = Seen {
         method: parsed.method.unwrap_or("").to_owned(),
         target: parsed.path.unwrap_or("").to_owned(),
         headers: parsed
@@ -191,12 +244,11 @@ fn read_request(
             .collect(),
         body: Vec::new(),
     };
-    if seen
-        .header("expect")
-        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-    {
-        out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-    }
+    Ok(Some(seen))
+}
+
+/// Reads the body of the request whose head `seen` is: a Content-Length or chunked one.
+fn read_body(reader: &mut BufReader<TcpStream>, seen: &mut Seen) -> io::Result<()> {
     if seen
         .header("transfer-encoding")
         .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
@@ -225,7 +277,7 @@ fn read_request(
         seen.body = vec![0; length];
         reader.read_exact(&mut seen.body)?;
     }
-    Ok(Some(seen))
+    Ok(())
 }
 
 fn answer(
@@ -233,25 +285,25 @@ fn answer(
     request: &Seen,
     behaviour: &Behaviour,
     n: u64,
-    counter: &AtomicU64,
+    counters: Counters<'_>,
 ) -> io::Result<()> {
     let path = request.target.split('?').next().unwrap_or("");
     let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n");
     if behaviour.random_header {
         // A value no two responses share (an LCG over a process-wide counter).
-        let x = counter.fetch_add(1, Ordering::Relaxed);
+        let x = counters.noise.fetch_add(1, Ordering::Relaxed);
         let noise = x
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         head.push_str(&format!("X-Random: {noise:016x}\r\n"));
     }
-    if behaviour.close_after_each {
+    if behaviour.close_after_each || behaviour.close_delimited {
         head.push_str("Connection: close\r\n");
     }
-    if let Some(size) = path
+    let big = path
         .strip_prefix("/big/")
-        .and_then(|n| n.parse::<u64>().ok())
-    {
+        .and_then(|n| n.parse::<u64>().ok());
+    if let Some(size) = behaviour.flood.or(big) {
         head = head.replace("application/json", "application/octet-stream");
         head.push_str(&format!("Content-Length: {size}\r\n\r\n"));
         out.write_all(head.as_bytes())?;
@@ -263,6 +315,9 @@ fn answer(
                 let n = left.min(buf.len() as u64) as usize;
                 pattern.fill(&mut buf[..n]);
                 out.write_all(&buf[..n])?;
+                counters
+                    .body_bytes_sent
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 left -= n as u64;
             }
         }
@@ -282,7 +337,13 @@ fn answer(
         request.method,
         request.body.len()
     );
-    if behaviour.chunked {
+    if behaviour.close_delimited {
+        head.push_str("\r\n");
+        out.write_all(head.as_bytes())?;
+        if request.method != "HEAD" {
+            out.write_all(body.as_bytes())?;
+        }
+    } else if behaviour.chunked {
         head.push_str("Transfer-Encoding: chunked\r\n\r\n");
         out.write_all(head.as_bytes())?;
         if request.method != "HEAD" {

@@ -59,7 +59,12 @@ every byte the clients send, and their answers are discarded.
                                     quarter of the descriptor limit)
       --shadow-max-memory BYTES     At most this much memory for duplex queues; each
                                     duplex connection reserves its --shadow-buffer
-                                    (default: an eighth of physical memory)
+                                    (default: an eighth of physical memory). With
+                                    --compare, for the comparisons waiting for their
+                                    answers, shared out over the workers: each request
+                                    reserves its answers at --compare-max-body until
+                                    they are in, and requests that do not fit are not
+                                    mirrored (ember_mirror_skipped_total)
       --retries N                   Retries of a backend connect that fails (refused,
                                     timed out), each on another -b backend in rotation;
                                     what the client sent is replayed (default 3)
@@ -120,7 +125,8 @@ every byte the clients send, and their answers are discarded.
       --shadow-header 'NAME: VALUE' With --http, a header added to mirrored requests
                                     (repeatable)
       --shadow-timeout SECONDS      With --http, how long a shadow may take to answer a
-                                    mirrored request (default 10)
+                                    mirrored request, its whole answer however slowly
+                                    it comes (default 10)
       --compare                     Compare every mirrored response with the primary's
                                     (implies --http): same, or differs in status, a header,
                                     the body (with the JSON path); counted in /metrics

@@ -24,7 +24,7 @@ use ember::proxy::compare::{CompareLine, Rules, ShadowFailure, VerdictCounts};
 use ember::proxy::http1::HeadRewrite;
 use ember::proxy::mirror::{Mirror, MirrorOptions};
 use ember::proxy::shadowing::{
-    ByteComparing, DEFAULT_MAX_REQUEST, HttpShadowing, ShadowEvents, ShadowingSpec,
+    self, ByteComparing, DEFAULT_MAX_REQUEST, HttpShadowing, ShadowEvents, ShadowingSpec,
 };
 use ember::proxy::{
     Backend, Balancer, Change, Check, DEFAULT_QUEUE_LENGTH, Ejection, Finish, Lease, Options, Pool,
@@ -96,6 +96,8 @@ pub struct HttpPlan {
     pub methods: Option<Vec<String>>,
     pub rewrite: HeadRewrite,
     pub timeout: Duration,
+    /// `--shadow-max-memory`: what waiting comparisons may hold (this worker's share).
+    pub max_memory: usize,
     /// `--compare`: the rules' settings and the reference.
     pub compare: Option<ComparePlan>,
 }
@@ -140,7 +142,8 @@ pub struct ShadowCounts {
     pub verdicts: VerdictCounts,
     /// Clients whose stream stopped being HTTP the proxy can frame.
     pub gave_up: AtomicU64,
-    /// Requests not mirrored (too big, too many waiting, the shadow's queue full).
+    /// Requests not mirrored (too big, too many waiting, over the memory budget, the
+    /// shadow's queue full).
     pub skipped: AtomicU64,
     /// Mirrored requests the shadow did not answer (refused, timed out, reset...).
     pub mirror_failed: AtomicU64,
@@ -299,7 +302,11 @@ impl Plan {
             .map(|(name, target)| Ok((name.clone(), args::resolve_target(target, "--sni-route")?)))
             .collect::<Result<_, String>>()?;
         let http = match &run.http {
-            Some(http) => Some(http_plan(http, run.compare.as_ref())?),
+            Some(http) => Some(http_plan(
+                http,
+                run.compare.as_ref(),
+                run.shadow_max_memory,
+            )?),
             None => None,
         };
         Ok(Plan {
@@ -371,6 +378,9 @@ impl Plan {
             for m in members {
                 m.max_conn = m.max_conn.map(|n| share(n, worker, workers));
             }
+        }
+        if let Some(http) = &mut plan.http {
+            http.max_memory = share(http.max_memory, worker, workers);
         }
         plan
     }
@@ -445,6 +455,7 @@ impl Plan {
             rewrite: http.rewrite.clone(),
             max_request: DEFAULT_MAX_REQUEST,
             rules,
+            max_memory: http.max_memory,
         };
         Some(HttpShadowing::new(spec, self.reporter(worker)))
     }
@@ -510,6 +521,7 @@ impl Plan {
         };
         let decide = Ending {
             bytes,
+            http,
             shadows: (0..self.duplex.len())
                 .map(|i| format!("duplex_{i}"))
                 .collect(),
@@ -532,12 +544,9 @@ impl Plan {
                     worker,
                     || (),
                     move |conn| {
-                        if let Some(http) = &http {
-                            http.attach(conn, "relay");
-                        }
+                        decide.install(conn);
                         conn.server("relay", relay.clone());
                         shadows.open(conn);
-                        decide.install(conn);
                     },
                 )?;
                 return Ok(Started {
@@ -586,9 +595,6 @@ impl Plan {
             || None::<Lease>,
             move |conn| {
                 decide.install(conn);
-                if let Some(http) = &http {
-                    http.attach(conn, "relay");
-                }
                 if !relay.routes.is_empty() {
                     route_by_server_name(conn, &relay);
                     return;
@@ -629,6 +635,7 @@ impl Plan {
 fn http_plan(
     http: &args::HttpShadowing,
     compare: Option<&args::CompareArgs>,
+    max_memory: Option<usize>,
 ) -> Result<HttpPlan, String> {
     let mut rewrite = HeadRewrite::new();
     if let Some(host) = &http.host {
@@ -665,6 +672,8 @@ fn http_plan(
         methods: http.methods.clone(),
         rewrite,
         timeout: http.timeout,
+        // Over all workers: each gets its share (`Plan::for_worker`).
+        max_memory: max_memory.unwrap_or_else(shadowing::default_max_memory),
         compare,
     })
 }
@@ -824,19 +833,23 @@ fn seconds(d: Option<Duration>) -> String {
     }
 }
 
-/// How a client's end is decided: by the relay ([`relay_decides`]), watched by the byte
-/// comparison (`--compare-tcp`) when it is on.
+/// How a client's end is decided: by the relay ([`relay_decides`]), watched by the HTTP
+/// shadowing (`--http`: it also taps the client's requests and the relay's answers, and
+/// the relay's end ends an answer read until close) or the byte comparison
+/// (`--compare-tcp`) when one is on.
 struct Ending {
     bytes: Option<ByteComparing>,
+    http: Option<HttpShadowing>,
     /// The shadows' names, for the comparison.
     shadows: Vec<String>,
 }
 
 impl Ending {
     fn install<S: 'static>(&self, conn: &mut Setup<'_, S>) {
-        match &self.bytes {
-            Some(bytes) => bytes.attach(conn, "relay", &self.shadows, relay_decides),
-            None => {
+        match (&self.http, &self.bytes) {
+            (Some(http), _) => http.attach(conn, "relay", relay_decides),
+            (None, Some(bytes)) => bytes.attach(conn, "relay", &self.shadows, relay_decides),
+            (None, None) => {
                 conn.on_finish(relay_decides);
             }
         }

@@ -197,7 +197,7 @@ fn metrics_page(s: &Sources) -> String {
     }
     page.counter(
         "ember_mirror_skipped_total",
-        "Requests not mirrored: too big, too many waiting, or the shadow's queue full.",
+        "Requests not mirrored: too big, too many waiting, over --shadow-max-memory, or the shadow's queue full.",
         shadowing.skipped.load(std::sync::atomic::Ordering::Relaxed),
     )
     .counter(

@@ -241,6 +241,32 @@ impl ResponseDigest {
     pub fn kept_capacity(&self) -> usize {
         self.kept.capacity()
     }
+
+    /// Bytes this digest holds, itself and on the heap: the kept body, the headers, the
+    /// hash's state.
+    pub fn memory(&self) -> usize {
+        let parts = self.parts.as_ref().map_or(0, |parts| {
+            std::mem::size_of::<DigestParts>()
+                + parts.headers.names.capacity()
+                + parts.headers.values.capacity()
+                + parts.headers.ends.capacity() * std::mem::size_of::<(usize, usize)>()
+        });
+        std::mem::size_of::<ResponseDigest>() + self.kept.capacity() + parts
+    }
+
+    /// The most [`memory`](Self::memory) a digest keeping `max_body` bytes of body can
+    /// come to, its headers read from a head of at most
+    /// [`DEFAULT_HEAD_LIMIT`](crate::proxy::http1::DEFAULT_HEAD_LIMIT) bytes and
+    /// [`MAX_HEADERS`](crate::proxy::http1::MAX_HEADERS) fields (a growing buffer holds
+    /// at most twice what it was given).
+    pub fn largest_memory(max_body: usize) -> usize {
+        use crate::proxy::http1::{DEFAULT_HEAD_LIMIT, MAX_HEADERS};
+        std::mem::size_of::<ResponseDigest>()
+            + std::mem::size_of::<DigestParts>()
+            + max_body
+            + 2 * DEFAULT_HEAD_LIMIT
+            + 2 * MAX_HEADERS * std::mem::size_of::<(usize, usize)>()
+    }
 }
 
 impl fmt::Debug for ResponseDigest {
