@@ -217,3 +217,40 @@ fn sigterm_drains_every_worker_before_the_process_exits() {
     assert!(signalled.elapsed() < Duration::from_secs(30));
     assert!(proxy.stderr().contains("stopping"), "{}", proxy.stderr());
 }
+
+/// The shadow limits count the shadows of every worker: the workers share one count.
+#[test]
+fn the_shadow_memory_limit_is_the_whole_process_s_not_each_worker_s() {
+    let prod = ReactorThread::spawn(|r| serve(r, || Echo));
+    let shadow = ReactorThread::spawn(|r| serve(r, || Echo));
+    // Each shadow reserves its 1 MiB buffer: 4 MiB is room for four shadows in all.
+    const ROOM: f64 = 4.0;
+    const CLIENTS: usize = 12;
+    let (_proxy, addr, admin) = proxy(
+        2,
+        &[
+            "-r",
+            &prod.value.to_string(),
+            "-d",
+            &shadow.value.to_string(),
+            "--shadow-buffer",
+            "1M",
+            "--shadow-max-memory",
+            "4M",
+            "--access-log",
+            "off",
+        ],
+    );
+    let staying: Vec<TcpStream> = (0..CLIENTS).map(|i| staying_client(addr, i)).collect();
+    let m = metrics(admin);
+    let served: f64 = (0..2).map(|w| worker_sessions(&m, w)).sum();
+    assert_eq!(served, CLIENTS as f64, "{m:?}");
+    let skipped = sample(&m, "ember_shadows_skipped_total");
+    assert_eq!(
+        CLIENTS as f64 - skipped,
+        ROOM,
+        "clients with a shadow: {m:?}"
+    );
+    assert_eq!(sample(&m, "ember_shadows_active"), ROOM, "{m:?}");
+    drop(staying);
+}
