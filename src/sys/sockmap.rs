@@ -1,7 +1,7 @@
 //! In-kernel socket redirection with a BPF sockmap (Linux only): the kernel relays two
 //! connected TCP sockets to each other and their bytes never reach this process.
 //!
-//! Four maps, a ring buffer and one `SK_SKB` stream-verdict program of about forty
+//! Four maps, a ring buffer and one `SK_SKB` stream-verdict program of about a hundred
 //! instructions, loaded through the raw `bpf(2)` syscall — no BPF toolchain, no loader
 //! crate (the program is written below through a small label assembler):
 //!
@@ -12,7 +12,8 @@
 //!   the verdict program is attached to it, so a socket inserted here runs the program
 //!   on every socket buffer it receives.
 //! - `counts` (`HASH`): per socket, the bytes it redirected, whether it is passing
-//!   (below), and the bytes the program kept with it since.
+//!   (below), the bytes the program kept with it since, where (in TCP sequence numbers)
+//!   the last buffer it saw ended, and the bytes it cut off as already taken (below).
 //! - `limits` (`HASH`): per relayed socket, a soft and a hard limit on its count.
 //! - `signals` (`RINGBUF`): the cookie of a socket whose count crossed a limit; its
 //!   descriptor is readable while records wait, so the reactor polls it.
@@ -23,6 +24,10 @@
 //! if skb->len == 0: drop                 ; a bare FIN: redirected it breaks the peer's
 //!                                        ; pipe, kept it reads as EFAULT
 //! key = get_socket_cookie(skb); c = counts[key]
+//! if skb.end_seq - skb.seq is len (+1 for a FIN):   ; TCP's, in the control block
+//!     old = c.end - skb.seq
+//!     if 0 < old < len: cut old bytes off the head; c.trimmed += old
+//!     c.end = skb.seq + len (as received)
 //! if c.passing: c.kept += len; pass      ; for good: nothing may overtake kept bytes
 //! after = c.count + len; l = limits[key]
 //! if after > l.hard: c.passing = 1; signal(key); c.kept += len; pass
@@ -38,6 +43,18 @@
 //! seconds into a target that does not read). Past the receive buffer kept bytes wait
 //! in a second queue that `recv` cannot see yet, which is why the program counts them:
 //! the reactor takes an end of stream for the end only once it has read them all.
+//!
+//! The cut: TCP queues a resent segment that overlaps bytes it already has (its sequence
+//! number before `rcv_nxt`, its end after) whole, and leaves skipping the old part to the
+//! reader — `recv` and `splice` start at `copied_seq`, but the kernel's read for a verdict
+//! program (`tcp_read_skb`, 6.18) hands the program the whole buffer. Redirected or kept,
+//! its old part would go out a second time: the far end would see a stretch of the
+//! stream twice (one loopback segment, 65,483 bytes, a few times per GiB on a busy
+//! machine, where a tail-loss probe or a timeout resends before the acknowledgement is
+//! processed). The program remembers where the last buffer ended and takes the old
+//! bytes off the head (`bpf_skb_adjust_room`, at most 4 KiB per call, up to 32 calls: a
+//! resent head of up to 128 KiB). A buffer that is all old (TCP drops those itself),
+//! that starts later, or the first one it sees is left as it is.
 //!
 //! Peers are linked before a socket is relayed, so the program never looks up a socket
 //! whose peer is missing (and if it did, the bytes would stay, not drop). Bytes already
@@ -97,6 +114,15 @@ mod linux {
     const FUNC_RINGBUF_OUTPUT: i32 = 130;
     const FUNC_GET_SOCKET_COOKIE: i32 = 46;
     const FUNC_SK_REDIRECT_HASH: i32 = 72;
+    const FUNC_SKB_ADJUST_ROOM: i32 = 50;
+    /// `__sk_buff.cb[0]`: for an `SK_SKB` program, the first bytes of the buffer's
+    /// control block, where TCP keeps the buffer's sequence number.
+    const SKB_CB0: i16 = 48;
+    /// The most `bpf_skb_adjust_room` removes from an `SK_SKB` buffer's head per call.
+    const ADJUST_ROOM_MAX: i32 = 0xfff;
+    /// Calls of it per buffer at most: a resent head of up to 128 KiB (a loopback
+    /// segment is at most 64 KiB).
+    const TRIM_STEPS: i32 = 32;
 
     /// One BPF instruction (`struct bpf_insn`): opcode, two 4-bit registers, offset and
     /// immediate.
@@ -132,6 +158,16 @@ mod linux {
     const JLE_REG: u8 = 0xbd; // BPF_JMP | BPF_JLE | BPF_X
     const ADD64_REG: u8 = 0x0f; // BPF_ALU64 | BPF_ADD | BPF_X
     const JNE_IMM: u8 = 0x55; // BPF_JMP | BPF_JNE | BPF_K
+    const JGT_IMM: u8 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
+    const JLE_IMM: u8 = 0xb5; // BPF_JMP | BPF_JLE | BPF_K
+    const JGE_REG: u8 = 0x3d; // BPF_JMP | BPF_JGE | BPF_X
+    const JA: u8 = 0x05; // BPF_JMP | BPF_JA
+    const SUB64_REG: u8 = 0x1f; // BPF_ALU64 | BPF_SUB | BPF_X
+    const SUB64_IMM: u8 = 0x17; // BPF_ALU64 | BPF_SUB | BPF_K
+    const OR64_REG: u8 = 0x4f; // BPF_ALU64 | BPF_OR | BPF_X
+    const LSH64_IMM: u8 = 0x67; // BPF_ALU64 | BPF_LSH | BPF_K
+    const RSH64_IMM: u8 = 0x77; // BPF_ALU64 | BPF_RSH | BPF_K
+    const NEG64: u8 = 0x87; // BPF_ALU64 | BPF_NEG
     const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
 
     /// One step of the program as written: an instruction, a jump to a label, or a
@@ -182,6 +218,7 @@ mod linux {
         const R2: u8 = 2;
         const R3: u8 = 3;
         const R4: u8 = 4;
+        const R5: u8 = 5;
         const R6: u8 = 6;
         const R7: u8 = 7;
         const R8: u8 = 8;
@@ -213,7 +250,64 @@ mod linux {
             I(insn(ADD64_IMM, R2, 0, 0, -8)),
             I(insn(CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)),
             Jump(JEQ_IMM, R0, 0, 0, "redirect"),
-            I(insn(MOV64_REG, R7, R0, 0, 0)), // &{count, passing}
+            I(insn(MOV64_REG, R7, R0, 0, 0)), // &{count, passing, kept, next, trimmed}
+            // A buffer may begin with bytes this socket already took: TCP queues a
+            // resent segment that overlaps what it has (its sequence number before
+            // rcv_nxt) whole, and the kernel's read for this program does not skip
+            // the old part as recv does. Cut it off, or it would be passed on twice.
+            I(insn(LDX_W, R1, R6, SKB_CB0, 0)), // its TCP sequence number
+            I(insn(LDX_W, R2, R6, 0, 0)),       // __sk_buff.len
+            // Only a buffer as TCP queued it (its sequence numbers span its length,
+            // plus one for a FIN) is looked at: a kernel that hands the program
+            // something else (a clone already cut, another control block) gets
+            // nothing cut.
+            I(insn(LDX_W, R3, R6, SKB_CB0 + 4, 0)), // its end sequence number
+            I(insn(SUB64_REG, R3, R1, 0, 0)),
+            I(insn(SUB64_REG, R3, R2, 0, 0)),
+            I(insn(LSH64_IMM, R3, 0, 0, 32)),
+            I(insn(RSH64_IMM, R3, 0, 0, 32)),
+            Jump(JGT_IMM, R3, 0, 1, "trimmed"),
+            I(insn(MOV64_REG, R3, R1, 0, 0)),
+            I(insn(ADD64_REG, R3, R2, 0, 0)),
+            I(insn(LSH64_IMM, R3, 0, 0, 32)),
+            I(insn(RSH64_IMM, R3, 0, 0, 32)),
+            I(insn(MOV64_IMM, R4, 0, 0, 1)),
+            I(insn(LSH64_IMM, R4, 0, 0, 32)),
+            I(insn(OR64_REG, R3, R4, 0, 0)), // where it ends, with bit 32: known
+            I(insn(LDX_DW, R4, R7, 24, 0)),  // where the last one ended
+            Jump(JEQ_IMM, R4, 0, 0, "new end"), // the first buffer
+            I(insn(MOV64_REG, R5, R4, 0, 0)),
+            I(insn(SUB64_REG, R5, R1, 0, 0)),
+            I(insn(LSH64_IMM, R5, 0, 0, 32)),
+            I(insn(RSH64_IMM, R5, 0, 0, 32)), // bytes of it already taken
+            Jump(JEQ_IMM, R5, 0, 0, "new end"),
+            Jump(JGT_IMM, R5, 0, 0x7fff_ffff, "new end"), // it starts later
+            Jump(JGE_REG, R5, R2, 0, "trimmed"),          // all old: TCP never queues that
+            I(insn(STX_DW, R7, R3, 24, 0)),
+            I(insn(LDX_DW, R1, R7, 32, 0)),
+            I(insn(ADD64_REG, R1, R5, 0, 0)),
+            I(insn(STX_DW, R7, R1, 32, 0)),   // counted, for the tests
+            I(insn(MOV64_REG, R8, R5, 0, 0)), // still to cut
+            I(insn(MOV64_IMM, R9, 0, 0, TRIM_STEPS)),
+            Label("trim"),
+            Jump(JEQ_IMM, R8, 0, 0, "trimmed"),
+            Jump(JEQ_IMM, R9, 0, 0, "trimmed"),
+            I(insn(MOV64_REG, R2, R8, 0, 0)),
+            Jump(JLE_IMM, R2, 0, ADJUST_ROOM_MAX, "step"),
+            I(insn(MOV64_IMM, R2, 0, 0, ADJUST_ROOM_MAX)),
+            Label("step"),
+            I(insn(SUB64_REG, R8, R2, 0, 0)),
+            I(insn(NEG64, R2, 0, 0, 0)),
+            I(insn(MOV64_REG, R1, R6, 0, 0)),
+            I(insn(MOV64_IMM, R3, 0, 0, 0)),
+            I(insn(MOV64_IMM, R4, 0, 0, 0)),
+            I(insn(CALL, 0, 0, 0, FUNC_SKB_ADJUST_ROOM)), // takes bytes off its head
+            I(insn(SUB64_IMM, R9, 0, 0, 1)),
+            Jump(JEQ_IMM, R0, 0, 0, "trim"),
+            Jump(JA, 0, 0, 0, "trimmed"), // could not (no memory): the rest of it stays
+            Label("new end"),
+            I(insn(STX_DW, R7, R3, 24, 0)),
+            Label("trimmed"),
             I(insn(LDX_DW, R1, R7, 8, 0)),
             Jump(JNE_IMM, R1, 0, 0, "pass"), // passing already: everything stays
             I(insn(LDX_DW, R8, R7, 0, 0)),   // the count before
@@ -367,7 +461,9 @@ mod linux {
         /// Sockets whose input is redirected now (the verdict program is attached).
         relayed: OwnedFd,
         /// Cookie of a linked socket → {bytes it redirected since it was linked,
-        /// whether it is passing, bytes it kept} (written by the program only).
+        /// whether it is passing, bytes it kept, where its last buffer ended (TCP
+        /// sequence number, bit 32 set once known), bytes cut off as already taken}
+        /// (written by the program only).
         counts: OwnedFd,
         /// Cookie of a relayed socket → {soft, hard}: past the soft limit the program
         /// signals; past the hard one it keeps the bytes with the socket, for good.
@@ -392,7 +488,7 @@ mod linux {
             let maps = Maps {
                 peers: map(BPF_MAP_TYPE_SOCKHASH, "ember_peers", 4, capacity)?,
                 relayed: map(BPF_MAP_TYPE_SOCKHASH, "ember_relayed", 4, capacity)?,
-                counts: map(BPF_MAP_TYPE_HASH, "ember_counts", 24, capacity)?,
+                counts: map(BPF_MAP_TYPE_HASH, "ember_counts", 40, capacity)?,
                 limits: map(BPF_MAP_TYPE_HASH, "ember_limits", 16, capacity)?,
                 signals: map(BPF_MAP_TYPE_RINGBUF, "ember_signals", 0, RING_BYTES as u32)?,
             };
@@ -453,7 +549,7 @@ mod linux {
         /// redirected yet). Both must be connected TCP sockets. On failure nothing
         /// stays inserted.
         pub(crate) fn link(&self, a: &Paired, b: &Paired) -> io::Result<()> {
-            let zero = [0u64; 3];
+            let zero = [0u64; 5];
             let (fd_a, fd_b) = (a.fd as u32, b.fd as u32);
             let steps: [(&OwnedFd, u64, *const u8); 4] = [
                 (&self.maps.counts, a.cookie, zero.as_ptr().cast()),
@@ -498,13 +594,20 @@ mod linux {
         /// Bytes `socket` has redirected since it was linked, and whether it passed its
         /// hard limit (then the program redirects nothing more of it, ever).
         pub(crate) fn count(&self, socket: &Paired) -> (u64, bool) {
-            let [count, passing, _] = lookup(&self.maps.counts, socket.cookie).unwrap_or([0; 3]);
+            let [count, passing, ..] = lookup(&self.maps.counts, socket.cookie).unwrap_or([0; 5]);
             (count, passing != 0)
         }
 
         /// Bytes the program kept with `socket` since it started passing.
         pub(crate) fn kept(&self, socket: &Paired) -> u64 {
             lookup(&self.maps.counts, socket.cookie).map_or(0, |v| v[2])
+        }
+
+        /// Bytes the program cut off the head of `socket`'s buffers because the socket
+        /// had taken them already (a resent segment overlapping what arrived).
+        #[cfg(test)]
+        pub(crate) fn trimmed(&self, socket: &Paired) -> u64 {
+            lookup(&self.maps.counts, socket.cookie).map_or(0, |v| v[4])
         }
 
         /// Stops running the program on `socket`'s input; returns its count. Only for a
@@ -697,9 +800,9 @@ mod linux {
         bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
     }
 
-    /// `key`'s value in a map of one, two or three u64s (the rest left zero).
-    fn lookup(map: &OwnedFd, key: u64) -> Option<[u64; 3]> {
-        let mut value = [0u64; 3];
+    /// `key`'s value in a map of up to five u64s (the rest left zero).
+    fn lookup(map: &OwnedFd, key: u64) -> Option<[u64; 5]> {
+        let mut value = [0u64; 5];
         let mut attr = MapElem {
             map_fd: map.as_raw_fd() as u32,
             key: &key as *const u64 as u64,
@@ -1022,6 +1125,8 @@ mod tests {
         let mut inside = p_client.try_clone().unwrap();
         assert_eq!(read_exactly(&mut inside, 8), b"kept too");
         assert_eq!(r.count(&a), (11, true));
+        // Buffers in order are never cut (only a resent one overlapping what arrived).
+        assert_eq!((r.trimmed(&a), r.trimmed(&b)), (0, 0));
         backend
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
