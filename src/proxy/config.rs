@@ -124,8 +124,8 @@ fn max_shadows(options: &Options, reservation: usize) -> usize {
     let by_descriptors = options.shadow_max_connections.unwrap_or_else(|| {
         usize::try_from(crate::limits::descriptor_limit() / 4).unwrap_or(usize::MAX)
     });
-    let memory = options.shadow_max_memory.unwrap_or_else(|| {
-        usize::try_from(crate::limits::physical_memory() / 8).unwrap_or(usize::MAX)
-    });
+    let memory = options
+        .shadow_max_memory
+        .unwrap_or_else(super::shadowing::default_max_memory);
     by_descriptors.min(memory / reservation.max(1))
 }

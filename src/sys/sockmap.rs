@@ -454,6 +454,9 @@ mod linux {
         bpf(BPF_MAP_CREATE, &mut attr).map(owned)
     }
 
+    /// The u64s of a `counts` value: redirected, passing, kept, last end, cut.
+    const COUNT_WORDS: usize = 5;
+
     /// The maps the program uses.
     struct Maps {
         /// Cookie of a socket → the socket its bytes go to (no program attached).
@@ -488,7 +491,12 @@ mod linux {
             let maps = Maps {
                 peers: map(BPF_MAP_TYPE_SOCKHASH, "ember_peers", 4, capacity)?,
                 relayed: map(BPF_MAP_TYPE_SOCKHASH, "ember_relayed", 4, capacity)?,
-                counts: map(BPF_MAP_TYPE_HASH, "ember_counts", 40, capacity)?,
+                counts: map(
+                    BPF_MAP_TYPE_HASH,
+                    "ember_counts",
+                    (COUNT_WORDS * 8) as u32,
+                    capacity,
+                )?,
                 limits: map(BPF_MAP_TYPE_HASH, "ember_limits", 16, capacity)?,
                 signals: map(BPF_MAP_TYPE_RINGBUF, "ember_signals", 0, RING_BYTES as u32)?,
             };
@@ -549,7 +557,7 @@ mod linux {
         /// redirected yet). Both must be connected TCP sockets. On failure nothing
         /// stays inserted.
         pub(crate) fn link(&self, a: &Paired, b: &Paired) -> io::Result<()> {
-            let zero = [0u64; 5];
+            let zero = [0u64; COUNT_WORDS];
             let (fd_a, fd_b) = (a.fd as u32, b.fd as u32);
             let steps: [(&OwnedFd, u64, *const u8); 4] = [
                 (&self.maps.counts, a.cookie, zero.as_ptr().cast()),
@@ -594,7 +602,8 @@ mod linux {
         /// Bytes `socket` has redirected since it was linked, and whether it passed its
         /// hard limit (then the program redirects nothing more of it, ever).
         pub(crate) fn count(&self, socket: &Paired) -> (u64, bool) {
-            let [count, passing, ..] = lookup(&self.maps.counts, socket.cookie).unwrap_or([0; 5]);
+            let [count, passing, ..] =
+                lookup(&self.maps.counts, socket.cookie).unwrap_or([0; COUNT_WORDS]);
             (count, passing != 0)
         }
 
@@ -800,9 +809,9 @@ mod linux {
         bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
     }
 
-    /// `key`'s value in a map of up to five u64s (the rest left zero).
-    fn lookup(map: &OwnedFd, key: u64) -> Option<[u64; 5]> {
-        let mut value = [0u64; 5];
+    /// `key`'s value in a map of up to [`COUNT_WORDS`] u64s (the rest left zero).
+    fn lookup(map: &OwnedFd, key: u64) -> Option<[u64; COUNT_WORDS]> {
+        let mut value = [0u64; COUNT_WORDS];
         let mut attr = MapElem {
             map_fd: map.as_raw_fd() as u32,
             key: &key as *const u64 as u64,
