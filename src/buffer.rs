@@ -1,4 +1,5 @@
-//! The outbound byte queue each connection owns.
+//! The outbound byte queue each connection owns, and the page-aligned scratch the
+//! reactor reads into.
 //!
 //! A `Vec` plus a read offset: appends go to the end, writes consume from the front, and the
 //! consumed prefix is reclaimed when it grows large. The queue never limits itself; the
@@ -53,9 +54,63 @@ impl OutBuffer {
     }
 }
 
+/// Scratch bytes whose first byte starts a 4 KiB page: the reactor's read buffer and
+/// the relay's copy buffer.
+///
+/// Where the allocator happens to put a buffer is not neutral: with the relay's 64 KiB
+/// copy buffer starting 16 bytes before a page boundary, the kernel's copy out of it
+/// in `send` took five times as long as from any other start tried, and a copying
+/// relay moved an iperf3 stream at 0.55–0.60 GiB/s instead of 0.86–1.13 (three runs
+/// each; docs/benchmarks.md, "A buffer's place in its page"). Which start a build got
+/// depended on the heap's layout, so an unrelated change could halve the copy path.
+/// Starting on a page takes the lottery away.
+#[derive(Default)]
+pub(crate) struct PageAligned {
+    bytes: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+/// The boundary [`PageAligned`] starts on. Larger pages are multiples of it.
+const PAGE: usize = 4096;
+
+impl PageAligned {
+    pub(crate) fn new(len: usize) -> PageAligned {
+        let bytes = vec![0; len + PAGE - 1];
+        let start = (PAGE - bytes.as_ptr() as usize % PAGE) % PAGE;
+        PageAligned { bytes, start, len }
+    }
+}
+
+impl std::ops::Deref for PageAligned {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for PageAligned {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.start..self.start + self.len]
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::OutBuffer;
+    use super::{OutBuffer, PAGE, PageAligned};
+
+    #[test]
+    fn page_aligned_scratch_starts_on_a_page_and_has_the_length_asked() {
+        for len in [1, 16 * 1024, 64 * 1024] {
+            let mut buf = PageAligned::new(len);
+            assert_eq!(buf.len(), len);
+            assert_eq!(buf.as_ptr() as usize % PAGE, 0);
+            buf[len - 1] = 7;
+            assert_eq!(buf[len - 1], 7);
+        }
+        assert!(PageAligned::default().is_empty());
+    }
 
     #[test]
     fn keeps_order_across_partial_consumes_and_reclaims() {

@@ -28,7 +28,12 @@ use support::reactor_thread::ReactorThread;
 use support::sys::{raise_fd_limit, reset_on_close};
 
 const GIB: usize = 1 << 30;
-const MODES: [RelayMode; 3] = [RelayMode::Kernel, RelayMode::Splice, RelayMode::Copy];
+const MODES: [RelayMode; 4] = [
+    RelayMode::Kernel,
+    RelayMode::Auto,
+    RelayMode::Splice,
+    RelayMode::Copy,
+];
 
 /// Sets `mode` on `r`; `false` (with the reason printed) if the kernel relay was asked
 /// for and the kernel refused it.

@@ -58,7 +58,9 @@ const DRAIN_LONGEST_WAIT: Duration = Duration::from_millis(50);
 /// How relays move bytes ([`Reactor::set_relay_mode`]; `--relay-mode` of the binary).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RelayMode {
-    /// The best measured mode: today adaptive splice. The kernel relay takes the
+    /// The best measured mode: adaptive splice, with each long relay timing splicing
+    /// against copying on its own stream and keeping the faster (splicing unless
+    /// copying is clearly faster; see `path_trial.rs`). The kernel relay takes the
     /// bytes out of the process, but the kernel sends each buffer it redirects from a
     /// worker thread woken for it, which under load costs the machine more CPU per
     /// small request than the reactor's own relay, and moves bulk slower than splice
@@ -67,7 +69,8 @@ pub enum RelayMode {
     /// The in-kernel relay (BPF sockmap) for connection pairs relaying to each other;
     /// splice or copying for the rest. Falls back to splice where unavailable.
     Kernel,
-    /// Adaptive splice: copy small messages, splice bulk transfers (the default).
+    /// Adaptive splice: copy small messages, always splice bulk transfers (the
+    /// default).
     #[default]
     Splice,
     /// Always copy through a reactor buffer.
@@ -177,6 +180,7 @@ impl Reactor {
     /// linked stay linked.
     pub fn set_relay_mode(&mut self, mode: RelayMode) -> Result<(), String> {
         self.set_splice(mode != RelayMode::Copy);
+        self.relays.timed = mode == RelayMode::Auto;
         self.kernel.splice = mode != RelayMode::Copy && crate::sys::splice::SPLICE_SUPPORTED;
         if mode != RelayMode::Kernel {
             self.kernel.wanted = false;
@@ -208,6 +212,8 @@ impl Reactor {
     pub fn relay_mode(&self) -> RelayMode {
         if self.kernel_relay_on() {
             RelayMode::Kernel
+        } else if self.kernel.splice && self.relays.timed {
+            RelayMode::Auto
         } else if self.kernel.splice {
             RelayMode::Splice
         } else {

@@ -27,6 +27,7 @@ mod file_watch;
 mod kernel_relay;
 mod lifecycle;
 mod panics;
+mod path_trial;
 mod process;
 mod process_watch;
 mod queues;
@@ -234,7 +235,7 @@ pub struct Reactor {
     /// Water marks, connect timeout and `TCP_NODELAY` for new connections.
     defaults: ConnDefaults,
     /// One read's worth (16 KiB); `receive_data` borrows the filled part.
-    read_buf: Vec<u8>,
+    read_buf: crate::buffer::PageAligned,
     /// Scratch for plaintext decrypted by TLS connections; allocated on first use.
     tls_buf: Vec<u8>,
     /// Scratch for the ciphertext rustls hands over before it is queued or written.
@@ -285,7 +286,7 @@ impl Reactor {
             connections: 0,
             unbinding: None,
             error_handler: None,
-            read_buf: vec![0; READ_CHUNK],
+            read_buf: crate::buffer::PageAligned::new(READ_CHUNK),
             tls_buf: Vec::new(),
             tls_out: Vec::new(),
             tls_handshake_timeout: tls::DEFAULT_TLS_HANDSHAKE_TIMEOUT,

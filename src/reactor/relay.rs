@@ -18,16 +18,22 @@
 //! the writer's pages as they are: when it shares the proxy's core, its own copy of
 //! them (written on another core, megabytes of queue earlier) costs it more than a
 //! copying proxy's fresh, cache-warm write would, so the gain in throughput there is
-//! smaller than the gain in the proxy's CPU.
+//! smaller than the gain in the proxy's CPU, and on a busy host a loss. Under
+//! [`RelayMode::Auto`](super::RelayMode::Auto) a long relay therefore times both paths
+//! on its own stream and keeps the faster (`path_trial.rs`).
 
 use std::io::{self, Read};
 
 use super::Reactor;
+use super::path_trial::{Path, PathTrial};
+use crate::buffer::PageAligned;
 use crate::id::ConnId;
 use crate::sys::socket::Stream;
 use crate::sys::splice::{SPLICE_SUPPORTED, SplicePipe};
 use crate::sys::{Io, classify};
 
+/// Bytes in a GiB, for rates in the log.
+const GIB: f64 = (1u64 << 30) as f64;
 /// Bytes moved per relay step: larger than a handler read, since no handler sees them.
 const RELAY_CHUNK: usize = 64 * 1024;
 /// A splice that moves less than this, though the pipe had room for more, turns the
@@ -41,15 +47,21 @@ pub(crate) struct Relays {
     /// Off with `set_splice(false)`, where the platform lacks splice, or once a pipe
     /// could not be made.
     splice_enabled: bool,
-    /// Scratch for the copying path; allocated on first use.
-    copy_buf: Vec<u8>,
+    /// Scratch for the copying path, starting on a page boundary (see `PageAligned`);
+    /// allocated on first use.
+    copy_buf: PageAligned,
+    /// Whether long relays time splicing against copying and keep the faster
+    /// ([`RelayMode::Auto`](super::RelayMode::Auto), see `path_trial.rs`); otherwise
+    /// bulk transfers always splice.
+    pub(crate) timed: bool,
 }
 
 impl Default for Relays {
     fn default() -> Self {
         Relays {
             splice_enabled: SPLICE_SUPPORTED,
-            copy_buf: Vec::new(),
+            copy_buf: PageAligned::default(),
+            timed: false,
         }
     }
 }
@@ -63,6 +75,9 @@ pub(crate) struct RelayState {
     /// Adaptive path choice: a relay starts by copying and switches to splicing when a
     /// copy fills a whole chunk (a bulk transfer), and back when splices come up small.
     pub(crate) splicing: bool,
+    /// Under [`RelayMode::Auto`](super::RelayMode::Auto): whether bulk goes by splice
+    /// or copy, timed on this relay's own stream.
+    pub(crate) path: PathTrial,
 }
 
 impl Reactor {
@@ -151,6 +166,7 @@ impl Reactor {
                 bufsize: bufsize.max(1),
                 remaining: length,
                 splicing: false,
+                path: PathTrial::default(),
             });
         }
         if let Some(tgt) = self.conn_mut(target) {
@@ -208,8 +224,10 @@ impl Reactor {
                 return;
             }
             let mut want = relay.bufsize.saturating_sub(tgt.pending_out());
+            let timed = self.relays.timed;
             let splice = self.relays.splice_enabled
                 && relay.splicing
+                && (!timed || relay.path.path() == Path::Splice)
                 && self.may_splice_from(id)
                 && tgt.life.is_connected()
                 && tgt.outbound.is_empty()
@@ -280,6 +298,15 @@ impl Reactor {
                         } else {
                             n == want && n >= SPLICE_WORTHWHILE
                         };
+                        if timed && let Some(verdict) = relay.path.record(n as u64, now) {
+                            log::debug!(
+                                "relay {}: splicing moved {:.2} GiB/s, copying {:.2}: {:?} it is",
+                                id.slot,
+                                verdict.splice_rate / GIB,
+                                verdict.copy_rate / GIB,
+                                verdict.path
+                            );
+                        }
                         if let Some(remaining) = relay.remaining.as_mut() {
                             *remaining -= n as u64;
                             completed = *remaining == 0;
@@ -344,7 +371,7 @@ impl Reactor {
     /// Reads up to `want` bytes of source `id` into the relay buffer.
     fn read_for_relay(&mut self, id: ConnId, want: usize) -> io::Result<usize> {
         if self.relays.copy_buf.len() < RELAY_CHUNK {
-            self.relays.copy_buf.resize(RELAY_CHUNK, 0);
+            self.relays.copy_buf = PageAligned::new(RELAY_CHUNK);
         }
         let Reactor {
             descriptors,

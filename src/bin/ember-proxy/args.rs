@@ -88,11 +88,11 @@ every byte the clients send, and their answers are discarded.
                                     sent FIN (default 5; 0 waits forever)
       --grace SECONDS               On SIGINT/SIGTERM, how long live clients may take to
                                     finish (default 10)
-      --relay-mode MODE             How plain relays move bytes: auto (default: the
-                                    mode measured best, today splice), kernel (BPF
-                                    sockmap: bytes never enter the process; needs
-                                    CAP_BPF and CAP_NET_ADMIN, else splice), splice,
-                                    or copy
+      --relay-mode MODE             How plain relays move bytes: auto (default:
+                                    splice, but a long stream times splice against
+                                    copy and keeps the faster), kernel (BPF sockmap:
+                                    bytes never enter the process; needs CAP_BPF and
+                                    CAP_NET_ADMIN, else splice), splice, or copy
       --no-splice                   The same as --relay-mode copy
       --send-proxy                  Start every backend connection with a PROXY protocol v1
                                     header naming the client (HAProxy's send-proxy)
