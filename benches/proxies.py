@@ -5,8 +5,9 @@ What it measures
   nginx (one worker) on 127.0.0.1 is the backend, serving a 12-byte body (/small) and a
   1 MiB body (/large). In front of it, each on its own port, run the targets: nothing
   (direct); ember-proxy with --relay-mode copy (user-space copies), with the default
-  --relay-mode auto (the best relay the kernel allows) and with --relay-mode kernel (BPF
-  sockmap: relayed bytes never enter the process); HAProxy in TCP mode without and with
+  --relay-mode auto (adaptive splice; a long stream times splice against copy and keeps
+  the faster), with --relay-mode splice (bulk always spliced) and with --relay-mode
+  kernel (BPF sockmap: relayed bytes never enter the process); HAProxy in TCP mode without and with
   `option splice-auto`; and em-proxy when EMPROXY_DIR names a checkout of
   igrigorik/em-proxy (run by Debian's ruby-eventmachine). An ember-proxy whose --help has
   no --relay-mode runs copy as --no-splice, and the kernel rows are skipped with the
@@ -130,6 +131,7 @@ BODY_BYTES = {"small": 12, "large": 1 << 20}  # by the last part of the path
 GIB = 1 << 30
 WRK_REQUEST_TIMEOUT_S = 2  # wrk counts a request slower than this as a timeout error
 EMBER, EMBER_COPY, EMBER_KERNEL = "ember-proxy (auto)", "ember-proxy (copy)", "ember-proxy (kernel)"
+EMBER_SPLICE = "ember-proxy (splice)"
 HAPROXY, HAPROXY_SPLICE = "haproxy", "haproxy (splice-auto)"
 HAPROXIES = (HAPROXY, HAPROXY_SPLICE)
 PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
@@ -420,7 +422,8 @@ def relay_mode_flags(ember):
     except (OSError, subprocess.TimeoutExpired) as e:
         text = f"{type(e).__name__}: {e}"
     if "--relay-mode" in text:
-        return {EMBER_COPY: ["--relay-mode", "copy"], EMBER: [], EMBER_KERNEL: ["--relay-mode", "kernel"]}, []
+        return {EMBER_COPY: ["--relay-mode", "copy"], EMBER: [], EMBER_SPLICE: ["--relay-mode", "splice"],
+                EMBER_KERNEL: ["--relay-mode", "kernel"]}, []
     why = f"{EMBER_KERNEL} skipped: `ember-proxy --help` has no --relay-mode (copy runs as --no-splice)"
     return {EMBER_COPY: ["--no-splice"], EMBER: []}, [why]
 
@@ -973,7 +976,7 @@ def suite_goal_table(summary, concs, why_missing=None):
 # --- SVG charts (hand-written, no plotting library) --------------------------------------
 
 COLORS = {"direct": ("#7f7f7f", "6 4"), EMBER: ("#d95f02", None), EMBER_COPY: ("#fdae6b", "7 3"),
-          EMBER_KERNEL: ("#a50f15", "2 3"),
+          EMBER_KERNEL: ("#a50f15", "2 3"), EMBER_SPLICE: ("#e6550d", "1 2"),
           HAPROXY: ("#1f78b4", None), HAPROXY_SPLICE: ("#8ec1e6", "7 3"), "em-proxy": ("#6a3d9a", None)}
 
 
