@@ -1,8 +1,9 @@
 //! What an operator reads: one access-log line per client session (text and JSON), its
 //! byte counts checked against what the clients sent and got; SIGUSR1 reopening the
 //! access log after logrotate renamed it; session ids tying every line about a session
-//! together; backend failures visible without `-v`, rate-limited; and a log nobody reads
-//! (stderr a full pipe) never keeping the process from exiting on SIGTERM.
+//! together; backend failures visible without `-v`, rate-limited; a long relay's
+//! splice-or-copy verdict with `-v`; and a log nobody reads (stderr a full pipe) never
+//! keeping the process from exiting on SIGTERM.
 
 #[allow(dead_code)] // each test binary uses a different part of the support library
 mod support;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use support::IO_TIMEOUT;
 use support::backends::{Echo, serve};
 use support::child::{Child, EMBER_PROXY, EmberProxy};
-use support::clients::{closed_port, exchange, fresh_dir, lines_of, wait_until};
+use support::clients::{closed_port, exchange, fresh_dir, lines_of, pump, wait_until};
 use support::pattern::Pattern;
 use support::reactor_thread::ReactorThread;
 
@@ -201,6 +202,41 @@ fn verbose_lines_of_one_session_share_its_id() {
             "{id}: {about:#?}"
         );
     }
+}
+
+#[test]
+fn a_long_relay_says_with_verbose_whether_it_splices_or_copies() {
+    // Past 64 MiB a relay times both paths over 6 stretches of 48 MiB (the reactor's
+    // path_trial.rs); 448 MiB each way is past the end of the first trial.
+    const BYTES: usize = 448 << 20;
+    let echo = echo_backend();
+    let proxy = EmberProxy::start(&["-r", &echo.value.to_string(), "-v", "--access-log", "off"]);
+    assert_eq!(pump(proxy.addr, BYTES, 11), BYTES);
+    wait_until("both directions' verdicts", IO_TIMEOUT, || {
+        proxy.child.stderr().matches("splicing moved").count() >= 2
+    });
+    for line in proxy
+        .child
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("splicing moved"))
+    {
+        assert!(line.contains(" DEBUG "), "{line}");
+        assert!(
+            line.ends_with("Splice it is") || line.ends_with("Copy it is"),
+            "{line}"
+        );
+    }
+    // Without -v: none, once the session's access line (written after) is out.
+    let quiet = EmberProxy::start(&["-r", &echo.value.to_string(), "--access-log", "-"]);
+    assert_eq!(pump(quiet.addr, BYTES, 12), BYTES);
+    wait_until("the session's access line", IO_TIMEOUT, || {
+        quiet.child.stderr().contains("bytes_in=")
+    });
+    assert!(
+        !quiet.child.stderr().contains("splicing moved"),
+        "debug lines only with -v"
+    );
 }
 
 #[test]

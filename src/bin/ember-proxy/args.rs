@@ -153,7 +153,8 @@ every byte the clients send, and their answers are discarded.
       --log-format FORMAT           text (key=value pairs, the default) or json
   -c, --config FILE                 Read listeners and flags from a TOML file (flags'
                                     names as keys); SIGHUP reads it again
-  -v, --verbose                     Also log every connection and backend event
+  -v, --verbose                     Also log every connection and backend event, and
+                                    each long relay's splice-or-copy verdict
   -h, --help                        Show this help
   -V, --version                     Show the version
 

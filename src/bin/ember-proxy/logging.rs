@@ -327,7 +327,9 @@ struct Logger {
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        // Below info, only ember's own lines: rustls's debug output is not for operators.
         metadata.level() <= self.level
+            && (metadata.level() <= log::Level::Info || metadata.target().starts_with("ember"))
     }
 
     fn log(&self, record: &Record<'_>) {

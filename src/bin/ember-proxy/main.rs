@@ -106,10 +106,18 @@ fn serve(runs: &[RunArgs], config: Option<&std::path::Path>) -> Result<(), Strin
     let process = config::Process::of(&runs[0]);
     let writer = LogWriter::start(&process.access_log, process.compare_log.as_deref())
         .map_err(|e| e.to_string())?;
-    logging::install(writer.handle(), LevelFilter::Info);
+    // -v adds ember's own debug lines (a relay's splice-or-copy verdicts, a dropped
+    // shadow answer); other crates stay at info.
+    let verbose = runs.iter().any(|r| r.verbose);
+    let level = if verbose {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    };
+    logging::install(writer.handle(), level);
     // Two descriptors per client: the usual soft limit of 1024 would cap us near 500.
     match ember::raise_descriptor_limit() {
-        Ok(limit) if runs.iter().any(|r| r.verbose) => {
+        Ok(limit) if verbose => {
             log::info!("ember-proxy: descriptor limit {limit}")
         }
         Ok(_) => {}
