@@ -219,8 +219,8 @@ mod tests {
         paths
     }
 
-    /// Runs a fresh relay through its first trial; returns it settled.
-    fn settle(splice_step: Duration, copy_step: Duration) -> PathTrial {
+    /// A fresh relay run up to the start of its first trial, and the time then.
+    fn at_first_trial(splice_step: Duration, copy_step: Duration) -> (PathTrial, Instant) {
         let mut trial = PathTrial::default();
         let mut now = Instant::now();
         run(
@@ -234,6 +234,12 @@ mod tests {
             trial.timing(),
             "a trial starts after {FIRST_TRIAL_AFTER} bytes"
         );
+        (trial, now)
+    }
+
+    /// Runs a fresh relay through its first trial; returns it settled.
+    fn settle(splice_step: Duration, copy_step: Duration) -> PathTrial {
+        let (mut trial, mut now) = at_first_trial(splice_step, copy_step);
         while trial.timing() {
             run(&mut trial, &mut now, MIB, splice_step, copy_step);
         }
@@ -252,10 +258,8 @@ mod tests {
 
     #[test]
     fn a_trial_takes_each_path_in_turn_then_settles() {
-        let mut trial = PathTrial::default();
-        let mut now = Instant::now();
         let ms = Duration::from_millis(1);
-        run(&mut trial, &mut now, FIRST_TRIAL_AFTER, ms, ms);
+        let (mut trial, mut now) = at_first_trial(ms, ms);
         let mut paths = Vec::new();
         while trial.timing() {
             for path in run(&mut trial, &mut now, MIB, ms, ms) {
@@ -282,16 +286,8 @@ mod tests {
 
     #[test]
     fn the_verdict_reports_each_path_s_rate() {
-        let mut trial = PathTrial::default();
-        let mut now = Instant::now();
         let (splice_step, copy_step) = (Duration::from_millis(2), Duration::from_millis(1));
-        run(
-            &mut trial,
-            &mut now,
-            FIRST_TRIAL_AFTER,
-            splice_step,
-            copy_step,
-        );
+        let (mut trial, mut now) = at_first_trial(splice_step, copy_step);
         let verdict = loop {
             let path = trial.path();
             now += if path == Path::Splice {
